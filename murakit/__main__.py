@@ -1,0 +1,5 @@
+import sys
+
+from murakit.cli import main
+
+sys.exit(main())
