@@ -1,0 +1,40 @@
+"""``murakit bench --run RUN``: every model of the run on the test split, and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    p.add_argument("--latency-runs", type=int, default=200, help="batch-1 timings per model (default 200)")
+    p.add_argument("--force", action="store_true", help="rerun even if the report is newer than every model")
+
+
+def up_to_date(run: Path) -> bool:
+    """True when report.json exists and is newer than the cache and every model file."""
+    from murakit.bench import model_files
+
+    report = run / "report" / "report.json"
+    if not report.exists():
+        return False
+    inputs = [p for p in model_files(run).values() if p is not None] + [run / "prepared" / "index.csv"]
+    return all(report.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.exists())
+
+
+def run(args) -> int:
+    from murakit.bench import benchmark
+    from murakit.report import write_report
+
+    run_dir = Path(args.run)
+    if not args.force and up_to_date(run_dir):
+        print(f"bench: {run_dir / 'report' / 'report.md'} is up to date (use --force to redo)")
+        return 0
+    report, data = benchmark(run_dir, threads=args.threads, n_single=args.latency_runs)
+    out = write_report(run_dir, report, data)
+    for name, m in report["models"].items():
+        print(f"  {name:14s} study AUROC {m['study']['auroc']:.3f}  kappa {m['study']['kappa']:.3f}  "
+              f"latency {m['latency_ms_p50']:.2f} ms  {m['size_bytes'] / 1024:.0f} KiB")
+    print(f"report: {out / 'report.md'}")
+    return 0

@@ -1,0 +1,195 @@
+"""Write the benchmark report: report.json, report.md and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge.atomic import atomic_path, write_text
+from murakit.bench import ANCHOR, MODEL_NAMES
+from murakit.metrics import study_level
+
+LABELS = {"baseline": "HOG + SVM (ONNX)", "cnn": "CNN (Keras)", "cnn_onnx": "CNN (ONNX float)",
+          "cnn_onnx_int8": "CNN (ONNX INT8)"}
+
+
+def roc_curve(y, p):
+    """(fpr, tpr) arrays of the ROC curve, thresholds swept from high to low."""
+    y = np.asarray(y).astype(bool)
+    order = np.argsort(-np.asarray(p), kind="mergesort")
+    ps, ys = np.asarray(p)[order], y[order]
+    keep = np.r_[np.diff(ps) != 0, True]  # last index of each run of tied scores
+    tp, fp = np.cumsum(ys)[keep], np.cumsum(~ys)[keep]
+    return np.r_[0, fp / max(1, (~y).sum())], np.r_[0, tp / max(1, y.sum())]
+
+
+def _save(fig, path: Path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+
+def plot_roc(models, data, out: Path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, p in data["probs"].items():
+        s = study_level(data["labels"], p, data["studies"])
+        fpr, tpr = roc_curve(s["label"], s["prob"])
+        ax.plot(fpr, tpr, label=f"{LABELS[name]}  AUROC {models[name]['study']['auroc']:.3f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="Study-level ROC, test split")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_confusion(models, data, out: Path):
+    import matplotlib.pyplot as plt
+
+    names = list(data["probs"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        s = study_level(data["labels"], data["probs"][name], data["studies"])
+        yhat = s["prob"] > models[name]["threshold"]
+        cm = np.array([[np.sum((s["label"] == a) & (yhat == b)) for b in (0, 1)] for a in (0, 1)])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="black", fontsize=12)
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "abnormal"],
+               yticklabels=["normal", "abnormal"], xlabel="predicted", ylabel="true", title=LABELS[name])
+    fig.suptitle("Study-level confusion matrices (test split)")
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_kappa_by_part(models, out: Path):
+    import matplotlib.pyplot as plt
+
+    names = list(models)
+    parts = sorted({p for m in models.values() for p in m["by_part"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(parts)), 4))
+    w = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        vals = [models[name]["by_part"].get(p, {}).get("kappa") or 0.0 for p in parts]
+        ax.bar(np.arange(len(parts)) + i * w, vals, w, label=LABELS[name])
+    ax.axhline(ANCHOR["kappa"], color="k", ls=":", lw=1, label="MURA paper overall kappa (real MURA)")
+    ax.set(xticks=np.arange(len(parts)) + w * (len(names) - 1) / 2, ylabel="Cohen's kappa (study)",
+           title="Kappa per body part, test split")
+    ax.set_xticklabels(parts)
+    ax.legend(fontsize=7)
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_latency(models, out: Path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, m in models.items():
+        ax.scatter(m["latency_ms_p50"], m["study"]["auroc"], s=50)
+        ax.annotate(LABELS[name], (m["latency_ms_p50"], m["study"]["auroc"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set(xscale="log", xlabel="batch-1 latency, median ms (log)", ylabel="study AUROC",
+           title="Latency vs AUROC")
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
+    """Grid of CAM overlays: top row abnormal test studies, bottom row normal ones."""
+    import cv2
+    import matplotlib.pyplot as plt
+
+    from edge.cam import overlay
+    from edge.predictor import Predictor
+
+    model = run / "export" / "cnn.onnx"
+    if not model.exists():
+        return False
+    pred = Predictor(model)
+    if not pred.has_cam:
+        return False
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(2, per_class, figsize=(2.4 * per_class, 5.2), squeeze=False)
+    for row, label in enumerate((1, 0)):
+        idx = np.flatnonzero(data["labels"] == label)
+        pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
+        for ax, i in zip(axes[row], pick):
+            u8 = data["images"][i]
+            out_ = pred.run(pred.model_input(u8))
+            p = float(pred.probabilities(out_)[0])
+            ax.imshow(cv2.cvtColor(overlay(u8, out_["cam"][0]), cv2.COLOR_BGR2RGB))
+            ax.set_title(f"{data['parts'][i]} {'abn' if label else 'norm'} p={p:.2f}", fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.suptitle("CNN class activation maps: abnormal (top) and normal (bottom) test images")
+    _save(fig, out)
+    plt.close(fig)
+    return True
+
+
+def _fmt(v, nd=3):
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def markdown(report: dict, plots: list) -> str:
+    ds = report["dataset"]
+    lines = [
+        "# murakit benchmark report", "",
+        f"Data: `{ds['root']}`, split `{ds['split']}` (MURA `valid`): {ds['images']} images, "
+        f"{ds['studies']} studies. Study probability = mean of its views (MURA protocol).", "",
+        "| model | study AUROC | study kappa | image AUROC | image kappa | sens | spec | F1 | threshold "
+        "| size | latency p50 / p95 (ms, batch 1) | throughput (img/s, batch 32) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["models"].items():
+        s, i = m["study"], m["image"]
+        lines.append(
+            f"| {name} | {_fmt(s['auroc'])} | {_fmt(s['kappa'])} | {_fmt(i['auroc'])} | {_fmt(i['kappa'])} "
+            f"| {_fmt(s['sensitivity'])} | {_fmt(s['specificity'])} | {_fmt(s['f1'])} | {_fmt(m['threshold'])} "
+            f"| {m['size_bytes'] / 1024:.0f} KiB | {_fmt(m['latency_ms_p50'], 2)} / {_fmt(m['latency_ms_p95'], 2)} "
+            f"| {_fmt(m['throughput_ips'], 0)} | {_fmt(m['train_seconds'], 0)} |")
+    lines += [
+        f"| MURA paper, DenseNet-169 @ 320 px (real MURA) | {ANCHOR['auroc']} | {ANCHOR['kappa']} "
+        "| | | | | | | | | | |", "",
+        f"The anchor row is from the MURA paper on real MURA (best radiologist kappa {ANCHOR['radiologist_kappa']}). "
+        "Our figures are on the data set this run used"
+        + (" — the synthetic MURA-shaped default, not real radiographs — so the two rows are not comparable."
+           if ds.get("synthetic") else "."),
+        "", "## Kappa per body part (study level)", "",
+        "| part | " + " | ".join(report["models"]) + " |",
+        "|---|" + "---|" * len(report["models"]),
+    ]
+    parts = sorted({p for m in report["models"].values() for p in m["by_part"]})
+    for part in parts:
+        lines.append(f"| {part} | " + " | ".join(
+            _fmt(m["by_part"].get(part, {}).get("kappa")) for m in report["models"].values()) + " |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def write_report(run, report: dict, data: dict) -> Path:
+    """Write RUN/report/{report.json, report.md, *.png}; returns the report folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(run) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    models = report["models"]
+    plots = []
+    for fname, fn in (("roc.png", lambda p: plot_roc(models, data, p)),
+                      ("confusion.png", lambda p: plot_confusion(models, data, p)),
+                      ("kappa_by_part.png", lambda p: plot_kappa_by_part(models, p)),
+                      ("latency_vs_auroc.png", lambda p: plot_latency(models, p))):
+        fn(out / fname)
+        plots.append(fname)
+    if plot_cams(Path(run), data, out / "cam_grid.png"):
+        plots.append("cam_grid.png")
+    write_text(out / "report.json", json.dumps(report, indent=2))
+    write_text(out / "report.md", markdown(report, plots))
+    return out
+
+
+__all__ = ["write_report", "markdown", "roc_curve", "MODEL_NAMES"]

@@ -1,0 +1,38 @@
+"""The murakit CLI: parser, lazy imports, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from murakit.cli import build_parser, main
+
+HEAVY = ("tensorflow", "keras", "sklearn", "skimage", "matplotlib", "tf2onnx", "onnx")
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    for argv in (["synth", "--help"], ["prepare", "--help"], ["train", "cnn", "--help"], ["bench", "--help"],
+                 ["demo", "--help"], ["export", "--help"], ["verify", "--help"], ["explain", "--help"],
+                 ["train", "baseline", "--help"], ["explore", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 0
+
+
+def test_parser_and_synth_help_load_no_heavy_framework():
+    code = ("import sys\nfrom murakit.cli import build_parser\n"
+            "try:\n    build_parser().parse_args(['synth', '--help'])\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_no_command_is_an_error(capsys):
+    assert main([]) == 2
+
+
+def test_missing_cache_is_one_line_error(tmp_path, capsys):
+    code = main(["train", "baseline", "--run", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("murakit: error:")

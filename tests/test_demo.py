@@ -1,0 +1,29 @@
+"""End to end: `murakit demo --quick` runs every stage and a second run redoes nothing."""
+
+import json
+
+import pytest
+
+from murakit.cli import main
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["demo", "--quick", "--run", str(run)]) == 0
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert {"baseline", "cnn", "cnn_onnx"} <= set(report["models"])
+    for name, m in report["models"].items():
+        assert 0.0 <= m["study"]["auroc"] <= 1.0, name
+        assert m["size_bytes"] > 0 and m["latency_ms_p50"] > 0
+        assert set(m["image"]) == {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1"}
+    assert report["dataset"]["split"] == "test" and report["dataset"]["studies"] > 0
+    for f in ("report.md", "roc.png", "confusion.png", "kappa_by_part.png", "latency_vs_auroc.png"):
+        assert (run / "report" / f).stat().st_size > 0, f
+    assert (run / "explore" / "summary.json").exists()
+    first = capsys.readouterr().out
+    assert "Report:" in first
+    mtimes = {p: p.stat().st_mtime for p in run.rglob("*") if p.is_file()}
+    assert main(["demo", "--quick", "--run", str(run)]) == 0
+    changed = [str(p) for p, t in mtimes.items() if p.exists() and p.stat().st_mtime != t]
+    assert changed == []
