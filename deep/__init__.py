@@ -1,0 +1,19 @@
+"""deep: the Keras CNN on image arrays (tf.data pipeline, training, CAM/Grad-CAM).
+
+Knows nothing of MURA's files; takes uint8 image caches and writes models.
+"""
+
+from deep.config import ARCHS, ModelConfig
+from deep.data import augment_batch, make_dataset
+from deep.errors import DeepError
+from deep.explain import cam, gradcam, pointing_game, upsample
+from deep.model import build_model, cam_model, load_model
+from deep.train import (TrainConfig, TrainResult, auroc, check_resumable, class_weights, get_strategy,
+                         is_complete,
+                         predict, read_state, train)
+
+__all__ = [
+    "ARCHS", "DeepError", "ModelConfig", "TrainConfig", "TrainResult", "augment_batch", "auroc",
+    "build_model", "cam", "cam_model", "check_resumable", "class_weights", "get_strategy", "gradcam", "is_complete", "load_model",
+    "make_dataset", "pointing_game", "predict", "read_state", "train", "upsample",
+]

@@ -1,0 +1,142 @@
+"""CNN builders (one factory, ``build_model``), checkpoint loading and the CAM model.
+
+Every model maps float32 (B, S, S, 1) in [0, 1] (``edge.preprocess.to_model_input``) to a
+probability (B, 1). Normalisation lives in the graph and there are no random ops besides
+training-only Dropout, so the inference graph exports cleanly to ONNX. All archs end in
+``features -> GlobalAveragePooling2D("gap") -> Dropout -> Dense(1, sigmoid, "head")`` so
+class activation maps are available for every arch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from deep.config import ModelConfig
+from deep.errors import DeepError
+
+
+def _sep_block(x, ch, momentum, name):
+    """SeparableConv 3x3 -> BatchNorm -> ReLU."""
+    x = layers.SeparableConv2D(ch, 3, padding="same", use_bias=False, name=f"{name}_sep")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _small_features(x, cfg: ModelConfig):
+    """Xception-like stages (width x2, x4, x8), output stride 8 so CAMs stay sharp (16x16 at 128 px)."""
+    m = cfg.bn_momentum
+    x = layers.Rescaling(4.0, offset=-2.0, name="normalize")(x)  # [0,1] -> [-2,2]
+    x = layers.Conv2D(cfg.width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(momentum=m, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for i, (mult, pool) in enumerate([(2, True), (4, True), (8, False)]):
+        ch = cfg.width * mult
+        res = layers.Conv2D(ch, 1, strides=2 if pool else 1, use_bias=False, name=f"s{i}_res")(x)
+        res = layers.BatchNormalization(momentum=m, name=f"s{i}_res_bn")(res)
+        x = _sep_block(x, ch, m, f"s{i}a")
+        x = _sep_block(x, ch, m, f"s{i}b")
+        if pool:
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"s{i}_pool")(x)
+        x = layers.Add(name=f"s{i}_add")([x, res])
+    x = _sep_block(x, cfg.width * 8, m, "final")
+    return layers.Identity(name="features")(x)
+
+
+def _backbone_features(x, cfg: ModelConfig, weights):
+    """keras.applications backbone on the grey image repeated to 3 channels (inside the graph)."""
+    apps = keras.applications
+    rgb = layers.Concatenate(name="to_rgb")([x, x, x])
+    shape = (cfg.size, cfg.size, 3)
+    if cfg.arch == "densenet169":
+        # DenseNet's "torch" preprocessing: ImageNet mean/std on [0, 1] input.
+        rgb = layers.Normalization(mean=[0.485, 0.456, 0.406],
+                                   variance=[0.229**2, 0.224**2, 0.225**2], name="normalize")(rgb)
+        net = apps.DenseNet169(include_top=False, weights=None, input_shape=shape)
+    else:
+        rgb = layers.Rescaling(2.0, offset=-1.0, name="normalize")(rgb)  # [0,1] -> [-1,1]
+        net = apps.MobileNetV3Small(include_top=False, weights=None, input_shape=shape,
+                                    include_preprocessing=False)
+    for layer in net.layers:  # short fits need fast-moving BN statistics (see ModelConfig)
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = cfg.bn_momentum
+    if weights is not None:
+        _load_weights(net, weights, f"the {cfg.arch} backbone (include_top=False)")
+    return layers.Identity(name="features")(net(rgb))
+
+
+def _load_weights(model, path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise DeepError(f"weights file not found: {path}")
+    try:
+        model.load_weights(str(path))
+    except Exception as e:  # Keras raises ValueError/KeyError/OSError on mismatch or bad files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeepError(f"weights file {path} does not match {what}: {msg}") from None
+
+
+def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
+    """Build an uncompiled CNN.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+    weights : path or None
+        Local weights file (never a download). For "small": weights of the whole model
+        (``.weights.h5`` or ``.keras``); for backbones: ``include_top=False`` weights of
+        the keras.applications network. A file that does not fit raises DeepError.
+
+    Returns
+    -------
+    keras.Model
+        float32 (B, S, S, 1) in [0, 1] -> probability float32 (B, 1) in [0, 1].
+    """
+    inp = keras.Input((cfg.size, cfg.size, 1), name="image")
+    if cfg.arch == "small":
+        feats = _small_features(inp, cfg)
+    else:
+        feats = _backbone_features(inp, cfg, weights)
+    x = layers.GlobalAveragePooling2D(name="gap")(feats)
+    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    out = layers.Dense(1, activation="sigmoid", name="head")(x)
+    model = keras.Model(inp, out, name=f"murakit_{cfg.arch}")
+    if cfg.arch == "small" and weights is not None:
+        _load_weights(model, weights, f"the small arch {cfg.to_dict()}")
+    return model
+
+
+def load_model(path, compile=False) -> keras.Model:
+    """Load a ``.keras`` checkpoint written by ``deep.train``; unreadable -> DeepError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepError(f"no checkpoint at {path}")
+    try:
+        return keras.saving.load_model(str(path), compile=compile)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeepError(f"cannot read checkpoint {path} (corrupt?): {msg}") from None
+
+
+def cam_model(model: keras.Model) -> keras.Model:
+    """Model with outputs (probability (B, 1), cam (B, h, w)) for any arch built here.
+
+    The CAM is the head's Dense weights applied to the last feature maps as a 1x1 conv (a
+    snapshot of the current head weights; plain ops so tf2onnx converts it). Raw logit
+    contributions, unnormalised: ``sigmoid(mean(cam over h, w) + head_bias) == probability``.
+    """
+    try:
+        feats = model.get_layer("gap").input
+        head = model.get_layer("head")
+    except ValueError:
+        raise DeepError("model has no gap/head layers; CAM needs a model from deep.build_model") from None
+    kernel, _bias = head.get_weights()
+    conv = layers.Conv2D(1, 1, use_bias=False, name="cam_conv")
+    cam = conv(feats)
+    conv.set_weights([kernel.reshape(1, 1, -1, 1)])
+    h, w = cam.shape[1], cam.shape[2]
+    cam = layers.Reshape((h, w), name="cam")(cam)
+    prob = layers.Identity(name="probability")(model.output)
+    return keras.Model(model.input, [prob, cam], name=f"{model.name}_cam")

@@ -1,0 +1,174 @@
+"""``edge-predict`` and ``edge-verify``: the device-side command lines (onnxruntime only).
+
+Exit codes (both commands): 0 success; 1 some inputs failed (edge-predict) or outputs drifted
+beyond tolerance (edge-verify); 2 nothing could run (bad model, bad golden folder, bad usage).
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+DEFAULT_MODEL = Path("runs") / "default" / "export" / "cnn.onnx"
+MODEL_ENV = "MURAKIT_MODEL"
+
+
+def default_model() -> Path:
+    """``$MURAKIT_MODEL`` if set, else ``runs/default/export/cnn.onnx`` (what `make demo` writes)."""
+    return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+
+
+# ---------------------------------------------------------------- edge-predict
+def build_predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-predict",
+        description="Score radiographs with an exported murakit model (onnxruntime only). "
+                    "A directory argument is a study: its views' probabilities are averaged.",
+        epilog=f"Model: --model, else ${MODEL_ENV}, else {DEFAULT_MODEL} (relative to the current "
+               "folder). Exit codes: 0 all inputs scored, 1 some inputs failed, 2 unusable model.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (.png/.jpg) or study folders")
+    p.add_argument("--model", help="exported .onnx model (CNN float/INT8 or baseline)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per input and line: path, type, probability, label, threshold, "
+                        "preprocess_ms, inference_ms (studies add n_views and views)")
+    p.add_argument("--cam", metavar="DIR", help="write CAM heatmap overlays (CNN models) into DIR")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    return p
+
+
+build_parser = build_predict_parser
+
+
+def _err(prog: str, msg: str) -> None:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+
+
+def _write_cam(cam_dir: Path, index: int, pred) -> str:
+    import cv2
+
+    from edge.atomic import atomic_path
+    from edge.cam import overlay
+
+    out = cam_dir / f"{index:04d}_{Path(pred.path).stem}_cam.png"
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), overlay(pred.image, pred.cam)):
+            raise EdgeError(f"{out}: cannot write the CAM overlay")
+    return str(out)
+
+
+def _text_line(pred, indent: str = "") -> str:
+    return (f"{indent}{pred.path}: {pred.label}  p={pred.probability:.4f}  threshold={pred.threshold:.4f}  "
+            f"preprocess {pred.preprocess_ms:.1f} ms  inference {pred.inference_ms:.1f} ms")
+
+
+def _score(predictor, src: str, want_cam: bool):
+    """Predict an image or a study; returns (result, [image predictions])."""
+    if Path(src).is_dir():
+        study = predictor.predict_study(src, cam=want_cam)
+        return study, study.views
+    pred = predictor.predict(src, cam=want_cam)
+    return pred, [pred]
+
+
+def _report(result, views, as_json: bool, cam_paths: list) -> None:
+    if as_json:
+        d = result.to_dict()
+        if cam_paths:
+            d["cam"] = cam_paths if len(cam_paths) > 1 or d["type"] == "study" else cam_paths[0]
+        print(json.dumps(d), flush=True)
+        return
+    if result.__class__.__name__ == "StudyPrediction":
+        for v in views:
+            print(_text_line(v, "  "))
+        print(f"{result.path} (study, {len(views)} views, mean): {result.label}  p={result.probability:.4f}  "
+              f"threshold={result.threshold:.4f}  preprocess {result.preprocess_ms:.1f} ms  "
+              f"inference {result.inference_ms:.1f} ms")
+    else:
+        print(_text_line(result))
+    for c in cam_paths:
+        print(f"  cam: {c}")
+
+
+def predict_main(argv=None) -> int:
+    """Entry point of ``edge-predict``; returns the exit code."""
+    from edge.predictor import Predictor
+
+    args = build_predict_parser().parse_args(argv)
+    prog = "edge-predict"
+    try:
+        predictor = Predictor(args.model or default_model(), threads=args.threads)
+    except EdgeError as e:
+        _err(prog, str(e))
+        return 2
+    want_cam = bool(args.cam) and predictor.has_cam
+    if args.cam and not predictor.has_cam:
+        print(f"{prog}: note: CAM is not available for {predictor.kind} models; no overlays written",
+              file=sys.stderr)
+    failed, n_cam = 0, 0
+    for src in args.inputs:
+        try:
+            result, views = _score(predictor, src, want_cam)
+            cams = []
+            for v in views if want_cam else []:
+                cams.append(_write_cam(Path(args.cam), n_cam, v))
+                n_cam += 1
+            _report(result, views, args.json, cams)
+        except EdgeError as e:
+            failed += 1
+            _err(prog, str(e))
+        except Exception as e:  # noqa: BLE001  a device must keep going over the other inputs
+            failed += 1
+            _err(prog, f"{src}: unexpected failure ({type(e).__name__}: {e})")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- edge-verify
+def build_verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-verify",
+        description="Rerun a model's golden set (source PNGs -> edge preprocessing -> model, and the "
+                    "recorded inputs -> model) and compare with the outputs recorded at export.",
+        epilog="Tolerances come from the golden manifest: float models max |diff| <= 1e-4; INT8 models "
+               "2 x their recorded INT8-vs-float disagreement + 1e-3. Exit codes: 0 pass, 1 drift, "
+               "2 unusable model or golden folder.")
+    p.add_argument("model", help="exported .onnx model")
+    p.add_argument("golden", nargs="?", help="golden folder (default: golden/<model stem> next to MODEL)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line instead of a table")
+    return p
+
+
+def verify_main(argv=None) -> int:
+    """Entry point of ``edge-verify``; returns the exit code."""
+    from edge.golden import format_report, verify_golden
+    from edge.predictor import Predictor
+
+    args = build_verify_parser().parse_args(argv)
+    try:
+        report = verify_golden(Predictor(args.model, threads=args.threads), args.golden)
+    except EdgeError as e:
+        _err("edge-verify", str(e))
+        return 2
+    if args.json:
+        print(json.dumps({"model": report.model, "golden": report.golden, "passed": report.passed,
+                          "cases": len(report.cases), "worst": report.worst(),
+                          "tolerances": report.tolerances}))
+    else:
+        print(f"model:  {report.model}\ngolden: {report.golden}")
+        print(format_report(report))
+    return 0 if report.passed else 1
+
+
+def main(argv=None) -> int:
+    """Alias of :func:`predict_main` (the package's main command)."""
+    return predict_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(predict_main())

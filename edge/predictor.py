@@ -1,0 +1,256 @@
+"""Run an exported murakit model with onnxruntime: image file -> probability (+ CAM).
+
+The model file describes itself: its ``metadata_props`` (keys prefixed ``murakit.``) carry the
+preprocessing config, threshold, label names, model kind and input kind. The predictor reads
+them from the model and never falls back to defaults of its own, so the device preprocesses
+exactly as training did.
+
+Supported model kinds:
+
+* ``murakit.input = image`` (the CNN, float or INT8): input float32 (B, S, S, 1) in [0, 1];
+  outputs ``probability`` (B, 1) and, when present, ``cam`` (B, h, w).
+* ``murakit.input = hog`` (the HOG + SVM baseline): the image is preprocessed, turned into
+  HOG features with :mod:`edge.hog` (config in ``murakit.hog``), and the model maps
+  float32 (B, D) features to ``probability``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ImageError, ModelError
+from edge.image import is_image_file
+from edge.preprocess import PreprocessConfig, preprocess, to_model_input
+
+PREFIX = "murakit."
+REQUIRED_KEYS = ("kind", "input", "preprocess", "threshold", "labels")
+DEFAULT_LABELS = ("normal", "abnormal")
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``cam`` is the raw (h, w) map or None (baseline / not requested)."""
+
+    path: str
+    probability: float
+    label: str
+    threshold: float
+    preprocess_ms: float
+    inference_ms: float
+    image: np.ndarray | None = field(default=None, repr=False)
+    cam: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "type": "image", "probability": self.probability,
+                "label": self.label, "threshold": self.threshold,
+                "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
+
+
+@dataclass
+class StudyPrediction:
+    """A study (folder of views): the mean of its views' probabilities (MURA protocol)."""
+
+    path: str
+    probability: float
+    label: str
+    threshold: float
+    views: list
+
+    @property
+    def preprocess_ms(self) -> float:
+        return sum(v.preprocess_ms for v in self.views)
+
+    @property
+    def inference_ms(self) -> float:
+        return sum(v.inference_ms for v in self.views)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "type": "study", "probability": self.probability,
+                "label": self.label, "threshold": self.threshold, "n_views": len(self.views),
+                "views": [{"path": v.path, "probability": v.probability} for v in self.views],
+                "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
+
+
+def read_metadata(session) -> dict:
+    """The model's murakit metadata, prefix stripped: {key: str}."""
+    props = session.get_modelmeta().custom_metadata_map
+    return {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+
+
+def open_session(model_path, threads: int | None = None):
+    """Create an onnxruntime CPU session, turning every load failure into one ModelError line.
+
+    Parameters
+    ----------
+    model_path : str or Path
+    threads : int, optional
+        intra-op threads (None = onnxruntime's default, all cores).
+    """
+    import onnxruntime as ort
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: model file is empty")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # warnings about unused initializers are noise on a device
+    if threads is not None:
+        if threads < 1:
+            raise ModelError(f"--threads must be >= 1, got {threads}")
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  onnxruntime raises several private exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+
+
+class Predictor:
+    """An exported murakit model ready to score images.
+
+    Parameters
+    ----------
+    model_path : str or Path
+        ``.onnx`` file written by ``murakit export`` (CNN float / INT8, or baseline).
+    threads : int, optional
+        onnxruntime intra-op threads.
+
+    Raises
+    ------
+    ModelError
+        Not ONNX, truncated, or missing / malformed murakit metadata.
+    """
+
+    def __init__(self, model_path, threads: int | None = None):
+        self.model_path = Path(model_path)
+        self.session = open_session(self.model_path, threads)
+        self.metadata = read_metadata(self.session)
+        missing = [k for k in REQUIRED_KEYS if k not in self.metadata]
+        if missing:
+            raise ModelError(f"{self.model_path}: not a murakit model (metadata lacks "
+                             f"{', '.join(PREFIX + k for k in missing)}); export it with `murakit export`")
+        self.kind = self.metadata["kind"]
+        self.input_kind = self.metadata["input"]
+        self.config = self._parse("preprocess", PreprocessConfig.from_json)
+        self.threshold = self._parse("threshold", float)
+        self.labels = tuple(self._parse("labels", json.loads))
+        if len(self.labels) != 2:
+            raise ModelError(f"{self.model_path}: murakit.labels must name 2 classes, got {self.labels}")
+        if self.input_kind not in ("image", "hog"):
+            raise ModelError(f"{self.model_path}: unknown murakit.input {self.input_kind!r}")
+        self.hog = self._hog_config() if self.input_kind == "hog" else None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if "probability" not in self.output_names:
+            raise ModelError(f"{self.model_path}: model has no 'probability' output ({self.output_names})")
+        self._check_input_shape()
+        import cv2  # noqa: F401  (loaded now so the first image's preprocess time is about the image)
+
+    def _parse(self, key: str, parse):
+        try:
+            return parse(self.metadata[key])
+        except (ValueError, TypeError) as e:
+            raise ModelError(f"{self.model_path}: bad murakit.{key} metadata ({e})") from None
+
+    def _hog_config(self):
+        if "hog" not in self.metadata:
+            raise ModelError(f"{self.model_path}: baseline model lacks {PREFIX}hog metadata")
+        from edge.hog import HogConfig
+
+        return self._parse("hog", lambda s: HogConfig.from_dict(json.loads(s)))
+
+    def _check_input_shape(self) -> None:
+        shape = self.session.get_inputs()[0].shape
+        if self.input_kind == "image" and len(shape) == 4 and isinstance(shape[1], int) \
+                and shape[1] != self.config.size:
+            raise ModelError(f"{self.model_path}: model input is {shape[1]} px but its preprocessing "
+                             f"config says {self.config.size} px")
+
+    @property
+    def has_cam(self) -> bool:
+        """True when the model outputs a class activation map."""
+        return "cam" in self.output_names
+
+    def label_for(self, probability: float) -> str:
+        """Label name for a probability: abnormal when strictly above the threshold."""
+        return self.labels[int(probability > self.threshold)]
+
+    def preprocess(self, src) -> np.ndarray:
+        """Image (path / bytes / array) -> uint8 (S, S) with the model's own config."""
+        return preprocess(src, self.config)
+
+    def model_input(self, u8: np.ndarray) -> np.ndarray:
+        """uint8 (S, S) or (N, S, S) -> the model's input tensor with a batch axis.
+
+        Returns float32 (N, S, S, 1) in [0, 1] for image models, float32 (N, D) HOG
+        features for the baseline.
+        """
+        u8 = np.asarray(u8)
+        batch = u8[None] if u8.ndim == 2 else u8
+        if self.input_kind == "hog":
+            from edge.hog import hog_batch
+
+            return np.asarray(hog_batch(batch, self.hog), dtype=np.float32)
+        return to_model_input(batch)
+
+    def run(self, x: np.ndarray) -> dict:
+        """Run the model on a prepared batch; returns {output name: ndarray}."""
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(self.output_names, outs))
+
+    @staticmethod
+    def probabilities(outputs: dict) -> np.ndarray:
+        """float64 (N,) abnormality probabilities from the ``probability`` output.
+
+        Accepts (N,), (N, 1) or a two-column (N, 2) [p(normal), p(abnormal)] output.
+        """
+        p = np.asarray(outputs["probability"], dtype=np.float64)
+        if p.ndim == 2 and p.shape[1] == 2:
+            p = p[:, 1]
+        return p.reshape(len(p), -1)[:, 0] if p.ndim > 1 else p
+
+    def predict(self, src, cam: bool = False) -> Prediction:
+        """Score one image. ``cam=True`` keeps the preprocessed image and the raw CAM."""
+        t0 = time.perf_counter()
+        u8 = self.preprocess(src)
+        x = self.model_input(u8)
+        t1 = time.perf_counter()
+        out = self.run(x)
+        t2 = time.perf_counter()
+        p = float(self.probabilities(out)[0])
+        keep_cam = cam and self.has_cam
+        return Prediction(str(src) if not isinstance(src, np.ndarray) else "<array>", p,
+                          self.label_for(p), self.threshold, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                          u8 if keep_cam else None, out["cam"][0] if keep_cam else None)
+
+    def predict_study(self, directory, cam: bool = False) -> StudyPrediction:
+        """Score every view in a study folder and average them (MURA protocol).
+
+        Raises
+        ------
+        ImageError
+            No images in the folder, or any view unreadable (a partial average would not be
+            the protocol's study score; the message names the bad view).
+        """
+        views = study_images(directory)
+        preds = [self.predict(v, cam=cam) for v in views]
+        p = float(np.mean([v.probability for v in preds]))
+        return StudyPrediction(str(directory), p, self.label_for(p), self.threshold, preds)
+
+
+def study_images(directory) -> list:
+    """Sorted image files (.png/.jpg/.jpeg, not hidden / AppleDouble) directly in a folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ImageError(f"{directory}: not a directory")
+    views = sorted(p for p in directory.iterdir() if p.is_file() and is_image_file(p))
+    if not views:
+        raise ImageError(f"{directory}: no images (.png, .jpg, .jpeg) in this directory")
+    return views

@@ -1,0 +1,5 @@
+"""Export failures a user can cause or must hear about (parity broken, bad model, ...)."""
+
+
+class ExportError(Exception):
+    """One clear line: why a model was not exported. ``murakit`` reports it without a traceback."""

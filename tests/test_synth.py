@@ -1,0 +1,228 @@
+"""The embedded default: MURA-v1.1 layout, CSV formats, quirks, determinism, bad input."""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from murakit import synth
+from murakit.errors import MurakitError
+
+PART_RE = "|".join(synth.PARTS)
+IMAGE_RE = re.compile(
+    rf"^MURA-v1\.1/(train|valid)/XR_({PART_RE})/patient(\d{{5}})/study(\d+)_(positive|negative)"
+    r"/image(\d+)\.png$")
+STUDY_RE = re.compile(
+    rf"^MURA-v1\.1/(train|valid)/XR_({PART_RE})/patient(\d{{5}})/study(\d+)_(positive|negative)"
+    r"/,([01])$")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    synth.generate(out, n_studies=30, seed=3, workers=1, progress=False)
+    return out
+
+
+def _lines(path: Path) -> list[str]:
+    text = path.read_text()
+    assert text.endswith("\n")
+    return text.splitlines()
+
+
+def _pngs_on_disk(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in (root / "MURA-v1.1").rglob("*.png")
+            if not p.name.startswith("._")}
+
+
+def test_image_csvs_list_exactly_the_images(tree):
+    listed = []
+    for split in ("train", "valid"):
+        lines = _lines(tree / f"MURA-v1.1/{split}_image_paths.csv")
+        assert lines, split
+        for line in lines:  # no header: every line is a path
+            m = IMAGE_RE.match(line)
+            assert m and m.group(1) == split, line
+        listed += lines
+    assert len(listed) == len(set(listed))
+    assert set(listed) == _pngs_on_disk(tree)
+
+
+def test_labeled_studies_format_and_labels(tree):
+    image_studies = set()
+    for split in ("train", "valid"):
+        image_studies |= {p.rsplit("/", 1)[0] + "/" for p in
+                          _lines(tree / f"MURA-v1.1/{split}_image_paths.csv")}
+        for line in _lines(tree / f"MURA-v1.1/{split}_labeled_studies.csv"):
+            m = STUDY_RE.match(line)
+            assert m and m.group(1) == split, line
+            assert int(m.group(6)) == (m.group(5) == "positive")
+            assert (tree / line.rsplit(",", 1)[0]).is_dir()
+    labeled = {line.rsplit(",", 1)[0] for s in ("train", "valid")
+               for line in _lines(tree / f"MURA-v1.1/{s}_labeled_studies.csv")}
+    assert labeled == image_studies
+
+
+def test_patients_disjoint_and_studies_numbered(tree):
+    patients = {}
+    for split in ("train", "valid"):
+        patients[split] = {IMAGE_RE.match(p).group(3) for p in
+                           _lines(tree / f"MURA-v1.1/{split}_image_paths.csv")}
+    assert patients["train"] and patients["valid"]
+    assert not patients["train"] & patients["valid"]
+    for line in _lines(tree / "MURA-v1.1/train_image_paths.csv"):
+        folder = (tree / line).parent
+        views = sorted(int(p.stem[5:]) for p in folder.glob("image*.png"))
+        assert views == list(range(1, len(views) + 1))  # image1..imageN without holes
+
+
+def test_appledouble_junk_present_unlisted_and_not_png(tree):
+    junk = list((tree / "MURA-v1.1").rglob("._image*.png"))
+    assert junk
+    listed = (tree / "MURA-v1.1/train_image_paths.csv").read_text() + \
+        (tree / "MURA-v1.1/valid_image_paths.csv").read_text()
+    for j in junk:
+        assert (j.parent / j.name[2:]).is_file()  # sits beside its image
+        data = j.read_bytes()
+        assert data[:4] == b"\x00\x05\x16\x07" and 0 < len(data) <= 8192
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None
+    assert "/._" not in listed
+
+
+def test_images_channels_sizes_and_annotations(tree):
+    rows = list(csv.DictReader(open(tree / "MURA-v1.1/synth_annotations.csv")))
+    assert {r["path"] for r in rows} == _pngs_on_disk(tree)
+    channels, dtypes = set(), set()
+    for r in rows:
+        img = cv2.imread(str(tree / r["path"]), cv2.IMREAD_UNCHANGED)
+        channels.add(1 if img.ndim == 2 else img.shape[2])
+        dtypes.add(img.dtype)
+        h, w = img.shape[:2]
+        assert 90 <= max(h, w) <= 512 and min(h, w) >= 50
+        assert img.std() > 0
+        if r["finding"]:
+            x0, y0, x1, y1 = (int(r[k]) for k in ("x0", "y0", "x1", "y1"))
+            assert 0 <= x0 < x1 < w and 0 <= y0 < y1 < h
+            assert r["finding"] in synth.FINDINGS
+        else:
+            assert r["x0"] == r["y0"] == r["x1"] == r["y1"] == ""
+    assert channels == {1, 3}
+    assert np.dtype(np.uint8) in dtypes
+    assert {r["inverted"] for r in rows} <= {"0", "1"}
+
+
+def test_abnormal_studies_show_a_finding_normal_ones_never(tree):
+    rows = list(csv.DictReader(open(tree / "MURA-v1.1/synth_annotations.csv")))
+    by_study: dict[str, list[str]] = {}
+    for r in rows:
+        by_study.setdefault(r["path"].rsplit("/", 1)[0], []).append(r["finding"])
+    assert any(s.endswith("positive") for s in by_study)
+    assert any(s.endswith("negative") for s in by_study)
+    for study, findings in by_study.items():
+        if study.endswith("positive"):
+            assert any(findings), study
+            assert len(set(f for f in findings if f)) == 1  # one finding kind per study
+        else:
+            assert not any(findings), study
+
+
+@pytest.mark.parametrize("kind", synth.FINDINGS)
+def test_finding_box_covers_the_drawn_finding(kind):
+    """Rendering the same view with and without the finding differs only inside its box.
+
+    (For fractures with the fragment kept in place: the box marks the fracture site.)
+    """
+    plan = synth.StudyPlan(0, "train", "FOREARM", 1, 1, 1, 1)
+    rng = np.random.default_rng(np.random.SeedSequence([5, 1]))
+    spec = synth._study_spec(plan, rng)
+    params = synth._finding_params(kind, rng)
+    if kind == "fracture":  # a displaced / angulated distal fragment moves far from the site
+        params.update(disp=0.0, ang=0.0, along=0.0)
+    spec = replace(spec, finding=kind, params=params, show=(True,))
+    with_f, box = synth.render_canvas("FOREARM", spec, 0, 1.0, 0.0, np.random.default_rng(9))
+    without, none = synth.render_canvas("FOREARM", replace(spec, finding=""), 0, 1.0, 0.0,
+                                        np.random.default_rng(9))
+    assert none is None and box is not None
+    diff = np.abs(with_f - without)
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    inside = np.zeros(diff.shape, bool)
+    inside[max(y0 - 3, 0):y1 + 4, max(x0 - 3, 0):x1 + 4] = True  # blur spreads a few px
+    assert diff[inside].max() > 0.1
+    assert diff[~inside].max() < 0.02
+
+
+def test_same_seed_same_bytes_serial_or_parallel(tmp_path):
+    a = synth.generate(tmp_path / "a", n_studies=10, seed=7, workers=1, progress=False)
+    b = synth.generate(tmp_path / "b", n_studies=10, seed=7, workers=2, progress=False)
+    c = synth.generate(tmp_path / "c", n_studies=10, seed=8, workers=1, progress=False)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for f in files_a:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert (a / "train_image_paths.csv").read_bytes() != (c / "train_image_paths.csv").read_bytes()
+
+
+def test_rerun_is_noop_and_foreign_tree_is_refused(tmp_path):
+    root = synth.generate(tmp_path, n_studies=2, seed=1, workers=1, progress=False)
+    marker = root / "train_image_paths.csv"
+    before = marker.stat().st_mtime_ns
+    assert synth.existing_matches(tmp_path, 2, 1)
+    synth.generate(tmp_path, n_studies=2, seed=1, workers=1, progress=False)
+    assert marker.stat().st_mtime_ns == before
+    with pytest.raises(MurakitError, match="--force"):
+        synth.generate(tmp_path, n_studies=3, seed=1, workers=1, progress=False)
+    synth.generate(tmp_path, n_studies=3, seed=1, workers=1, progress=False, force=True)
+    assert synth.existing_matches(tmp_path, 3, 1)
+    assert not list(tmp_path.glob(".MURA-v1.1.*"))  # no temp or old trees left behind
+
+
+def test_refuses_foreign_nonempty_folder(tmp_path):
+    (tmp_path / "MURA-v1.1").mkdir()
+    (tmp_path / "MURA-v1.1" / "precious.txt").write_text("x")
+    with pytest.raises(MurakitError, match="already exists"):
+        synth.generate(tmp_path, n_studies=2, progress=False)
+    assert (tmp_path / "MURA-v1.1" / "precious.txt").exists()
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_bad_study_count_is_a_clear_error(tmp_path, n):
+    with pytest.raises(MurakitError, match="positive integer"):
+        synth.generate(tmp_path, n_studies=n, progress=False)
+    assert not (tmp_path / "MURA-v1.1").exists()
+
+
+def test_cli_synth(tmp_path, capsys):
+    from murakit.cli import main
+
+    assert main(["synth", str(tmp_path), "--studies", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path), "--studies", "2", "--no-progress"]) == 0
+    assert "wrote 2 studies" in capsys.readouterr().out
+    assert main(["synth", str(tmp_path), "--studies", "2", "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(["synth", str(tmp_path), "--studies", "3", "--no-progress"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_plan_matches_mura_proportions():
+    plans = synth.plan_studies(1500, seed=0)
+    assert len(plans) == 1500 and [p.index for p in plans] == list(range(1500))
+    valid = np.mean([p.split == "valid" for p in plans])
+    abnormal = np.mean([p.label for p in plans])
+    views = np.mean([p.n_views for p in plans])
+    assert 0.08 <= valid <= 0.10
+    assert 0.33 <= abnormal <= 0.47
+    assert 2.5 <= views <= 3.0
+    assert {p.part for p in plans} == set(synth.PARTS)
+    multi = {}
+    for p in plans:
+        multi.setdefault(p.patient, []).append(p)
+    assert any(len(v) > 1 for v in multi.values())  # some patients have several studies
+    dirs = [p.study_dir for p in plans]
+    assert len(set(dirs)) == len(dirs)
