@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.preprocess import PreprocessConfig  # noqa: E402
-from murakit.mura import index_dataset  # noqa: E402
-from murakit.prepared import prepare  # noqa: E402
+from edge.preprocess import PreprocessConfig
+from murakit.mura import index_dataset
+from murakit.prepared import prepare
 
 
 def _cpu() -> float:

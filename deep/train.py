@@ -249,6 +249,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     state = read_state(out)
     with get_strategy().scope():
         if state is None:
+            keras.utils.set_random_seed(tcfg.seed)  # same seed -> same initial weights
             model = _compiled_new_model(cfg, tcfg, weights)
             state = {"epoch": 0, "iterations": 0, "best_auroc": -1.0, "best_epoch": 0, "wait": 0,
                      "lr_wait": 0, "lr": tcfg.lr, "stopped_early": False, "history": [],

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from edge.errors import EdgeError
+from edge.predictor import StudyPrediction
 
 DEFAULT_MODEL = Path("runs") / "default" / "export" / "cnn.onnx"
 MODEL_ENV = "MURAKIT_MODEL"
@@ -83,7 +84,7 @@ def _report(result, views, as_json: bool, cam_paths: list) -> None:
             d["cam"] = cam_paths if len(cam_paths) > 1 or d["type"] == "study" else cam_paths[0]
         print(json.dumps(d), flush=True)
         return
-    if result.__class__.__name__ == "StudyPrediction":
+    if isinstance(result, StudyPrediction):
         for v in views:
             print(_text_line(v, "  "))
         print(f"{result.path} (study, {len(views)} views, mean): {result.label}  p={result.probability:.4f}  "

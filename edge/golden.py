@@ -222,8 +222,7 @@ def sha256_file(path) -> str:
 def default_golden_dir(model_path) -> Path:
     """``MODEL_DIR/golden/<stem>``: where export writes a model's golden set."""
     model_path = Path(model_path)
-    return model_path.parent / "golden" / model_path.name[:-len(".onnx")] \
-        if model_path.name.endswith(".onnx") else model_path.parent / "golden" / model_path.stem
+    return model_path.parent / "golden" / model_path.stem  # cnn.int8.onnx -> golden/cnn.int8
 
 
 @dataclass

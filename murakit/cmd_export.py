@@ -223,10 +223,19 @@ def export_baseline(run: Path, out: Path, sources, infos) -> dict:
 
 
 # ---------------------------------------------------------------- command
-def run(args) -> int:
-    from deep.errors import DeepError
-    from edge.atomic import write_text
+def _user_errors() -> tuple:
+    """Exceptions of export/deep that become one-line MurakitErrors (deep only if already loaded:
+    importing it costs TensorFlow's start-up, which a baseline-only export never needs)."""
+    import sys
+
     from export.errors import ExportError
+
+    deep_errors = sys.modules.get("deep.errors")
+    return (ExportError, deep_errors.DeepError) if deep_errors else (ExportError,)
+
+
+def run(args) -> int:
+    from edge.atomic import write_text
     from murakit.metrics import json_safe
     from murakit.prepared import load_prepared
 
@@ -252,7 +261,7 @@ def run(args) -> int:
             summary["baseline"] = export_baseline(run_dir, out, sources, infos)
         else:
             print(f"export: no {run_dir / 'baseline' / 'baseline.onnx'}; skipping the baseline", flush=True)
-    except (ExportError, DeepError) as e:
+    except _user_errors() as e:
         raise MurakitError(str(e)) from None
     write_text(out / "export.json", json.dumps(json_safe(summary), indent=2, sort_keys=True))
     return code

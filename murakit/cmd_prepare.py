@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
                         help="seed of the patient split (default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="fraction of MURA-train patients held out as val (default: %(default)s)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="class-folder trees only (they have no MURA valid split): fraction "
+                             "of images held out as test (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: all cores, %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -40,16 +43,20 @@ def run(args) -> int:
         raise MurakitError(str(e)) from None
     if args.workers < 1:
         raise MurakitError(f"--workers must be at least 1, got {args.workers}")
+    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
+            and args.val_fraction + args.test_fraction < 1):
+        raise MurakitError("--val-fraction and --test-fraction must be in [0, 1) with a sum below 1")
     ds = index_dataset(args.data)
     print(f"{ds.root}: {len(ds)} images ({ds.layout} layout)")
     for line in ds.problems.lines():
         print(f"  data problem: {line}")
     res = prepare(args.data, args.run, cfg, seed=args.seed, val_fraction=args.val_fraction,
+                  test_fraction=args.test_fraction,
                   workers=args.workers, progress=not args.no_progress, dataset=ds)
     if res.status != "up-to-date":
         print(f"{res.cache}: {res.n_images} images cached at {cfg.size}x{cfg.size} "
               f"({res.n_processed} processed in {res.seconds:.1f} s, "
-              f"{res.images_per_second:.0f} images/s, {args.workers} workers)")
+              f"{res.images_per_second:.0f} images/s, {args.workers} worker{'s' if args.workers > 1 else ''})")
     if res.n_failed:
         print(f"  {res.n_failed} unreadable images skipped: see {res.cache / 'failed.csv'}")
     return 0

@@ -81,9 +81,25 @@ def opencv_outputs(model: Path, x: np.ndarray, names: list) -> dict:
     """Run ``x`` through a fresh ``cv2.dnn.Net``; returns {output name: ndarray}."""
     import cv2
 
-    net = cv2.dnn.readNetFromONNX(str(model))
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report failures ourselves
+    try:
+        net = cv2.dnn.readNetFromONNX(str(model))
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     net.setInput(np.ascontiguousarray(x, np.float32))
     return dict(zip(names, net.forward(names)))
+
+
+def _why_opencv(model: Path, err: Exception) -> str:
+    """Name the ops outside the default ONNX domain (OpenCV's importer has none of them)."""
+    try:
+        import onnx
+
+        ops = sorted({f"{n.domain}:{n.op_type}" for n in onnx.load(str(model)).graph.node if n.domain})
+    except Exception:  # noqa: BLE001  fall back to OpenCV's own message
+        ops = []
+    return f"unsupported ops {', '.join(ops)}" if ops else _first_line(err)[-100:]
 
 
 def opencv_rows(model: Path) -> list:
@@ -103,7 +119,7 @@ def opencv_rows(model: Path) -> list:
         try:
             got = opencv_outputs(model, x[:n], names)
         except Exception as e:  # noqa: BLE001  cv2.error for layers the importer cannot handle
-            rows.append(_row(model.name, check, None, ATOL, f"n/a: OpenCV cannot run it ({_first_line(e)})"))
+            rows.append(_row(model.name, check, None, ATOL, f"n/a: OpenCV DNN cannot run it ({_why_opencv(model, e)})"))
             continue
         diffs = [float(np.max(np.abs(np.asarray(got[k], np.float64).reshape(ref[k][:n].shape) - ref[k][:n])))
                  if np.asarray(got[k]).size == ref[k][:n].size else float("inf") for k in names]

@@ -164,14 +164,16 @@ def inversion_accuracy(detected: np.ndarray, truth: np.ndarray, paths) -> dict |
 # ============================================================================ cache reuse
 
 def matching_cache(run, dataset):
-    """The run's prepared cache if it was built from ``dataset``'s root, else None."""
-    from murakit.prepared import load_prepared
+    """The run's prepared cache if it was built from exactly ``dataset``, else None."""
+    from murakit.prepared import data_fingerprint, load_prepared
 
     try:
         prep = load_prepared(run)
     except MurakitError:
         return None
-    return prep if prep.meta.get("data_root") == str(dataset.root) else None
+    same = (prep.meta.get("data_root") == str(dataset.root)
+            and prep.meta.get("data_fingerprint") == data_fingerprint(dataset.records))
+    return prep if same else None
 
 
 # ============================================================================ plots
@@ -267,7 +269,7 @@ def sample_mosaic(records, prep, cfg: PreprocessConfig, per_part: int, seed: int
                 raw = load_image(r.path)
                 pre = (prep.image(cache_pos[r.relpath]) if r.relpath in cache_pos
                        else preprocess(raw, cfg))
-            except Exception:  # noqa: BLE001 - an unreadable sample leaves its tile black
+            except Exception:  # noqa: BLE001, S112 - an unreadable sample leaves its tile black
                 continue
             y, x = i * cell, 2 * k * cell
             mosaic[y:y + cell, x:x + cell] = _fit(np.round(raw * 255).astype(np.uint8), cell)
@@ -297,9 +299,9 @@ def _plot_samples(path: Path, records, prep, cfg: PreprocessConfig, per_part: in
 def _markdown(s: dict) -> str:
     t = s["counts"]["totals"]
     lines = [f"# Data audit: {s['data_root']}", "",
-             f"Layout `{s['layout']}`: {t['images']} images, {t['studies']} studies, "
-             f"{t['patients']} patients. Pixel statistics from {s['pixel_stats']['source']} "
-             f"({s['pixel_stats']['n']} images).", "",
+             (f"Layout `{s['layout']}`: {t['images']} images, {t['studies']} studies, "
+              f"{t['patients']} patients. Pixel statistics from {s['pixel_stats']['source']} "
+              f"({s['pixel_stats']['n']} images)."), "",
              "| split | part | normal studies | abnormal studies | normal images | abnormal images |",
              "|---|---|---:|---:|---:|---:|"]
     for split, parts in s["counts"]["studies"].items():
@@ -318,8 +320,8 @@ def _markdown(s: dict) -> str:
     inv = s["inversion_detector"]
     if inv:
         lines += ["", "## Inversion detector (synthetic ground truth)", "",
-                  f"- inverted images classified right: {inv['accuracy_inverted']} "
-                  f"(n = {inv['n_inverted']})",
+                  (f"- inverted images classified right: {inv['accuracy_inverted']} "
+                   f"(n = {inv['n_inverted']})"),
                   f"- normal images classified right: {inv['accuracy_normal']} (n = {inv['n_normal']})",
                   f"- goal >= {inv['goal']}: {'met' if inv['meets_goal'] else 'NOT met'}"]
     probs = [f"- {k}: {v['count']} (e.g. `{v['examples'][0]}`)" for k, v in s["problems"].items()
@@ -331,7 +333,7 @@ def _markdown(s: dict) -> str:
 
 def _flag_entry(mask: np.ndarray, paths) -> dict:
     idx = np.flatnonzero(mask)
-    return {"count": int(len(idx)), "paths": [paths[i] for i in idx[:MAX_LISTED]]}
+    return {"count": len(idx), "paths": [paths[i] for i in idx[:MAX_LISTED]]}
 
 
 def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3,

@@ -286,9 +286,9 @@ def _records_from(images, labels, root: Path, split: str, problems: Problems) ->
         seen_studies.add(relstudy)
         from_name = label_from_name(relstudy)
         label = labels.get(relstudy) if labels is not None else from_name
-        if labels is not None and label is not None and from_name is not None and label != from_name:
-            if relstudy not in problems.label_conflicts:
-                problems.label_conflicts.append(relstudy)
+        conflict = labels is not None and None not in (label, from_name) and label != from_name
+        if conflict and relstudy not in problems.label_conflicts:
+            problems.label_conflicts.append(relstudy)
         if label is None:
             if relstudy not in problems.unlabeled_studies:
                 problems.unlabeled_studies.append(relstudy)

@@ -44,6 +44,8 @@ INDEX_COLUMNS = ["split", "part", "patient", "study", "path", "label", "row", "i
 INFO_COLUMNS = ["orig_h", "orig_w", "scale", "offset_x", "offset_y", "inversion_score",
                 "raw_mean", "raw_std"]
 ANNOTATION_COLUMNS = ["finding", "bx0", "by0", "bx1", "by1", "true_inverted"]
+# Below this many images a pool costs more (spawning interpreters, ~1 s) than it saves.
+MIN_TASKS_FOR_POOL = 64
 # Fields of config.json that must match for a cache to be reused.
 KEY_FIELDS = ("preprocess", "data_root", "seed", "val_fraction", "test_fraction",
               "data_fingerprint")
@@ -260,12 +262,17 @@ _CFG = None
 _MM = None
 
 
-def _init_worker(cfg_dict: dict, images_path: str | None, single_thread: bool) -> None:
+def _init_worker(cfg_dict: dict, images_path: str | None, in_pool: bool) -> None:
     """Pool initializer: the config, and the memmap when workers write rows themselves."""
     global _CFG, _MM
+    import signal
+
     import cv2
 
-    if single_thread:
+    if in_pool:
+        # a pool worker: Ctrl-C is the main process's to handle (it saves progress and
+        # terminates the pool); workers printing their own tracebacks would only add noise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         cv2.setNumThreads(1)  # one OpenCV thread per process: the pool owns the cores
     _CFG = PreprocessConfig.from_dict(cfg_dict)
     _MM = np.load(images_path, mmap_mode="r+") if images_path else None
@@ -322,7 +329,7 @@ class _State:
             f.write(buf.getvalue())
 
     @classmethod
-    def load(cls, path: Path, n: int) -> "_State":
+    def load(cls, path: Path, n: int) -> _State:
         st = cls(n)
         try:
             with np.load(path) as z:
@@ -419,7 +426,8 @@ def _finalise(partial: Path, final: Path, dataset, split, st: _State, key: dict,
     _write_failed(partial / "failed.csv", dataset, st)
     meta = {**key, "murakit_version": __version__, "layout": layout, "n_rows": len(st.done),
             "n_images": n_ok, "n_failed": int(st.failed.sum()),
-            "annotations": bool(dataset.annotations), "complete": True}
+            "annotations": bool(dataset.annotations), "problems": dataset.problems.counts(),
+            "complete": True}
     for stray in partial.glob(".*tmp-*"):  # temp files of a writer killed mid-write
         stray.unlink()
     write_text(partial / "config.json", json.dumps(meta, indent=2) + "\n")  # last: marks complete
@@ -462,23 +470,23 @@ def _open_partial(partial: Path, key: dict, n: int, size: int, log):
 
 def _run_pool(tasks, cfg: PreprocessConfig, workers: int, images_path: Path, worker_writes: bool):
     """Yield results of :func:`process_one` for ``tasks``, in any order."""
-    init = (cfg.to_dict(), str(images_path) if worker_writes else None, workers > 1)
+    global _MM
+    mm_path = str(images_path) if worker_writes else None
     if not tasks:
         return
-    if workers <= 1:
-        _init_worker(*init[:2], False)
+    if workers <= 1 or len(tasks) < MIN_TASKS_FOR_POOL:
+        _init_worker(cfg.to_dict(), mm_path, in_pool=False)
         try:
             yield from map(process_one, tasks)
         finally:
-            global _MM
-            _MM = None
+            _MM = None  # drop this process's writable view of the cache
         return
     import multiprocessing as mp
 
     # spawn, not fork: the caller may have TensorFlow or other threads loaded.
     ctx = mp.get_context("spawn")
     chunk = max(1, min(32, len(tasks) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(), mm_path, True)) as pool:
         yield from pool.imap_unordered(process_one, tasks, chunksize=chunk)
 
 
@@ -515,7 +523,7 @@ def _fill(mm, st: _State, dataset, cfg, workers, partial, progress, checkpoint_s
     return n
 
 
-def prepare(data, run, cfg: PreprocessConfig = PreprocessConfig(), seed: int = 0,
+def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
             val_fraction: float = 0.1, test_fraction: float = 0.2, workers: int | None = None,
             progress: bool = True, checkpoint_seconds: float = 5.0, worker_writes: bool = False,
             log=print, dataset=None) -> PrepareResult:
@@ -527,7 +535,8 @@ def prepare(data, run, cfg: PreprocessConfig = PreprocessConfig(), seed: int = 0
         Data folder (see :func:`murakit.mura.index_dataset`).
     run : str or Path
         Run folder; the cache goes to ``RUN/prepared``.
-    cfg : PreprocessConfig
+    cfg : PreprocessConfig, optional
+        Default ``PreprocessConfig()``.
     seed, val_fraction, test_fraction
         Passed to :func:`murakit.splits.assign_splits`.
     workers : int, optional
@@ -550,6 +559,7 @@ def prepare(data, run, cfg: PreprocessConfig = PreprocessConfig(), seed: int = 0
     from murakit.mura import index_dataset
     from murakit.splits import assign_splits
 
+    cfg = cfg if cfg is not None else PreprocessConfig()
     run = Path(run)
     ds = dataset if dataset is not None else index_dataset(data)
     key = make_key(ds, cfg, seed, val_fraction, test_fraction)

@@ -33,7 +33,7 @@ def _take(total: int, left: int, fraction: float) -> int:
     ``round(total * fraction)``, at least 1 if ``fraction > 0``, always leaving 1 for train."""
     if fraction <= 0 or left < 2:
         return 0
-    return min(left - 1, max(1, int(round(total * fraction))))
+    return min(left - 1, max(1, round(total * fraction)))
 
 
 def split_patients(records, seed: int, fractions: dict) -> dict:

@@ -40,8 +40,8 @@ DEFAULT_STUDIES = 1500
 PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 # Train studies per part and abnormal share per part in MURA-v1.1 (Rajpurkar et al., table 1).
 PART_STUDIES = np.array([1754, 1935, 877, 2018, 592, 2821, 3460], dtype=float)
-PART_ABNORMAL = dict(ELBOW=0.38, FINGER=0.34, FOREARM=0.33, HAND=0.26, HUMERUS=0.46,
-                     SHOULDER=0.52, WRIST=0.38)
+PART_ABNORMAL = {"ELBOW": 0.38, "FINGER": 0.34, "FOREARM": 0.33, "HAND": 0.26,
+                 "HUMERUS": 0.46, "SHOULDER": 0.52, "WRIST": 0.38}
 VIEW_COUNTS = (1, 2, 3, 4, 5)
 VIEW_PROBS = (0.10, 0.30, 0.40, 0.15, 0.05)  # mean 2.75 views/study (MURA: 2.73)
 STUDIES_PER_PATIENT = ((1, 2, 3), (0.82, 0.14, 0.04))
@@ -315,8 +315,8 @@ def _shoulder(a, proj: float, flex: float) -> list:
     return bones
 
 
-BUILDERS = dict(ELBOW=_elbow, FINGER=_finger_part, FOREARM=_forearm, HAND=_hand,
-                HUMERUS=_humerus, SHOULDER=_shoulder, WRIST=_wrist)
+BUILDERS = {"ELBOW": _elbow, "FINGER": _finger_part, "FOREARM": _forearm, "HAND": _hand,
+            "HUMERUS": _humerus, "SHOULDER": _shoulder, "WRIST": _wrist}
 
 
 # ----------------------------------------------------------------- study spec ----
@@ -386,20 +386,20 @@ def _finding_params(kind: str, rng: np.random.Generator) -> dict:
     """Draw the shape parameters of one finding (sizes relative to the bone half-width)."""
     sign = float(rng.choice([-1, 1]))
     if kind == "fracture":
-        return dict(obl=rng.uniform(-35, 35), disp=sign * rng.uniform(0.5, 1.1),
-                    gap=rng.uniform(2.5, 4.5), ang=rng.choice([-1, 1]) * rng.uniform(4, 15),
-                    along=rng.uniform(-2, 2))
+        return {"obl": rng.uniform(-35, 35), "disp": sign * rng.uniform(0.5, 1.1),
+                "gap": rng.uniform(2.5, 4.5), "ang": rng.choice([-1, 1]) * rng.uniform(4, 15),
+                "along": rng.uniform(-2, 2)}
     if kind == "hardware":
-        return dict(sub=str(rng.choice(["plate", "screws", "wires"], p=[0.35, 0.35, 0.3])),
-                    side=sign, length=rng.uniform(0.2, 0.4), n=int(rng.integers(1, 4)),
-                    angle=rng.uniform(20, 50) * rng.choice([-1, 1]))
+        return {"sub": str(rng.choice(["plate", "screws", "wires"], p=[0.35, 0.35, 0.3])),
+                "side": sign, "length": rng.uniform(0.2, 0.4), "n": int(rng.integers(1, 4)),
+                "angle": rng.uniform(20, 50) * rng.choice([-1, 1])}
     if kind == "lytic":
-        return dict(rx=rng.uniform(0.75, 1.0), elong=rng.uniform(1.4, 2.8),
-                    off=rng.uniform(-0.25, 0.25), depth=rng.uniform(0.6, 0.85),
-                    rim=bool(rng.random() < 0.4))
-    return dict(side=sign, both=bool(rng.random() < 0.4), half=rng.uniform(0.12, 0.22),
-                layers=int(rng.integers(1, 4)), value=rng.uniform(0.4, 0.7),
-                bulge=rng.uniform(0.5, 0.9))
+        return {"rx": rng.uniform(0.75, 1.0), "elong": rng.uniform(1.4, 2.8),
+                "off": rng.uniform(-0.25, 0.25), "depth": rng.uniform(0.6, 0.85),
+                "rim": bool(rng.random() < 0.4)}
+    return {"side": sign, "both": bool(rng.random() < 0.4), "half": rng.uniform(0.12, 0.22),
+            "layers": int(rng.integers(1, 4)), "value": rng.uniform(0.4, 0.7),
+            "bulge": rng.uniform(0.5, 0.9)}
 
 
 # ------------------------------------------------------------------- drawing ----
@@ -411,7 +411,7 @@ def _fp(pts, origin) -> np.ndarray:
 
 def _ellipse(img, c, axes, angle, value, origin, thickness=-1) -> None:
     cc = _fp(c, origin)
-    ax = (max(1, int(round(axes[0] * _SUB))), max(1, int(round(axes[1] * _SUB))))
+    ax = (max(1, int(np.rint(axes[0] * _SUB))), max(1, int(np.rint(axes[1] * _SUB))))
     cv2.ellipse(img, (int(cc[0]), int(cc[1])), ax, float(angle), 0, 360, float(value),
                 thickness, cv2.LINE_8, 4)
 
@@ -622,7 +622,7 @@ def _soft_tissue(bones, size: int, cast: bool) -> np.ndarray:
 def _ring(metal, bones) -> None:
     """A metal ring around the first proximal phalanx in the list (hand / finger)."""
     ph = [b for b in bones if isinstance(b, Bone) and b.target][1]
-    p0, p1, u, n = _axis(ph)
+    p0, p1, u, _n = _axis(ph)
     c = p0 + 0.45 * (p1 - p0)
     _ellipse(metal, c, (3.0, ph.hw * 1.9), math.degrees(math.atan2(u[1], u[0])), 2.2,
              np.zeros(2), thickness=3)
@@ -664,7 +664,7 @@ def render_canvas(part: str, spec: StudySpec, view: int, proj: float, flex: floa
         if isinstance(b, Bone) and b.target:
             _confound_bone(roi, origin, b, spec, rng)
         if show and i == spec.bone and spec.finding in ("fracture", "lytic", "periosteal"):
-            fn = dict(fracture=_fracture, lytic=_lytic, periosteal=_periosteal)[spec.finding]
+            fn = {"fracture": _fracture, "lytic": _lytic, "periosteal": _periosteal}[spec.finding]
             bbox = fn(roi, origin, b, spec.t, spec.params)
         _paste(bone_layer, roi, origin)
     if show and spec.finding == "hardware":
@@ -684,7 +684,7 @@ def render_canvas(part: str, spec: StudySpec, view: int, proj: float, flex: floa
 def _output_size(rng) -> tuple[int, int]:
     """(H, W): long side 512 for a third of the images, else 90..511; aspect 0.55..0.95."""
     long_side = 512 if rng.random() < 0.35 else int(rng.integers(90, 512))
-    short = max(60, int(round(long_side * rng.uniform(0.55, 0.95))))
+    short = max(60, int(np.rint(long_side * rng.uniform(0.55, 0.95))))
     return (long_side, short) if rng.random() < 0.8 else (short, long_side)
 
 
@@ -719,7 +719,7 @@ def _marker(att, rng) -> None:
     text = str(rng.choice(["L", "R", "L", "R", "LT", "RT", "PA", "LAT"]))
     height = max(8.0, max(h, w) * rng.uniform(0.045, 0.09))
     fs = height / 22
-    th = max(1, int(round(fs * rng.uniform(1.5, 2.5))))
+    th = max(1, int(np.rint(fs * rng.uniform(1.5, 2.5))))
     (tw, tht), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, fs, th)
     mx, my = int(w * rng.uniform(0.03, 0.1)), int(h * rng.uniform(0.03, 0.1))
     x = mx if rng.random() < 0.5 else max(0, w - mx - tw)
@@ -938,6 +938,8 @@ def _render_all(plans, seed, tmp: Path, workers: int, progress: bool) -> list:
             for r in pool.imap(_render_job, jobs, chunksize=4):  # ordered -> deterministic
                 rows.append(r)
                 bar.update()
+            pool.close()
+            pool.join()
     bar.close()
     return rows
 

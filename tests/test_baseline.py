@@ -107,6 +107,20 @@ def test_folds_never_split_a_patient(data):
         assert not set(g[train]) & set(g[val])
 
 
+def test_alpha_search_subset_keeps_whole_patients(data):
+    from baseline.model import selection_subset
+
+    g = data["groups"]
+    sub = selection_subset(g, 50, seed=2)
+    assert 50 <= len(sub) <= 51 and np.array_equal(sub, np.sort(sub))
+    assert set(g[sub]).isdisjoint(set(np.delete(g, sub)))  # every patient all in or all out
+    np.testing.assert_array_equal(sub, selection_subset(g, 50, seed=2))
+    assert len(selection_subset(g, 10_000)) == len(g)
+    tr = data["train"]
+    small = fit_baseline(data["X"][tr], data["y"][tr], g[tr], seed=3, select_samples=60)
+    assert small.selection_["n_select"] in (60, 61) and small.selection_["n_train"] == 120
+
+
 @pytest.mark.parametrize("case, match", [
     ("empty", "no training samples"),
     ("one_class", "need both classes"),

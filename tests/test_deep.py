@@ -154,34 +154,26 @@ def test_inference_mode_outputs_differ_and_match_training_quality(trained):
 
 
 def test_checkpoints_history_and_resume(trained, tmp_path):
+    """Interrupted after 2 epochs + resumed to 4 == 4 epochs straight (the fixture), same seed."""
     res, imgs, labels, _, out, tcfg = trained
     assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]
     assert (out / "best.keras").is_file() and (out / "last.keras").is_file()
     assert len((out / "history.csv").read_text().splitlines()) == 5
-    args = (imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], TINY, out)
-    again = deep.train(*args, tcfg, verbose=False)  # complete: no-op
-    assert not again.ran and len(again.history) == 4
-    more = deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 5}), verbose=False)
-    assert more.ran and more.start_epoch == 4 and [r["epoch"] for r in more.history] == [1, 2, 3, 4, 5]
+    args = (imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], TINY, tmp_path)
+    first = deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 2}), verbose=False)
+    assert first.ran and len(first.history) == 2
+    resumed = deep.train(*args, tcfg, verbose=False)
+    assert resumed.ran and resumed.start_epoch == 2 and [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    straight = deep.load_model(out / "last.keras").get_weights()
+    for wa, wb in zip(straight, deep.load_model(tmp_path / "last.keras").get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-4)
+    assert resumed.history[3]["val_auroc"] == pytest.approx(res.history[3]["val_auroc"], abs=1e-3)
+    assert not deep.train(*args, tcfg, verbose=False).ran  # complete: no-op
     with pytest.raises(DeepError, match="different"):
         deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 6, "lr": 0.1}), verbose=False)
-    (out / "last.keras").write_bytes(b"not a zip")
+    (tmp_path / "last.keras").write_bytes(b"not a zip")
     with pytest.raises(DeepError, match="corrupt"):
         deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 6}), verbose=False)
-
-
-def test_resume_equals_uninterrupted(tmp_path):
-    imgs, labels, _ = blobs(64, seed=5)
-    args = (imgs, np.arange(48), labels[:48], np.arange(48, 64), labels[48:], TINY)
-    tcfg = TrainConfig(epochs=2, batch_size=16, seed=1, patience=10)
-    straight = deep.train(*args, tmp_path / "a", tcfg, verbose=False)
-    deep.train(*args, tmp_path / "b", TrainConfig(**{**tcfg.__dict__, "epochs": 1}), verbose=False)
-    resumed = deep.train(*args, tmp_path / "b", tcfg, verbose=False)
-    last_a = deep.load_model(tmp_path / "a" / "last.keras")
-    last_b = deep.load_model(tmp_path / "b" / "last.keras")
-    for wa, wb in zip(last_a.get_weights(), last_b.get_weights()):
-        np.testing.assert_allclose(wa, wb, atol=1e-5)
-    assert straight.history[1]["val_auroc"] == pytest.approx(resumed.history[1]["val_auroc"], abs=1e-4)
 
 
 def test_train_rejects_bad_inputs(tmp_path):
@@ -192,7 +184,9 @@ def test_train_rejects_bad_inputs(tmp_path):
     with pytest.raises(DeepError, match="empty split"):
         deep.train(imgs, np.arange(30), labels[:30], [], [], TINY, tmp_path)
     with pytest.raises(DeepError, match="both normal and abnormal"):
-        deep.train(imgs, np.arange(30), labels[:30], [0, 2], [0, 0], TINY, tmp_path)
+        deep.train(imgs, np.arange(30), labels[:30], [0, 2], [0, 0], TINY, tmp_path, TrainConfig(batch_size=8))
+    with pytest.raises(DeepError, match="fewer than one batch"):
+        deep.train(imgs, np.arange(30), labels[:30], np.arange(30, 40), labels[30:], TINY, tmp_path)
 
 
 def test_gradcam_and_pointing_game(trained):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from _murafix import make_mura
 
-from edge.preprocess import PreprocessConfig, preprocess
+from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
 from murakit import prepared as P
 from murakit.errors import MurakitError
 from murakit.prepared import INDEX_COLUMNS, load_prepared, prepare
@@ -77,13 +78,14 @@ def test_annotations_mapped_into_prepared_coordinates(data, built):
     assert ann is not None and ann["bbox"].shape == (len(p), 4)
     for i in range(len(p)):
         assert ann["true_inverted"][i] == int(TRUTH["inverted"][p.path[i]])
-        c = p.columns
-        scale, ox, oy = float(c["scale"][i]), float(c["offset_x"][i]), float(c["offset_y"][i])
+        _, info = preprocess_with_info(data / p.path[i], CFG)  # geometry from the source
+        scale, ox, oy = info.scale, info.offset_x, info.offset_y
+        assert float(p.columns["scale"][i]) == pytest.approx(scale, rel=1e-5)
         box = TRUTH["boxes"][p.path[i]]
         if box is not None:
             x0, y0, x1, y1 = box
             expect = [x0 * scale + ox, y0 * scale + oy, x1 * scale + ox, y1 * scale + oy]
-            assert np.allclose(ann["bbox"][i], np.minimum(expect, 32), atol=0.02)
+            assert np.allclose(ann["bbox"][i], np.minimum(expect, 32), atol=0.006)
             assert ann["finding"][i] == "fracture"
         else:
             assert np.isnan(ann["bbox"][i]).all() and ann["finding"][i] == ""
@@ -174,11 +176,17 @@ P.prepare({str(data)!r}, {str(tmp_path)!r}, PreprocessConfig(size=32), workers=1
                           np.asarray(load_prepared(built[0]).images))
 
 
-def test_pool_and_worker_writes_match_inline(data, built, tmp_path):
+def test_pool_and_worker_writes_match_inline(data, built, tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "MIN_TASKS_FOR_POOL", 0)  # use the pool even for 24 images
     ref = np.asarray(load_prepared(built[0]).images)
+
+    real_ctx, used = multiprocessing.get_context, []
+    monkeypatch.setattr(multiprocessing, "get_context", lambda m=None: used.append(m) or real_ctx(m))
     res = _prepare(data, tmp_path / "pool", workers=2)
+    assert used == ["spawn"]
     assert np.array_equal(np.asarray(load_prepared(tmp_path / "pool").images), ref)
     assert res.n_processed == 24
+    monkeypatch.undo()
     _prepare(data, tmp_path / "ww", worker_writes=True)
     assert np.array_equal(np.asarray(load_prepared(tmp_path / "ww").images), ref)
 

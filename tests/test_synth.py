@@ -95,7 +95,7 @@ def test_appledouble_junk_present_unlisted_and_not_png(tree):
 
 
 def test_images_channels_sizes_and_annotations(tree):
-    rows = list(csv.DictReader(open(tree / "MURA-v1.1/synth_annotations.csv")))
+    rows = list(csv.DictReader((tree / "MURA-v1.1/synth_annotations.csv").read_text().splitlines()))
     assert {r["path"] for r in rows} == _pngs_on_disk(tree)
     channels, dtypes = set(), set()
     for r in rows:
@@ -117,7 +117,7 @@ def test_images_channels_sizes_and_annotations(tree):
 
 
 def test_abnormal_studies_show_a_finding_normal_ones_never(tree):
-    rows = list(csv.DictReader(open(tree / "MURA-v1.1/synth_annotations.csv")))
+    rows = list(csv.DictReader((tree / "MURA-v1.1/synth_annotations.csv").read_text().splitlines()))
     by_study: dict[str, list[str]] = {}
     for r in rows:
         by_study.setdefault(r["path"].rsplit("/", 1)[0], []).append(r["finding"])
@@ -126,7 +126,7 @@ def test_abnormal_studies_show_a_finding_normal_ones_never(tree):
     for study, findings in by_study.items():
         if study.endswith("positive"):
             assert any(findings), study
-            assert len(set(f for f in findings if f)) == 1  # one finding kind per study
+            assert len({f for f in findings if f}) == 1  # one finding kind per study
         else:
             assert not any(findings), study
 
