@@ -144,14 +144,13 @@ def _check_parity(onnx_path: Path, feats, probs) -> float:
     return diff
 
 
-def _train(prepared, feats, settings: dict, workers: int, log):
+def _train(prepared, feats, pos: dict, settings: dict, workers: int, log):
     """Fit on train, threshold on val, evaluate on test. Returns (model, probs, metrics)."""
     import numpy as np
 
     from baseline import BaselineError, fit_baseline, predict_proba
     from murakit.metrics import choose_threshold, evaluate, json_safe
 
-    pos = {s: _split(prepared, s) for s in ("train", "val", "test")}
     tr = pos["train"]
     log(f"fitting on {len(tr)} train images of {len(np.unique(prepared.patient[tr]))} patients "
         f"({feats.shape[1]} features)")
@@ -169,7 +168,7 @@ def _train(prepared, feats, settings: dict, workers: int, log):
     val = evaluate(prepared.label[v], probs["val"], prepared.study[v], prepared.part[v], threshold)
     metrics.update(train_seconds=round(train_seconds, 3), settings=settings,
                    selection=model.selection_, val={"image": val["image"], "study": val["study"]})
-    return model, pos, probs, json_safe(metrics)
+    return model, probs, json_safe(metrics)
 
 
 def _save(out: Path, prepared, model, feats, pos, probs, metrics, hog_cfg) -> float:
@@ -203,10 +202,11 @@ def run(args) -> int:
     if not args.force and _up_to_date(out, prepared, settings):
         print(f"{out}: baseline is complete and newer than the cache; nothing to do (--force retrains)")
         return 0
+    pos = {s: _split(prepared, s) for s in ("train", "val", "test")}
     (out / "metrics.json").unlink(missing_ok=True)  # the stage is incomplete until rewritten
     hog_cfg = HogConfig.from_dict(settings["hog"])
     feats, feat_seconds = _features(prepared, hog_cfg, out, args.workers, not args.no_progress, print)
-    model, pos, probs, metrics = _train(prepared, feats, settings, args.workers, print)
+    model, probs, metrics = _train(prepared, feats, pos, settings, args.workers, print)
     metrics["features_seconds"] = round(feat_seconds, 3)
     parity = _save(out, prepared, model, feats, pos, probs, metrics, hog_cfg)
     s = metrics["study"]

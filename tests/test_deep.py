@@ -189,13 +189,13 @@ def test_train_rejects_bad_inputs(tmp_path):
         deep.train(imgs, np.arange(30), labels[:30], np.arange(30, 40), labels[30:], TINY, tmp_path)
 
 
-def test_gradcam_and_pointing_game(trained):
+def test_gradcam_shapes_and_layers(trained):
     res, imgs, labels, boxes, *_ = trained
     x = imgs[128:136, :, :, None] / np.float32(255)
     prob, maps = deep.gradcam(res.model, x)
     assert maps.shape == (8, S // 8, S // 8) and np.all(maps >= 0)
     np.testing.assert_allclose(prob, deep.predict(res.model, imgs, np.arange(128, 136)), atol=1e-5)
-    _, m2 = deep.gradcam(res.model, x, layer="s1_add")
+    _, m2 = deep.gradcam(res.model, x, layer="s0_add")
     assert m2.shape == (8, S // 4, S // 4)
     with pytest.raises(DeepError):
         deep.gradcam(res.model, x, layer="gap")
