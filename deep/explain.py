@@ -40,7 +40,7 @@ def cam(model: keras.Model, x, cmodel=None):
     Returns
     -------
     probs : float32 (B,) in [0, 1]
-    cams : float32 (B, h, w) raw logit contributions (h = S/8 for the small arch)
+    cams : float32 (B, h, w) raw logit contributions (h = S/16 for the small arch)
     """
     cmodel = cmodel or cam_model(model)
     p, c = cmodel(_as_batch(x), training=False)

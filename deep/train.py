@@ -205,7 +205,7 @@ def _restore(out, state):
 
 def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConfig, out_dir,
           tcfg: TrainConfig = TrainConfig(), *, weights=None, loss_weights=None, val_groups=None,
-          fingerprint=None, verbose=True) -> TrainResult:
+          fingerprint=None, verbose=True, log=None) -> TrainResult:
     """Train (or resume training) a CNN on a uint8 image cache.
 
     Parameters
@@ -226,6 +226,10 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
         Validation AUROC is computed on group (study) mean probabilities when given.
     fingerprint : dict, optional
         JSON-able identity of the data (e.g. preprocessing config, split sizes).
+    verbose : bool
+        Progress bar per epoch (stderr).
+    log : callable, optional
+        Receives one-line messages (resuming, early stop); default: stderr when verbose.
 
     Returns
     -------
@@ -246,6 +250,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = fingerprint or {}
+    log = log or ((lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None))
     state = read_state(out)
     with get_strategy().scope():
         if state is None:
@@ -261,16 +266,18 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
                 return _result(out, state, ran=False)
             model = _restore(out, state)
     start = state["epoch"]
-    if start and verbose:
-        print(f"resuming from epoch {start + 1}", file=sys.stderr)
+    if start:
+        log(f"resuming from epoch {start + 1}")
     for epoch in range(start, tcfg.epochs):
         row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, steps, verbose,
                          lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw))
         _end_epoch(model, out, state, tcfg, row)
+        if not verbose:
+            log(f"epoch {row['epoch']}/{tcfg.epochs}: loss {row['loss']:.4f}, val AUROC "
+                f"{row['val_auroc']:.4f}, lr {row['lr']:.2g} ({row['seconds']:.0f} s)")
         if state["stopped_early"]:
-            if verbose:
-                print(f"early stop: no val AUROC gain for {tcfg.patience} epochs "
-                      f"(best {state['best_auroc']:.4f} at epoch {state['best_epoch']})", file=sys.stderr)
+            log(f"early stop: no val AUROC gain for {tcfg.patience} epochs "
+                f"(best {state['best_auroc']:.4f} at epoch {state['best_epoch']})")
             break
     result = _result(out, state, ran=True)
     result.start_epoch = start

@@ -154,7 +154,7 @@ def _train(args, prep, pos, out):
           f"loss weights normal {lw[0]:.3f} / abnormal {lw[1]:.3f}")
     res = deep.train(prep.images, prep.row[tr], prep.label[tr], prep.row[va], prep.label[va], cfg, out,
                      tcfg, weights=args.weights, loss_weights=lw, val_groups=prep.study[va],
-                     fingerprint=fingerprint, verbose=not args.no_progress)
+                     fingerprint=fingerprint, verbose=not args.no_progress, log=print)
     return cfg, res
 
 

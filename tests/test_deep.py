@@ -55,7 +55,7 @@ def test_small_forward_and_cam_parity():
     p = model.predict(x, verbose=0)
     assert p.shape == (3, 1) and np.all((p >= 0) & (p <= 1))
     prob, cams = deep.cam(model, x)
-    assert cams.shape == (3, S // 8, S // 8)
+    assert cams.shape == (3, S // 16, S // 16)
     np.testing.assert_allclose(prob, p[:, 0], atol=1e-6)
     bias = model.get_layer("head").get_weights()[1]
     np.testing.assert_allclose(1 / (1 + np.exp(-(cams.mean(axis=(1, 2)) + bias))), prob, atol=1e-5)
@@ -193,10 +193,10 @@ def test_gradcam_shapes_and_layers(trained):
     res, imgs, labels, boxes, *_ = trained
     x = imgs[128:136, :, :, None] / np.float32(255)
     prob, maps = deep.gradcam(res.model, x)
-    assert maps.shape == (8, S // 8, S // 8) and np.all(maps >= 0)
+    assert maps.shape == (8, S // 16, S // 16) and np.all(maps >= 0)
     np.testing.assert_allclose(prob, deep.predict(res.model, imgs, np.arange(128, 136)), atol=1e-5)
     _, m2 = deep.gradcam(res.model, x, layer="s0_add")
-    assert m2.shape == (8, S // 4, S // 4)
+    assert m2.shape == (8, S // 8, S // 8)
     with pytest.raises(DeepError):
         deep.gradcam(res.model, x, layer="gap")
 
