@@ -90,9 +90,10 @@ def inference_rate(size=128, batch=1, seconds=8.0) -> float:
 
 
 def _status_kb(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     return 0
 
 

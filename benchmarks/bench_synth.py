@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +112,7 @@ def bench_difficulty(root: Path, workers: int, cnn_epochs: int = 0) -> None:
 
     t = load_table(root)
     t0 = time.perf_counter()
-    with Pool(workers) as pool:
+    with get_context("spawn").Pool(workers) as pool:
         out = pool.map(_features, t["path"], chunksize=32)
     X = np.stack([o[0] for o in out])
     det = np.array([o[1] for o in out])

@@ -8,9 +8,18 @@ from deep.data import augment_batch, make_dataset
 from deep.errors import DeepError
 from deep.explain import cam, gradcam, pointing_game, upsample
 from deep.model import build_model, cam_model, load_model
-from deep.train import (TrainConfig, TrainResult, auroc, check_resumable, class_weights, get_strategy,
+from deep.train import (
+                         TrainConfig,
+                         TrainResult,
+                         auroc,
+                         check_resumable,
+                         class_weights,
+                         get_strategy,
                          is_complete,
-                         predict, read_state, train)
+                         predict,
+                         read_state,
+                         train,
+)
 
 __all__ = [
     "ARCHS", "DeepError", "ModelConfig", "TrainConfig", "TrainResult", "augment_batch", "auroc",

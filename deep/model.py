@@ -78,7 +78,7 @@ def _load_weights(model, path, what):
         raise DeepError(f"weights file not found: {path}")
     try:
         model.load_weights(str(path))
-    except Exception as e:  # Keras raises ValueError/KeyError/OSError on mismatch or bad files
+    except Exception as e:  # noqa: BLE001 - Keras raises ValueError/KeyError/OSError/... on mismatch
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeepError(f"weights file {path} does not match {what}: {msg}") from None
 
@@ -120,7 +120,7 @@ def load_model(path, compile=False) -> keras.Model:
         raise DeepError(f"no checkpoint at {path}")
     try:
         return keras.saving.load_model(str(path), compile=compile)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - zip, h5 and config errors all mean "unusable file"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeepError(f"cannot read checkpoint {path} (corrupt?): {msg}") from None
 

@@ -33,9 +33,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.atomic import atomic_dir
 from murakit.errors import MurakitError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the pixels or CSVs of a given seed change
 DEFAULT_STUDIES = 1500
 PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 # Train studies per part and abnormal share per part in MURA-v1.1 (Rajpurkar et al., table 1).
@@ -839,17 +840,18 @@ def _appledouble(rng) -> bytes:
     return head + rng.bytes(4096 - len(head))
 
 
-def render_study(plan: StudyPlan, seed: int, root: Path) -> list[tuple]:
-    """Render and write all views of one study under ``root`` (the folder holding MURA-v1.1).
+def render_study(plan: StudyPlan, seed: int, mura_dir: Path) -> list[tuple]:
+    """Render and write all views of one study into ``mura_dir`` (a MURA-v1.1 folder).
 
     Returns
     -------
     list of tuple
-        One ``(path, inverted, finding, bbox)`` per view; path relative to ``root``.
+        One ``(path, inverted, finding, bbox)`` per view; path as in the image CSVs
+        (``MURA-v1.1/train/...``).
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, plan.index + 1]))
     spec = _study_spec(plan, rng)
-    folder = root / plan.study_dir
+    folder = mura_dir / plan.study_dir.split("/", 1)[1]
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for v in range(plan.n_views):
@@ -890,9 +892,8 @@ def _write_text(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def _write_tables(root: Path, plans: list[StudyPlan], rows: list[list[tuple]]) -> dict:
+def _write_tables(mura: Path, plans: list[StudyPlan], rows: list[list[tuple]]) -> dict:
     """The four official CSVs + synth_annotations.csv; returns counts for synth.json."""
-    mura = root / "MURA-v1.1"
     ann = [ANNOTATION_HEADER]
     counts: dict = {}
     for split in ("train", "valid"):
@@ -912,7 +913,7 @@ def _write_tables(root: Path, plans: list[StudyPlan], rows: list[list[tuple]]) -
 
 def _remove_stale_temps(out_dir: Path) -> None:
     """Delete temp trees left by killed runs (their process no longer exists)."""
-    for tmp in out_dir.glob(".MURA-v1.1.tmp-*"):
+    for tmp in [*out_dir.glob(".MURA-v1.1.tmp-*"), *out_dir.glob(".MURA-v1.1.old-*")]:
         try:
             os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
         except (ValueError, ProcessLookupError):
@@ -921,10 +922,10 @@ def _remove_stale_temps(out_dir: Path) -> None:
             pass
 
 
-def _render_all(plans, seed, tmp: Path, workers: int, progress: bool) -> list:
+def _render_all(plans, seed, mura_dir: Path, workers: int, progress: bool) -> list:
     from tqdm import tqdm
 
-    jobs = [(p, seed, tmp) for p in plans]
+    jobs = [(p, seed, mura_dir) for p in plans]
     bar = tqdm(total=len(plans), unit="study", desc="synth", disable=not progress)
     rows = []
     if workers <= 1 or len(plans) < 8:
@@ -934,7 +935,8 @@ def _render_all(plans, seed, tmp: Path, workers: int, progress: bool) -> list:
     else:
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers) as pool:
+        # "spawn": forking a parent whose OpenCV thread pool is live can deadlock the child
+        with mp.get_context("spawn").Pool(workers) as pool:
             for r in pool.imap(_render_job, jobs, chunksize=4):  # ordered -> deterministic
                 rows.append(r)
                 bar.update()
@@ -984,30 +986,12 @@ def generate(out_dir, n_studies: int = DEFAULT_STUDIES, seed: int = 0, workers=N
                            f"--studies {n_studies} --seed {seed}; use --force to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_dir)
-    tmp = out_dir / f".MURA-v1.1.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        plans = plan_studies(n_studies, seed)
-        workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    plans = plan_studies(n_studies, seed)
+    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    with atomic_dir(target) as tmp:  # a half-written tree never sits at OUT/MURA-v1.1
         rows = _render_all(plans, seed, tmp, workers, progress)
         counts = _write_tables(tmp, plans, rows)
         meta = {**_params(n_studies, seed), "counts": counts, "complete": True}
-        (tmp / "MURA-v1.1" / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp / "MURA-v1.1", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     return target
 
-
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an old target is moved aside first, then deleted."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".MURA-v1.1.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()

@@ -7,8 +7,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
-import deep  # noqa: E402
-from deep import DeepError, ModelConfig, TrainConfig  # noqa: E402
+import deep
+from deep import DeepError, ModelConfig, TrainConfig
 
 S = 32
 TINY = ModelConfig(size=S, width=8, dropout=0.0)
@@ -190,7 +190,7 @@ def test_train_rejects_bad_inputs(tmp_path):
 
 
 def test_gradcam_shapes_and_layers(trained):
-    res, imgs, labels, boxes, *_ = trained
+    res, imgs, *_ = trained
     x = imgs[128:136, :, :, None] / np.float32(255)
     prob, maps = deep.gradcam(res.model, x)
     assert maps.shape == (8, S // 16, S // 16) and np.all(maps >= 0)

@@ -25,7 +25,7 @@ STUDY_RE = re.compile(
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    synth.generate(out, n_studies=30, seed=3, workers=1, progress=False)
+    synth.generate(out, n_studies=24, seed=3, workers=1, progress=False)
     return out
 
 
@@ -157,9 +157,9 @@ def test_finding_box_covers_the_drawn_finding(kind):
 
 
 def test_same_seed_same_bytes_serial_or_parallel(tmp_path):
-    a = synth.generate(tmp_path / "a", n_studies=10, seed=7, workers=1, progress=False)
-    b = synth.generate(tmp_path / "b", n_studies=10, seed=7, workers=2, progress=False)
-    c = synth.generate(tmp_path / "c", n_studies=10, seed=8, workers=1, progress=False)
+    a = synth.generate(tmp_path / "a", n_studies=8, seed=7, workers=1, progress=False)
+    b = synth.generate(tmp_path / "b", n_studies=8, seed=7, workers=2, progress=False)
+    c = synth.generate(tmp_path / "c", n_studies=8, seed=8, workers=1, progress=False)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert files_a == files_b

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
-from edge.preprocess import PreprocessConfig  # noqa: E402
-from murakit.cli import main  # noqa: E402
+from edge.preprocess import PreprocessConfig
+from murakit.cli import main
 
 S = 32
 
