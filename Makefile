@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check edge baseline deep export murakit tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --run runs/default
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

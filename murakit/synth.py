@@ -36,7 +36,7 @@ import numpy as np
 from edge.atomic import atomic_dir
 from murakit.errors import MurakitError
 
-GENERATOR_VERSION = 2  # bump whenever the pixels or CSVs of a given seed change
+GENERATOR_VERSION = 4  # bump whenever the pixels or CSVs of a given seed change
 DEFAULT_STUDIES = 1500
 PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 # Train studies per part and abnormal share per part in MURA-v1.1 (Rajpurkar et al., table 1).
@@ -49,7 +49,7 @@ STUDIES_PER_PATIENT = ((1, 2, 3), (0.82, 0.14, 0.04))
 VALID_FRACTION = 0.09
 FINDINGS = ("fracture", "hardware", "lytic", "periosteal")
 FINDING_PROBS = (0.40, 0.15, 0.25, 0.20)
-SHOW_PROB = 0.7          # chance that one view of an abnormal study shows its finding
+SHOW_PROB = 0.85          # chance that one view of an abnormal study shows its finding
 INVERT_PROB = 0.10
 RGB_PROB = 0.25
 U16_PROB = 0.05
@@ -387,20 +387,20 @@ def _finding_params(kind: str, rng: np.random.Generator) -> dict:
     """Draw the shape parameters of one finding (sizes relative to the bone half-width)."""
     sign = float(rng.choice([-1, 1]))
     if kind == "fracture":
-        return {"obl": rng.uniform(-35, 35), "disp": sign * rng.uniform(0.5, 1.1),
-                "gap": rng.uniform(2.5, 4.5), "ang": rng.choice([-1, 1]) * rng.uniform(4, 15),
+        return {"obl": rng.uniform(-35, 35), "disp": sign * rng.uniform(1.0, 2.0),
+                "gap": rng.uniform(8.0, 14.0), "ang": rng.choice([-1, 1]) * rng.uniform(12, 30),
                 "along": rng.uniform(-2, 2)}
     if kind == "hardware":
         return {"sub": str(rng.choice(["plate", "screws", "wires"], p=[0.35, 0.35, 0.3])),
-                "side": sign, "length": rng.uniform(0.2, 0.4), "n": int(rng.integers(1, 4)),
+                "side": sign, "length": rng.uniform(0.35, 0.6), "n": int(rng.integers(1, 4)),
                 "angle": rng.uniform(20, 50) * rng.choice([-1, 1])}
     if kind == "lytic":
-        return {"rx": rng.uniform(0.75, 1.0), "elong": rng.uniform(1.4, 2.8),
-                "off": rng.uniform(-0.25, 0.25), "depth": rng.uniform(0.6, 0.85),
+        return {"rx": rng.uniform(0.9, 1.15), "elong": rng.uniform(2.0, 3.5),
+                "off": rng.uniform(-0.25, 0.25), "depth": rng.uniform(0.75, 0.95),
                 "rim": bool(rng.random() < 0.4)}
     return {"side": sign, "both": bool(rng.random() < 0.4), "half": rng.uniform(0.12, 0.22),
-            "layers": int(rng.integers(1, 4)), "value": rng.uniform(0.4, 0.7),
-            "bulge": rng.uniform(0.5, 0.9)}
+            "layers": int(rng.integers(2, 4)), "value": rng.uniform(0.55, 0.8),
+            "bulge": rng.uniform(0.8, 1.3)}
 
 
 # ------------------------------------------------------------------- drawing ----
@@ -549,7 +549,7 @@ def _hardware(metal, b: Bone, t: float, p: dict) -> np.ndarray:
     o = np.zeros(2)
     if p["sub"] == "plate":
         half = p["length"] * ln / 2
-        wd = 0.6 * hw
+        wd = 0.9 * hw
         pc = c + n * p["side"] * (hw + wd / 2 - 1)
         _line(metal, pc - u * half, pc + u * half, 2.2, wd, o)
         k = int(np.clip(round(2 * half / (1.8 * hw)), 2, 6))
@@ -569,7 +569,7 @@ def _hardware(metal, b: Bone, t: float, p: dict) -> np.ndarray:
         for j in range(min(p["n"], 2)):
             d = _rot(u, p["angle"] + 12 * j)
             q = c + u * j * hw
-            _line(metal, q - d * 2.6 * hw, q + d * 2.6 * hw, 2.3, 1.6, o)
+            _line(metal, q - d * 2.6 * hw, q + d * 2.6 * hw, 2.3, 3.5, o)
             pts += [q - d * 2.6 * hw, q + d * 2.6 * hw]
     pts = np.array(pts)
     return np.array([*pts.min(0) - 3, *pts.max(0) + 3])
