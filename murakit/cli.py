@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from murakit import __version__
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     from edge.errors import EdgeError
     from murakit.errors import MurakitError
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):

@@ -36,7 +36,7 @@ import numpy as np
 from edge.atomic import atomic_dir
 from murakit.errors import MurakitError
 
-GENERATOR_VERSION = 4  # bump whenever the pixels or CSVs of a given seed change
+GENERATOR_VERSION = 5  # bump whenever the pixels or CSVs of a given seed change
 DEFAULT_STUDIES = 1500
 PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 # Train studies per part and abnormal share per part in MURA-v1.1 (Rajpurkar et al., table 1).
@@ -692,7 +692,8 @@ def _output_size(rng) -> tuple[int, int]:
 def _pose(rng, h: int, w: int, focus) -> np.ndarray:
     """2x3 affine canvas -> output: flip, rotate, scale, shift; keeps ``focus`` in view."""
     angle = rng.uniform(-25, 25) + (rng.choice([-90, 90]) if w > h and rng.random() < 0.7 else 0)
-    scale = max(h, w) / 300 * rng.uniform(0.85, 1.2)
+    # zoomed in like MURA's tightly cropped views: the limb fills the frame, ends may be cut off
+    scale = max(h, w) / 230 * rng.uniform(0.9, 1.25)
     flip = rng.choice([-1.0, 1.0])
     t = math.radians(angle)
     r = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) * scale
