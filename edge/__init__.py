@@ -11,6 +11,15 @@ from edge.preprocess import PreprocessConfig, PreprocessInfo, preprocess, prepro
 __version__ = "0.1.0"
 
 __all__ = [
-    "EdgeError", "ImageError", "ModelError", "MAX_PIXELS", "load_image", "PreprocessConfig",
-    "PreprocessInfo", "preprocess", "preprocess_with_info", "to_model_input", "__version__",
+    "MAX_PIXELS",
+    "EdgeError",
+    "ImageError",
+    "ModelError",
+    "PreprocessConfig",
+    "PreprocessInfo",
+    "__version__",
+    "load_image",
+    "preprocess",
+    "preprocess_with_info",
+    "to_model_input",
 ]

@@ -80,7 +80,7 @@ class PreprocessConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         """Build from a dict; unknown keys are an error (a model from a newer murakit)."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
@@ -92,7 +92,7 @@ class PreprocessConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, s: str) -> "PreprocessConfig":
+    def from_json(cls, s: str) -> PreprocessConfig:
         return cls.from_dict(json.loads(s))
 
 
@@ -148,7 +148,7 @@ def inversion_score(norm: np.ndarray, border: float = 0.08) -> float:
     units (-1 .. 1). Medians make burned-in position markers in a corner irrelevant.
     """
     h, w = norm.shape
-    bh, bw = max(1, int(round(h * border))), max(1, int(round(w * border)))
+    bh, bw = max(1, round(h * border)), max(1, round(w * border))
     band = np.concatenate([
         norm[:bh].ravel(), norm[-bh:].ravel(), norm[bh:-bh, :bw].ravel(), norm[bh:-bh, -bw:].ravel()
     ])

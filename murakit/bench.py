@@ -139,8 +139,8 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     if not files:
         raise MurakitError(f"{run}: no trained or exported model found; run `murakit train` first")
     root = data_root(run)
-    report = {"dataset": {"root": root, "synthetic": is_synthetic(root), "split": "test", "images": int(len(order)),
-                          "studies": int(len(np.unique(studies)))},
+    report = {"dataset": {"root": root, "synthetic": is_synthetic(root), "split": "test", "images": len(order),
+                          "studies": len(np.unique(studies))},
               "models": {}}
     probs = {}
     for name in MODEL_NAMES:

@@ -59,7 +59,7 @@ def test_study(run: Path, data: Path) -> Path:
     test = prep.select("test")
     abnormal = [i for i in test if prep.label[i] == 1] or list(test)
     root = Path(data)
-    return (root / prep.path[sorted(abnormal, key=lambda i: prep.path[i])[0]]).parent
+    return (root / prep.path[min(abnormal, key=lambda i: prep.path[i])]).parent
 
 
 def run(args) -> int:

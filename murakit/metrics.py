@@ -148,7 +148,7 @@ def evaluate(labels, probs, studies, parts, threshold: float) -> dict:
         "study": binary_metrics(s["label"], s["prob"], threshold),
         "by_part": by_part,
         "threshold": float(threshold),
-        "counts": {"images": int(len(labels)), "studies": int(len(s["study"])),
+        "counts": {"images": len(labels), "studies": len(s["study"]),
                    "abnormal_studies": int(s["label"].sum())},
     }
 

@@ -138,10 +138,10 @@ def markdown(report: dict, plots: list) -> str:
     ds = report["dataset"]
     lines = [
         "# murakit benchmark report", "",
-        f"Data: `{ds['root']}`, split `{ds['split']}` (MURA `valid`): {ds['images']} images, "
-        f"{ds['studies']} studies. Study probability = mean of its views (MURA protocol).", "",
-        "| model | study AUROC | study kappa | image AUROC | image kappa | sens | spec | F1 | threshold "
-        "| size | latency p50 / p95 (ms, batch 1) | throughput (img/s, batch 32) | train s |",
+        (f"Data: `{ds['root']}`, split `{ds['split']}` (MURA `valid`): {ds['images']} images, "
+        f"{ds['studies']} studies. Study probability = mean of its views (MURA protocol)."), "",
+        ("| model | study AUROC | study kappa | image AUROC | image kappa | sens | spec | F1 | threshold "
+        "| size | latency p50 / p95 (ms, batch 1) | throughput (img/s, batch 32) | train s |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["models"].items():
@@ -152,8 +152,8 @@ def markdown(report: dict, plots: list) -> str:
             f"| {m['size_bytes'] / 1024:.0f} KiB | {_fmt(m['latency_ms_p50'], 2)} / {_fmt(m['latency_ms_p95'], 2)} "
             f"| {_fmt(m['throughput_ips'], 0)} | {_fmt(m['train_seconds'], 0)} |")
     lines += [
-        f"| MURA paper, DenseNet-169 @ 320 px (real MURA) | {ANCHOR['auroc']} | {ANCHOR['kappa']} "
-        "| | | | | | | | | | |", "",
+        (f"| MURA paper, DenseNet-169 @ 320 px (real MURA) | {ANCHOR['auroc']} | {ANCHOR['kappa']} "
+        "| | | | | | | | | | |"), "",
         f"The anchor row is from the MURA paper on real MURA (best radiologist kappa {ANCHOR['radiologist_kappa']}). "
         "Our figures are on the data set this run used"
         + (" — the synthetic MURA-shaped default, not real radiographs — so the two rows are not comparable."
@@ -192,4 +192,4 @@ def write_report(run, report: dict, data: dict) -> Path:
     return out
 
 
-__all__ = ["write_report", "markdown", "roc_curve", "MODEL_NAMES"]
+__all__ = ["MODEL_NAMES", "markdown", "roc_curve", "write_report"]

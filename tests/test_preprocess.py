@@ -130,7 +130,7 @@ def _png_header(w, h):
 def test_bad_files_raise_clear_errors(tmp_path, img, content, match):
     path = tmp_path / "x.png"
     if content == "truncated":
-        ok, buf = cv2.imencode(".png", img)
+        _ok, buf = cv2.imencode(".png", img)
         content = buf.tobytes()[:150]
     if content is not None:
         path.write_bytes(content)
