@@ -18,6 +18,7 @@ def add_arguments(parser) -> None:
                              "cache (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes for decoding (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="redo the audit even if it is up to date")
 
 
 def run(args) -> int:
@@ -29,6 +30,9 @@ def run(args) -> int:
 
     if args.max_samples < 1 or args.workers < 1:
         raise MurakitError("--max-samples and --workers must be at least 1")
+    if not args.force and _up_to_date(Path(args.run), args.data):
+        print(f"explore: {Path(args.run) / 'explore' / 'summary.md'} is up to date; nothing to do (--force redoes it)")
+        return 0
     s = explore(args.data, args.run, seed=args.seed, max_samples=args.max_samples,
                 workers=args.workers)
     t = s["counts"]["totals"]
@@ -50,3 +54,20 @@ def run(args) -> int:
     out = Path(args.run) / "explore"
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {', '.join(s['plots'])} in {out}")
     return 0
+
+
+def _up_to_date(run, data) -> bool:
+    """The summary exists, is about the same data root and is newer than the prepared cache."""
+    import json
+    from pathlib import Path
+
+    from murakit.stages import is_fresh
+
+    summary = run / "explore" / "summary.json"
+    if not is_fresh(summary, [run / "prepared" / "config.json"]):
+        return False
+    try:
+        root = json.loads(summary.read_text()).get("data_root")
+    except (OSError, ValueError):
+        return False
+    return root is not None and Path(root).resolve() == Path(data).resolve()

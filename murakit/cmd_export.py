@@ -37,6 +37,7 @@ def add_arguments(parser) -> None:
                         help="largest accepted study-AUROC drop of INT8 vs float on val (default 0.01)")
     parser.add_argument("--no-int8", action="store_true", help="skip INT8 quantization")
     parser.add_argument("--strict-int8", action="store_true", help="exit 1 when the INT8 model is refused")
+    parser.add_argument("--force", action="store_true", help="export again even if export.json is up to date")
 
 
 # ---------------------------------------------------------------- choosing images
@@ -244,6 +245,13 @@ def run(args) -> int:
     has_baseline = (run_dir / "baseline" / "baseline.onnx").is_file()
     if not (has_cnn or has_baseline):
         raise MurakitError(f"nothing to export in {run_dir}: train a model first (murakit train cnn / baseline)")
+    from murakit.stages import is_fresh
+
+    inputs = [run_dir / "cnn" / "best.keras", run_dir / "cnn" / "metrics.json", run_dir / "baseline" / "baseline.onnx",
+              run_dir / "baseline" / "metrics.json", run_dir / "prepared" / "config.json"]
+    if not args.force and is_fresh(out / "export.json", inputs):
+        print(f"export: {out / 'export.json'} is newer than every model; nothing to do (--force redoes it)")
+        return 0
     prep = load_prepared(run_dir)
     sources, infos = golden_sources(prep, golden_positions(prep, args.golden))
     summary, code = {"golden_cases": infos}, 0
