@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 # Sizes: the default fits `make demo` in ~15 min on 2 cores; --quick is the end-to-end test.
-DEFAULT = {"studies": None, "size": 128, "epochs": 12}
+DEFAULT = {"studies": None, "size": 128, "epochs": 14}
 QUICK = {"studies": 160, "size": 64, "epochs": 3}
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from edge.atomic import atomic_dir
 from murakit.errors import MurakitError
 
-GENERATOR_VERSION = 5  # bump whenever the pixels or CSVs of a given seed change
+GENERATOR_VERSION = 6  # bump whenever the pixels or CSVs of a given seed change
 DEFAULT_STUDIES = 1500
 PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 # Train studies per part and abnormal share per part in MURA-v1.1 (Rajpurkar et al., table 1).
@@ -49,7 +49,7 @@ STUDIES_PER_PATIENT = ((1, 2, 3), (0.82, 0.14, 0.04))
 VALID_FRACTION = 0.09
 FINDINGS = ("fracture", "hardware", "lytic", "periosteal")
 FINDING_PROBS = (0.40, 0.15, 0.25, 0.20)
-SHOW_PROB = 0.85          # chance that one view of an abnormal study shows its finding
+SHOW_PROB = 0.9          # chance that one view of an abnormal study shows its finding
 INVERT_PROB = 0.10
 RGB_PROB = 0.25
 U16_PROB = 0.05
