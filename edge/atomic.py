@@ -17,6 +17,21 @@ def _tmp_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary file path beside ``path`` for writers that need a name
+    (``np.save``, ``onnx.save``, ``cv2.imwrite``); renamed onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix for cv2
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", **kwargs):
     """Open a temporary file beside ``path``; rename it onto ``path`` on success.
 
@@ -32,33 +47,10 @@ def atomic_write(path, mode: str = "wb", **kwargs):
     file object
         Write to it; on an exception the temporary file is removed and ``path`` untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary file path beside ``path`` for writers that need a name
-    (``np.save``, ``onnx.save``, ``cv2.imwrite``); renamed onto ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix for cv2
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

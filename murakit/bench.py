@@ -132,8 +132,8 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     test = prep.select("test")
     if len(test) == 0:
         raise MurakitError(f"{run}: the prepared cache has no test images")
-    images = np.asarray(prep.images[np.sort(test)])
     order = np.sort(test)
+    images = np.asarray(prep.images[order])
     labels, studies, parts = prep.label[order], prep.study[order], prep.part[order]
     files = {k: v for k, v in model_files(run).items() if v is not None}
     if not files:

@@ -15,12 +15,10 @@ def add_arguments(p):
 def up_to_date(run: Path) -> bool:
     """True when report.json exists and is newer than the cache and every model file."""
     from murakit.bench import model_files
+    from murakit.stages import is_fresh
 
-    report = run / "report" / "report.json"
-    if not report.exists():
-        return False
     inputs = [p for p in model_files(run).values() if p is not None] + [run / "prepared" / "index.csv"]
-    return all(report.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.exists())
+    return is_fresh(run / "report" / "report.json", inputs)
 
 
 def run(args) -> int:
