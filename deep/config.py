@@ -23,7 +23,9 @@ class ModelConfig:
     size : int
         Input side S in pixels; the model maps float32 (B, S, S, 1) in [0, 1] to (B, 1).
     width : int
-        Channels of the first stage of the "small" arch (stages use width, 2x, 4x, 8x).
+        Channels of the stem of the "small" arch (stages use 2x, 4x, 8x). 16 (67k parameters)
+        trains ~2x faster on 2 CPU cores than 32 (253k) and learned as well per epoch on the
+        synthetic default.
     dropout : float
         Dropout rate between global average pooling and the sigmoid unit (training only).
     bn_momentum : float
@@ -33,7 +35,7 @@ class ModelConfig:
 
     arch: str = "small"
     size: int = 128
-    width: int = 32
+    width: int = 16
     dropout: float = 0.2
     bn_momentum: float = 0.9
 

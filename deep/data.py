@@ -30,10 +30,10 @@ def _batch_reader(images, rows, order, batch_size, labels, weights):
     return read
 
 
-def _affine_transforms(seed, n, size):
+def _affine_transforms(seed, n, size, max_rotation):
     """Per-image (n, 8) projective transforms: rotation, isotropic scale, shift (output -> input)."""
     s = tf.random.experimental.stateless_split(seed, 3)
-    ang = tf.random.stateless_uniform([n], s[0], -1.0, 1.0) * (MAX_ROTATION_DEG * math.pi / 180.0)
+    ang = tf.random.stateless_uniform([n], s[0], -1.0, 1.0) * (max_rotation * math.pi / 180.0)
     scale = tf.random.stateless_uniform([n], s[1], *SCALE_RANGE)
     shift = tf.random.stateless_uniform([n, 2], s[2], -1.0, 1.0) * (SHIFT_FRACTION * size)
     c = (size - 1) / 2.0
@@ -46,14 +46,16 @@ def _affine_transforms(seed, n, size):
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def augment_batch(x, seed):
-    """Random flip, rotation (<= 30 deg), scale, shift and brightness/contrast jitter.
+def augment_batch(x, seed, max_rotation=MAX_ROTATION_DEG):
+    """Random flip, rotation (<= ``max_rotation`` deg), scale, shift, brightness/contrast jitter.
 
     Parameters
     ----------
     x : tf.Tensor float32 (B, S, S, 1) in [0, 1]
     seed : tf.Tensor int (2,)
         Stateless seed: the same seed gives the same augmentation.
+    max_rotation : float
+        Largest rotation in degrees (the MURA paper: 30).
 
     Returns
     -------
@@ -65,7 +67,7 @@ def augment_batch(x, seed):
     flip = tf.random.stateless_uniform([n], s[0]) < 0.5
     x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
     x = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x, transforms=_affine_transforms(s[1], n, size), output_shape=[size, size],
+        images=x, transforms=_affine_transforms(s[1], n, size, float(max_rotation)), output_shape=[size, size],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
     contrast = tf.random.stateless_uniform([n, 1, 1, 1], s[2], *CONTRAST_RANGE)
     bright = tf.random.stateless_uniform([n, 1, 1, 1], s[3], -BRIGHTNESS, BRIGHTNESS)
@@ -74,7 +76,8 @@ def augment_batch(x, seed):
 
 
 def make_dataset(images, rows, labels=None, batch_size=32, augment=False, seed=0,
-                 shuffle=None, sample_weights=(1.0, 1.0), drop_remainder=False):
+                 shuffle=None, sample_weights=(1.0, 1.0), drop_remainder=False,
+                 max_rotation=MAX_ROTATION_DEG):
     """Stream batches from a uint8 image cache.
 
     Parameters
@@ -96,6 +99,8 @@ def make_dataset(images, rows, labels=None, batch_size=32, augment=False, seed=0
         Per-sample loss weights by label (the MURA paper's weighted BCE).
     drop_remainder : bool
         Drop the last partial batch (training: avoids tiny BatchNorm batches).
+    max_rotation : float
+        Largest augmentation rotation in degrees (with ``augment``).
 
     Returns
     -------
@@ -119,7 +124,7 @@ def make_dataset(images, rows, labels=None, batch_size=32, augment=False, seed=0
         x, y, wt = tf.numpy_function(read, [start], [tf.uint8, tf.float32, tf.float32])
         x = tf.cast(tf.reshape(x, [-1, size, size, 1]), tf.float32) / 255.0  # == to_model_input
         if augment:
-            x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]))
+            x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]), max_rotation)
         if labels is None:
             return x
         return x, tf.reshape(y, [-1, 1]), tf.reshape(wt, [-1])

@@ -52,6 +52,7 @@ class TrainConfig:
     lr_factor: float = 0.3
     min_lr: float = 1e-5
     augment: bool = True
+    max_rotation: float = 30.0  # degrees; the MURA paper's setting (short CPU fits: see demo)
 
     def resume_key(self) -> dict:
         d = dataclasses.asdict(self)
@@ -296,6 +297,7 @@ def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, steps, verbose, val
     epoch_seed = tcfg.seed * 100_003 + epoch  # same stream whether resumed or not
     keras.utils.set_random_seed(epoch_seed)
     ds = make_dataset(images, rows, labels, tcfg.batch_size, augment=tcfg.augment, seed=epoch_seed,
+                      max_rotation=tcfg.max_rotation,
                       shuffle=True, sample_weights=lw, drop_remainder=True)
     t0 = time.perf_counter()
     cbs = [_ProgressBar(epoch + 1, tcfg.epochs, steps)] if verbose else []

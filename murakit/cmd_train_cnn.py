@@ -30,6 +30,11 @@ def add_arguments(parser) -> None:
                         help="input side; must equal the prepared cache's size (default: the cache's)")
     parser.add_argument("--weights", default=None,
                         help="local initial weights file (backbones: include_top=False weights)")
+    parser.add_argument("--width", type=int, default=16,
+                        help="stem channels of the small arch (default: %(default)s)")
+    parser.add_argument("--max-rotation", type=float, default=30.0,
+                        help="largest augmentation rotation in degrees (default: %(default)s, "
+                             "as in the MURA paper)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="discard RUN/cnn and train from scratch")
@@ -42,8 +47,10 @@ def _check_args(args, size):
     if args.size is not None and args.size != size:
         raise MurakitError(f"the prepared cache in {args.run} is {size}x{size} px, not {args.size}: "
                            f"rerun murakit prepare DATA --run {args.run} --size {args.size}")
-    if args.epochs < 1 or args.batch_size < 1:
-        raise MurakitError("--epochs and --batch-size must be at least 1")
+    if args.epochs < 1 or args.batch_size < 1 or args.width < 4:
+        raise MurakitError("--epochs and --batch-size must be at least 1, --width at least 4")
+    if not 0 <= args.max_rotation <= 180:
+        raise MurakitError(f"--max-rotation must be within 0..180 degrees, got {args.max_rotation}")
 
 
 def _splits(prep):
@@ -135,8 +142,9 @@ def _train(args, prep, pos, out):
 
     import deep
 
-    cfg = deep.ModelConfig(arch=args.arch, size=prep.config.size)
-    tcfg = deep.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    cfg = deep.ModelConfig(arch=args.arch, size=prep.config.size, width=args.width)
+    tcfg = deep.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                            max_rotation=args.max_rotation)
     fingerprint = {"preprocess": prep.config.to_dict(), "data": prep.meta.get("data_fingerprint"),
                    "n_train": len(pos["train"]), "n_val": len(pos["val"])}
     state = deep.read_state(out)

@@ -130,7 +130,8 @@ def test_mismatched_weights_file_exit_2(tmp_path, capsys):
     import deep
 
     wrong = tmp_path / "wide.weights.h5"
-    deep.build_model(deep.ModelConfig(size=S, width=16)).save_weights(wrong)
+    wide = deep.ModelConfig().width * 2  # not the width train cnn builds
+    deep.build_model(deep.ModelConfig(size=S, width=wide)).save_weights(wrong)
     run = tmp_path / "run"
     write_cache(run)
     code = main(["train", "cnn", "--run", str(run), "--epochs", "1", "--batch-size", "8", "--no-progress",
