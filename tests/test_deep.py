@@ -127,6 +127,26 @@ def test_augmentation_seeded_and_in_range():
     assert aug.shape == x.shape and np.abs(aug - x.numpy()).mean() > 0.01
 
 
+def _bar_tilts(max_rotation):
+    """Per augmented image: |slope| (px per row) of the centre line of a vertical bright bar."""
+    img = np.zeros((8, S, S, 1), np.float32)
+    img[:, :, S // 2 - 3:S // 2 + 3] = 1.0
+    aug = deep.augment_batch(tf.constant(img), tf.constant([3, 1], tf.int64), max_rotation).numpy()[..., 0]
+    rows = np.arange(S // 4, 3 * S // 4)  # stay clear of the rotated corners
+    cols = np.arange(S, dtype=np.float32)
+    tilts = []
+    for a in aug:
+        centre = (a[rows] * cols).sum(1) / np.maximum(a[rows].sum(1), 1e-6)
+        tilts.append(abs(np.polyfit(rows, centre, 1)[0]))
+    return np.array(tilts)
+
+
+def test_augmentation_rotation_is_bounded_by_max_rotation():
+    assert _bar_tilts(0.0).max() < 0.02  # flips, scale and shift keep a vertical bar vertical
+    tilts = _bar_tilts(30.0)
+    assert tilts.max() > np.tan(np.radians(5)) and tilts.max() <= np.tan(np.radians(30)) + 0.02
+
+
 def test_auroc_and_class_weights():
     from sklearn.metrics import roc_auc_score
 

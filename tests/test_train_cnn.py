@@ -80,6 +80,8 @@ def test_rerun_is_noop_then_resumes_with_more_epochs(trained_run, capsys):
     assert "resuming from epoch 2" in capsys.readouterr().out
     assert len((run / "cnn" / "history.csv").read_text().splitlines()) == 3
     assert json.loads((run / "cnn" / "metrics.json").read_text())["epochs"] == 2
+    assert main(args + ["--epochs", "3", "--max-rotation", "5"]) == 2  # other settings: no resume
+    assert "different train config" in capsys.readouterr().err
 
 
 def test_explain_writes_overlays(trained_run, tmp_path, capsys):
@@ -116,6 +118,7 @@ def test_corrupt_last_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys)
 @pytest.mark.parametrize("extra, splits, message", [
     (["--size", "64"], None, "rerun murakit prepare"),
     (["--weights", "nope.weights.h5"], None, "weights file not found"),
+    (["--max-rotation", "200"], None, "--max-rotation must be within"),
     ([], ("train",) * 52 + ("test",) * 12, "no val"),
 ])
 def test_bad_inputs_exit_2(tmp_path, capsys, extra, splits, message):
