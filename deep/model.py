@@ -32,7 +32,11 @@ def _small_features(x, cfg: ModelConfig):
     step); stride 16 still gives an 8x8 CAM at 128 px (16 px cells).
     """
     m = cfg.bn_momentum
+    # Normalise on (B, S, S), not (B, S, S, 1): onnxruntime's elementwise Mul/Add on a
+    # trailing axis of 1 ran ~20x slower (0.45 ms of a 1.2 ms batch-1 call at 128 px).
+    x = layers.Reshape((cfg.size, cfg.size), name="squeeze_channel")(x)
     x = layers.Rescaling(4.0, offset=-2.0, name="normalize")(x)  # [0,1] -> [-2,2]
+    x = layers.Reshape((cfg.size, cfg.size, 1), name="expand_channel")(x)
     x = layers.Conv2D(cfg.width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(momentum=m, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)

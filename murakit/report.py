@@ -98,7 +98,11 @@ def plot_latency(models, out: Path):
 
 
 def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
-    """Grid of CAM overlays: top row abnormal test studies, bottom row normal ones."""
+    """Grid of CAM overlays: top row abnormal test images, bottom row normal ones (seeded picks).
+
+    When the data carries finding boxes (the synthetic default), abnormal picks are drawn from
+    images that show their finding and the box is drawn in green, so the map can be judged.
+    """
     import cv2
     import matplotlib.pyplot as plt
 
@@ -111,23 +115,41 @@ def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
     pred = Predictor(model)
     if not pred.has_cam:
         return False
+    boxes = _test_boxes(data)
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(2, per_class, figsize=(2.4 * per_class, 5.2), squeeze=False)
     for row, label in enumerate((1, 0)):
-        idx = np.flatnonzero(data["labels"] == label)
+        keep = data["labels"] == label
+        if label and boxes is not None and (keep & ~np.isnan(boxes).any(axis=1)).any():
+            keep &= ~np.isnan(boxes).any(axis=1)
+        idx = np.flatnonzero(keep)
         pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
         for ax, i in zip(axes[row], pick):
             u8 = data["images"][i]
             out_ = pred.run(pred.model_input(u8))
             p = float(pred.probabilities(out_)[0])
-            ax.imshow(cv2.cvtColor(overlay(u8, out_["cam"][0]), cv2.COLOR_BGR2RGB))
+            img = overlay(u8, out_["cam"][0])
+            if boxes is not None and not np.isnan(boxes[i]).any():
+                x0, y0, x1, y1 = (int(v) for v in np.rint(boxes[i]))
+                cv2.rectangle(img, (x0, y0), (x1, y1), (0, 255, 0), 1)
+            ax.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
             ax.set_title(f"{data['parts'][i]} {'abn' if label else 'norm'} p={p:.2f}", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
-    fig.suptitle("CNN class activation maps: abnormal (top) and normal (bottom) test images")
+    title = "CNN class activation maps: abnormal (top) and normal (bottom) test images"
+    fig.suptitle(title + ("\n(green: the generator's finding box)" if boxes is not None else ""))
     _save(fig, out)
     plt.close(fig)
     return True
+
+
+def _test_boxes(data):
+    """Finding boxes (N, 4) in model-input pixels aligned with ``data["images"]``, or None."""
+    prep = data.get("prep")
+    ann = getattr(prep, "annotations", None)
+    if ann is None or "order" not in data:
+        return None
+    return np.asarray(ann["bbox"], float)[data["order"]]
 
 
 def _fmt(v, nd=3):
