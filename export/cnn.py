@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.errors import ExportError
+from export.graph import short_names
 from export.metadata import set_metadata
 
 OPSET = 17
@@ -68,38 +69,8 @@ def to_onnx(cam_model, size: int, opset: int = OPSET):
     except Exception as e:  # noqa: BLE001  tf2onnx raises anything from KeyError to ValueError
         raise ExportError(f"tf2onnx could not convert the CNN: {type(e).__name__}: {e}") from None
     _rename_outputs(model, size)
-    _short_names(model)
+    short_names(model)
     return model
-
-
-def _short_names(model) -> None:
-    """Rename inner tensors and nodes to short ids (t12, n7); graph inputs/outputs keep theirs.
-
-    tf2onnx names carry the Keras layer path (~60 bytes each); after QDQ quantisation, which
-    adds several tensors per convolution, names were a third of a small INT8 file.
-    """
-    import onnx
-
-    g = model.graph
-    graph_attrs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-    if any(a.type in graph_attrs for node in g.node for a in node.attribute):
-        return  # subgraphs may refer to outer names: leave such a model as converted
-    keep = {v.name for v in g.input} | {v.name for v in g.output}
-    names = {}
-
-    def short(name):
-        if not name or name in keep:
-            return name
-        return names.setdefault(name, f"t{len(names)}")
-
-    for t in g.initializer:
-        t.name = short(t.name)
-    for i, node in enumerate(g.node):
-        node.name = f"n{i}"
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-    for v in g.value_info:
-        v.name = short(v.name)
 
 
 def _rename_outputs(model, size: int) -> None:

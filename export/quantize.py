@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError
+from export.graph import short_names
 from export.metadata import get_metadata, set_metadata
 
 MAX_AUROC_DROP = 0.01
@@ -80,6 +81,7 @@ def quantize_int8(float_path, calib_x: np.ndarray, input_name: str = "image"):
         except Exception as e:  # noqa: BLE001  onnxruntime.quantization raises plain Exceptions
             raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {e}") from None
         model = onnx.load(str(out))
+    short_names(model)
     meta = get_metadata(onnx.load(str(float_path), load_external_data=False))
     meta["precision"] = "int8"
     return set_metadata(model, meta)

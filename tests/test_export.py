@@ -60,6 +60,17 @@ def exported(cam_model, x):
     return export_cnn(cam_model, SIZE, META, x)
 
 
+def _assert_short_names(model):
+    """Inner tensors and nodes carry short ids; the graph's own input/output names are kept."""
+    import re
+
+    io = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    inner = {n for node in model.graph.node for n in (*node.input, *node.output) if n} - io
+    inner |= {t.name for t in model.graph.initializer}
+    assert inner and all(re.fullmatch(r"t\d+", n) for n in inner)
+    assert all(re.fullmatch(r"n\d+", node.name) for node in model.graph.node)
+
+
 def test_cnn_export_parity_checker_and_dynamic_batch(cam_model, x, exported):
     from export.cnn import export_cnn, keras_outputs, onnx_outputs
 
@@ -67,6 +78,7 @@ def test_cnn_export_parity_checker_and_dynamic_batch(cam_model, x, exported):
     onnx.checker.check_model(model)
     assert [o.name for o in model.graph.output] == ["probability", "cam"]
     assert [i.name for i in model.graph.input] == ["image"]
+    _assert_short_names(model)
     assert set(parity) == {"probability", "cam"} and max(parity.values()) <= 1e-4
     ref = keras_outputs(cam_model, x)
     for n in (1, 5):  # dynamic batch axis
@@ -87,6 +99,8 @@ def test_int8_quantization_and_gate(exported, x, tmp_path):
     q = quantize_int8(tmp_path / "f.onnx", np.random.default_rng(1).random((24, SIZE, SIZE, 1), dtype=np.float32))
     ops = {n.op_type for n in q.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    _assert_short_names(q)
+    onnx.checker.check_model(q)
     assert get_metadata(q) == {**get_metadata(exported[0]), "precision": "int8"}
     pf, pq = onnx_outputs(tmp_path / "f.onnx", x)["probability"], onnx_outputs(q, x)["probability"]
     assert np.max(np.abs(pf - pq)) < 0.05
