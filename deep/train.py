@@ -40,7 +40,7 @@ HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auroc", "lr", "seconds")
 class TrainConfig:
     """Optimisation settings (everything but ``epochs`` must match to resume a run).
 
-    ``epochs`` default: ~4-5 minutes for ~3,600 images at 128 px on 2 CPU cores.
+    ``epochs`` default: ~2-3 minutes for ~3,000 images at 128 px on 2 CPU cores (width 16).
     """
 
     epochs: int = 7

@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Kept here (not imported from deep) so building the CLI parser never imports TensorFlow.
 ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
-DEFAULT_EPOCHS = 7  # ~4-5 min for ~3,300 train images at 128 px on 2 cores (~35-45 s per epoch)
+DEFAULT_EPOCHS = 7  # ~2-3 min for ~3,000 train images at 128 px on 2 cores (~13-23 s per epoch)
 
 
 def add_arguments(parser) -> None:
