@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from deep.config import ModelConfig
-from deep.data import make_dataset
+from deep.data import MAX_ROTATION_DEG, make_dataset
 from deep.errors import DeepError
 from deep.model import build_model, load_model
 
@@ -52,7 +52,7 @@ class TrainConfig:
     lr_factor: float = 0.3
     min_lr: float = 1e-5
     augment: bool = True
-    max_rotation: float = 30.0  # degrees; the MURA paper's setting (short CPU fits: see demo)
+    max_rotation: float = MAX_ROTATION_DEG  # the MURA paper's 30 degrees (short CPU fits: see demo)
 
     def resume_key(self) -> dict:
         d = dataclasses.asdict(self)

@@ -30,11 +30,10 @@ def add_arguments(parser) -> None:
                         help="input side; must equal the prepared cache's size (default: the cache's)")
     parser.add_argument("--weights", default=None,
                         help="local initial weights file (backbones: include_top=False weights)")
-    parser.add_argument("--width", type=int, default=16,
-                        help="stem channels of the small arch (default: %(default)s)")
-    parser.add_argument("--max-rotation", type=float, default=30.0,
-                        help="largest augmentation rotation in degrees (default: %(default)s, "
-                             "as in the MURA paper)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="stem channels of the small arch (default: deep.ModelConfig's, 16)")
+    parser.add_argument("--max-rotation", type=float, default=None,
+                        help="largest augmentation rotation in degrees (default: 30, as in the MURA paper)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="discard RUN/cnn and train from scratch")
@@ -47,9 +46,9 @@ def _check_args(args, size):
     if args.size is not None and args.size != size:
         raise MurakitError(f"the prepared cache in {args.run} is {size}x{size} px, not {args.size}: "
                            f"rerun murakit prepare DATA --run {args.run} --size {args.size}")
-    if args.epochs < 1 or args.batch_size < 1 or args.width < 4:
-        raise MurakitError("--epochs and --batch-size must be at least 1, --width at least 4")
-    if not 0 <= args.max_rotation <= 180:
+    if args.epochs < 1 or args.batch_size < 1:
+        raise MurakitError("--epochs and --batch-size must be at least 1")
+    if args.max_rotation is not None and not 0 <= args.max_rotation <= 180:
         raise MurakitError(f"--max-rotation must be within 0..180 degrees, got {args.max_rotation}")
 
 
@@ -137,14 +136,19 @@ def _already_trained(out: Path, state, epochs) -> bool:
     return done == state["epoch"]
 
 
+def _given(**options) -> dict:
+    """The options the user set; the rest keep the dataclass defaults (one source of truth)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _train(args, prep, pos, out):
     import keras
 
     import deep
 
-    cfg = deep.ModelConfig(arch=args.arch, size=prep.config.size, width=args.width)
+    cfg = deep.ModelConfig(arch=args.arch, size=prep.config.size, **_given(width=args.width))
     tcfg = deep.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            max_rotation=args.max_rotation)
+                            **_given(max_rotation=args.max_rotation))
     fingerprint = {"preprocess": prep.config.to_dict(), "data": prep.meta.get("data_fingerprint"),
                    "n_train": len(pos["train"]), "n_val": len(pos["val"])}
     state = deep.read_state(out)

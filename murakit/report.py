@@ -116,12 +116,13 @@ def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
     if not pred.has_cam:
         return False
     boxes = _test_boxes(data)
+    shown = None if boxes is None else ~np.isnan(boxes).any(axis=1)  # views that show a finding
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(2, per_class, figsize=(2.4 * per_class, 5.2), squeeze=False)
     for row, label in enumerate((1, 0)):
         keep = data["labels"] == label
-        if label and boxes is not None and (keep & ~np.isnan(boxes).any(axis=1)).any():
-            keep &= ~np.isnan(boxes).any(axis=1)
+        if label and shown is not None and (keep & shown).any():
+            keep &= shown
         idx = np.flatnonzero(keep)
         pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
         for ax, i in zip(axes[row], pick):
@@ -129,7 +130,7 @@ def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
             out_ = pred.run(pred.model_input(u8))
             p = float(pred.probabilities(out_)[0])
             img = overlay(u8, out_["cam"][0])
-            if boxes is not None and not np.isnan(boxes[i]).any():
+            if shown is not None and shown[i]:
                 x0, y0, x1, y1 = (int(v) for v in np.rint(boxes[i]))
                 cv2.rectangle(img, (x0, y0), (x1, y1), (0, 255, 0), 1)
             ax.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
@@ -145,11 +146,8 @@ def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
 
 def _test_boxes(data):
     """Finding boxes (N, 4) in model-input pixels aligned with ``data["images"]``, or None."""
-    prep = data.get("prep")
-    ann = getattr(prep, "annotations", None)
-    if ann is None or "order" not in data:
-        return None
-    return np.asarray(ann["bbox"], float)[data["order"]]
+    ann = data["prep"].annotations
+    return None if ann is None else np.asarray(ann["bbox"], float)[data["order"]]
 
 
 def _fmt(v, nd=3):
