@@ -1,35 +1,41 @@
 """Run an exported murakit model with onnxruntime: image file -> probability (+ CAM).
 
-The model file describes itself: its ``metadata_props`` (keys prefixed ``murakit.``) carry the
-preprocessing config, threshold, label names, model kind and input kind. The predictor reads
-them from the model and never falls back to defaults of its own, so the device preprocesses
-exactly as training did.
+The model file describes itself: its model card (:mod:`edge.card`, in ``metadata_props``)
+carries the preprocessing config, threshold, label names, model kind and input kind. The
+predictor reads them from the model and never falls back to defaults of its own, so the device
+preprocesses exactly as training did.
+
+Loading refuses, with one :class:`~edge.errors.ModelError` line, a file that is not ONNX, has no
+valid card, whose graph does not match the hash in its card (a damaged or edited file), or that
+cannot run at all: a warm-up inference on a blank input must give finite probabilities of the
+right shape. At prediction time a non-finite or out-of-range probability is an error for that
+input, never a label.
 
 Supported model kinds:
 
-* ``murakit.input = image`` (the CNN, float or INT8): input float32 (B, S, S, 1) in [0, 1];
+* ``input = image`` (the CNN, float or INT8): input float32 (B, S, S, 1) in [0, 1];
   outputs ``probability`` (B, 1) and, when present, ``cam`` (B, h, w).
-* ``murakit.input = hog`` (the HOG + SVM baseline): the image is preprocessed, turned into
-  HOG features with :mod:`edge.hog` (config in ``murakit.hog``), and the model maps
-  float32 (B, D) features to ``probability``.
+* ``input = hog`` (the HOG + SVM baseline): the image is preprocessed, turned into HOG
+  features with :mod:`edge.hog` (config in the card), and the model maps float32 (B, D)
+  features to ``probability``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ImageError, ModelError
+from edge.card import ModelCard
+from edge.errors import ImageError, ModelError, first_line
 from edge.image import is_image_file
-from edge.preprocess import PreprocessConfig, preprocess, to_model_input
+from edge.preprocess import preprocess, to_model_input
+from edge.protobuf import graph_sha256
 
-PREFIX = "murakit."
-REQUIRED_KEYS = ("kind", "input", "preprocess", "threshold", "labels")
-DEFAULT_LABELS = ("normal", "abnormal")
+MAX_MODEL_BYTES = 2 * 1024 ** 3  # protobuf's own limit for one ONNX file
+MAX_THREADS = 256
 
 
 @dataclass
@@ -76,40 +82,67 @@ class StudyPrediction:
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
 
 
-def read_metadata(session) -> dict:
-    """The model's murakit metadata, prefix stripped: {key: str}."""
-    props = session.get_modelmeta().custom_metadata_map
-    return {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+def read_model_bytes(model_path) -> bytes:
+    """The bytes of a model file, with one-line errors for missing / empty / huge files."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path}: model file is empty")
+    if size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {size:,} bytes is above the {MAX_MODEL_BYTES:,}-byte ONNX limit")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def open_session(model_path, threads: int | None = None):
+def open_session(model, threads: int | None = None, name: str = "model"):
     """Create an onnxruntime CPU session, turning every load failure into one ModelError line.
 
     Parameters
     ----------
-    model_path : str or Path
+    model : bytes, str or Path
+        The ONNX file's bytes, or its path.
     threads : int, optional
-        intra-op threads (None = onnxruntime's default, all cores).
+        intra-op threads, 1..MAX_THREADS (None = onnxruntime's default, all cores).
+    name : str
+        What to call the model in messages.
     """
     import onnxruntime as ort
 
-    path = Path(model_path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: model file is empty")
+    data = model if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # warnings about unused initializers are noise on a device
     if threads is not None:
-        if threads < 1:
-            raise ModelError(f"--threads must be >= 1, got {threads}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ModelError(f"--threads must be an integer in [1, {MAX_THREADS}], got {threads}")
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(bytes(data), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  onnxruntime raises several private exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        raise ModelError(f"{name}: not a loadable ONNX model ({first_line(e, 200)})") from None
+
+
+def read_card_from_session(session, name: str = "model") -> ModelCard:
+    """The model card in an onnxruntime session's metadata (ModelError when absent/invalid)."""
+    try:
+        return ModelCard.from_props(session.get_modelmeta().custom_metadata_map)
+    except ModelError as e:
+        raise ModelError(f"{name}: {e}") from None
+
+
+def check_weights_hash(data: bytes, card: ModelCard, name: str = "model") -> None:
+    """Refuse a file whose graph is not the one its card was written for."""
+    try:
+        digest = graph_sha256(data)
+    except ValueError as e:
+        raise ModelError(f"{name}: not an ONNX model ({e})") from None
+    if digest != card.weights_sha256:
+        raise ModelError(f"{name}: the model's graph does not match the hash in its card (damaged or "
+                         f"edited file: {digest[:12]}... vs {card.weights_sha256[:12]}...)")
 
 
 class Predictor:
@@ -122,56 +155,54 @@ class Predictor:
     threads : int, optional
         onnxruntime intra-op threads.
 
+    Attributes
+    ----------
+    card : ModelCard
+        The model's card; ``config``, ``threshold``, ``labels``, ``kind``, ``input_kind`` and
+        ``hog`` are its fields.
+
     Raises
     ------
     ModelError
-        Not ONNX, truncated, or missing / malformed murakit metadata.
+        Not ONNX, truncated, damaged (hash), no valid model card, or not runnable.
     """
 
     def __init__(self, model_path, threads: int | None = None):
         self.model_path = Path(model_path)
-        self.session = open_session(self.model_path, threads)
-        self.metadata = read_metadata(self.session)
-        missing = [k for k in REQUIRED_KEYS if k not in self.metadata]
-        if missing:
-            raise ModelError(f"{self.model_path}: not a murakit model (metadata lacks "
-                             f"{', '.join(PREFIX + k for k in missing)}); export it with `murakit export`")
-        self.kind = self.metadata["kind"]
-        self.input_kind = self.metadata["input"]
-        self.config = self._parse("preprocess", PreprocessConfig.from_json)
-        self.threshold = self._parse("threshold", float)
-        self.labels = tuple(self._parse("labels", json.loads))
-        if len(self.labels) != 2:
-            raise ModelError(f"{self.model_path}: murakit.labels must name 2 classes, got {self.labels}")
-        if self.input_kind not in ("image", "hog"):
-            raise ModelError(f"{self.model_path}: unknown murakit.input {self.input_kind!r}")
-        self.hog = self._hog_config() if self.input_kind == "hog" else None
+        name = str(self.model_path)
+        data = read_model_bytes(self.model_path)
+        self.session = open_session(data, threads, name)
+        self.card = read_card_from_session(self.session, name)
+        check_weights_hash(data, self.card, name)
+        self.kind, self.input_kind = self.card.kind, self.card.input
+        self.config, self.threshold = self.card.preprocess, self.card.threshold
+        self.labels, self.hog = self.card.labels, self.card.hog
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "probability" not in self.output_names:
-            raise ModelError(f"{self.model_path}: model has no 'probability' output ({self.output_names})")
-        self._check_input_shape()
-        import cv2  # noqa: F401  (loaded now so the first image's preprocess time is about the image)
+            raise ModelError(f"{name}: model has no 'probability' output ({self.output_names})")
+        self._warm_up(name)
 
-    def _parse(self, key: str, parse):
+    @property
+    def metadata(self) -> dict:
+        """The card as a JSON-able dict (what ``GET /v1/model`` and reports show)."""
+        return self.card.to_dict()
+
+    def _warm_up(self, name: str) -> None:
+        """One inference on a blank image: a model that cannot run fails now, not per image."""
+        if len(self.session.get_inputs()) != 1:
+            raise ModelError(f"{name}: a murakit model has one input, this one has {len(self.session.get_inputs())}")
+        blank = np.zeros((2, self.config.size, self.config.size), np.uint8)  # batch 2: no fixed batch
         try:
-            return parse(self.metadata[key])
-        except (ValueError, TypeError) as e:
-            raise ModelError(f"{self.model_path}: bad murakit.{key} metadata ({e})") from None
-
-    def _hog_config(self):
-        if "hog" not in self.metadata:
-            raise ModelError(f"{self.model_path}: baseline model lacks {PREFIX}hog metadata")
-        from edge.hog import HogConfig
-
-        return self._parse("hog", lambda s: HogConfig.from_dict(json.loads(s)))
-
-    def _check_input_shape(self) -> None:
-        shape = self.session.get_inputs()[0].shape
-        if self.input_kind == "image" and len(shape) == 4 and isinstance(shape[1], int) \
-                and shape[1] != self.config.size:
-            raise ModelError(f"{self.model_path}: model input is {shape[1]} px but its preprocessing "
-                             f"config says {self.config.size} px")
+            out = self.run(self.model_input(blank))
+        except Exception as e:  # noqa: BLE001  shape / type errors of a malformed graph
+            raise ModelError(f"{name}: the model cannot run on {self.config.size} px input "
+                             f"({first_line(e, 160)})") from None
+        p = np.asarray(out["probability"])
+        if p.shape not in ((2, 1), (2,), (2, 2)):
+            raise ModelError(f"{name}: probability output has shape {p.shape}, expected (batch, 1)")
+        if "cam" in out and np.asarray(out["cam"]).ndim != 3:
+            raise ModelError(f"{name}: cam output has shape {np.asarray(out['cam']).shape}, expected (batch, h, w)")
 
     @property
     def has_cam(self) -> bool:
@@ -224,7 +255,7 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.run(x)
         t2 = time.perf_counter()
-        p = float(self.probabilities(out)[0])
+        p = checked_probability(self.probabilities(out)[0], src)
         keep_cam = cam and self.has_cam
         return Prediction(str(src) if not isinstance(src, np.ndarray) else "<array>", p,
                           self.label_for(p), self.threshold, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
@@ -243,6 +274,21 @@ class Predictor:
         preds = [self.predict(v, cam=cam) for v in views]
         p = float(np.mean([v.probability for v in preds]))
         return StudyPrediction(str(directory), p, self.label_for(p), self.threshold, preds)
+
+
+def valid_probabilities(p: np.ndarray) -> np.ndarray:
+    """bool mask of probabilities a label may be given to: finite and within [0, 1]."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.isfinite(p) & (p >= 0.0) & (p <= 1.0)
+
+
+def checked_probability(p, src) -> float:
+    """``p`` as a float, or a ModelError for this input when it is NaN, infinite or outside [0, 1]."""
+    if not valid_probabilities(p):
+        where = "<array>" if isinstance(src, np.ndarray) else str(src)
+        raise ModelError(f"{where}: the model returned probability {float(p)!r}, not a number in [0, 1] "
+                         "(damaged model?); no label given")
+    return float(p)
 
 
 def study_images(directory) -> list:

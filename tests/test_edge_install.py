@@ -80,3 +80,8 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
     assert "Traceback" not in bad.stderr
+
+    # the application needs the train extra: one line saying so, not a ModuleNotFoundError traceback
+    synth = _run([bindir / "murakit", "synth", "data"], work, check=False)
+    err = synth.stderr.strip().splitlines()
+    assert synth.returncode == 2 and len(err) == 1 and "pip install 'murakit[train]'" in err[0], synth.stderr

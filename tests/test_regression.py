@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from edge.cli import verify_main
-from edge.golden import read_golden, sha256_file, verify_golden
+from edge.golden import read_golden, verify_golden
 from edge.predictor import Predictor
 from edge.preprocess import preprocess, to_model_input
+from edge.protobuf import sha256_file
 
 HERE = Path(__file__).parent / "data" / "regression"
 MODEL = HERE / "model.onnx"

@@ -10,6 +10,7 @@ import numpy as np
 from edge.atomic import atomic_path, write_text
 from murakit.evaluation.bench import ANCHOR, MODEL_NAMES
 from murakit.evaluation.metrics import study_level
+from murakit.layout import RunLayout
 
 LABELS = {"baseline": "HOG + SVM (ONNX)", "cnn": "CNN (Keras)", "cnn_onnx": "CNN (ONNX float)",
           "cnn_onnx_int8": "CNN (ONNX INT8)"}
@@ -97,7 +98,7 @@ def plot_latency(models, out: Path):
     plt.close(fig)
 
 
-def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
+def plot_cams(run, data, out: Path, per_class: int = 4, seed: int = 0):
     """Grid of CAM overlays: top row abnormal test images, bottom row normal ones (seeded picks).
 
     When the data carries finding boxes (the synthetic default), abnormal picks are drawn from
@@ -109,7 +110,7 @@ def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
     from edge.cam import overlay
     from edge.predictor import Predictor
 
-    model = run / "export" / "cnn.onnx"
+    model = RunLayout(run).exported("cnn")
     if not model.exists():
         return False
     pred = Predictor(model)
@@ -195,7 +196,7 @@ def write_report(run, report: dict, data: dict) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(run) / "report"
+    out = RunLayout(run).report
     out.mkdir(parents=True, exist_ok=True)
     models = report["models"]
     plots = []
@@ -205,7 +206,7 @@ def write_report(run, report: dict, data: dict) -> Path:
                       ("latency_vs_auroc.png", lambda p: plot_latency(models, p))):
         fn(out / fname)
         plots.append(fname)
-    if plot_cams(Path(run), data, out / "cam_grid.png"):
+    if plot_cams(run, data, out / "cam_grid.png"):
         plots.append("cam_grid.png")
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.md", markdown(report, plots))
