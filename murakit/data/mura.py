@@ -28,11 +28,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from edge.image import is_image_file
 from murakit.errors import MurakitError
 
 MURA_DIRNAME = "MURA-v1.1"
 MURA_SPLITS = ("train", "valid")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLASS_DIRS = {"normal": 0, "abnormal": 1}
 ANNOTATIONS_CSV = "synth_annotations.csv"
 
@@ -148,11 +148,6 @@ class Dataset:
 
 # ---------------------------------------------------------------------------- file helpers
 
-def is_image_name(name: str) -> bool:
-    """True for a visible .png/.jpg/.jpeg name; AppleDouble ``._*`` and hidden files are not."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
 def read_csv_rows(path: Path) -> list[list[str]]:
     """Rows of a small CSV, tolerant of a BOM, CRLF, blank lines and stray whitespace."""
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -218,7 +213,7 @@ def _walk_images(mura_dir: Path, split: str) -> list[str]:
         for patient_dir in _visible_dirs(part_dir):
             for study_dir in _visible_dirs(patient_dir):
                 for f in sorted(os.listdir(study_dir)):
-                    if is_image_name(f) and (study_dir / f).is_file():
+                    if is_image_file(f) and (study_dir / f).is_file():
                         out.append(f"{mura_dir.name}/{split}/{part_dir.name}/{patient_dir.name}/"
                                    f"{study_dir.name}/{f}")
     return out
@@ -232,7 +227,7 @@ def _listed_images(mura_dir: Path, split: str, problems: Problems) -> list[str] 
     out = []
     for row in read_csv_rows(path):
         rel = normalise_relpath(row[0], mura_dir.name)
-        if rel is None or rel.count("/") < 5 or not is_image_name(rel.rsplit("/", 1)[-1]):
+        if rel is None or rel.count("/") < 5 or not is_image_file(rel.rsplit("/", 1)[-1]):
             problems.bad_lines.append(f"{path.name}: {','.join(row)}")
         else:
             out.append(rel)
@@ -329,7 +324,7 @@ def index_class_folders(root: Path, class_dirs: dict) -> Dataset:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if not is_image_name(f):
+                if not is_image_file(f):
                     continue
                 full = Path(dirpath) / f
                 rel = full.relative_to(root).as_posix()
