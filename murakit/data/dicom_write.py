@@ -86,11 +86,18 @@ def to_unit(picture: np.ndarray) -> np.ndarray:
 def stored_pixels(picture: np.ndarray, style: DicomStyle) -> np.ndarray:
     """The stored values that display ``picture``: int (uint8/uint16/int8/int16) (H, W).
 
-    The picture is quantised to ``bits_stored`` levels; MONOCHROME1 stores the complement
-    (the reader inverts after VOI); signed storage subtracts 2^(bits-1).
+    Integer pictures are bit-shifted to ``bits_stored`` (8-bit into 12 bits is ``g << 4``, as
+    converters do, so no value is rounded differently from its neighbours); float pictures
+    are quantised to ``2^bits_stored - 1`` levels. MONOCHROME1 stores the complement (the
+    reader inverts after VOI); signed storage subtracts 2^(bits-1).
     """
     levels = (1 << style.bits_stored) - 1
-    q = np.rint(to_unit(picture) * levels).astype(np.int64)
+    a = np.asarray(picture)
+    if a.dtype in (np.uint8, np.uint16) and a.ndim == 2:
+        shift = style.bits_stored - 8 * a.dtype.itemsize
+        q = a.astype(np.int64) << shift if shift >= 0 else a.astype(np.int64) >> -shift
+    else:
+        q = np.rint(to_unit(a) * levels).astype(np.int64)
     if style.photometric == "MONOCHROME1":
         q = levels - q
     if style.signed:
