@@ -221,11 +221,16 @@ def _info(ds) -> DicomInfo:
 # ---------------------------------------------------------------- parsing
 def _pydicom(name: str):
     """Import pydicom (the optional extra) or refuse in one line naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("pydicom") is None:
+        raise ImageError(f"{name}: is a DICOM file; reading DICOM needs the dicom extra: {EXTRA_HINT}")
     try:
         import pydicom
         import pydicom.pixels  # noqa: F401
-    except ImportError:
-        raise ImageError(f"{name}: is a DICOM file; reading DICOM needs the dicom extra: {EXTRA_HINT}") from None
+    except ImportError as e:  # installed but broken (e.g. a half-removed decoder plugin)
+        raise ImageError(f"{name}: pydicom is installed but cannot be imported ({type(e).__name__}); "
+                         f"reinstall it: {EXTRA_HINT}") from None
     # pydicom reports odd-but-readable files through logging; our refusals are our own lines
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     return pydicom
