@@ -463,14 +463,21 @@ def test_synth_format_dicom_writes_a_readable_mixed_set(tmp_path, capsys):
     assert "DICOM images" in capsys.readouterr().out
     ds = index_dataset(tmp_path / "s")
     assert len(ds) >= 6 and all(r.relpath.endswith(".dcm") for r in ds.records)
-    styles = set()
+    styles, uids = set(), {}
     for r in ds.records:
         head = pydicom.dcmread(r.path, stop_before_pixels=True)
         styles.add((head.PhotometricInterpretation, int(head.BitsStored)))
+        uids.setdefault(r.study, set()).add(head.StudyInstanceUID)
         assert map_body_part(head.get("BodyPartExamined")) in (r.part, None)
         assert load_image(r.path).dtype == np.float32
     assert len(styles) >= 2
+    assert all(len(u) == 1 for u in uids.values()) and len(set.union(*uids.values())) == len(uids)
+    first = {r.relpath: pydicom.dcmread(r.path, stop_before_pixels=True).SOPInstanceUID for r in ds.records}
     assert main(argv) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main([*argv, "--force", "--studies", "6"]) == 0  # same seed: same UIDs (deterministic)
+    again = {r.relpath: pydicom.dcmread(r.path, stop_before_pixels=True).SOPInstanceUID
+             for r in index_dataset(tmp_path / "s").records}
+    assert again == first
 
 
 def test_jpeg_lossless_encoder_round_trips_through_libjpeg():

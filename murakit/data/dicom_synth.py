@@ -16,6 +16,7 @@ is honoured), so ``synth_annotations.csv``'s ``inverted`` column still holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,10 +38,11 @@ NO_BODY_PART_PROB = 0.05
 
 
 def _uid(*parts) -> str:
-    """A deterministic UID under 2.25 from the parts (same seed and file -> same UID)."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["murakit-synth", *map(str, parts)]))
+    """A deterministic UID under 2.25 (a 128-bit number, PS3.5 B.2) from the parts: the same
+    seed and file give the same UID. (pydicom's generate_uid ignores its entropy sources when
+    the prefix is 2.25, so it cannot be used here.)"""
+    digest = hashlib.sha256("\x1f".join(["murakit-synth", *map(str, parts)]).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def _meta_matches(target: Path, params: dict) -> bool:
