@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.image import load_image  # noqa: E402
-from edge.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from edge.image import load_image
+from edge.preprocess import PreprocessConfig, preprocess
 
 
 def dx_picture(h: int, w: int, seed: int = 0) -> np.ndarray:

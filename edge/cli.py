@@ -79,12 +79,20 @@ def _jobs(predictor, src: str, want_cam: bool, prog: str) -> list:
     StudyInstanceUID). A job returns (result, [image predictions])."""
     from edge.predictor import study_groups
 
+    def image():
+        pred = predictor.predict(src, cam=want_cam)
+        return pred, [pred]
+
+    def study(group):
+        result = predictor.predict_group(group, cam=want_cam)
+        return result, result.views
+
     if not Path(src).is_dir():
-        return [lambda: (lambda p: (p, [p]))(predictor.predict(src, cam=want_cam))]
+        return [image]
     groups = study_groups(src)
     for path, reason in groups[0].skipped:
         print(f"{prog}: note: {path}: skipped ({reason})", file=sys.stderr)
-    return [lambda g=g: (lambda s: (s, s.views))(predictor.predict_group(g, cam=want_cam)) for g in groups]
+    return [lambda g=g: study(g) for g in groups]
 
 
 def _check_parts(result, views, strict: bool, prog: str) -> None:

@@ -227,7 +227,7 @@ def _pydicom(name: str):
         raise ImageError(f"{name}: is a DICOM file; reading DICOM needs the dicom extra: {EXTRA_HINT}")
     try:
         import pydicom
-        import pydicom.pixels  # noqa: F401
+        import pydicom.pixels
     except ImportError as e:  # installed but broken (e.g. a half-removed decoder plugin)
         raise ImageError(f"{name}: pydicom is installed but cannot be imported ({type(e).__name__}); "
                          f"reinstall it: {EXTRA_HINT}") from None

@@ -19,13 +19,14 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
-from _edgefix import cnn_model, radiograph  # noqa: E402
-from edge.cli import predict_main  # noqa: E402
-from edge.dicom import apply_window, is_dicom, map_body_part, read_dicom  # noqa: E402
-from edge.errors import ImageError  # noqa: E402
-from edge.image import is_image_file, load_image  # noqa: E402
-from edge.predictor import Predictor  # noqa: E402
-from murakit.data.dicom_write import DicomStyle, available_syntaxes, make_dataset, write_dicom  # noqa: E402
+from _edgefix import cnn_model, radiograph
+
+from edge.cli import predict_main
+from edge.dicom import apply_window, is_dicom, map_body_part, read_dicom
+from edge.errors import ImageError
+from edge.image import is_image_file, load_image
+from edge.predictor import Predictor
+from murakit.data.dicom_write import DicomStyle, available_syntaxes, make_dataset, write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "ZQXPRIVATEMARKER"
@@ -260,7 +261,8 @@ def _hidden_run(hide: str, argv: list) -> subprocess.CompletedProcess:
     code = (f"import sys; {HIDE[hide]}; from edge.cli import predict_main; "
             f"sys.exit(predict_main({[str(a) for a in argv]!r}))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
 
 
 def test_missing_decoder_and_missing_pydicom_name_what_to_install(tmp_path, model):
@@ -269,10 +271,10 @@ def test_missing_decoder_and_missing_pydicom_name_what_to_install(tmp_path, mode
     write_dicom(tmp_path / "jl.dcm", picture12(), DicomStyle(bits_stored=12, syntax="jpeg-lossless"), **ids(1))
     out = _hidden_run("libjpeg", [tmp_path / "jl.dcm", "--model", model])
     assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == [
+    assert out.stderr.strip().splitlines() == [(
         f"edge-predict: error: {tmp_path / 'jl.dcm'}: pixels are compressed with JPEG Lossless, Non-Hierarchical, "
         "First-Order Prediction (Process 14 [Selection Value 1]) (1.2.840.10008.1.2.4.70) and no decoder for it "
-        "is installed: pip install pylibjpeg pylibjpeg-libjpeg (or pip install 'murakit[dicom]')"]
+        "is installed: pip install pylibjpeg pylibjpeg-libjpeg (or pip install 'murakit[dicom]')")]
     out = _hidden_run("pydicom", [tmp_path / "jl.dcm", tmp_path, "--model", model])
     assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
@@ -289,7 +291,7 @@ def test_every_pydicom_test_file_ends_in_a_prediction_or_one_clean_line(tmp_path
     assert len(files) > 150
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "edge.cli", "--json", "--model", str(model), *files],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     results = [json.loads(line) for line in out.stdout.splitlines()]
     errors = [line for line in out.stderr.splitlines() if line.startswith("edge-predict: error: ")]
@@ -329,18 +331,18 @@ def test_folder_views_group_by_study_instance_uid(tmp_path, model, capsys):
     assert s7["part"] == "WRIST" and s8["part"] == "HUMERUS" and "part" not in studies[0]
     assert [v["sop_uid"] for v in s7["views"]] == ["1.2.826.0.1.7.1.1", "1.2.826.0.1.7.1.2"]
     assert s7["probability"] == pytest.approx(np.mean([v["probability"] for v in s7["views"]]))
-    assert err.strip().splitlines() == [f"edge-predict: note: {folder / 'SR0001'}: skipped "
-                                        "(DICOM Digital X-Ray Image Storage - For Presentation object, not an image)"]
+    assert err.strip().splitlines() == [(f"edge-predict: note: {folder / 'SR0001'}: skipped "
+                                         "(DICOM Digital X-Ray Image Storage - For Presentation object, not an image)")]
 
 
 def test_body_part_outside_mura_warns_or_is_refused(tmp_path, model, capsys):
     write_dicom(tmp_path / "chest.dcm", picture12(), DicomStyle(), **ids(1, part="CHEST"))
     code, out, err = run_cli([tmp_path / "chest.dcm", "--model", model, "--json"], capsys)
     assert code == 0 and json.loads(out)["study_uid"] == "1.2.826.0.1.1" and "part" not in json.loads(out)
-    assert err.strip().splitlines() == [
+    assert err.strip().splitlines() == [(
         f"edge-predict: warning: {tmp_path / 'chest.dcm'}: body part 'CHEST' is not one of the seven MURA "
         "upper-extremity parts (ELBOW, FINGER, FOREARM, HAND, HUMERUS, SHOULDER, WRIST); the model was not "
-        "trained on it"]
+        "trained on it")]
     assert "refused (--strict-part)" in _one_error(tmp_path / "chest.dcm", model, capsys, "--strict-part")
 
 
@@ -378,7 +380,7 @@ def test_no_patient_value_reaches_any_output(tmp_path, model, capsys):
     texts = []
     for args in ([study, "--json", "--cam", cams], [study, "--strict-part"], [study / "v1", study / "v2.dcm"],
                  [tmp_path / "cut.dcm", tmp_path / "multi.dcm", "--json"]):
-        code, out, err = run_cli([*args, "--model", model], capsys)
+        _, out, err = run_cli([*args, "--model", model], capsys)
         texts += [out, err]
     assert any("sop_uid" in t for t in texts) and any("error" in t for t in texts) and any(cams.iterdir())
     blob = "\n".join(texts) + _all_text(cams)

@@ -81,9 +81,9 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     dcm = work / "golden" / "model" / "test_data_set_4" / "source.dcm"  # base install: no pydicom
     no_extra = _run([bindir / "edge-predict", dcm, "--model", "model.onnx"], work, check=False)
     assert no_extra.returncode == 1 and no_extra.stdout == ""
-    assert no_extra.stderr.strip().splitlines() == [
+    assert no_extra.stderr.strip().splitlines() == [(
         f"edge-predict: error: {dcm}: is a DICOM file; reading DICOM needs the dicom extra: "
-        "pip install 'murakit[dicom]'"]
+        "pip install 'murakit[dicom]'")]
 
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")

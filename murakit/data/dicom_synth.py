@@ -90,7 +90,7 @@ def _convert_study(job) -> list:
     dst_dir.mkdir(parents=True, exist_ok=True)
     used = []
     for f in sorted(os.listdir(src_dir)):
-        stem = f[:-4] if f.endswith(".png") else f
+        stem = f.removesuffix(".png")
         if f.startswith("._"):
             shutil.copyfile(src_dir / f, dst_dir / f"{stem}.dcm")
         elif f.endswith(".png"):
@@ -99,11 +99,7 @@ def _convert_study(job) -> list:
 
 
 def _study_dirs(mura: Path) -> list:
-    out = []
-    for split in ("train", "valid"):
-        for study in sorted(mura.glob(f"{split}/XR_*/patient*/study*")):
-            out.append(study)
-    return out
+    return [d for split in ("train", "valid") for d in sorted(mura.glob(f"{split}/XR_*/patient*/study*"))]
 
 
 def _convert_tree(src: Path, dst: Path, seed: int, workers: int, progress: bool) -> dict:

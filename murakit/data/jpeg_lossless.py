@@ -51,8 +51,8 @@ def _code_lengths(freq: np.ndarray) -> dict:
             size[s] += 1
         heapq.heappush(heap, (f1 + f2, min(s1, s2), m1 + m2))
     bits = np.zeros(40, dtype=np.int64)
-    for s in size:
-        bits[size[s]] += 1
+    for length in size.values():
+        bits[length] += 1
     for i in range(39, 16, -1):  # T.81 figure K.3: fold codes longer than 16 bits
         while bits[i] > 0:
             j = i - 2
