@@ -416,7 +416,8 @@ def _lut(item, ds):
         order = "<" if ds.file_meta.TransferSyntaxUID.is_little_endian else ">"
         lut = np.frombuffer(bytes(data.value)[:2 * n], dtype=order + "u2")
     else:
-        lut = np.asarray(data.value if isinstance(data.value, list) else [data.value], dtype=np.float64)
+        values = data.value if hasattr(data.value, "__len__") else [data.value]  # US: one or many
+        lut = np.asarray(list(values), dtype=np.float64).ravel()
     if lut.size == 0:
         raise ValueError("empty LUT")
     first = first - 65536 if first >= 32768 and int(ds.get("PixelRepresentation", 0)) == 1 else first
