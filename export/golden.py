@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.atomic import atomic_dir
+from edge.dicom import is_dicom_file
 from edge.golden import (
     FLOAT_RULE,
     FORMAT_VERSION,
@@ -23,7 +24,6 @@ from edge.golden import (
     tolerances_for,
     write_case,
 )
-from edge.dicom import is_dicom_file
 from edge.predictor import Predictor
 from edge.protobuf import sha256_file
 
