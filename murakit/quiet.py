@@ -21,7 +21,7 @@ import warnings
 # C++ log lines (I1126 06:30:00.123 ... / E0000 00:00:...), absl's pre-init notice, and the
 # Python-side notices TensorFlow, Keras and tf2onnx print at import or first use.
 NOISE = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]"
+    rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .*rebuild TensorFlow"
     rb"|oneDNN custom operations are on)")
