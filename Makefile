@@ -1,10 +1,11 @@
 # The project's two commands: `make demo` and `make test`. Both create .venv when missing.
+# `make notebook` re-executes docs/walkthrough.ipynb in a clean kernel and stores its outputs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench notebook clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check edge baseline deep export murakit tests benchmarks
+	$(BIN)/ruff check edge baseline deep export murakit tests benchmarks docs
+
+notebook: $(STAMP)
+	$(BIN)/python docs/run_notebook.py docs/walkthrough.ipynb --write --timings
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --run runs/default

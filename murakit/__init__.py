@@ -1,11 +1,31 @@
 """murakit: detect abnormal upper-extremity radiographs (MURA-v1.1 layout).
 
 The application layer: data index, synthetic data, prepared cache, protocol metrics,
-benchmarks and the ``murakit`` command line. Heavy frameworks load only inside the
-subcommands that need them.
+benchmarks and the ``murakit`` command line. The functions below are the Python API, one call
+per stage (see :mod:`murakit.api` and docs/walkthrough.ipynb)::
+
+    import murakit as mk
+    data = mk.synthesize("data/synth", studies=200)
+    mk.prepare(data, run="runs/nb", size=64)
+    mk.train_baseline(run="runs/nb")
+
+Heavy frameworks load only inside the functions and subcommands that need them.
 """
 
 from edge import __version__
+from murakit.api import (
+    evaluate,
+    explain,
+    explore,
+    export,
+    load_dataset,
+    predict,
+    prepare,
+    synthesize,
+    train_baseline,
+    train_cnn,
+)
 from murakit.errors import MurakitError
 
-__all__ = ["MurakitError", "__version__"]
+__all__ = ["MurakitError", "__version__", "evaluate", "explain", "explore", "export", "load_dataset", "predict",
+           "prepare", "synthesize", "train_baseline", "train_cnn"]
