@@ -103,10 +103,14 @@ def execute(path, workdir=None, timeout: int = CELL_TIMEOUT, cpu_report: bool = 
         cwd = Path(workdir) if workdir is not None else tmp / "work"
         cwd.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # stable set/dict order in printed outputs
-        client = NotebookClient(nb, km=_kernel_manager(tmp / "kernels"), timeout=timeout,
-                                kernel_name=KERNEL_NAME, record_timing=True,
+        km = _kernel_manager(tmp / "kernels")
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name=KERNEL_NAME, record_timing=True,
                                 resources={"metadata": {"path": str(cwd)}})
-        client.execute(cwd=str(cwd), env=env)
+        try:
+            client.execute(cwd=str(cwd), env=env)
+        finally:  # nbclient stops only kernels it made itself
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     cpu = nb.cells.pop().outputs[0]["text"].strip() if cpu_report else ""
     return nb, _strip(nb), cpu

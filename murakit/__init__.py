@@ -9,23 +9,26 @@ per stage (see :mod:`murakit.api` and docs/walkthrough.ipynb)::
     mk.prepare(data, run="runs/nb", size=64)
     mk.train_baseline(run="runs/nb")
 
-Heavy frameworks load only inside the functions and subcommands that need them.
+Heavy frameworks load only inside the functions and subcommands that need them, and the API
+module itself only on first use, so ``murakit synth`` starts as fast as before.
 """
 
 from edge import __version__
-from murakit.api import (
-    evaluate,
-    explain,
-    explore,
-    export,
-    load_dataset,
-    predict,
-    prepare,
-    synthesize,
-    train_baseline,
-    train_cnn,
-)
 from murakit.errors import MurakitError
 
 __all__ = ["MurakitError", "__version__", "evaluate", "explain", "explore", "export", "load_dataset", "predict",
            "prepare", "synthesize", "train_baseline", "train_cnn"]
+API = frozenset(__all__[2:])
+
+
+def __getattr__(name):
+    """``murakit.prepare`` & co. come from :mod:`murakit.api`, imported on first use (PEP 562)."""
+    if name in API:
+        from murakit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'murakit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *API])

@@ -183,7 +183,11 @@ def _rect(x0, y0, x1, y1):
 
 @contextlib.contextmanager
 def _keep_backend():
-    """Stages that plot select matplotlib's Agg backend; give a notebook its own back after."""
+    """Stages that plot select matplotlib's Agg backend; give a notebook its own back after.
+
+    Jupyter's inline backend needs ``%matplotlib inline`` to come back: switching to it with
+    ``matplotlib.use`` alone leaves ``plt.show()`` printing ``<Figure ...>`` instead of a picture.
+    """
     import matplotlib
 
     before = matplotlib.get_backend()
@@ -192,7 +196,19 @@ def _keep_backend():
     finally:
         if matplotlib.get_backend() != before:
             with contextlib.suppress(Exception):
-                matplotlib.use(before)
+                _restore_backend(before)
+
+
+def _restore_backend(name: str) -> None:
+    import sys
+
+    import matplotlib
+
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    if shell is not None and "inline" in name:
+        shell.run_line_magic("matplotlib", "inline")
+    else:
+        matplotlib.use(name)
 
 
 @contextlib.contextmanager
