@@ -132,8 +132,8 @@ def format_metrics(m: dict) -> str:
     """A few lines for the terminal: image and study metrics, kappa per body part."""
     keys = ("auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1")
     c = m["counts"]
-    lines = [f"{c['images']} labelled images ({c['unlabeled_images']} without a label), {c['studies']} studies "
-             f"({c['abnormal_studies']} abnormal), threshold {m['threshold']:.4f}",
+    lines = [(f"{c['images']} labelled images ({c['unlabeled_images']} without a label), {c['studies']} studies "
+              f"({c['abnormal_studies']} abnormal), threshold {m['threshold']:.4f}"),
              f"{'':6s}" + "".join(f"{k:>12s}" for k in keys)]
     for level in ("image", "study"):
         lines.append(f"{level:6s}" + "".join(f"{m[level][k] + 0.0:12.4f}" for k in keys))

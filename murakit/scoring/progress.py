@@ -44,9 +44,8 @@ class Progress:
 
     def line(self) -> str:
         rate = self.rate
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         failed = f" ({self.failed} failed)" if self.failed else ""
-        eta_text = _clock(eta) if eta == eta else "?"
+        eta_text = _clock((self.total - self.done) / rate) if rate > 0 else "?"
         return (f"score: {self.done}/{self.total} images{failed} | {rate:.0f} img/s | "
                 f"elapsed {_clock(time.perf_counter() - self.t0)} | ETA {eta_text}")
 
