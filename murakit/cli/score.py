@@ -21,6 +21,9 @@ def add_arguments(p) -> None:
                    help="parallel decode/preprocess/score workers (default: all usable cores)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="B",
                    help="images per onnxruntime call (default: %(default)s)")
+    p.add_argument("--part-rows", type=int, default=4096, metavar="R",
+                   help="rows per committed part: after a kill, at most this many images (or 10 s of work) are "
+                        "scored again (default: %(default)s)")
     p.add_argument("--labels", nargs="?", const="auto", default=None, metavar="CSV",
                    help="then print the MURA protocol's metrics: labels from CSV (study,label), or, with no "
                         "CSV, from the *_labeled_studies.csv next to the data")
@@ -34,7 +37,8 @@ def run(args) -> int:
     from murakit.scoring.run import score
 
     s = score(args.inputs, args.model or default_model(), args.out, fmt=args.format, engine=args.engine,
-              workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress)
+              workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
+              part_rows=args.part_rows)
     print(f"{s.n_images} images -> {s.images}\n{s.n_studies} studies -> {s.studies}\n"
           f"{s.n_failed} failures -> {s.failures}")
     if s.n_scored_now:

@@ -32,18 +32,22 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _load(model_path: str) -> None:
+    global _PREDICTOR
+    from edge.predictor import Predictor
+
+    _PREDICTOR = Predictor(model_path, threads=1)
+
+
 def _init_worker(model_path: str) -> None:
     """Pool initializer: single-threaded libraries, Ctrl-C left to the parent, the model loaded once."""
-    global _PREDICTOR
     import signal
 
     import cv2
 
-    from edge.predictor import Predictor
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent commits finished batches and stops the pool
     cv2.setNumThreads(1)
-    _PREDICTOR = Predictor(model_path, threads=1)
+    _load(model_path)
 
 
 def _score_batch(jobs: list) -> list:
@@ -71,7 +75,7 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
         emitted are kept, so a rerun continues.
     """
     if workers == 1:
-        _init_worker(str(model_path))
+        _load(str(model_path))
         for batch in batches:
             emit(_score_batch(batch))
         return

@@ -28,7 +28,7 @@ def batches_todo(jobs: list, done: set, size: int) -> list:
     return out
 
 
-def _check(fmt: str, engine: str, workers: int, batch_size: int) -> None:
+def _check(fmt: str, engine: str, workers: int, batch_size: int, part_rows: int) -> None:
     if fmt not in FORMATS:
         raise MurakitError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if engine not in ENGINES:
@@ -37,6 +37,8 @@ def _check(fmt: str, engine: str, workers: int, batch_size: int) -> None:
         raise MurakitError(f"--workers must be at least 1, got {workers}")
     if not 1 <= batch_size <= 4096:
         raise MurakitError(f"--batch-size must be in [1, 4096], got {batch_size}")
+    if part_rows < 1:
+        raise MurakitError(f"--part-rows must be at least 1, got {part_rows}")
 
 
 def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: int | None = None,
@@ -71,7 +73,7 @@ def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: 
     from murakit.scoring.local import usable_cores
 
     workers = usable_cores() if workers is None else workers
-    _check(fmt, engine, workers, batch_size)
+    _check(fmt, engine, workers, batch_size, part_rows)
     require_format(fmt)
     predictor = Predictor(model, threads=1)  # a bad model fails here, before any worker starts
     jobs = collect_jobs(inputs)
