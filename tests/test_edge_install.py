@@ -2,7 +2,8 @@
 
 Builds a fresh venv (no system site-packages, so it has never seen TensorFlow), installs a copy
 of the project into it (pip reuses its wheel cache), and runs `edge-predict` / `edge-verify` on
-the committed regression model from a folder outside the source tree. Skip with
+the committed regression model from a folder outside the source tree; `murakit score` runs there
+too (CSV with the edge runtime only; Parquet and Ray name the `scale` extra). Skip with
 MURAKIT_SKIP_INSTALL_TEST=1 (it runs in `make test` by default).
 """
 
@@ -85,3 +86,20 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     synth = _run([bindir / "murakit", "synth", "data"], work, check=False)
     err = synth.stderr.strip().splitlines()
     assert synth.returncode == 2 and len(err) == 1 and "pip install 'murakit[train]'" in err[0], synth.stderr
+
+    # murakit score needs only the edge runtime: CSV output, the local engine, the protocol's metrics
+    labels = "".join(f"golden/model/{c['dir']},{c['label']}\n" for c in manifest["cases"])
+    (work / "labels.csv").write_text(labels)
+    scored = _run([bindir / "murakit", "score", "golden", "--model", "model.onnx", "--out", "scored",
+                   "--no-progress", "--labels", "labels.csv"], work)
+    assert "4 labelled images (0 without a label), 4 studies (2 abnormal)" in scored.stdout
+    rows = (work / "scored" / "images.csv").read_text().splitlines()
+    assert rows[0] == "path,study,part,probability,label,threshold" and len(rows) == 1 + 4
+    probability = {r.split(",")[0]: float(r.split(",")[3]) for r in rows[1:]}
+    assert abs(probability[str(Path("golden") / "model" / "test_data_set_1" / "source.png")] - d["probability"]) <= 1e-6
+    for extra_only in (["--format", "parquet"], ["--engine", "ray"]):
+        out = _run([bindir / "murakit", "score", "golden", "--model", "model.onnx", "--out", "other", *extra_only],
+                   work, check=False)
+        err = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(err) == 1 and "pip install 'murakit[scale]'" in err[0], out.stderr
+        assert not (work / "other").exists()  # refused before anything is written

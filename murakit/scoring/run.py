@@ -28,6 +28,17 @@ def batches_todo(jobs: list, done: set, size: int) -> list:
     return out
 
 
+def require_engine(engine: str) -> None:
+    """Fail now (ModuleNotFoundError naming ray) rather than after the output folder exists.
+
+    Only looked up, not imported: the Ray engine sets Ray's environment before importing it.
+    """
+    import importlib.util
+
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ModuleNotFoundError("No module named 'ray'", name="ray")
+
+
 def _check(fmt: str, engine: str, workers: int, batch_size: int, part_rows: int) -> None:
     if fmt not in FORMATS:
         raise MurakitError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -75,6 +86,7 @@ def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: 
     workers = usable_cores() if workers is None else workers
     _check(fmt, engine, workers, batch_size, part_rows)
     require_format(fmt)
+    require_engine(engine)
     predictor = Predictor(model, threads=1)  # a bad model fails here, before any worker starts
     jobs = collect_jobs(inputs)
     store = ResultStore(out, fmt)
