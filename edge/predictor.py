@@ -22,6 +22,7 @@ Supported model kinds:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.card import ModelCard
+from edge.dicom import DicomInfo, is_dicom_file, read_dicom_info
 from edge.errors import ImageError, ModelError, first_line
 from edge.image import is_image_file
 from edge.preprocess import preprocess, to_model_input
@@ -50,10 +52,11 @@ class Prediction:
     inference_ms: float
     image: np.ndarray | None = field(default=None, repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
+    dicom: DicomInfo | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "type": "image", "probability": self.probability,
-                "label": self.label, "threshold": self.threshold,
+                "label": self.label, "threshold": self.threshold, **dicom_fields(self.dicom, view=True),
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
 
 
@@ -66,6 +69,13 @@ class StudyPrediction:
     label: str
     threshold: float
     views: list
+    study_uid: str | None = None
+
+    @property
+    def part(self) -> str | None:
+        """The MURA part of the study's DICOM views when they agree, else None."""
+        parts = {v.dicom.part for v in self.views if v.dicom is not None and v.dicom.part}
+        return parts.pop() if len(parts) == 1 else None
 
     @property
     def preprocess_ms(self) -> float:
@@ -76,10 +86,26 @@ class StudyPrediction:
         return sum(v.inference_ms for v in self.views)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "type": "study", "probability": self.probability,
+        ids = {"study_uid": self.study_uid} if self.study_uid else {}
+        ids.update({"part": self.part} if self.part else {})
+        return {"path": self.path, "type": "study", **ids, "probability": self.probability,
                 "label": self.label, "threshold": self.threshold, "n_views": len(self.views),
-                "views": [{"path": v.path, "probability": v.probability} for v in self.views],
+                "views": [{"path": v.path, "probability": v.probability, **dicom_fields(v.dicom, view=True)}
+                          for v in self.views],
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
+
+
+def dicom_fields(info: DicomInfo | None, view: bool) -> dict:
+    """The non-identifying DICOM keys of a JSON result: study_uid, sop_uid (views), part (when it
+    maps to a MURA part). Empty for PNG/JPEG."""
+    if info is None:
+        return {}
+    out = {"study_uid": info.study_uid}
+    if view:
+        out["sop_uid"] = info.sop_uid
+    if info.part:
+        out["part"] = info.part
+    return out
 
 
 def read_model_bytes(model_path) -> bytes:
@@ -259,7 +285,8 @@ class Predictor:
         keep_cam = cam and self.has_cam
         return Prediction(str(src) if not isinstance(src, np.ndarray) else "<array>", p,
                           self.label_for(p), self.threshold, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          u8 if keep_cam else None, out["cam"][0] if keep_cam else None)
+                          u8 if keep_cam else None, out["cam"][0] if keep_cam else None,
+                          dicom_info(src))
 
     def predict_study(self, directory, cam: bool = False) -> StudyPrediction:
         """Score every view in a study folder and average them (MURA protocol).
@@ -270,10 +297,13 @@ class Predictor:
             No images in the folder, or any view unreadable (a partial average would not be
             the protocol's study score; the message names the bad view).
         """
-        views = study_images(directory)
-        preds = [self.predict(v, cam=cam) for v in views]
+        return self.predict_group(StudyGroup(Path(directory), None, study_images(directory)), cam=cam)
+
+    def predict_group(self, group: StudyGroup, cam: bool = False) -> StudyPrediction:
+        """Score the views of one :class:`StudyGroup` and average them (MURA protocol)."""
+        preds = [self.predict(v, cam=cam) for v in group.views]
         p = float(np.mean([v.probability for v in preds]))
-        return StudyPrediction(str(directory), p, self.label_for(p), self.threshold, preds)
+        return StudyPrediction(str(group.directory), p, self.label_for(p), self.threshold, preds, group.study_uid)
 
 
 def valid_probabilities(p: np.ndarray) -> np.ndarray:
@@ -292,11 +322,67 @@ def checked_probability(p, src) -> float:
 
 
 def study_images(directory) -> list:
-    """Sorted image files (.png/.jpg/.jpeg, not hidden / AppleDouble) directly in a folder."""
+    """Sorted image files directly in a folder: .png/.jpg/.jpeg/.dcm, and DICOM by content
+    (extension-less PACS exports); hidden and AppleDouble ``._*`` files are not images."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ImageError(f"{directory}: not a directory")
     views = sorted(p for p in directory.iterdir() if p.is_file() and is_image_file(p))
     if not views:
-        raise ImageError(f"{directory}: no images (.png, .jpg, .jpeg) in this directory")
+        raise ImageError(f"{directory}: no images (.png, .jpg, .jpeg, DICOM) in this directory")
     return views
+
+
+def dicom_info(src) -> DicomInfo | None:
+    """Non-identifying DICOM facts of an image file (header only), None for anything else."""
+    if not isinstance(src, (str, os.PathLike)) or not is_dicom_file(src):
+        return None
+    return read_dicom_info(src)
+
+
+@dataclass
+class StudyGroup:
+    """The views of one study in a folder.
+
+    ``study_uid`` is the DICOM StudyInstanceUID, None for the folder's PNG/JPEG views (and
+    DICOM views without one), which form the folder's own study. ``skipped`` lists
+    ``(path, reason)`` for DICOM objects in the folder that are not images (SR, KOS, PR, ...).
+    """
+
+    directory: Path
+    study_uid: str | None
+    views: list
+    skipped: list = field(default_factory=list)
+
+
+def study_groups(directory) -> list:
+    """Split a folder's views into studies: DICOM views by StudyInstanceUID, the rest together.
+
+    Returns
+    -------
+    list of StudyGroup
+        The folder's own group first (when it has views), then one per StudyInstanceUID in
+        order of first appearance. Non-image DICOM objects are listed in the first group's
+        ``skipped``.
+
+    Raises
+    ------
+    ImageError
+        Not a folder, no images, a DICOM header pydicom cannot parse, or pydicom missing.
+    """
+    directory = Path(directory)
+    plain, by_uid, skipped = [], {}, []
+    for path in study_images(directory):
+        info = dicom_info(path)
+        if info is not None and (not info.rows or not info.columns):
+            skipped.append((path, f"DICOM {info.sop_class} object, not an image"))
+        elif info is None or info.study_uid is None:
+            plain.append(path)
+        else:
+            by_uid.setdefault(info.study_uid, []).append(path)
+    groups = ([StudyGroup(directory, None, plain)] if plain else []) + \
+        [StudyGroup(directory, uid, views) for uid, views in by_uid.items()]
+    if not groups:
+        raise ImageError(f"{directory}: no images in this directory (only non-image DICOM objects)")
+    groups[0].skipped = skipped
+    return groups

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.config import JsonConfig
+from edge.dicom import VOI_POLICIES
 from edge.errors import ImageError
 from edge.image import load_image
 
@@ -52,6 +53,11 @@ class PreprocessConfig(JsonConfig):
         Canvas value (0-255) around the resized image; 0 is air after correction.
     border : float
         Width of the border band used by the inversion detector, as a fraction of each side.
+    dicom_voi : {"window", "full"}
+        DICOM input only (see :mod:`edge.dicom`): "window" applies the file's own VOI LUT or
+        window (the display rendition a PACS exports as PNG, which is what MURA's PNGs are),
+        falling back to the full range when the file has none; "full" ignores the window and
+        maps the image's min..max to 0..1 (for files whose window is not trusted).
     """
 
     size: int = 128
@@ -63,6 +69,7 @@ class PreprocessConfig(JsonConfig):
     clahe_grid: int = 8
     pad_value: int = 0
     border: float = 0.08
+    dicom_voi: str = "window"
 
     def __post_init__(self):
         self.check_types()
@@ -80,6 +87,8 @@ class PreprocessConfig(JsonConfig):
             raise ValueError(f"clahe_clip must be in (0, 40], got {self.clahe_clip}")
         if not 1 <= self.clahe_grid <= 64:  # 0 divides by zero inside OpenCV; huge grids allocate GBs
             raise ValueError(f"clahe_grid must be an integer in [1, 64], got {self.clahe_grid}")
+        if self.dicom_voi not in VOI_POLICIES:
+            raise ValueError(f"dicom_voi must be one of {VOI_POLICIES}, got {self.dicom_voi!r}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     """
     import cv2
 
-    grey = load_image(src)
+    grey = load_image(src, dicom_voi=cfg.dicom_voi)
     if min(grey.shape) < 2:
         raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]}, too small to be a radiograph")
     norm, lo, hi = normalise(grey, cfg)

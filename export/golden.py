@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.atomic import atomic_dir
+from edge.dicom import is_dicom_file
 from edge.golden import (
     FLOAT_RULE,
     FORMAT_VERSION,
@@ -80,6 +81,8 @@ def record_golden(model_path, golden_dir, sources, infos=None, extra: dict | Non
         for i, (src, x, out, info) in enumerate(zip(sources, xs, outs, infos)):
             name = f"test_data_set_{i}"
             src_file = SOURCE if Path(src).suffix.lower() == ".png" else "source" + Path(src).suffix.lower()
+            if is_dicom_file(src):  # PACS exports may have no (or a UID-like) extension
+                src_file = "source.dcm"
             write_case(Path(tmp) / name, x, [out[n] for n in pred.output_names], pred.input_name,
                        pred.output_names, Path(src).read_bytes(), src_file)
             manifest["cases"].append({"dir": name, "source_file": src_file, **info})

@@ -22,7 +22,7 @@ import warnings
 # core_worker.cc:2465: ...), absl's pre-init notice, and the
 # Python-side notices TensorFlow, Keras and tf2onnx print at import or first use.
 NOISE = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]"
+    rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"
     rb"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] \S+:\d+:"  # Ray's C++ core
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .*rebuild TensorFlow"

@@ -76,7 +76,15 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert manifest["cases"][1]["label"] == 1 and d["label"] == "abnormal"
 
     verify = _run([bindir / "edge-verify", "model.onnx"], work)
-    assert "PASS: 4/4" in verify.stdout
+    assert "PASS: 7/7" in verify.stdout  # DICOM cases: runtime checked, pipeline skipped with a note
+    assert "3 DICOM source(s): pipeline check skipped" in verify.stdout and "murakit[dicom]" in verify.stdout
+
+    dcm = work / "golden" / "model" / "test_data_set_4" / "source.dcm"  # base install: no pydicom
+    no_extra = _run([bindir / "edge-predict", dcm, "--model", "model.onnx"], work, check=False)
+    assert no_extra.returncode == 1 and no_extra.stdout == ""
+    assert no_extra.stderr.strip().splitlines() == [(
+        f"edge-predict: error: {dcm}: is a DICOM file; reading DICOM needs the dicom extra: "
+        "pip install 'murakit[dicom]'")]
 
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
@@ -87,16 +95,20 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     err = synth.stderr.strip().splitlines()
     assert synth.returncode == 2 and len(err) == 1 and "pip install 'murakit[train]'" in err[0], synth.stderr
 
-    # murakit score needs only the edge runtime: CSV output, the local engine, the protocol's metrics
+    # murakit score needs only the edge runtime: CSV output, the local engine, the protocol's metrics;
+    # the golden DICOM sources are failure rows naming the dicom extra, the PNGs are scored
     labels = "".join(f"golden/model/{c['dir']},{c['label']}\n" for c in manifest["cases"])
     (work / "labels.csv").write_text(labels)
     scored = _run([bindir / "murakit", "score", "golden", "--model", "model.onnx", "--out", "scored",
-                   "--no-progress", "--labels", "labels.csv"], work)
+                   "--no-progress", "--labels", "labels.csv"], work, check=False)
+    assert scored.returncode == 1 and "Traceback" not in scored.stderr, scored.stderr
     assert "4 labelled images (0 without a label), 4 studies (2 abnormal)" in scored.stdout
     rows = (work / "scored" / "images.csv").read_text().splitlines()
     assert rows[0] == "path,study,part,probability,label,threshold" and len(rows) == 1 + 4
     probability = {r.split(",")[0]: float(r.split(",")[3]) for r in rows[1:]}
     assert abs(probability[str(Path("golden") / "model" / "test_data_set_1" / "source.png")] - d["probability"]) <= 1e-6
+    failures = (work / "scored" / "failures.csv").read_text().splitlines()[1:]
+    assert len(failures) == 3 and all("source.dcm" in f and "murakit[dicom]" in f for f in failures)
     for extra_only in (["--format", "parquet"], ["--engine", "ray"]):
         out = _run([bindir / "murakit", "score", "golden", "--model", "model.onnx", "--out", "other", *extra_only],
                    work, check=False)

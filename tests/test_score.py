@@ -181,6 +181,37 @@ def test_damaged_model_output_is_a_failure_row_not_a_label(tree, model, tmp_path
     assert rows[1]["probability"] == 0.25 and rows[1]["error"] == ""
 
 
+def test_dicom_views_group_by_study_instance_uid(model, tmp_path):
+    pytest.importorskip("pydicom")
+    from murakit.data.dicom_write import DicomStyle, make_dataset, write_dicom
+
+    def ids(n, study, part):
+        return {"study_uid": f"1.2.826.0.1.{study}", "series_uid": f"1.2.826.0.1.{study}.1",
+                "sop_uid": f"1.2.826.0.1.{study}.1.{n}", "body_part": part}
+
+    export = tmp_path / "export"
+    write_dicom(export / "a" / "A1", radiograph(96, 80, 1), DicomStyle(), **ids(1, 7, "WRIST"))
+    write_png(export / "a" / "plain.png", radiograph(60, 50, 2))
+    write_dicom(export / "b" / "A2.dcm", radiograph(90, 70, 3), DicomStyle(photometric="MONOCHROME1"),
+                **ids(2, 7, "WRIST"))  # same study, another folder
+    write_dicom(export / "b" / "B1", radiograph(80, 80, 4), DicomStyle(), **ids(3, 8, "UPPER ARM"))
+    sr = make_dataset(np.zeros((1, 1), np.uint16), DicomStyle(), **ids(9, 7, None))
+    for k in ("Rows", "Columns", "PixelData", "BitsAllocated", "BitsStored", "HighBit"):
+        delattr(sr, k)
+    sr.save_as(export / "b" / "SR0001", enforce_file_format=True)  # a DICOM object that is no image
+    s = score([export], model, tmp_path / "out", workers=1, progress=False)
+    images = {Path(r["path"]).name: r for r in _rows(s.images)}
+    assert {k: (r["study"], r["part"]) for k, r in images.items()} == {
+        "A1": ("1.2.826.0.1.7", "WRIST"), "A2.dcm": ("1.2.826.0.1.7", "WRIST"),
+        "B1": ("1.2.826.0.1.8", "HUMERUS"), "plain.png": (f"{export}/a", "")}
+    expected = _edge_predict([r["path"] for r in images.values()], model)
+    assert all(abs(r["probability"] - expected[r["path"]]) <= TOL for r in images.values())
+    studies = {r["study"]: r for r in _rows(s.studies)}
+    assert studies["1.2.826.0.1.7"]["n_views"] == 2 and studies["1.2.826.0.1.8"]["n_views"] == 1
+    failures = _rows(s.failures)
+    assert [Path(f["path"]).name for f in failures] == ["SR0001"] and "not an image" in failures[0]["error"]
+
+
 # ---------------------------------------------------------------------------- resume
 def _big_tree(root: Path, n: int = 120) -> None:
     """``n`` 256 px views in MURA layout (slow enough to kill mid-run), two of them unreadable."""

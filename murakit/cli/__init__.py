@@ -36,6 +36,9 @@ TRAIN_COMMANDS = [
 def _add(sub, name, module, help_):
     p = sub.add_parser(name, help=help_, description=help_)
     importlib.import_module(module).add_arguments(p)
+    # also accepted after the command; SUPPRESS keeps `murakit --verbose CMD` from being reset
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show the frameworks' own log lines and full tracebacks")
     p.set_defaults(_module=module)
     return p
 

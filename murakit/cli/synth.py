@@ -15,10 +15,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing OUT/MURA-v1.1 made with other parameters")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png",
+                        help="image files: PNG as MURA ships, or DICOM (MONOCHROME1/2, 10-16 bit, "
+                             "windows, compressed syntaxes; needs the dicom extra) (default: %(default)s)")
 
 
 def run(args) -> int:
     from murakit import synth
+
+    if args.format == "dicom":
+        from murakit.data import dicom_synth
+
+        return dicom_synth.run(args)
 
     n = synth.DEFAULT_STUDIES if args.studies is None else args.studies
     if not args.force and synth.existing_matches(args.out, n, args.seed):

@@ -92,6 +92,7 @@ class Problems:
     label_conflicts: list[str] = field(default_factory=list)
     bad_lines: list[str] = field(default_factory=list)
     patients_in_both_splits: list[str] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
 
     def counts(self) -> dict:
         """``{problem name: count}`` for every problem kind (zeros included)."""
@@ -111,6 +112,7 @@ class Problems:
             "label_conflicts": "studies whose CSV label contradicts the folder name (CSV wins)",
             "bad_lines": "unparseable CSV lines (skipped)",
             "patients_in_both_splits": "patients in both MURA train and valid",
+            "not_images": "DICOM objects that are not images (SR, RT, ...; ignored)",
         }
         out = []
         for k, v in vars(self).items():
@@ -404,7 +406,7 @@ def index_dataset(root) -> Dataset:
     else:
         raise MurakitError(
             f"{root}: unknown data layout: expected a {MURA_DIRNAME}/ folder (with train/, valid/ "
-            f"or their CSVs) or class folders normal/ and abnormal/")
+            f"or their CSVs) or class folders normal/ and abnormal/ (a DICOM tree needs --labels CSV)")
     if not ds.records:
         extra = "; ".join(ds.problems.lines())
         raise MurakitError(f"{root}: found no usable images ({ds.layout} layout)"

@@ -314,7 +314,7 @@ def process_one(task):
 
     row, path = task
     try:
-        grey = load_image(path)  # decoded once: raw statistics + the one preprocessing path
+        grey = load_image(path, dicom_voi=_CFG.dicom_voi)  # decoded once: raw statistics + the one preprocessing path
         u8, info = preprocess_with_info(grey, _CFG)
     except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
         return row, None, None, str(e) or type(e).__name__

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from murakit.errors import MurakitError
+from murakit.evaluation.bootstrap import LEVEL, N_RESAMPLES, paired_auroc_difference, study_intervals
 from murakit.evaluation.metrics import evaluate, json_safe
 from murakit.layout import RunLayout
 
@@ -132,8 +133,29 @@ def is_synthetic(root) -> bool:
     return any((d / "synth.json").exists() for d in (root, root / "MURA-v1.1"))
 
 
-def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, progress=print):
-    """Score and time every model of ``run``; returns (report dict, per-model test probabilities)."""
+# (name in report.json, model A, model B): A's study AUROC minus B's, paired bootstrap over studies.
+# The Keras CNN stands for the CNN (the float ONNX file gives the same probabilities within 1e-4).
+COMPARISONS = (("cnn_vs_baseline", ("cnn", "cnn_onnx"), "baseline"),
+               ("cnn_onnx_int8_vs_cnn_onnx", ("cnn_onnx_int8",), "cnn_onnx"))
+
+
+def comparisons(labels, studies, probs: dict, seed: int = 0) -> dict:
+    """Paired-bootstrap AUROC differences between the models that are present."""
+    out = {}
+    for name, a_choices, b in COMPARISONS:
+        a = next((m for m in a_choices if m in probs), None)
+        if a is not None and b in probs:
+            out[name] = {**paired_auroc_difference(labels, probs[a], probs[b], studies, seed=seed),
+                         "models": [a, b]}
+    return out
+
+
+def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, progress=print, seed: int = 0):
+    """Score and time every model of ``run``; returns (report dict, per-model test probabilities).
+
+    Study AUROC and kappa carry 95% bootstrap intervals (studies resampled, seeded), and
+    ``report["comparisons"]`` the paired CNN - baseline (and INT8 - float) AUROC differences.
+    """
     from edge.errors import ModelError
     from murakit.data.prepared import load_prepared
 
@@ -169,11 +191,16 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
             fn, thr, _ = onnx_scorer(files[name], threads)
         p = predict_all(fn, images)
         m = evaluate(labels, p, studies, parts, thr)
+        ci = study_intervals(labels, p, studies, thr, seed=seed)
+        m["study"].update(auroc_ci=ci["auroc_ci"], kappa_ci=ci["kappa_ci"])
         m.update(cost(fn, images, n_single, n_batches))
         m["size_bytes"] = int(files[name].stat().st_size)
         m["train_seconds"] = train_seconds(layout, name)
         m["file"] = str(files[name])
         report["models"][name] = json_safe(m)
         probs[name] = p
+    report["comparisons"] = json_safe(comparisons(labels, studies, probs, seed))
+    report["statistics"] = {"bootstrap": {"unit": "study", "n_resamples": N_RESAMPLES, "level": LEVEL, "seed": seed,
+                                          "interval": "percentile"}}
     return report, {"labels": labels, "studies": studies, "parts": parts, "probs": probs,
                     "images": images, "order": order, "prep": prep}

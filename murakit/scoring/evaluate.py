@@ -1,6 +1,7 @@
 """The MURA protocol's metrics from a scored folder, without the prepared cache.
 
-Labels come from a CSV of ``study,label`` rows (header optional; label 1 = abnormal), such as
+Labels come from a CSV of ``study,label`` rows (header optional; label 1 = abnormal, or the words
+``normal``/``abnormal``, ``negative``/``positive``; a DICOM study is its StudyInstanceUID), such as
 MURA's header-less ``{train,valid}_labeled_studies.csv`` (``MURA-v1.1/valid/.../study1_positive/,1``),
 or are found next to the scored data: the nearest folder at or above an INPUT (or its
 ``MURA-v1.1/`` child) holding ``*_labeled_studies.csv``. Study ids match in MURA's form whatever
@@ -14,6 +15,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
+from murakit.data.dicom_index import LABEL_WORDS
 from murakit.errors import MurakitError
 from murakit.scoring.inputs import MURA_DIRNAME, MURA_SPLITS
 from murakit.scoring.tables import read_table
@@ -48,9 +50,10 @@ def read_labels(paths) -> dict:
         if rows and rows[0][-1].lower() == "label":
             rows = rows[1:]
         for n, row in enumerate(rows, 1):
-            if len(row) < 2 or row[1] not in ("0", "1"):
+            label = LABEL_WORDS.get(row[1].lower()) if len(row) > 1 else None
+            if label is None:
                 raise MurakitError(f"{path}: row {n} is not 'study,label' with label 0 or 1: {','.join(row)}")
-            out[label_key(row[0])] = int(row[1])
+            out[label_key(row[0])] = label
     return out
 
 

@@ -16,15 +16,15 @@ view's folder as written, except in the MURA layout (``.../<train|valid>/XR_<PAR
 patient11186/study1_positive``, the key of ``*_labeled_studies.csv``. The part is ``<PART>`` of
 the nearest ``XR_<PART>`` folder, "" when unknown.
 
-:func:`study_key` is the hook that lets a file's content override that grouping (DICOM views
-group by StudyInstanceUID); the engines call it in their workers, where the file is read anyway.
+:func:`study_key` is the hook that lets a file's content override that grouping: DICOM views
+group by StudyInstanceUID. The engines call it in their workers, where the file is read anyway.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from edge.image import is_image_file
@@ -71,11 +71,22 @@ def study_and_part(path: str) -> tuple[str, str]:
 def study_key(job: Job) -> Job:
     """Hook: the job's final study and part, decided from the file itself.
 
-    Runs in the scoring workers. PNG and JPEG files keep their folder's study; this is where a
-    DICOM file's StudyInstanceUID (and BodyPartExamined) replace the folder grouping once the
-    DICOM reader is part of the edge runtime.
+    Runs in the scoring workers. A DICOM file (recognised by content, as ``edge-predict`` does)
+    with a StudyInstanceUID joins the study of that UID wherever it lies, with the MURA part of
+    its BodyPartExamined when that maps to one; PNG/JPEG views (and DICOM without a UID) keep
+    their folder's study.
+
+    Raises
+    ------
+    edge.errors.ImageError
+        A DICOM header pydicom cannot parse, or pydicom not installed (names the ``dicom`` extra).
     """
-    return job
+    from edge.predictor import dicom_info
+
+    info = dicom_info(job.path)
+    if info is None or info.study_uid is None:
+        return job
+    return replace(job, study=info.study_uid, part=info.part or job.part)
 
 
 def make_job(path: str) -> Job:
@@ -88,8 +99,9 @@ def _walk(folder: str):
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if is_image_file(name):
-                yield os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            if is_image_file(path):  # by suffix, or by content for extension-less DICOM
+                yield path
 
 
 def read_path_list(csv_path: str) -> list[str]:
@@ -158,6 +170,6 @@ def collect_jobs(inputs) -> list[Job]:
                 seen.add(key)
                 jobs.append(make_job(path))
     if not jobs:
-        raise MurakitError(f"no images (.png, .jpg, .jpeg) found in {', '.join(map(str, inputs))}")
+        raise MurakitError(f"no images (PNG, JPEG, DICOM) found in {', '.join(map(str, inputs))}")
     return jobs
 

@@ -7,7 +7,8 @@ Run from the repository root (needs the ``train`` extra)::
 Writes, next to this script::
 
     model.onnx               ~30 KB float CNN ("small" arch, width 4, 32 px) with its model card
-    golden/model/            4 cases: source.png, input_0.pb, output_0.pb (probability), output_1.pb (cam)
+    golden/model/            4 PNG cases: source.png, input_0.pb, output_0.pb (probability), output_1.pb (cam),
+                             then 3 DICOM cases (source.dcm) written by make_dicom.py
 
 The model is trained for a few epochs on procedurally drawn 32 px "radiographs" where the
 abnormal class has a dark gap across the bright bone bar, so its outputs vary with the image
@@ -90,6 +91,9 @@ def main() -> int:
                                       [{"label": int(a)} for a in (0, 1, 0, 1)],
                                       extra={"keras_parity": parity})
     print("probabilities:", np.round(outputs["probability"].ravel(), 4), "parity:", parity)
+    from make_dicom import add_dicom_cases  # the DICOM twins of the PNG cases (dicom extra)
+
+    print("DICOM case probabilities:", np.round(add_dicom_cases(), 4))
     return 0
 
 
