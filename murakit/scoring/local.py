@@ -12,12 +12,11 @@ image would cross a pipe.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-
-from murakit.errors import MurakitError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -68,11 +67,10 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
     emit : callable
         Receives the result rows of one whole batch.
 
-    Raises
-    ------
-    MurakitError
-        A worker died (killed, out of memory, a crash inside a decoder); the batches already
-        emitted are kept, so a rerun continues.
+    A worker process that dies (killed, out of memory, a crash inside a decoder) does not stop
+    the run: the batches it and its siblings had in flight are scored again one image at a time
+    in a fresh single-worker pool, so an image that kills its worker again is found and becomes a
+    failure row, and every other image gets its result.
     """
     if workers == 1:
         _load(str(model_path))
@@ -81,31 +79,66 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
         return
     for name in THREAD_VARIABLES:  # inherited by the spawned workers before they import numpy
         os.environ.setdefault(name, "1")
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(str(model_path),)) as pool:
+    rest = list(batches)
+    while rest:
+        lost, rest = _run_pool(rest, str(model_path), workers, emit)
+        _isolate([job for batch in lost for job in batch], str(model_path), emit)
+
+
+def _pool(model_path: str, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(model_path,))
+
+
+def _run_pool(batches: list, model_path: str, workers: int, emit) -> tuple:
+    """Score ``batches`` with 2 batches per worker in flight (bounded memory), emitting results as
+    they complete. Returns ([], []) when done, or (batches lost, batches not started) when a
+    worker died (its batches, and every batch in flight whose result was not emitted yet)."""
+    pool, todo, pending, lost = _pool(model_path, workers), iter(batches), {}, []
+
+    def submit(batch):
         try:
-            _drive(pool, batches, workers, emit)
-        except BrokenProcessPool:
-            raise MurakitError("a scoring worker process died (killed, out of memory, or a crash while "
-                               "decoding an image); finished batches are saved: rerun to continue") from None
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+            pending[pool.submit(_score_batch, batch)] = batch
+        except BrokenProcessPool:  # the pool broke between two results
+            lost.append(batch)
+
+    try:
+        for batch in itertools.islice(todo, 2 * workers):
+            submit(batch)
+        while pending and not lost:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                batch = pending.pop(future)
+                try:
+                    rows = future.result()
+                except BrokenProcessPool:
+                    lost.append(batch)
+                    continue
+                emit(rows)
+                nxt = None if lost else next(todo, None)
+                if nxt is not None:
+                    submit(nxt)
+        return (lost + list(pending.values()), list(todo)) if lost else ([], [])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _drive(pool, batches: list, workers: int, emit) -> None:
-    """Keep 2 batches per worker in flight (bounded memory), emit results as they complete."""
-    todo = iter(batches)
-    pending = set()
-    for batch in todo:
-        pending.add(pool.submit(_score_batch, batch))
-        if len(pending) >= 2 * workers:
-            break
-    while pending:
-        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in finished:
-            emit(future.result())
-            batch = next(todo, None)
-            if batch is not None:
-                pending.add(pool.submit(_score_batch, batch))
+def _isolate(jobs: list, model_path: str, emit) -> None:
+    """Score the jobs that were in flight when a worker died, one image per task in a one-worker
+    pool: an image whose task kills the worker again is a failure row."""
+    from murakit.scoring.work import failure_row
+
+    if not jobs:
+        return
+    pool = _pool(model_path, 1)
+    try:
+        for job in jobs:
+            try:
+                emit(pool.submit(_score_batch, [job]).result())
+            except BrokenProcessPool:
+                emit([failure_row(job, f"{job.path}: the worker process died while scoring this file "
+                                       "(a crash in a decoder, or out of memory)")])
+                pool.shutdown(wait=True)
+                pool = _pool(model_path, 1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
