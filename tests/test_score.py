@@ -253,6 +253,7 @@ def _pool_workers(pid: int) -> list:
             if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the pool's workers")
 def test_a_killed_worker_does_not_stop_the_run(model, tmp_path):
     data, out, ref = tmp_path / "data", tmp_path / "out", tmp_path / "ref"
