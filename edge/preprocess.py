@@ -19,13 +19,14 @@ Steps (each fixes a known problem of the raw radiographs):
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from edge.errors import ImageError
-from edge.image import load_image
+from edge.image import load_array, to_grey
 
 INVERT_POLICIES = ("auto", "never", "always")
 
@@ -114,28 +115,82 @@ class PreprocessInfo:
     high: float
 
 
+
 LEVELS = 65536  # percentiles are read off a 16-bit histogram: exact for 8/16-bit sources, O(N)
+_BAND = 1 << 16  # pixels per row band in the float path: bounds its temporaries, not its results
 
 
+# ---------------------------------------------------------------- per-pixel expressions
+# Each step is elementwise. The float path applies them to whole images; the integer path
+# applies them once to the table of every value a stored pixel can take and then looks the
+# results up. Same operations on the same float32 inputs give the same bits, so both paths
+# return identical outputs (tests/test_preprocess_parity.py holds them to a frozen copy).
+def _levels(grey: np.ndarray) -> np.ndarray:
+    return np.rint(grey * (LEVELS - 1)).astype(np.int64)
+
+
+def _stretch(grey: np.ndarray, lo: np.float64, hi: np.float64) -> np.ndarray:
+    return np.clip((grey - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+
+
+def _to_u8(norm: np.ndarray, inverted: bool) -> np.ndarray:
+    if inverted:
+        norm = 1.0 - norm
+    return np.round(norm * 255.0).astype(np.uint8)
+
+
+def _ranks(qs, n: int) -> np.ndarray:
+    """1-based nearest ranks of percentiles ``qs`` among ``n`` pixels (float64, >= 1)."""
+    return np.maximum(1, np.ceil(np.asarray(qs, dtype=np.float64) / 100.0 * n))
+
+
+def _bounds(levels) -> tuple:
+    """Percentile levels -> (lo, hi) as float64 scalars in [0, 1]."""
+    lo, hi = np.asarray(levels).astype(np.float64) / (LEVELS - 1)
+    return lo, hi
+
+
+def _is_flat(lo, hi) -> bool:
+    return bool(hi - lo < 1e-6)  # a flat image carries no information; keep it flat, not noise
+
+
+def _decide(cfg: PreprocessConfig, score: float) -> bool:
+    return cfg.invert == "always" or (cfg.invert == "auto" and score > 0.0)
+
+
+def _row_bands(h: int, w: int):
+    step = max(1, _BAND // max(1, w))
+    return [slice(r, min(h, r + step)) for r in range(0, h, step)]
+
+
+# ---------------------------------------------------------------- float path
 def percentiles(grey: np.ndarray, qs) -> np.ndarray:
     """Percentiles ``qs`` (0-100) of a [0, 1] image, as the smallest 16-bit level whose
     cumulative count reaches q% of the pixels (nearest rank; no interpolation).
 
-    A histogram instead of ``np.percentile``'s partial sort: 4-5x faster on a 512 px image,
-    and exact for the 8- and 16-bit files radiographs come in.
+    A histogram instead of ``np.percentile``'s partial sort: exact for the 8- and 16-bit files
+    radiographs come in, O(N), and built in row bands so no full-size integer copy is made.
+
+    Returns
+    -------
+    ndarray of float64, shape (len(qs),), in [0, 1]
     """
-    levels = np.rint(grey.ravel() * (LEVELS - 1)).astype(np.int64)
-    cdf = np.cumsum(np.bincount(levels, minlength=LEVELS))
-    ranks = np.maximum(1, np.ceil(np.asarray(qs, dtype=np.float64) / 100.0 * levels.size))
-    return np.searchsorted(cdf, ranks).astype(np.float64) / (LEVELS - 1)
+    flat = np.ascontiguousarray(grey).reshape(-1)
+    counts = np.zeros(LEVELS, np.int64)
+    for s in range(0, flat.size, _BAND):
+        counts += np.bincount(_levels(flat[s:s + _BAND]), minlength=LEVELS)
+    cdf = np.cumsum(counts)
+    return np.searchsorted(cdf, _ranks(qs, flat.size)).astype(np.float64) / (LEVELS - 1)
 
 
 def normalise(grey: np.ndarray, cfg: PreprocessConfig):
-    """Percentile-clip and stretch to [0, 1]. Returns (image, low, high)."""
+    """Percentile-clip and stretch a float32 [0, 1] image to [0, 1]. Returns (image, low, high)."""
     lo, hi = percentiles(grey, [cfg.clip_low, cfg.clip_high])
-    if hi - lo < 1e-6:  # a flat image carries no information; keep it flat, not noise
+    if _is_flat(lo, hi):
         return np.zeros_like(grey), float(lo), float(hi)
-    out = np.clip((grey - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+    out = np.empty(grey.shape, np.float32)
+    for rows in _row_bands(*grey.shape):
+        out[rows] = _stretch(grey[rows], lo, hi)
     return out, float(lo), float(hi)
 
 
@@ -156,6 +211,205 @@ def inversion_score(norm: np.ndarray, border: float = 0.08) -> float:
     return float(np.median(band) - centre.mean())
 
 
+def _float_path(grey: np.ndarray, cfg: PreprocessConfig):
+    """float32 (H, W) [0, 1] -> (uint8 (H, W), lo, hi, score, inverted)."""
+    norm, lo, hi = normalise(grey, cfg)
+    score = inversion_score(norm, cfg.border)
+    inverted = _decide(cfg, score)
+    u8 = np.empty(grey.shape, np.uint8)
+    for rows in _row_bands(*grey.shape):
+        u8[rows] = _to_u8(norm[rows], inverted)
+    return u8, lo, hi, score, inverted
+
+
+# ---------------------------------------------------------------- integer path: value tables
+@dataclass(frozen=True)
+class _Tables:
+    """Grey value of every stored value, per column: ``body[v]`` everywhere except the columns
+    in ``extra`` ({column: table}), where OpenCV's colour conversion rounds differently.
+    Every table maps value v strictly below value v + 1 (checked), which :func:`_kth` needs."""
+
+    body: np.ndarray
+    extra: tuple = ()
+
+
+def _ordered(tables) -> bool:
+    lo, hi = np.minimum.reduce(tables), np.maximum.reduce(tables)
+    return bool(np.all(hi[:-1] < lo[1:]))
+
+
+@functools.lru_cache(maxsize=None)
+def _grey_tables(dtype: str) -> _Tables:
+    """A 1-channel image: the grey of value v is what edge.image.to_grey makes of it."""
+    return _Tables(to_grey(np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[None])[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _bgr_tables(width: int):
+    """8-bit BGR with equal channels, ``width`` pixels wide, or None (then the float path).
+
+    ``cv2.cvtColor`` on float32 rounds its SIMD body and its row tail differently, and the
+    tail depends on the row width; its result for a pixel depends only on the value, the
+    column and the width (tests check this on many sizes). So one probe image per width, row v
+    holding value v, gives every pixel's grey exactly: 256 x width conversions, cached.
+    """
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], width, axis=1)
+    grey = to_grey(np.repeat(values[:, :, None], 3, axis=2))  # (256, width): grey[v, x]
+    body = np.ascontiguousarray(grey[:, 0])
+    odd = np.flatnonzero(np.any(grey != body[:, None], axis=0))
+    tables = _Tables(body, tuple((int(x), np.ascontiguousarray(grey[:, x])) for x in odd))
+    return tables if _ordered([body, *(t for _, t in tables.extra)]) else None
+
+
+def _table_source(arr: np.ndarray):
+    """An integer image as (index image, :class:`_Tables`) such that the float grey of pixel
+    (y, x) is the table of column x at ``index[y, x]``; None when no tables exist (float
+    pixels, colour whose channels differ, 16-bit colour)."""
+    import cv2
+
+    if arr.dtype not in (np.uint8, np.uint16):
+        return None
+    if arr.ndim == 2:
+        return arr, _grey_tables(arr.dtype.str)
+    first = cv2.extractChannel(arr, 0)
+    if arr.shape[2] == 2:  # grey + alpha: the alpha is dropped
+        return first, _grey_tables(arr.dtype.str)
+    if arr.dtype != np.uint8:
+        return None
+    for c in (1, 2):
+        if cv2.norm(first, cv2.extractChannel(arr, c), cv2.NORM_INF) != 0:
+            return None
+    tables = _bgr_tables(arr.shape[1])
+    return None if tables is None else (first, tables)
+
+
+def _hist(idx: np.ndarray) -> np.ndarray:
+    """int64 counts of every stored value in a uint8/uint16 region (any strides)."""
+    import cv2
+
+    n = 256 if idx.dtype == np.uint8 else LEVELS
+    if idx.size == 0:
+        return np.zeros(n, np.int64)
+    if idx.ndim == 2 and idx.size < 2**24:  # calcHist counts in float32: exact below 2**24
+        return cv2.calcHist([idx], [0], None, [n], [0, n]).ravel().astype(np.int64)
+    return np.bincount(idx.ravel(), minlength=n)
+
+
+def _parts(idx: np.ndarray, tables: _Tables, rows: slice, cols: slice) -> list:
+    """The pixels of ``idx[rows, cols]`` as [(counts, table)] for :func:`_kth`."""
+    body = _hist(idx[rows, cols])
+    parts = []
+    for x, table in tables.extra:
+        if cols.start <= x < cols.stop:
+            counts = _hist(idx[rows, x])
+            body -= counts
+            parts.append((counts, table))
+    return [(body, tables.body), *parts]
+
+
+def _kth(parts, ks) -> np.ndarray:
+    """The k-th smallest (0-based, for each k in ``ks``) grey value of a pixel multiset.
+
+    ``parts`` is [(counts, table)]: ``counts[v]`` pixels of stored value v whose grey is
+    ``table[v]``. Every table maps value v below value v + 1, so value v's pixels sit together
+    in sorted order, ordered among themselves by their grey.
+
+    Returns
+    -------
+    ndarray of float32, shape (len(ks),)
+    """
+    total = sum(c for c, _ in parts)
+    cdf = np.cumsum(total)
+    out = []
+    for k in ks:
+        v = int(np.searchsorted(cdf, k, side="right"))
+        j = int(k) - (int(cdf[v]) - int(total[v]))
+        for grey, count in sorted((t[v], int(c[v])) for c, t in parts if c[v] > 0):
+            if j < count:
+                out.append(grey)
+                break
+            j -= count
+    return np.array(out, dtype=np.float32)
+
+
+def _lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``table[idx]`` for a uint8/uint16 index image, without an intp copy of the index."""
+    import cv2
+
+    if idx.dtype == np.uint8 and idx.ndim == 2:
+        return cv2.LUT(idx, table)
+    out = np.empty(idx.shape, table.dtype)
+    for rows in _row_bands(idx.shape[0], idx.shape[1] if idx.ndim == 2 else 1):
+        np.take(table, idx[rows], out=out[rows], mode="clip")
+    return out
+
+
+def _apply(tables: _Tables, idx: np.ndarray, cols: slice, table_of, out: np.ndarray) -> None:
+    """``out[:, i]`` = table of column ``cols.start + i`` looked up at ``idx[:, cols][:, i]``;
+    ``table_of`` turns a grey table into the table to look up."""
+    out[:] = _lookup(table_of(tables.body), idx[:, cols])
+    for x, table in tables.extra:
+        if cols.start <= x < cols.stop:
+            out[:, x - cols.start] = _lookup(table_of(table), idx[:, x])
+
+
+def _band_regions(h: int, w: int, border: float):
+    """Row/column slices of the border band exactly as :func:`inversion_score` takes them."""
+    bh, bw = max(1, round(h * border)), max(1, round(w * border))
+    mid = slice(bh, max(bh, h - bh))
+    return [(slice(0, bh), slice(0, w)), (slice(h - bh, h), slice(0, w)),
+            (mid, slice(0, bw)), (mid, slice(w - bw, w))]
+
+
+def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
+    """Integer image -> (uint8 (H, W), lo, hi, score, inverted), bit-identical to the float path.
+
+    Percentiles and the band median are order statistics read off value histograms; the
+    per-pixel steps are computed once per stored value that occurs and looked up.
+    """
+    h, w = idx.shape
+    everything = _parts(idx, tables, slice(0, h), slice(0, w))
+    present = np.flatnonzero(sum(c for c, _ in everything))
+    vmin, vmax = int(present[0]), int(present[-1]) + 1
+    ranks = _ranks([cfg.clip_low, cfg.clip_high], h * w).astype(np.int64)
+    lo, hi = _bounds(_levels(_kth(everything, ranks - 1)))
+    flat = _is_flat(lo, hi)
+
+    def norm_of(grey_table):
+        out = np.zeros(grey_table.shape, np.float32)
+        if not flat:
+            out[vmin:vmax] = _stretch(grey_table[vmin:vmax], lo, hi)
+        return out
+
+    band = [part for rows, cols in _band_regions(h, w, cfg.border) for part in _parts(idx, tables, rows, cols)]
+    nb = int(sum(c.sum() for c, _ in band))
+    middle = _kth(band, [(nb - 1) // 2, nb // 2])
+    median = np.median(np.zeros(2, np.float32) if flat else _stretch(middle, lo, hi))
+    score = float(median - _centre_mean(idx, tables, norm_of))
+    inverted = _decide(cfg, score)
+
+    def u8_of(grey_table):
+        out = np.zeros(grey_table.shape, np.uint8)
+        out[vmin:vmax] = _to_u8(norm_of(grey_table)[vmin:vmax], inverted)
+        return out
+
+    u8 = np.empty((h, w), np.uint8)
+    _apply(tables, idx, slice(0, w), u8_of, u8)
+    return u8, float(lo), float(hi), score, inverted
+
+
+def _centre_mean(idx: np.ndarray, tables: _Tables, norm_of) -> np.float32:
+    """Mean of the normalised centre, summed in the very order numpy sums the float path's
+    ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the values sit in a buffer with the same shape
+    and row stride, so the float32 pairwise sums round alike."""
+    h, w = idx.shape
+    rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
+    buf = np.empty((rows.stop - rows.start, w), np.float32)
+    _apply(tables, idx[rows], cols, norm_of, buf[:, cols])
+    return buf[:, cols].mean()
+
+
+# ---------------------------------------------------------------- the one function
 def _resize_pad(img: np.ndarray, cfg: PreprocessConfig):
     import cv2
 
@@ -173,34 +427,43 @@ def _resize_pad(img: np.ndarray, cfg: PreprocessConfig):
 def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     """Turn an image into the cached model input, and say what was done.
 
+    8- and 16-bit images (grey, or colour whose channels are equal, as radiographs are) take
+    the integer path: histograms, order statistics and lookup tables, no float copy of the
+    image. Other inputs (float arrays, genuinely coloured images) take the float path. Both
+    give bit-identical results.
+
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        See :func:`edge.image.load_image`.
+        See :func:`edge.image.load_array`.
     cfg : PreprocessConfig
 
     Returns
     -------
     image : ndarray of uint8, shape (cfg.size, cfg.size)
     info : PreprocessInfo
+
+    Raises
+    ------
+    ImageError
+        Unreadable, damaged or absurd input (see :mod:`edge.image`), or smaller than 2 x 2.
     """
     import cv2
 
-    grey = load_image(src)
-    if min(grey.shape) < 2:
-        raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]}, too small to be a radiograph")
-    norm, lo, hi = normalise(grey, cfg)
-    score = inversion_score(norm, cfg.border)
-    inverted = cfg.invert == "always" or (cfg.invert == "auto" and score > 0.0)
-    if inverted:
-        norm = 1.0 - norm
-    u8 = np.round(norm * 255.0).astype(np.uint8)
+    arr, name = load_array(src)
+    h, w = arr.shape[:2]
+    if min(h, w) < 2:
+        raise ImageError(f"image is {w}x{h}, too small to be a radiograph")
+    source = _table_source(arr)
+    if source is not None:
+        u8, lo, hi, score, inverted = _table_path(*source, cfg)
+    else:
+        u8, lo, hi, score, inverted = _float_path(to_grey(arr, name), cfg)
     if cfg.clahe:
         clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
         u8 = clahe.apply(u8)
     out, scale, ox, oy = _resize_pad(u8, cfg)
-    info = PreprocessInfo(bool(inverted), score, float(scale), int(ox), int(oy),
-                          int(grey.shape[0]), int(grey.shape[1]), lo, hi)
+    info = PreprocessInfo(bool(inverted), score, float(scale), int(ox), int(oy), int(h), int(w), lo, hi)
     return out, info
 
 
