@@ -280,9 +280,8 @@ def _capture_fd() -> int:
     """An unlinked temporary file that receives fd 2 during decodes (one per process: a
     forked child must not share its offset with the parent)."""
     if _CAPTURE["pid"] != os.getpid():
-        f = tempfile.TemporaryFile(prefix="edge-decode-")
-        _CAPTURE.update(pid=os.getpid(), fd=os.dup(f.fileno()))
-        f.close()
+        with tempfile.TemporaryFile(prefix="edge-decode-") as f:  # unlinked: nothing left behind
+            _CAPTURE.update(pid=os.getpid(), fd=os.dup(f.fileno()))
     return _CAPTURE["fd"]
 
 

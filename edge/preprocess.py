@@ -238,7 +238,7 @@ def _ordered(tables) -> bool:
     return bool(np.all(hi[:-1] < lo[1:]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grey_tables(dtype: str) -> _Tables:
     """A 1-channel image: the grey of value v is what edge.image.to_grey makes of it."""
     return _Tables(to_grey(np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[None])[0])

@@ -110,6 +110,6 @@ def reference_preprocess_with_info(src, cfg):
         clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
         u8 = clahe.apply(u8)
     out, scale, ox, oy = _resize_pad(u8, cfg)
-    info = dict(inverted=bool(inverted), inversion_score=score, scale=float(scale), offset_x=int(ox),
-                offset_y=int(oy), orig_h=int(grey.shape[0]), orig_w=int(grey.shape[1]), low=lo, high=hi)
+    info = {"inverted": bool(inverted), "inversion_score": score, "scale": float(scale), "offset_x": int(ox),
+            "offset_y": int(oy), "orig_h": int(grey.shape[0]), "orig_w": int(grey.shape[1]), "low": lo, "high": hi}
     return out, info
