@@ -139,7 +139,10 @@ def valid_files(rng) -> list:
     g = radiograph(rng)
     g16 = g.astype(np.uint16) * 257
     rgb = np.stack([g] * 3, -1)
-    jpg = lambda img, *p: cv2.imencode(".jpg", img, list(p))[1].tobytes()  # noqa: E731
+
+    def jpg(img, *params):
+        return cv2.imencode(".jpg", img, list(params))[1].tobytes()
+
     palette = chunk(b"PLTE", bytes(np.repeat(np.arange(256, dtype=np.uint8), 3)))
     iccp = chunk(b"iCCP", b"bogus\x00\x00" + zlib.compress(b"not an ICC profile at all"))
     cases = [

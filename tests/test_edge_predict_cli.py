@@ -94,7 +94,8 @@ def test_second_run_never_overwrites_and_reports_its_own_files(models, study, tm
     second = _cam_paths(capsys.readouterr().out)
     assert second == [str(cams / "patient11_study1_positive_image1_cam_3.png")]
     assert all(Path(p).read_bytes() == b for p, b in before.items())  # the first run's files untouched
-    want = overlay(*(lambda p: (p.image, p.cam))(Predictor(models["other"]).predict(study[0], cam=True)))
+    pred = Predictor(models["other"]).predict(study[0], cam=True)
+    want = overlay(pred.image, pred.cam)
     assert np.array_equal(cv2.imread(second[0], cv2.IMREAD_UNCHANGED), want)
     assert not [p for p in cams.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
