@@ -48,4 +48,4 @@ def test_every_input_gets_one_clean_line(corpus, tmp_path):
             assert str(path) in scored, (path.name, [e for e in errors if str(path) in e])
         elif expect == "refuse":
             assert str(path) in refused, path.name
-    assert len(cases) >= 100 and len(refused) >= 60
+    assert len(cases) >= 95 and len(refused) >= 60
