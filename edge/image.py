@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import sys
 import tempfile
@@ -334,22 +335,25 @@ def imdecode_captured(data: bytes):
 
 # ---------------------------------------------------------------- decoding
 def read_bytes(path) -> bytes:
-    """Read an image file's bytes with clear errors for missing, empty or huge files."""
-    path = Path(path)
+    """Read an image file's bytes with clear errors for missing, empty, huge or special files
+    (a FIFO or a device is never opened: reading it could block or never end)."""
     try:
-        if not path.exists():
-            raise ImageError(f"{path}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{path}: is a directory, not an image")
-        size = path.stat().st_size
-    except OSError as e:  # a name too long, a permission problem on a parent folder
-        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-    if size == 0:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:  # a name too long, a permission problem on a parent folder
+        raise ImageError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{path}: not a regular file")
+    if st.st_size == 0:
         raise ImageError(f"{path}: file is empty")
-    if size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: file is {size:,} bytes, above the {MAX_FILE_BYTES:,}-byte limit")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: file is {st.st_size:,} bytes, above the {MAX_FILE_BYTES:,}-byte limit")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read(st.st_size + 1)  # sized read: one buffer, no growth, no huge reservation
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
 

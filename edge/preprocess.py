@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -142,6 +143,11 @@ def _to_u8(norm: np.ndarray, inverted: bool) -> np.ndarray:
 def _ranks(qs, n: int) -> np.ndarray:
     """1-based nearest ranks of percentiles ``qs`` among ``n`` pixels (float64, >= 1)."""
     return np.maximum(1, np.ceil(np.asarray(qs, dtype=np.float64) / 100.0 * n))
+
+
+def _int_ranks(qs, n: int) -> list:
+    """:func:`_ranks` as Python ints (the same float64 arithmetic, without array overhead)."""
+    return [max(1, math.ceil(float(q) / 100.0 * n)) for q in qs]
 
 
 def _bounds(levels) -> tuple:
@@ -283,11 +289,10 @@ def _table_source(arr: np.ndarray):
     return None if tables is None else (first, tables)
 
 
-def _hist(idx: np.ndarray) -> np.ndarray:
-    """int64 counts of every stored value in a uint8/uint16 region (any strides)."""
+def _hist(idx: np.ndarray, n: int) -> np.ndarray:
+    """int64 counts of the values 0..n-1 in a uint8/uint16 region (any strides)."""
     import cv2
 
-    n = 256 if idx.dtype == np.uint8 else LEVELS
     if idx.size == 0:
         return np.zeros(n, np.int64)
     if idx.ndim == 2 and idx.size < 2**24:  # calcHist counts in float32: exact below 2**24
@@ -296,15 +301,35 @@ def _hist(idx: np.ndarray) -> np.ndarray:
 
 
 def _parts(idx: np.ndarray, tables: _Tables, rows: slice, cols: slice) -> list:
-    """The pixels of ``idx[rows, cols]`` as [(counts, table)] for :func:`_kth`."""
-    body = _hist(idx[rows, cols])
+    """The pixels of ``idx[rows, cols]`` as [(counts, table)] for :func:`_kth`: the body table
+    first, then one entry per ``tables.extra`` column (zero counts when outside ``cols``), so
+    lists of different regions line up and subtract."""
+    n = len(tables.body)
+    body = _hist(idx[rows, cols], n)
     parts = []
     for x, table in tables.extra:
-        if cols.start <= x < cols.stop:
-            counts = _hist(idx[rows, x])
-            body -= counts
-            parts.append((counts, table))
+        counts = _hist(idx[rows, x], n) if cols.start <= x < cols.stop else np.zeros(n, np.int64)
+        body -= counts
+        parts.append((counts, table))
     return [(body, tables.body), *parts]
+
+
+def _compact(idx: np.ndarray, tables: _Tables):
+    """Renumber the values a 16-bit image holds, in order, 0..k-1, so histograms and tables
+    have k entries instead of 65536; k <= 256 (8-bit content stored as 16-bit, many 10-12-bit
+    detectors' crops) even gives a uint8 image and OpenCV's 8-bit paths. Order is kept, so
+    every order statistic and every per-value result is unchanged."""
+    present = np.flatnonzero(_hist(idx, LEVELS))
+    n = max(256, present.size)
+    remap = np.zeros(LEVELS, np.uint8 if n == 256 else np.uint16)
+    remap[present] = np.arange(present.size)
+
+    def squeeze(table):
+        out = np.zeros(n, table.dtype)  # unused tail entries: never counted, never looked up
+        out[:present.size] = table[present]
+        return out
+
+    return _lookup(remap, idx), _Tables(squeeze(tables.body), tuple((x, squeeze(t)) for x, t in tables.extra))
 
 
 def _kth(parts, ks) -> np.ndarray:
@@ -318,6 +343,9 @@ def _kth(parts, ks) -> np.ndarray:
     -------
     ndarray of float32, shape (len(ks),)
     """
+    if len(parts) == 1:  # one table: value order is grey order
+        counts, table = parts[0]
+        return table[np.searchsorted(np.cumsum(counts), ks, side="right")].astype(np.float32)
     total = sum(c for c, _ in parts)
     cdf = np.cumsum(total)
     out = []
@@ -344,21 +372,16 @@ def _lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _apply(tables: _Tables, idx: np.ndarray, cols: slice, table_of, out: np.ndarray) -> None:
-    """``out[:, i]`` = table of column ``cols.start + i`` looked up at ``idx[:, cols][:, i]``;
-    ``table_of`` turns a grey table into the table to look up."""
-    out[:] = _lookup(table_of(tables.body), idx[:, cols])
+def _apply(tables: _Tables, idx: np.ndarray, cols: slice, out: np.ndarray) -> None:
+    """``out[:, i]`` = the table of column ``cols.start + i`` looked up at that column of ``idx``."""
+    out[:] = _lookup(tables.body, idx[:, cols])
     for x, table in tables.extra:
         if cols.start <= x < cols.stop:
-            out[:, x - cols.start] = _lookup(table_of(table), idx[:, x])
+            out[:, x - cols.start] = _lookup(table, idx[:, x])
 
 
-def _band_regions(h: int, w: int, border: float):
-    """Row/column slices of the border band exactly as :func:`inversion_score` takes them."""
-    bh, bw = max(1, round(h * border)), max(1, round(w * border))
-    mid = slice(bh, max(bh, h - bh))
-    return [(slice(0, bh), slice(0, w)), (slice(h - bh, h), slice(0, w)),
-            (mid, slice(0, bw)), (mid, slice(w - bw, w))]
+def _map(tables: _Tables, fn) -> _Tables:
+    return _Tables(fn(tables.body), tuple((x, fn(t)) for x, t in tables.extra))
 
 
 def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
@@ -368,44 +391,64 @@ def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
     per-pixel steps are computed once per stored value that occurs and looked up.
     """
     h, w = idx.shape
+    if idx.dtype == np.uint16:
+        idx, tables = _compact(idx, tables)
     everything = _parts(idx, tables, slice(0, h), slice(0, w))
     present = np.flatnonzero(sum(c for c, _ in everything))
-    vmin, vmax = int(present[0]), int(present[-1]) + 1
-    ranks = _ranks([cfg.clip_low, cfg.clip_high], h * w).astype(np.int64)
-    lo, hi = _bounds(_levels(_kth(everything, ranks - 1)))
+    vmin, vmax = int(present[0]), int(present[-1]) + 1  # per-value work only where values occur
+    ranks = _int_ranks([cfg.clip_low, cfg.clip_high], h * w)
+    lo, hi = _bounds(_levels(_kth(everything, [r - 1 for r in ranks])))
     flat = _is_flat(lo, hi)
 
-    def norm_of(grey_table):
-        out = np.zeros(grey_table.shape, np.float32)
+    def norm_of(grey):
+        out = np.zeros(grey.shape, np.float32)
         if not flat:
-            out[vmin:vmax] = _stretch(grey_table[vmin:vmax], lo, hi)
+            out[vmin:vmax] = _stretch(grey[vmin:vmax], lo, hi)
         return out
 
-    band = [part for rows, cols in _band_regions(h, w, cfg.border) for part in _parts(idx, tables, rows, cols)]
-    nb = int(sum(c.sum() for c, _ in band))
-    middle = _kth(band, [(nb - 1) // 2, nb // 2])
-    median = np.median(np.zeros(2, np.float32) if flat else _stretch(middle, lo, hi))
-    score = float(median - _centre_mean(idx, tables, norm_of))
+    norms = _map(tables, norm_of)
+    middle = _band_middle(idx, tables, everything, cfg.border)
+    median = np.float32(0) if flat else _median_of_two(_stretch(middle, lo, hi))
+    score = float(median - _centre_mean(idx, norms))
     inverted = _decide(cfg, score)
 
-    def u8_of(grey_table):
-        out = np.zeros(grey_table.shape, np.uint8)
-        out[vmin:vmax] = _to_u8(norm_of(grey_table)[vmin:vmax], inverted)
+    def u8_of(norm):
+        out = np.zeros(norm.shape, np.uint8)
+        out[vmin:vmax] = _to_u8(norm[vmin:vmax], inverted)
         return out
 
     u8 = np.empty((h, w), np.uint8)
-    _apply(tables, idx, slice(0, w), u8_of, u8)
+    _apply(_map(norms, u8_of), idx, slice(0, w), u8)
     return u8, float(lo), float(hi), score, inverted
 
 
-def _centre_mean(idx: np.ndarray, tables: _Tables, norm_of) -> np.float32:
+def _band_middle(idx: np.ndarray, tables: _Tables, everything: list, border: float) -> np.ndarray:
+    """The two middle greys (float32 (2,)) of the border band as :func:`inversion_score` takes
+    it: every pixel outside the inner rectangle ``[bh:h-bh, bw:w-bw]``, counted as all pixels
+    minus the inner ones (one histogram instead of four)."""
+    h, w = idx.shape
+    bh, bw = max(1, round(h * border)), max(1, round(w * border))
+    inner = _parts(idx, tables, slice(bh, max(bh, h - bh)), slice(bw, max(bw, w - bw)))
+    band = [(c_all - c_in, t) for (c_all, t), (c_in, _) in zip(everything, inner)]
+    n = int(sum(c.sum() for c, _ in band))
+    return _kth(band, [(n - 1) // 2, n // 2])
+
+
+def _median_of_two(middle: np.ndarray) -> np.float32:
+    """What ``np.median`` returns from the two middle float32 values: their float32 sum halved
+    (for an odd count both are the middle value, and (x + x) / 2 == x)."""
+    a, b = middle
+    return (a + b) / np.float32(2)
+
+
+def _centre_mean(idx: np.ndarray, norms: _Tables) -> np.float32:
     """Mean of the normalised centre, summed in the very order numpy sums the float path's
     ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the values sit in a buffer with the same shape
     and row stride, so the float32 pairwise sums round alike."""
     h, w = idx.shape
     rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
     buf = np.empty((rows.stop - rows.start, w), np.float32)
-    _apply(tables, idx[rows], cols, norm_of, buf[:, cols])
+    _apply(norms, idx[rows], cols, buf[:, cols])
     return buf[:, cols].mean()
 
 

@@ -16,10 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from edge.image import classify_decoder_output
+
 # Run edge.cli as edge-predict and, at exit, append the process's own peak resident size
 # (VmHWM, KiB) to $FUZZ_PEAK_FILE: ru_maxrss would include the parent's size across fork+exec.
 WRAPPER = r"""
 import atexit, os, re, runpy, sys
+import edge
+assert os.path.dirname(os.path.dirname(edge.__file__)) == os.environ["PYTHONPATH"], edge.__file__
 def _peak():
     with open("/proc/self/status") as f:
         kib = re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)
@@ -34,12 +38,14 @@ LIBRARY_MARKERS = ("libpng", "Corrupt JPEG", "Premature end", "[ WARN", "[ERROR"
 
 
 def run_edge_predict(code_root, files, model, timeout: float, peak_file, python=sys.executable) -> dict:
-    """Run ``edge-predict FILES --model MODEL --json`` with ``code_root`` first on the path."""
+    """Run ``edge-predict FILES --model MODEL --json`` with ``code_root`` first on the path (from
+    the peak file's folder: ``python -c`` puts the working folder before PYTHONPATH)."""
     env = {**os.environ, "PYTHONPATH": str(code_root), "FUZZ_PEAK_FILE": str(peak_file)}
     Path(peak_file).unlink(missing_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen([python, "-c", WRAPPER, *map(str, files), "--model", str(model), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+                            cwd=Path(peak_file).parent)
     try:
         out, err = proc.communicate(timeout=timeout)
         code = proc.returncode
@@ -65,7 +71,8 @@ def judge(run: dict, expect: str, budget: int, resting: int) -> dict:
     err = [line for line in run["stderr"].splitlines() if line.strip()]
     scored = run["code"] == 0 and len(out) == 1 and _is_json(out[0])
     refused = run["code"] == 1 and not out and len(err) == 1 and err[0].startswith("edge-predict: error: ")
-    complained = any(m in run["stderr"] for m in ("Corrupt JPEG", "Premature end", "libpng"))
+    complained = classify_decoder_output(run["stderr"])[0] is not None  # benign notes (iCCP) are not
+    complained = complained and not refused
     flags = {
         "hang": run["code"] is None,
         "traceback": "Traceback" in run["stderr"],
