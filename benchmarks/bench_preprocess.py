@@ -4,9 +4,10 @@ Usage::
 
     python benchmarks/bench_preprocess.py [--images 60] [--rounds 15] [--size 128] [--clahe] [--seed 0]
 
-A MURA-like set of PNGs is generated first (not timed): long side 90-512 px, aspect 0.55-1,
-70% 8-bit grey, 20% 8-bit RGB with equal channels (as MURA stores some views), 10% 16-bit
-grey; a limb and bones on dark air, film grain, some stored inverted. Each round times the
+A MURA-like set of PNGs is generated first (not timed), with murakit synth's mix: long side
+512 px for 35% of the images, else 90-511 px, aspect 0.55-0.95; 70% 8-bit grey, 25% 8-bit RGB
+with equal channels (as MURA stores some views), 5% 16-bit grey (half full range, half
+12-bit); a limb and bones on dark air, film grain, 20% stored inverted. Each round times the
 whole set once per method, in a rotated order (interleaved, so load on the machine hits all
 methods alike):
 
@@ -43,7 +44,7 @@ edge_pre = importlib.import_module("edge.preprocess")  # the module; `edge.prepr
 
 def mura_like(rng, long_side: int) -> np.ndarray:
     """float64 (h, w) in [0, 1]: a forearm-like radiograph."""
-    aspect = rng.uniform(0.55, 1.0)
+    aspect = rng.uniform(0.55, 0.95)
     h, w = (long_side, int(long_side * aspect)) if rng.random() < 0.7 else (int(long_side * aspect), long_side)
     img = np.full((h, w), 0.06)
     cv2.ellipse(img, (w // 2, h // 2), (max(2, w // 4), max(2, int(h * 0.46))), rng.uniform(-15, 15),
@@ -60,12 +61,13 @@ def make_set(folder: Path, n: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
-        img = mura_like(rng, int(rng.integers(90, 513)))
+        img = mura_like(rng, 512 if rng.random() < 0.35 else int(rng.integers(90, 512)))
         if rng.random() < 0.2:
             img = 1.0 - img
         u = rng.random()
-        kind = "grey16" if u < 0.1 else "rgb8" if u < 0.3 else "grey8"
-        arr = np.round(img * 65535).astype(np.uint16) if kind == "grey16" else np.round(img * 255).astype(np.uint8)
+        kind = "grey16" if u < 0.05 else "rgb8" if u < 0.30 else "grey8"
+        top = (65535 if rng.random() < 0.5 else 4095) if kind == "grey16" else 255
+        arr = np.round(img * top).astype(np.uint16 if kind == "grey16" else np.uint8)
         if kind == "rgb8":
             arr = cv2.merge([arr, arr, arr])
         path = folder / f"img{i:03d}_{kind}.png"
