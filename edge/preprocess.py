@@ -332,8 +332,8 @@ def _compact(idx: np.ndarray, tables: _Tables):
     return _lookup(remap, idx), _Tables(squeeze(tables.body), tuple((x, squeeze(t)) for x, t in tables.extra))
 
 
-def _kth(parts, ks) -> np.ndarray:
-    """The k-th smallest (0-based, for each k in ``ks``) grey value of a pixel multiset.
+def _kth(parts, ks) -> list:
+    """Where the k-th smallest (0-based, for each k in ``ks``) grey of a pixel multiset lies.
 
     ``parts`` is [(counts, table)]: ``counts[v]`` pixels of stored value v whose grey is
     ``table[v]``. Every table maps value v below value v + 1, so value v's pixels sit together
@@ -341,23 +341,27 @@ def _kth(parts, ks) -> np.ndarray:
 
     Returns
     -------
-    ndarray of float32, shape (len(ks),)
+    list of (part index, value) pairs, one per k: the grey is ``parts[i][1][v]``.
     """
     if len(parts) == 1:  # one table: value order is grey order
-        counts, table = parts[0]
-        return table[np.searchsorted(np.cumsum(counts), ks, side="right")].astype(np.float32)
+        return [(0, int(v)) for v in np.searchsorted(np.cumsum(parts[0][0]), ks, side="right")]
     total = sum(c for c, _ in parts)
     cdf = np.cumsum(total)
     out = []
     for k in ks:
         v = int(np.searchsorted(cdf, k, side="right"))
         j = int(k) - (int(cdf[v]) - int(total[v]))
-        for grey, count in sorted((t[v], int(c[v])) for c, t in parts if c[v] > 0):
+        for _, count, i in sorted((t[v], int(c[v]), i) for i, (c, t) in enumerate(parts) if c[v] > 0):
             if j < count:
-                out.append(grey)
+                out.append((i, v))
                 break
             j -= count
-    return np.array(out, dtype=np.float32)
+    return out
+
+
+def _pick(tables: list, where: list) -> np.ndarray:
+    """float32 values ``tables[i][v]`` for the (i, v) pairs of :func:`_kth`."""
+    return np.array([tables[i][v] for i, v in where], dtype=np.float32)
 
 
 def _lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -372,12 +376,13 @@ def _lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _apply(tables: _Tables, idx: np.ndarray, cols: slice, out: np.ndarray) -> None:
-    """``out[:, i]`` = the table of column ``cols.start + i`` looked up at that column of ``idx``."""
-    out[:] = _lookup(tables.body, idx[:, cols])
+def _apply(tables: _Tables, idx: np.ndarray, cols: slice) -> np.ndarray:
+    """Look ``idx[:, cols]`` up, each column in its own table; returns a new array."""
+    out = _lookup(tables.body, idx[:, cols])
     for x, table in tables.extra:
         if cols.start <= x < cols.stop:
             out[:, x - cols.start] = _lookup(table, idx[:, x])
+    return out
 
 
 def _map(tables: _Tables, fn) -> _Tables:
@@ -394,37 +399,26 @@ def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
     if idx.dtype == np.uint16:
         idx, tables = _compact(idx, tables)
     everything = _parts(idx, tables, slice(0, h), slice(0, w))
-    present = np.flatnonzero(sum(c for c, _ in everything))
-    vmin, vmax = int(present[0]), int(present[-1]) + 1  # per-value work only where values occur
+    greys = [t for _, t in everything]  # body, then the extra columns' tables
     ranks = _int_ranks([cfg.clip_low, cfg.clip_high], h * w)
-    lo, hi = _bounds(_levels(_kth(everything, [r - 1 for r in ranks])))
+    lo, hi = _bounds(_levels(_pick(greys, _kth(everything, [r - 1 for r in ranks]))))
     flat = _is_flat(lo, hi)
 
-    def norm_of(grey):
-        out = np.zeros(grey.shape, np.float32)
-        if not flat:
-            out[vmin:vmax] = _stretch(grey[vmin:vmax], lo, hi)
-        return out
+    def norm_of(grey):  # tables hold <= 65536 values; values that do not occur cost little
+        return np.zeros(grey.shape, np.float32) if flat else _stretch(grey, lo, hi)
 
     norms = _map(tables, norm_of)
     middle = _band_middle(idx, tables, everything, cfg.border)
-    median = np.float32(0) if flat else _median_of_two(_stretch(middle, lo, hi))
+    median = _median_of_two(_pick([norms.body, *(t for _, t in norms.extra)], middle))
     score = float(median - _centre_mean(idx, norms))
     inverted = _decide(cfg, score)
-
-    def u8_of(norm):
-        out = np.zeros(norm.shape, np.uint8)
-        out[vmin:vmax] = _to_u8(norm[vmin:vmax], inverted)
-        return out
-
-    u8 = np.empty((h, w), np.uint8)
-    _apply(_map(norms, u8_of), idx, slice(0, w), u8)
+    u8 = _apply(_map(norms, lambda norm: _to_u8(norm, inverted)), idx, slice(0, w))
     return u8, float(lo), float(hi), score, inverted
 
 
-def _band_middle(idx: np.ndarray, tables: _Tables, everything: list, border: float) -> np.ndarray:
-    """The two middle greys (float32 (2,)) of the border band as :func:`inversion_score` takes
-    it: every pixel outside the inner rectangle ``[bh:h-bh, bw:w-bw]``, counted as all pixels
+def _band_middle(idx: np.ndarray, tables: _Tables, everything: list, border: float) -> list:
+    """Where (:func:`_kth` pairs) the two middle greys of the border band lie, the band taken as
+    :func:`inversion_score` takes it: every pixel outside the inner rectangle ``[bh:h-bh, bw:w-bw]``, counted as all pixels
     minus the inner ones (one histogram instead of four)."""
     h, w = idx.shape
     bh, bw = max(1, round(h * border)), max(1, round(w * border))
@@ -448,8 +442,10 @@ def _centre_mean(idx: np.ndarray, norms: _Tables) -> np.float32:
     h, w = idx.shape
     rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
     buf = np.empty((rows.stop - rows.start, w), np.float32)
-    _apply(norms, idx[rows], cols, buf[:, cols])
-    return buf[:, cols].mean()
+    buf[:, cols] = _apply(norms, idx[rows], cols)
+    view = buf[:, cols]
+    total = np.add.reduce(view, axis=None)  # ndarray.mean's own two steps, without its wrapper
+    return total.dtype.type(total / np.intp(view.size))
 
 
 # ---------------------------------------------------------------- the one function
