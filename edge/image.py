@@ -415,27 +415,30 @@ def check_array(arr, name: str = "<array>") -> np.ndarray:
     return arr
 
 
-def load_array(src) -> tuple[np.ndarray, str]:
+def load_array(src, dicom_voi: str = "window") -> tuple[np.ndarray, str]:
     """Load an image as its stored array, without converting its pixel type.
 
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        A PNG/JPEG file, its bytes, or an array of shape (H, W) or (H, W, C).
+        A PNG/JPEG file, a DICOM file (recognised by content), its bytes, or an array of
+        shape (H, W) or (H, W, C).
+    dicom_voi : {"window", "full"}
+        VOI policy for DICOM input (``PreprocessConfig.dicom_voi``); ignored otherwise.
 
     Returns
     -------
     (ndarray, str)
-        The array (uint8/uint16 from files; arrays are returned as given, checked) and the
-        name used in error messages.
+        The array (uint8/uint16 from PNG/JPEG; float32 in [0, 1] from DICOM; arrays are
+        returned as given, checked) and the name used in error messages.
     """
     if isinstance(src, np.ndarray):
         return check_array(src), "<array>"
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return check_array(decode(bytes(src)), "<bytes>"), "<bytes>"
+        return check_array(_from_bytes(bytes(src), "<bytes>", dicom_voi), "<bytes>"), "<bytes>"
     if isinstance(src, (str, os.PathLike)):
         name = str(src)
-        return check_array(decode(read_bytes(src), name), name), name
+        return check_array(_from_bytes(read_bytes(src), name, dicom_voi), name), name
     raise ImageError(f"cannot load an image from {type(src).__name__}")
 
 
@@ -485,14 +488,17 @@ def _scale(arr: np.ndarray, name: str) -> np.ndarray:
     return (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
 
 
-def load_image(src) -> np.ndarray:
+def load_image(src, dicom_voi: str = "window") -> np.ndarray:
     """Load an image into one grey channel.
 
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        A PNG/JPEG file (8- or 16-bit; 1, 3 or 4 channels), its bytes, or a decoded
-        array of shape (H, W) or (H, W, C).
+        A PNG/JPEG file (8- or 16-bit; 1, 3 or 4 channels), a DICOM file (recognised by
+        content; read by :mod:`edge.dicom`), its bytes, or a decoded array of shape (H, W)
+        or (H, W, C).
+    dicom_voi : {"window", "full"}
+        VOI policy for DICOM input (``PreprocessConfig.dicom_voi``); ignored otherwise.
 
     Returns
     -------
@@ -504,11 +510,29 @@ def load_image(src) -> np.ndarray:
         Missing, empty, truncated, damaged or non-image file; zero size; above ``MAX_PIXELS``
         or the ``MEMORY_BUDGET``.
     """
-    arr, name = load_array(src)
+    arr, name = load_array(src, dicom_voi)
     return to_grey(arr, name)
 
 
+def _from_bytes(data: bytes, name: str, dicom_voi: str) -> np.ndarray:
+    """Dispatch on content: DICOM to :mod:`edge.dicom` (float32 (H, W) in [0, 1], after its
+    modality LUT, VOI and MONOCHROME1 handling), anything else to :func:`decode`."""
+    from edge.dicom import is_dicom, load_dicom  # imports pydicom only when a DICOM file comes
+
+    if is_dicom(data):
+        return load_dicom(data, name, dicom_voi)
+    return decode(data, name)
+
+
 def is_image_file(path) -> bool:
-    """True for a visible .png/.jpg/.jpeg file (AppleDouble ``._*`` files are not images)."""
+    """True for a visible .png/.jpg/.jpeg/.dcm file, or any other visible file whose content
+    is DICOM (PACS exports often have no extension, or a UID-like one). AppleDouble ``._*``
+    and other hidden files are never images."""
     p = Path(path)
-    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    if p.name.startswith("."):
+        return False
+    if p.suffix.lower() in IMAGE_SUFFIXES + (".dcm",):
+        return True
+    from edge.dicom import is_dicom_file
+
+    return p.name != "DICOMDIR" and is_dicom_file(p)
