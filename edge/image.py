@@ -1,6 +1,7 @@
 """Decode an image file (or array) safely, or fail with one clear line.
 
-Radiographs arrive as 8- or 16-bit PNG or JPEG with 1, 3 or 4 channels. A file is trusted only
+Radiographs arrive as 8- or 16-bit PNG or JPEG with 1, 3 or 4 channels, or as DICOM (recognised
+by content and handed to :mod:`edge.dicom` before anything below). A PNG/JPEG is trusted only
 after three checks, in this order:
 
 1. **Structure, before decoding.** The PNG chunk list (every chunk inside the file, no absurd
