@@ -439,13 +439,12 @@ def _median_of_two(middle: np.ndarray) -> np.float32:
 
 def _centre_mean(idx: np.ndarray, norms: _Tables) -> np.float32:
     """Mean of the normalised centre, summed in the very order numpy sums the float path's
-    ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the values sit in a buffer with the same shape
-    and row stride, so the float32 pairwise sums round alike."""
+    ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the centre rows are looked up at full width, so the
+    centre is a view with the same shape and row stride, and the float32 pairwise sums round
+    alike."""
     h, w = idx.shape
-    rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
-    buf = np.empty((rows.stop - rows.start, w), np.float32)
-    buf[:, cols] = _apply(norms, idx[rows], cols)
-    view = buf[:, cols]
+    rows = _apply(norms, idx[h // 4: h - h // 4], slice(0, w))
+    view = rows[:, w // 4: w - w // 4]
     total = np.add.reduce(view, axis=None)  # ndarray.mean's own two steps, without its wrapper
     return total.dtype.type(total / np.intp(view.size))
 
