@@ -101,7 +101,7 @@ class Scorer:
     Parameters
     ----------
     model : bytes
-        The ONNX file (resolved from the object store).
+        The ONNX file's bytes, shipped with the actor's constructor (no shared model path).
     threads : int
         onnxruntime intra-op threads of this actor.
     """
@@ -125,10 +125,15 @@ class Scorer:
         jobs = [Job(str(p), str(s), str(t)) for p, s, t in zip(batch["path"], batch["study"], batch["part"])]
         scored = score_images(self.predictor, [j for j, good in zip(jobs, ok) if good], batch["image"][ok])
         failed = [failure_row(j, str(e)) for j, e, good in zip(jobs, batch["error"], ok) if not good]
-        rows = scored + failed
-        return {c: np.array([r[c] for r in rows], dtype=object) for c in ("path", "study", "part", "label", "error")} | {
-            "probability": np.array([np.nan if r["probability"] is None else r["probability"] for r in rows]),
-            "threshold": np.array([np.nan if r["threshold"] is None else r["threshold"] for r in rows])}
+        return _columns(scored + failed)
+
+
+def _columns(rows: list) -> dict:
+    """Actor side: result rows as a Ray Data batch (NaN for the floats of a failure)."""
+    out = {c: np.array([r[c] for r in rows], dtype=object) for c in ("path", "study", "part", "label", "error")}
+    for c in ("probability", "threshold"):
+        out[c] = np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=np.float64)
+    return out
 
 
 def _rows(batch: dict) -> list:
