@@ -58,14 +58,17 @@ class Limits:
     workers: int = 2
 
     def __post_init__(self):
-        checks = {"max_body_bytes": (1024, 2**31), "max_files": (1, 1024), "max_pixels": (64, 10**9),
-                  "max_inflight": (1, 10_000), "timeout_s": (0.1, 3600), "max_batch": (1, 1024),
-                  "max_wait_ms": (0, 1000), "workers": (1, 64)}
-        for name, (lo, hi) in checks.items():
+        for name, (flag, lo, hi) in _RANGES.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi):
-                raise ServeError(f"{name.replace('_', '-')} must be in [{lo}, {hi}], got {value!r}")
+                raise ServeError(f"{flag}: {name} must be in [{lo}, {hi}], got {value!r}")
 
+
+# field -> (command-line flag, lowest, highest); NaN fails every comparison, so it is refused too
+_RANGES = {"max_body_bytes": ("--max-body-mb", 1024, 2**31), "max_files": ("--max-files", 1, 1024),
+           "max_pixels": ("--max-pixels", 64, 10**9), "max_inflight": ("--max-inflight", 1, 10_000),
+           "timeout_s": ("--timeout", 0.1, 3600), "max_batch": ("--max-batch", 1, 1024),
+           "max_wait_ms": ("--max-wait-ms", 0, 1000), "workers": ("--workers", 1, 64)}
 
 LOCAL_NAMES = ("localhost",)
 
