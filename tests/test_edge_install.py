@@ -35,7 +35,9 @@ def _copy_project(dest: Path) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for pkg in meta["tool"]["setuptools"]["packages"]:
-        shutil.copytree(ROOT / pkg.replace(".", "/"), dest / pkg.replace(".", "/"), ignore=ignore)
+        # a sub-package (edge.serve) was already copied with its parent
+        shutil.copytree(ROOT / pkg.replace(".", "/"), dest / pkg.replace(".", "/"), ignore=ignore,
+                        dirs_exist_ok=True)
     return dest
 
 
@@ -78,4 +80,13 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
 
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
+
+    # edge-serve is installed with the runtime but needs the serve extra: one line naming it
+    serve = _run([bindir / "edge-serve", "--model", "model.onnx"], work, check=False)
+    assert serve.returncode == 2 and serve.stdout == ""
+    assert serve.stderr.strip().splitlines() == [serve.stderr.strip()]
+    assert "pip install 'murakit[serve]'" in serve.stderr
+    page = _run([py, "-c", "import importlib.resources as r; print(r.files('edge.serve').joinpath('page.html')"
+                           ".read_text()[:15])"], work)
+    assert page.stdout.strip() == "<!doctype html>"  # the page ships as package data
     assert "Traceback" not in bad.stderr
