@@ -86,7 +86,7 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert serve.returncode == 2 and serve.stdout == ""
     assert serve.stderr.strip().splitlines() == [serve.stderr.strip()]
     assert "pip install 'murakit[serve]'" in serve.stderr
-    page = _run([py, "-c", "import importlib.resources as r; print(r.files('edge.serve').joinpath('page.html')"
-                           ".read_text()[:15])"], work)
+    code = "import importlib.resources as r; print(r.files('edge.serve').joinpath('page.html').read_text()[:15])"
+    page = _run([py, "-c", code], work)
     assert page.stdout.strip() == "<!doctype html>"  # the page ships as package data
     assert "Traceback" not in bad.stderr

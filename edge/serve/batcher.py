@@ -145,10 +145,12 @@ class Batcher:
         x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
         try:
             out, ms = await loop.run_in_executor(self._executor, self._timed_run, x)
-        except Exception as e:  # noqa: BLE001  every waiting request gets the error, the loop lives on
+        except BaseException as e:  # every waiting request gets the error; the loop lives on unless stopped
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_exception(e)
+                    j.future.set_exception(e if isinstance(e, Exception) else RuntimeError("the server is stopping"))
+            if not isinstance(e, Exception):
+                raise
             return
         self._on_batch(len(x))
         start = 0

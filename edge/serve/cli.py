@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
     p.add_argument("--token-file", help="file holding a bearer token that clients must send")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="onnxruntime intra-op threads (default 1: requests already run in parallel, and "
+                        "onnxruntime's own pool spins between runs, taking CPU from decoding)")
     p.add_argument("--workers", type=int, default=d.workers, help="decode/preprocess threads (default %(default)s)")
     p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MB, help="request body limit in MiB")
     p.add_argument("--max-files", type=int, default=d.max_files, help="files (views) per request")
