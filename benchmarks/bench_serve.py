@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import re
 import statistics
 import sys
@@ -123,6 +124,12 @@ def check_answers(answers: list, reference: float) -> float:
     return max(abs(json.loads(b)["probability"] - reference) for _, b in answers)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, q) -> float:
     return float(np.percentile(np.asarray(values) * 1e3, q))
 
@@ -136,17 +143,18 @@ def measure_load(servers: dict, req: bytes, reference: float, levels: list, n: i
             for mode, srv in servers.items():
                 count = max(n // 4, 50) if c == 1 else n
                 load(srv.port, [req] * min(count, 4 * c), c)  # warm the connections and this batch size
-                before = _batch_totals(srv)
+                before, cpu0 = _batch_totals(srv), cpu_seconds(srv.proc.pid)
                 res = load(srv.port, [req] * count, c)
+                cpu_ms = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / res["n"]
                 worst = max(worst, check_answers(res["answers"], reference))
                 after = _batch_totals(srv)
                 calls = after[1] - before[1]
                 out[mode][c].append({"rps": res["n"] / res["wall_s"], "p50": pct(res["latencies"], 50),
-                                     "p99": pct(res["latencies"], 99),
+                                     "p99": pct(res["latencies"], 99), "cpu_ms": cpu_ms,
                                      "batch": (after[0] - before[0]) / calls if calls else float("nan")})
                 print(f"  round {r + 1} c={c:<3d} {mode:<11s} {out[mode][c][-1]['rps']:7.1f} req/s  "
                       f"p50 {out[mode][c][-1]['p50']:6.1f} ms  p99 {out[mode][c][-1]['p99']:6.1f} ms  "
-                      f"mean batch {out[mode][c][-1]['batch']:.1f}", flush=True)
+                      f"mean batch {out[mode][c][-1]['batch']:.1f}  server CPU {cpu_ms:.1f} ms/req", flush=True)
     out["max_abs_diff_vs_reference"] = worst
     return out
 
@@ -169,7 +177,8 @@ def summarise(results: dict, levels: list) -> list:
                          "rps_max": max(rps), "p50_ms": statistics.median(x["p50"] for x in rs),
                          "p99_ms": statistics.median(x["p99"] for x in rs),
                          "p99_ms_max": max(x["p99"] for x in rs),
-                         "mean_batch": statistics.median(x["batch"] for x in rs)})
+                         "mean_batch": statistics.median(x["batch"] for x in rs),
+                         "cpu_ms_per_req": statistics.median(x["cpu_ms"] for x in rs)})
     return rows
 
 
@@ -251,10 +260,10 @@ def main(argv=None) -> int:
 
     rows = summarise(results, levels)
     print(f"\n{'mode':<12s} {'c':>3s} {'req/s (median [min, max])':>28s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'batch':>6s}")
+          f"{'batch':>6s} {'CPU ms/req':>10s}")
     for r in rows:
         print(f"{r['mode']:<12s} {r['c']:>3d} {r['rps_median']:10.1f} [{r['rps_min']:6.1f}, {r['rps_max']:6.1f}] "
-              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['mean_batch']:6.1f}")
+              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['mean_batch']:6.1f} {r['cpu_ms_per_req']:10.2f}")
     figures = {"rows": rows, "max_abs_diff_vs_reference": results["max_abs_diff_vs_reference"], "rss": rss,
                "fuzz": fuzz, "image_bytes": len(png), "rounds": args.rounds, "process_per_call": process}
     if 16 in levels and 1 in levels:
@@ -269,6 +278,7 @@ def main(argv=None) -> int:
     if process:
         print(f"edge-predict, one process per image: {process['per_s']:.1f} images/s "
               f"({process['ms_per_call']:.0f} ms per call, {process['calls']} calls)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine)")
     print(f"answers under load vs reference: max |diff| {results['max_abs_diff_vs_reference']:.2e}")
     print(f"RSS over {rss['requests']:,} requests (KiB, every 1,000): {rss['rss_kib']}")
     print(f"RSS growth after warm-up: {rss['growth_after_warmup_pct']:+.1f}% (target < 10%)")

@@ -271,6 +271,8 @@ def test_page_is_self_contained_html(server):
     page = r.text
     assert "/v1/predict?cam=1" in page and "/v1/model" in page
     assert "http://" not in page and "https://" not in page and "//cdn" not in page  # no external assets
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp  # and the browser enforces it
 
 
 # ------------------------------------------------------------------ robustness

@@ -41,6 +41,11 @@ log = logging.getLogger("edge.serve")
 # Paths anyone may call when a token is set: liveness/readiness probes and the page itself
 # (the page asks for the token before it calls the API).
 OPEN_PATHS = ("/", "/healthz", "/readyz")
+# The page may talk to this server only: no external script, style, font or image can load.
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; connect-src 'self'; img-src 'self' data: blob:; "
+                                           "style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
 STUDY_NAME = "study"
 
 
@@ -289,7 +294,7 @@ def _add_routes(app, service: Service, metrics: Metrics) -> None:
 
     @app.get("/")
     async def index():
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 def _add_error_handlers(app) -> None:
