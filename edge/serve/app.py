@@ -128,6 +128,18 @@ def cam_png(u8: np.ndarray, cam: np.ndarray) -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
+class _Once:
+    """Call ``fn`` on the first call only (a counter decremented exactly once per request)."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
 class Service:
     """What the routes share: predictor, limits, worker threads, batcher, counters, metrics."""
 
@@ -189,21 +201,24 @@ class Service:
     async def predict(self, request, want_cam: bool) -> dict:
         """Admit, score within the per-request timeout, release."""
         self.admit()
+        prepared = _Once(self._prepared)
         try:
-            return await asyncio.wait_for(self._predict(request, want_cam), self.limits.timeout_s)
+            return await asyncio.wait_for(self._predict(request, want_cam, prepared), self.limits.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"no answer within the {self.limits.timeout_s:g} s request limit") from None
         finally:
+            prepared()  # also when the request failed or timed out before reaching the batcher
             self.release()
 
-    async def _predict(self, request, want_cam: bool) -> dict:
-        try:
-            body = await read_body(request, self.limits.max_body_bytes)
-            uploads = parse_uploads(body, request.headers.get("content-type", ""), self.limits.max_files)
-            del body
-            views = await self._prepare_all(uploads)
-        finally:
-            self.preparing -= 1  # this request will not feed the batcher any more
+    def _prepared(self) -> None:
+        self.preparing -= 1
+
+    async def _predict(self, request, want_cam: bool, prepared) -> dict:
+        body = await read_body(request, self.limits.max_body_bytes)
+        uploads = parse_uploads(body, request.headers.get("content-type", ""), self.limits.max_files)
+        del body
+        views = await self._prepare_all(uploads)
+        prepared()  # from here on this request no longer counts as one the batcher may wait for
         x = views[0].x if len(views) == 1 else np.concatenate([v.x for v in views])
         result = await self.batcher.infer(x)
         probs = self.predictor.probabilities(result.outputs)
