@@ -229,9 +229,12 @@ class Service:
         return await self._respond(views, probs, result.run_ms / result.batch_size, cams)
 
     async def _prepare_all(self, uploads: list) -> list:
-        jobs = [self._run(prepare, self.predictor, self.limits.max_pixels, u.name, u.data) for u in uploads]
-        done = await asyncio.gather(*jobs, return_exceptions=True)  # every exception retrieved
-        for item in done:
+        return await self._all(prepare, [(self.predictor, self.limits.max_pixels, u.name, u.data) for u in uploads])
+
+    async def _all(self, fn, arg_tuples: list) -> list:
+        """``fn(*args)`` for each args tuple on the worker threads; the first error is raised."""
+        done = await asyncio.gather(*(self._run(fn, *a) for a in arg_tuples), return_exceptions=True)
+        for item in done:  # every exception is retrieved, so asyncio logs none of them
             if isinstance(item, BaseException):
                 raise item
         return done
@@ -246,7 +249,7 @@ class Service:
             mean = float(np.mean(probs))
             body = StudyPrediction(STUDY_NAME, mean, p.label_for(mean), p.threshold, preds).to_dict()
         if cams is not None:
-            pngs = [await self._run(cam_png, v.u8, c) for v, c in zip(views, cams)]
+            pngs = await self._all(cam_png, [(v.u8, c) for v, c in zip(views, cams)])
             body["cam"] = pngs[0] if len(pngs) == 1 else pngs
         return body
 

@@ -14,6 +14,7 @@ LOG_CONFIG = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s edge-serve %(levelname)s: %(message)s"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stdout"}},
+    "root": {"handlers": ["stdout"], "level": "WARNING"},  # any other library's warning: stdout too
     "loggers": {
         "uvicorn": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
         "uvicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
