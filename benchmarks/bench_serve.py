@@ -50,8 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", default="1,8,16,32")
     p.add_argument("--requests", type=int, default=400, help="requests per measurement (c=1: a quarter)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every (mode, concurrency)")
-    p.add_argument("--rss-requests", type=int, default=10_000)
-    p.add_argument("--fuzz", type=int, default=300, help="malformed uploads in a row")
+    p.add_argument("--rss-requests", type=int, default=10_000, help="0 (or < 2000) skips the RSS run")
+    p.add_argument("--fuzz", type=int, default=300, help="malformed uploads in a row (0 skips)")
     p.add_argument("--process-calls", type=int, default=10, help="edge-predict processes, one per image, for context")
     p.add_argument("--server-args", default="", help="extra edge-serve arguments for both servers")
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -237,6 +237,27 @@ def measure_process_per_call(model: Path, png: bytes, calls: int) -> dict:
     return {"calls": calls, "per_s": calls / wall, "ms_per_call": 1e3 * wall / calls}
 
 
+def measure_inference_ceiling(model: Path, size: int, max_batch: int = 32, rounds: int = 5) -> dict:
+    """What batching can save at most: 32 batch-1 runs vs one batch-32 run, interleaved, in-process."""
+    from edge.predictor import Predictor
+
+    pred = Predictor(model, threads=1)
+    x1 = pred.model_input(np.zeros((1, size, size), np.uint8))
+    xb = pred.model_input(np.zeros((max_batch, size, size), np.uint8))
+    one, batched = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(max_batch * 4):
+            pred.run(x1)
+        one.append((time.perf_counter() - t0) * 1e3 / (max_batch * 4))
+        t0 = time.perf_counter()
+        for _ in range(4):
+            pred.run(xb)
+        batched.append((time.perf_counter() - t0) * 1e3 / (max_batch * 4))
+    return {"batch1_ms_per_image": statistics.median(one), f"batch{max_batch}_ms_per_image": statistics.median(batched),
+            "speedup": [a / b for a, b in zip(one, batched)]}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = Path(args.model)
@@ -251,12 +272,15 @@ def main(argv=None) -> int:
     print(f"model {model}  image {image or 'generated 512x400'} ({len(png):,} bytes)  rounds {args.rounds}")
 
     process = measure_process_per_call(model, png, args.process_calls) if args.process_calls else None
+    from edge.predictor import Predictor
+
+    ceiling = measure_inference_ceiling(model, Predictor(model).config.size)
     with Server(model, *extra) as on, Server(model, "--no-batching", *extra) as off:
         reference = json.loads(load(on.port, [req], 1)["answers"][0][1])["probability"]
         results = measure_load({"batching": on, "no-batching": off}, req, reference, levels, args.requests,
                                args.rounds)
-        rss = measure_rss(on, req, reference, args.rss_requests)
-        fuzz = measure_fuzz(on, png, req, reference, args.fuzz)
+        rss = measure_rss(on, req, reference, args.rss_requests) if args.rss_requests >= 2000 else None
+        fuzz = measure_fuzz(on, png, req, reference, args.fuzz) if args.fuzz else None
 
     rows = summarise(results, levels)
     print(f"\n{'mode':<12s} {'c':>3s} {'req/s (median [min, max])':>28s} {'p50 ms':>8s} {'p99 ms':>8s} "
@@ -265,7 +289,8 @@ def main(argv=None) -> int:
         print(f"{r['mode']:<12s} {r['c']:>3d} {r['rps_median']:10.1f} [{r['rps_min']:6.1f}, {r['rps_max']:6.1f}] "
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['mean_batch']:6.1f} {r['cpu_ms_per_req']:10.2f}")
     figures = {"rows": rows, "max_abs_diff_vs_reference": results["max_abs_diff_vs_reference"], "rss": rss,
-               "fuzz": fuzz, "image_bytes": len(png), "rounds": args.rounds, "process_per_call": process}
+               "fuzz": fuzz, "image_bytes": len(png), "rounds": args.rounds, "process_per_call": process,
+               "inference_ceiling": ceiling}
     if 16 in levels and 1 in levels:
         vs_c1 = ratios(results, 16, "no-batching", 1)
         vs_off = ratios(results, 16, "no-batching", 16)
@@ -275,17 +300,27 @@ def main(argv=None) -> int:
               f"[{min(vs_c1):.2f}, {max(vs_c1):.2f}]  (target >= 2x)")
         print(f"batching c=16 / no batching c=16:            median {statistics.median(vs_off):.2f}x "
               f"[{min(vs_off):.2f}, {max(vs_off):.2f}]")
+    sp = ceiling["speedup"]
+    cpu16 = next(r["cpu_ms_per_req"] for r in rows if r["mode"] == "batching" and r["c"] == max(levels))
+    print(f"inference alone: batch 1 {ceiling['batch1_ms_per_image']:.3f} ms/image, batch 32 "
+          f"{ceiling['batch32_ms_per_image']:.3f} ms/image ({statistics.median(sp):.2f}x [{min(sp):.2f}, {max(sp):.2f}]); "
+          f"the server spends {cpu16:.1f} ms of CPU per request at c={max(levels)}, so batching can save at most "
+          f"{100 * (ceiling['batch1_ms_per_image'] - ceiling['batch32_ms_per_image']) / cpu16:.0f}% of it")
+    print(f"capacity if the machine's {os.cpu_count()} cores were free: ~{os.cpu_count() * 1e3 / cpu16:.0f} req/s "
+          f"(cores / CPU per request; load-independent estimate)")
     if process:
         print(f"edge-predict, one process per image: {process['per_s']:.1f} images/s "
               f"({process['ms_per_call']:.0f} ms per call, {process['calls']} calls)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine)")
     print(f"answers under load vs reference: max |diff| {results['max_abs_diff_vs_reference']:.2e}")
-    print(f"RSS over {rss['requests']:,} requests (KiB, every 1,000): {rss['rss_kib']}")
-    print(f"RSS growth after warm-up: {rss['growth_after_warmup_pct']:+.1f}% (target < 10%)")
-    print(f"fuzz: {fuzz['n']} malformed uploads in a row; alive {fuzz['alive']}; correct after "
-          f"{fuzz['correct_after']}; RSS {fuzz['rss_kib_before']:,} -> {fuzz['rss_kib_after']:,} KiB")
-    for kind, v in fuzz["classes"].items():
-        print(f"  {kind:<22s} {v['statuses']}  median {v['median_ms']:.1f} ms  max {v['max_ms']:.1f} ms")
+    if rss:
+        print(f"RSS over {rss['requests']:,} requests (KiB, every 1,000): {rss['rss_kib']}")
+        print(f"RSS growth after warm-up: {rss['growth_after_warmup_pct']:+.1f}% (target < 10%)")
+    if fuzz:
+        print(f"fuzz: {fuzz['n']} malformed uploads in a row; alive {fuzz['alive']}; correct after "
+              f"{fuzz['correct_after']}; RSS {fuzz['rss_kib_before']:,} -> {fuzz['rss_kib_after']:,} KiB")
+        for kind, v in fuzz["classes"].items():
+            print(f"  {kind:<22s} {v['statuses']}  median {v['median_ms']:.1f} ms  max {v['max_ms']:.1f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
