@@ -79,3 +79,25 @@ def upload_error(url: str, file: Path) -> str:
             return page.text_content("#error")
         finally:
             browser.close()
+
+
+def token_flow(url: str, token: str, files: list) -> dict:
+    """Open the page of a server that wants a token: read what it shows, enter the token, upload."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#token-box", state="visible", timeout=30_000)
+            before = page.text_content("#model-name")
+            page.fill("#token", token)
+            page.click("#token-save")
+            page.wait_for_function("document.getElementById('model-name').textContent !== '\u2026'")
+            page.set_input_files("#files", [str(f) for f in files])
+            page.wait_for_selector("#result", state="visible", timeout=30_000)
+            return {"before": before, "model_name": page.text_content("#model-name"),
+                    "label": page.text_content("#label"), "token_box_visible": page.is_visible("#token-box")}
+        finally:
+            browser.close()

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from _browserfix import browser_missing, upload_error, upload_study
+from _browserfix import browser_missing, token_flow, upload_error, upload_study
 from _edgefix import cnn_model, write_images
 from _servefix import Server
 
@@ -55,3 +55,14 @@ def test_page_shows_the_servers_error(served):
     bad = root / "notes.png"
     bad.write_bytes(b"this is not an image")
     assert "not a PNG, JPEG or DICOM image" in upload_error(srv.url, bad)
+
+
+def test_page_asks_for_the_token_when_the_server_wants_one(served):
+    _, images, root = served
+    token = "page-token-" + "y" * 20
+    (root / "token").write_text(token)
+    with Server(root / "cnn.onnx", "--threads", "1", "--token-file", root / "token") as srv:
+        seen = token_flow(srv.url, token, images[:2])
+    assert seen["before"] == "\u2026"  # nothing about the model before the token
+    assert seen["model_name"].startswith("cnn") and seen["label"] in ("normal", "abnormal")
+    assert not seen["token_box_visible"]
