@@ -38,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime intra-op threads (default 1: requests already run in parallel, and "
                         "onnxruntime's own pool spins between runs, taking CPU from decoding)")
     p.add_argument("--workers", type=int, default=d.workers, help="decode/preprocess threads (default %(default)s)")
-    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MB, help="request body limit in MiB")
-    p.add_argument("--max-files", type=int, default=d.max_files, help="files (views) per request")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per decoded image")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MB, help="request body limit in MiB (default %(default)g)")
+    p.add_argument("--max-files", type=int, default=d.max_files, help="files (views) per request (default %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per decoded image (default %(default)s)")
     p.add_argument("--max-inflight", type=int, default=d.max_inflight,
-                   help="requests admitted at once; beyond: 503 + Retry-After")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request, upload included")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per onnxruntime call")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch")
+                   help="requests admitted at once; beyond: 503 + Retry-After (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request, upload included (default %(default)g)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per onnxruntime call (default %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch (default %(default)g)")
     p.add_argument("--no-batching", action="store_true", help="one onnxruntime call per request")
     p.add_argument("--access-log", action="store_true", help="log every request (stdout)")
     return p
