@@ -135,12 +135,13 @@ def pct(values, q) -> float:
 
 
 def measure_load(servers: dict, req: bytes, reference: float, levels: list, n: int, rounds: int) -> dict:
-    """{mode: {c: [per-round {"rps", "p50", "p99", "batch"}]}}, modes interleaved per round."""
+    """{mode: {c: [per-round {"rps", "p50", "p99", "batch", "cpu_ms"}]}}, modes interleaved per round."""
     out = {mode: {c: [] for c in levels} for mode in servers}
     worst = 0.0
     for r in range(rounds):
         for c in levels:
-            for mode, srv in servers.items():
+            order = list(servers.items())
+            for mode, srv in order[::-1] if (r + levels.index(c)) % 2 else order:  # alternate who goes first
                 count = max(n // 4, 50) if c == 1 else n
                 load(srv.port, [req] * min(count, 4 * c), c)  # warm the connections and this batch size
                 before, cpu0 = _batch_totals(srv), cpu_seconds(srv.proc.pid)
