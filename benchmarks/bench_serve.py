@@ -304,9 +304,10 @@ def main(argv=None) -> int:
     sp = ceiling["speedup"]
     cpu16 = next(r["cpu_ms_per_req"] for r in rows if r["mode"] == "batching" and r["c"] == max(levels))
     print(f"inference alone: batch 1 {ceiling['batch1_ms_per_image']:.3f} ms/image, batch 32 "
-          f"{ceiling['batch32_ms_per_image']:.3f} ms/image ({statistics.median(sp):.2f}x [{min(sp):.2f}, {max(sp):.2f}]); "
-          f"the server spends {cpu16:.1f} ms of CPU per request at c={max(levels)}, so batching can save at most "
-          f"{100 * (ceiling['batch1_ms_per_image'] - ceiling['batch32_ms_per_image']) / cpu16:.0f}% of it")
+          f"{ceiling['batch32_ms_per_image']:.3f} ms/image (batch-32 speed-up {statistics.median(sp):.2f}x "
+          f"[{min(sp):.2f}, {max(sp):.2f}]); batch-1 inference is "
+          f"{100 * ceiling['batch1_ms_per_image'] / cpu16:.0f}% of the server's {cpu16:.1f} ms CPU per request "
+          f"at c={max(levels)}, the most batching could save")
     print(f"capacity if the machine's {os.cpu_count()} cores were free: ~{os.cpu_count() * 1e3 / cpu16:.0f} req/s "
           f"(cores / CPU per request; load-independent estimate)")
     if process:
