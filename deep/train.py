@@ -32,6 +32,7 @@ from deep.config import ModelConfig
 from deep.data import MAX_ROTATION_DEG, make_dataset
 from deep.errors import DeepError
 from deep.model import build_model, load_model
+from edge.metrics import auroc
 
 HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auroc", "lr", "seconds")
 
@@ -71,18 +72,6 @@ class TrainResult:
     best_auroc: float
     stopped_early: bool
     ran: bool  # False when the run was already complete
-
-
-def auroc(y, p) -> float:
-    """Area under the ROC curve (ties get average ranks); NaN when y has a single class."""
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(p, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def group_mean(values, groups):

@@ -34,10 +34,9 @@ def _copy_project(dest: Path) -> Path:
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for pkg in meta["tool"]["setuptools"]["packages"]:
-        # a sub-package (edge.serve) was already copied with its parent
-        shutil.copytree(ROOT / pkg.replace(".", "/"), dest / pkg.replace(".", "/"), ignore=ignore,
-                        dirs_exist_ok=True)
+    for pattern in meta["tool"]["setuptools"]["packages"]["find"]["include"]:
+        pkg = pattern.rstrip("*")  # "edge*" -> the top-level package edge/ (sub-packages inside)
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=ignore)
     return dest
 
 
@@ -76,10 +75,19 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert manifest["cases"][1]["label"] == 1 and d["label"] == "abnormal"
 
     verify = _run([bindir / "edge-verify", "model.onnx"], work)
-    assert "PASS: 4/4" in verify.stdout
+    assert "PASS: 7/7" in verify.stdout  # DICOM cases: runtime checked, pipeline skipped with a note
+    assert "3 DICOM source(s): pipeline check skipped" in verify.stdout and "murakit[dicom]" in verify.stdout
+
+    dcm = work / "golden" / "model" / "test_data_set_4" / "source.dcm"  # base install: no pydicom
+    no_extra = _run([bindir / "edge-predict", dcm, "--model", "model.onnx"], work, check=False)
+    assert no_extra.returncode == 1 and no_extra.stdout == ""
+    assert no_extra.stderr.strip().splitlines() == [(
+        f"edge-predict: error: {dcm}: is a DICOM file; reading DICOM needs the dicom extra: "
+        "pip install 'murakit[dicom]'")]
 
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
+    assert "Traceback" not in bad.stderr
 
     # edge-serve is installed with the runtime but needs the serve extra: one line naming it
     serve = _run([bindir / "edge-serve", "--model", "model.onnx"], work, check=False)
@@ -89,4 +97,8 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     code = "import importlib.resources as r; print(r.files('edge.serve').joinpath('page.html').read_text()[:15])"
     page = _run([py, "-c", code], work)
     assert page.stdout.strip() == "<!doctype html>"  # the page ships as package data
-    assert "Traceback" not in bad.stderr
+
+    # the application needs the train extra: one line saying so, not a ModuleNotFoundError traceback
+    synth = _run([bindir / "murakit", "synth", "data"], work, check=False)
+    err = synth.stderr.strip().splitlines()
+    assert synth.returncode == 2 and len(err) == 1 and "pip install 'murakit[train]'" in err[0], synth.stderr

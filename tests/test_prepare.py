@@ -17,9 +17,9 @@ import pytest
 from _murafix import make_mura
 
 from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
-from murakit import prepared as P
+from murakit.data import prepared as P
+from murakit.data.prepared import INDEX_COLUMNS, load_prepared, prepare
 from murakit.errors import MurakitError
-from murakit.prepared import INDEX_COLUMNS, load_prepared, prepare
 
 CFG = PreprocessConfig(size=32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,8 @@ def test_second_run_is_a_noop(data, built):
 
 def test_config_change_rebuilds_and_mismatch_is_refused(data, tmp_path):
     _prepare(data, tmp_path)
-    with pytest.raises(MurakitError, match="size 32, model wants size 48: rerun murakit prepare --size 48"):
+    with pytest.raises(MurakitError, match="size 32 but the model was trained with size 48: rerun murakit "
+                                           "prepare DATA --size 48, or retrain"):
         load_prepared(tmp_path, PreprocessConfig(size=48))
     msgs = []
     res = prepare(data, tmp_path, PreprocessConfig(size=48), workers=1, progress=False, log=msgs.append)
@@ -145,7 +146,7 @@ def test_resume_after_hard_kill(data, built, tmp_path):
     code = f"""
 import time, sys
 sys.path[:0] = [{str(ROOT)!r}]
-from murakit import prepared as P
+from murakit.data import prepared as P
 from edge.preprocess import PreprocessConfig
 real = P.process_one
 def slow(task):
@@ -244,7 +245,7 @@ def test_load_refuses_incomplete_or_inconsistent_caches(data, built, tmp_path):
 
 
 def test_cli_prepare(data, tmp_path, capsys):
-    from murakit import cmd_prepare
+    from murakit.cli import prepare as cmd_prepare
 
     parser = argparse.ArgumentParser()
     cmd_prepare.add_arguments(parser)

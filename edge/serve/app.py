@@ -28,9 +28,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from edge.dicom import is_dicom
 from edge.errors import ImageError
-from edge.image import load_image
-from edge.predictor import Prediction, StudyPrediction
+from edge.image import load_array
+from edge.predictor import Prediction, StudyPrediction, valid_probabilities
 from edge.serve.batcher import Batcher
 from edge.serve.limits import Limits, token_matches
 from edge.serve.metrics import Metrics
@@ -50,22 +51,8 @@ STUDY_NAME = "study"
 
 
 def model_card(predictor) -> dict:
-    """The body of ``GET /v1/model``: the model's card as JSON-ready values.
-
-    Uses ``predictor.card.to_dict()`` when the Predictor carries a card; otherwise the
-    ``murakit.*`` metadata with JSON-encoded values decoded.
-    """
-    card = getattr(predictor, "card", None)
-    if card is not None:
-        return card.to_dict()
-    return {k: _json_or_text(v) for k, v in predictor.metadata.items()}
-
-
-def _json_or_text(value: str):
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+    """The body of ``GET /v1/model``: the model's card (:meth:`edge.card.ModelCard.to_dict`)."""
+    return predictor.card.to_dict()
 
 
 def sniff(data: bytes) -> str | None:
@@ -74,9 +61,7 @@ def sniff(data: bytes) -> str | None:
         return "png"
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
-    if data[128:132] == b"DICM":
-        return "dicom"
-    return None
+    return "dicom" if is_dicom(data) else None
 
 
 @dataclass
@@ -99,21 +84,28 @@ def prepare(predictor, max_pixels: int, name: str, data: bytes) -> View:
     """
     t0 = time.perf_counter()
     try:
-        grey = load_image(data)  # bytes in memory; the decoder may serialise on its own lock
+        # bytes in memory -> the stored array (the decoder may serialise on its own lock)
+        arr, _ = load_array(data, predictor.config.dicom_voi)
     except ImageError as e:
-        message = str(e).replace("<bytes>", name)
         if sniff(data) is None:
             raise ApiError(415, f"{name}: not a PNG, JPEG or DICOM image") from None
-        raise ApiError(400, message if message.startswith(name) else f"{name}: {message}") from None
-    h, w = grey.shape
+        raise ApiError(400, _named(str(e), name)) from None
+    h, w = arr.shape[:2]
     if h * w > max_pixels:
         raise ApiError(413, f"{name}: image is {w}x{h}, above the {max_pixels:,}-pixel limit")
     try:
-        u8 = predictor.preprocess(grey)  # the float (H, W) array in [0, 1] passes through unchanged
+        u8 = predictor.preprocess(arr)  # the one preprocessing path, as for the file itself
     except ImageError as e:
-        raise ApiError(400, f"{name}: {e}") from None
+        raise ApiError(400, _named(str(e), name)) from None
     x = predictor.model_input(u8)
     return View(name, u8, x, (time.perf_counter() - t0) * 1e3)
+
+
+def _named(message: str, name: str) -> str:
+    """An edge error about ``<bytes>`` / ``<array>`` told with the upload's name."""
+    for anon in ("<bytes>", "<array>"):
+        message = message.replace(anon, name)
+    return message if message.startswith(name) else f"{name}: {message}"
 
 
 def cam_png(u8: np.ndarray, cam: np.ndarray) -> str:
@@ -222,8 +214,8 @@ class Service:
         x = views[0].x if len(views) == 1 else np.concatenate([v.x for v in views])
         result = await self.batcher.infer(x)
         probs = self.predictor.probabilities(result.outputs)
-        if not np.all(np.isfinite(probs)):
-            raise ApiError(500, "the model returned a non-finite probability")
+        if not np.all(valid_probabilities(probs)):
+            raise ApiError(500, "the model returned a probability that is not a number in [0, 1]; no label given")
         self.metrics.images.inc(len(views))
         cams = result.outputs.get("cam") if want_cam and self.predictor.has_cam else None
         return await self._respond(views, probs, result.run_ms / result.batch_size, cams)

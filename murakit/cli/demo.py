@@ -1,0 +1,29 @@
+"""``murakit demo [--run RUN] [--quick]``: the whole pipeline on the synthetic default."""
+
+from __future__ import annotations
+
+
+def add_arguments(p):
+    p.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    p.add_argument("--quick", action="store_true", help="tiny data set and short training (~1-2 min)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data generation, splits and training")
+    p.add_argument("--data", default=None, help="synthetic data folder (default: RUN/data)")
+
+
+def run(args) -> int:
+    from murakit.errors import MurakitError
+    from murakit.layout import RunLayout
+    from murakit.pipeline.demo import run_demo
+
+    if args.seed < 0:
+        raise MurakitError(f"--seed must be >= 0, got {args.seed}")
+    report = run_demo(args.run, args.data, quick=args.quick, seed=args.seed)
+    layout = RunLayout(args.run)
+    data = args.data or layout.data
+    print(f"Report: {report}  (plots beside it)")
+    print("Next, try:")
+    print(f"  edge-predict {data}/MURA-v1.1/valid/XR_WRIST/*/*/image1.png --model {layout.exported('cnn')} --json")
+    print(f"  edge-verify {layout.exported('cnn.int8')}")
+    print(f"  murakit explain {data}/MURA-v1.1/valid/XR_HAND/*/*/image1.png --run {layout.root}")
+    print(f"  murakit bench --run {layout.root} --force")
+    return 0

@@ -1,0 +1,32 @@
+"""``murakit export --run RUN``: CNN -> ONNX (+ INT8), baseline ONNX, golden sets.
+
+Exit code 0 when every available model was exported; an INT8 model refused by the accuracy
+gate is *not* an error (the float model is the deliverable and the refusal is printed and
+recorded in export.json) unless ``--strict-int8`` is given, which makes it exit 1.
+"""
+
+from __future__ import annotations
+
+from murakit.pipeline.export import CALIBRATION_COUNT, GOLDEN_COUNT, MAX_INT8_DROP
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    parser.add_argument("--golden", type=int, default=GOLDEN_COUNT,
+                        help=f"validation images in each golden set (default {GOLDEN_COUNT})")
+    parser.add_argument("--calibration", type=int, default=CALIBRATION_COUNT,
+                        help=f"train images for INT8 calibration, first by sorted path (default {CALIBRATION_COUNT})")
+    parser.add_argument("--max-int8-drop", type=float, default=MAX_INT8_DROP,
+                        help=f"largest accepted study-AUROC drop of INT8 vs float on val (default {MAX_INT8_DROP})")
+    parser.add_argument("--no-int8", action="store_true", help="skip INT8 quantization")
+    parser.add_argument("--strict-int8", action="store_true", help="exit 1 when the INT8 model is refused")
+    parser.add_argument("--force", action="store_true", help="export again even if export.json is up to date")
+
+
+def run(args) -> int:
+    from murakit.pipeline.export import ExportOptions, export_run
+
+    opts = ExportOptions(golden=args.golden, calibration=args.calibration, max_int8_drop=args.max_int8_drop,
+                         int8=not args.no_int8, strict_int8=args.strict_int8)
+    result = export_run(args.run, opts, force=args.force)
+    return 1 if result.get("int8_refused") else 0

@@ -1,0 +1,74 @@
+"""``murakit prepare DATA --run RUN``: preprocess every image once into ``RUN/prepared``."""
+
+from __future__ import annotations
+
+import os
+
+
+def add_arguments(parser) -> None:
+    """Add the ``prepare`` options to ``parser``."""
+    from edge.dicom import VOI_POLICIES
+    from edge.preprocess import INVERT_POLICIES, PreprocessConfig
+
+    default = PreprocessConfig()
+    parser.add_argument("data", help="folder containing MURA-v1.1/ (or MURA-v1.1/ itself, "
+                                     "or a class-folder tree normal/ + abnormal/)")
+    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=default.size,
+                        help="output side S of the S x S images (default: %(default)s)")
+    parser.add_argument("--clahe", action="store_true", help="apply CLAHE after normalisation")
+    parser.add_argument("--invert", choices=INVERT_POLICIES, default=default.invert,
+                        help="inversion correction policy (default: %(default)s)")
+    parser.add_argument("--labels", metavar="CSV",
+                        help="DATA is a DICOM tree in any layout; CSV maps a StudyInstanceUID or a "
+                             "folder under DATA to a label (0/1): 'study,label' rows")
+    parser.add_argument("--dicom-voi", choices=VOI_POLICIES, default=default.dicom_voi,
+                        help="DICOM VOI: 'window' applies the file's window / VOI LUT, 'full' its whole "
+                             "range (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the patient split (default: %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="fraction of MURA-train patients held out as val (default: %(default)s)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="class-folder trees only (they have no MURA valid split): fraction "
+                             "of images held out as test (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: all cores, %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args) -> int:
+    """Index the data, build or resume the cache, print a summary. Returns 0."""
+    from edge.preprocess import PreprocessConfig
+    from murakit.data.mura import index_dataset
+    from murakit.data.prepared import prepare
+    from murakit.errors import MurakitError
+
+    try:
+        cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
+    except ValueError as e:
+        raise MurakitError(str(e)) from None
+    if args.workers < 1:
+        raise MurakitError(f"--workers must be at least 1, got {args.workers}")
+    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
+            and args.val_fraction + args.test_fraction < 1):
+        raise MurakitError("--val-fraction and --test-fraction must be in [0, 1) with a sum below 1")
+    if args.labels:
+        from murakit.data.dicom_index import index_dicom_tree
+
+        ds = index_dicom_tree(args.data, args.labels)
+    else:
+        ds = index_dataset(args.data)
+    print(f"{ds.root}: {len(ds)} images ({ds.layout} layout)")
+    for line in ds.problems.lines():
+        print(f"  data problem: {line}")
+    res = prepare(args.data, args.run, cfg, seed=args.seed, val_fraction=args.val_fraction,
+                  test_fraction=args.test_fraction,
+                  workers=args.workers, progress=not args.no_progress, dataset=ds)
+    if res.status != "up-to-date":
+        print(f"{res.cache}: {res.n_images} images cached at {cfg.size}x{cfg.size} "
+              f"({res.n_processed} processed in {res.seconds:.1f} s, "
+              f"{res.images_per_second:.0f} images/s, {args.workers} worker{'s' if args.workers > 1 else ''})")
+    if res.n_failed:
+        print(f"  {res.n_failed} unreadable images skipped: see {res.cache / 'failed.csv'}")
+    return 0

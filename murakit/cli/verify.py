@@ -1,0 +1,24 @@
+"""``murakit verify --run RUN``: prove the exported models still give the lab's outputs.
+
+Prints one table (card, golden, Keras and OpenCV DNN checks per model; see
+:mod:`murakit.pipeline.verify`). Exit code 0 when every check passes, 1 on any drift.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras comparison (no TensorFlow)")
+    parser.add_argument("--no-opencv", action="store_true", help="skip the OpenCV DNN comparison")
+
+
+def run(args) -> int:
+    from murakit.pipeline.verify import failed, format_table, verify_run
+
+    rows = verify_run(args.run, threads=args.threads, keras=not args.no_keras, opencv=not args.no_opencv)
+    print(format_table(rows))
+    bad = [r for r in rows if failed(r)]
+    print(f"verify: {'FAIL' if bad else 'PASS'} ({len(rows) - len(bad)}/{len(rows)} checks ok)")
+    return 1 if bad else 0
