@@ -276,28 +276,24 @@ def test_page_is_self_contained_html(server):
 
 
 # ------------------------------------------------------------------ robustness
-# Classes that edge.image does not yet refuse cheaply (issue 12, hardening): a PNG whose IDAT
-# length field is 0xFFFFFFF0 makes cv2.imdecode take ~3 s and ~4 GB before it fails. Once the
-# hardened decoder is merged this set should be empty; benchmarks/bench_serve.py sends them all.
-KNOWN_SLOW = {"png_idat_length"}
 
 
 def test_burst_of_malformed_uploads_then_a_correct_answer(server, files, expected):
     png = files["images"][0].read_bytes()
     jpeg = jpeg_bytes(radiograph(60, 50, 2))
     statuses = {}
-    uploads = [(k, d) for k, d in malformed_uploads(png, jpeg, 300, seed=1) if k not in KNOWN_SLOW]
+    uploads = malformed_uploads(png, jpeg, 300, seed=1)
     with httpx.Client(timeout=30) as client:
         for kind, data in uploads:
             r = post(server, [("file", f"{kind}.png", data)], client=client)
             body = r.json()  # always JSON
-            if r.status_code == 200:  # byte flips can leave a decodable image
+            if r.status_code == 200:  # a byte flip can leave a valid image (most are caught as corrupt)
                 assert kind.endswith("flipped") and 0.0 <= body["probability"] <= 1.0
             else:
                 assert r.status_code in (400, 413, 415) and set(body) == {"error"}, (kind, r.status_code)
             statuses.setdefault(kind, set()).add(r.status_code)
         good = post(server, image_parts(files["images"][:1]), client=client).json()
-    assert len(statuses) == 15 - len(KNOWN_SLOW) and len(uploads) >= 250 and server.proc.poll() is None
+    assert len(statuses) == 15 and server.proc.poll() is None
     assert abs(good["probability"] - expected[files["images"][0].name]["probability"]) <= TOL
 
 
