@@ -90,6 +90,15 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
     assert "Traceback" not in bad.stderr
 
+    # edge-serve is installed with the runtime but needs the serve extra: one line naming it
+    serve = _run([bindir / "edge-serve", "--model", "model.onnx"], work, check=False)
+    assert serve.returncode == 2 and serve.stdout == ""
+    assert serve.stderr.strip().splitlines() == [serve.stderr.strip()]
+    assert "pip install 'murakit[serve]'" in serve.stderr
+    code = "import importlib.resources as r; print(r.files('edge.serve').joinpath('page.html').read_text()[:15])"
+    page = _run([py, "-c", code], work)
+    assert page.stdout.strip() == "<!doctype html>"  # the page ships as package data
+
     # the application needs the train extra: one line saying so, not a ModuleNotFoundError traceback
     synth = _run([bindir / "murakit", "synth", "data"], work, check=False)
     err = synth.stderr.strip().splitlines()
