@@ -1,8 +1,10 @@
 """``edge-predict`` and ``edge-verify``: the device-side command lines (onnxruntime only).
 
 Exit codes (both commands): 0 success; 1 some inputs failed (edge-predict) or outputs drifted
-beyond tolerance (edge-verify); 2 nothing could run (bad model, bad golden folder, bad usage).
-Errors are one line on stderr, never a traceback.
+beyond tolerance (edge-verify); 2 nothing could run (bad model, bad golden folder, bad usage);
+141 (edge-predict) the reader of its output went away (``edge-predict ... | head -3``): the
+command stops quietly, as a Unix tool killed by SIGPIPE would. Errors are one line on stderr,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from edge.errors import EdgeError
@@ -25,9 +29,42 @@ def default_model() -> Path:
     return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
 
 
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+MAX_CAM_SUFFIX = 10_000
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line (``prog: error: ...``) and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def max_threads() -> int:
+    """Upper bound of ``--threads``: 4 x the usable CPU cores, at most 256. More threads than
+    that only add memory (each onnxruntime thread has its own stack and scratch buffers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(256, 4 * cores))
+
+
+def threads_arg(text: str) -> int:
+    """argparse type of ``--threads``: an integer in 1..:func:`max_threads`."""
+    top = max_threads()
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not 1 <= n <= top:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {top} (4 x the CPU cores), got {text!r}")
+    return n
+
+
 # ---------------------------------------------------------------- edge-predict
 def build_predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="edge-predict",
         description="Score radiographs with an exported murakit model (onnxruntime only). "
                     "A directory argument is a study: its views' probabilities are averaged.",
@@ -41,8 +78,12 @@ def build_predict_parser() -> argparse.ArgumentParser:
                    help="one JSON object per input and line: path, type, probability, label, threshold, "
                         "preprocess_ms, inference_ms (studies add n_views and views; DICOM adds study_uid, "
                         "sop_uid and part)")
-    p.add_argument("--cam", metavar="DIR", help="write CAM heatmap overlays (CNN models) into DIR")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--cam", metavar="DIR",
+                   help="write CAM heatmap overlays (CNN models) into DIR, named after the image's "
+                        "patient/study/view folders (patient11_study1_positive_image1_cam.png); an existing "
+                        "file is never overwritten: the new overlay gets the next free _2, _3, ... name")
+    p.add_argument("--threads", type=threads_arg,
+                   help=f"onnxruntime intra-op threads, 1..{max_threads()} (default: all cores)")
     p.add_argument("--strict-part", action="store_true",
                    help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
                         "(default: score them with a warning)")
@@ -56,17 +97,66 @@ def _err(prog: str, msg: str) -> None:
     print(f"{prog}: error: {msg}", file=sys.stderr)
 
 
-def _write_cam(cam_dir: Path, index: int, pred) -> str:
+def cam_basename(image_path) -> str:
+    """Overlay file stem for an image: its study's patient and study folders and its own stem
+    (MURA: ``.../patient11/study1_positive/image1.png`` -> ``patient11_study1_positive_image1_cam``),
+    reduced to letters, digits, ``.``, ``_`` and ``-``."""
+    p = Path(os.path.abspath(image_path))
+    names = [p.parent.parent.name, p.parent.name, p.stem]
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip(".-")[:60] for n in names]
+    return "_".join(n for n in safe if n) + "_cam"
+
+
+def _link_exclusive(tmp: str, target: Path) -> bool:
+    """Publish ``tmp`` as ``target`` unless ``target`` exists; True when published. A hard link
+    is atomic and refuses an existing name; where links are unsupported, an O_EXCL placeholder
+    claims the name and the finished file replaces it."""
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    os.replace(tmp, target)
+    return True
+
+
+def write_new_file(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
+    """Write ``data`` to ``folder/stem+suffix``, or ``stem_2``, ``stem_3``... if taken: never
+    overwrites (another run, another process), never leaves a half-written file under the
+    final name. Returns the path written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        for i in range(1, MAX_CAM_SUFFIX + 1):
+            target = folder / (f"{stem}{suffix}" if i == 1 else f"{stem}_{i}{suffix}")
+            if _link_exclusive(tmp, target):
+                return target
+        raise EdgeError(f"{folder}: {MAX_CAM_SUFFIX:,} files named {stem}*{suffix} already; clear the folder")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_cam(cam_dir: Path, pred) -> str:
     import cv2
 
-    from edge.atomic import atomic_path
     from edge.cam import overlay
 
-    out = cam_dir / f"{index:04d}_{Path(pred.path).stem}_cam.png"
-    with atomic_path(out) as tmp:
-        if not cv2.imwrite(str(tmp), overlay(pred.image, pred.cam)):
-            raise EdgeError(f"{out}: cannot write the CAM overlay")
-    return str(out)
+    ok, png = cv2.imencode(".png", overlay(pred.image, pred.cam))
+    if not ok:
+        raise EdgeError(f"{pred.path}: cannot encode the CAM overlay")
+    try:
+        return str(write_new_file(cam_dir, cam_basename(pred.path), ".png", png.tobytes()))
+    except OSError as e:
+        raise EdgeError(f"{cam_dir}: cannot write the CAM overlay ({e.strerror or e})") from None
 
 
 def _text_line(pred, indent: str = "") -> str:
@@ -127,12 +217,37 @@ def _report(result, views, as_json: bool, cam_paths: list) -> None:
         print(f"  cam: {c}")
 
 
+def _quiet_closed_streams() -> None:
+    """After a broken pipe: point stdout/stderr at /dev/null so the interpreter's final flush
+    cannot raise again (that would print 'Exception ignored ... BrokenPipeError')."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (AttributeError, ValueError, OSError):  # replaced streams (tests) have no fd
+            pass
+    os.close(devnull)
+
+
 def predict_main(argv=None) -> int:
     """Entry point of ``edge-predict``; returns the exit code."""
+    args = build_predict_parser().parse_args(argv)
+    try:
+        code = _predict(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (`| head`): stop, quietly
+        _quiet_closed_streams()
+        return EXIT_PIPE
+
+
+def _predict(args) -> int:
     from edge.predictor import Predictor
 
-    args = build_predict_parser().parse_args(argv)
     prog = "edge-predict"
+    if args.cam and Path(args.cam).exists() and not Path(args.cam).is_dir():
+        _err(prog, f"--cam {args.cam}: exists and is not a folder")
+        return 2
     try:
         predictor = Predictor(args.model or default_model(), threads=args.threads)
     except EdgeError as e:
@@ -142,7 +257,7 @@ def predict_main(argv=None) -> int:
     if args.cam and not predictor.has_cam:
         print(f"{prog}: note: CAM is not available for {predictor.kind} models; no overlays written",
               file=sys.stderr)
-    failed, n_cam = 0, 0
+    failed = 0
     for src in args.inputs:
         try:
             jobs = _jobs(predictor, src, want_cam, prog)
@@ -154,11 +269,11 @@ def predict_main(argv=None) -> int:
             try:
                 result, views = job()
                 _check_parts(result, views, args.strict_part, prog)
-                cams = []
-                for v in views if want_cam else []:
-                    cams.append(_write_cam(Path(args.cam), n_cam, v))
-                    n_cam += 1
+                cams = [_write_cam(Path(args.cam), v) for v in views] if want_cam else []
                 _report(result, views, args.json, cams)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise
             except EdgeError as e:
                 failed += 1
                 _err(prog, str(e))
@@ -170,7 +285,7 @@ def predict_main(argv=None) -> int:
 
 # ---------------------------------------------------------------- edge-verify
 def build_verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="edge-verify",
         description="Rerun a model's golden set (source PNGs -> edge preprocessing -> model, and the "
                     "recorded inputs -> model) and compare with the outputs recorded at export.",
@@ -179,7 +294,7 @@ def build_verify_parser() -> argparse.ArgumentParser:
                "2 unusable model or golden folder.")
     p.add_argument("model", help="exported .onnx model")
     p.add_argument("golden", nargs="?", help="golden folder (default: golden/<model stem> next to MODEL)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=threads_arg, help=f"onnxruntime intra-op threads, 1..{max_threads()}")
     p.add_argument("--json", action="store_true", help="print one JSON summary line instead of a table")
     return p
 

@@ -19,6 +19,8 @@ Steps (each fixes a known problem of the raw radiographs):
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +28,7 @@ import numpy as np
 from edge.config import JsonConfig
 from edge.dicom import VOI_POLICIES
 from edge.errors import ImageError
-from edge.image import load_image
+from edge.image import load_array, to_grey
 
 INVERT_POLICIES = ("auto", "never", "always")
 
@@ -109,28 +111,87 @@ class PreprocessInfo:
     high: float
 
 
+
 LEVELS = 65536  # percentiles are read off a 16-bit histogram: exact for 8/16-bit sources, O(N)
+_BAND = 1 << 16  # pixels per row band in the float path: bounds its temporaries, not its results
 
 
+# ---------------------------------------------------------------- per-pixel expressions
+# Each step is elementwise. The float path applies them to whole images; the integer path
+# applies them once to the table of every value a stored pixel can take and then looks the
+# results up. Same operations on the same float32 inputs give the same bits, so both paths
+# return identical outputs (tests/test_preprocess_parity.py holds them to a frozen copy).
+def _levels(grey: np.ndarray) -> np.ndarray:
+    return np.rint(grey * (LEVELS - 1)).astype(np.int64)
+
+
+def _stretch(grey: np.ndarray, lo: np.float64, hi: np.float64) -> np.ndarray:
+    return np.clip((grey - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+
+
+def _to_u8(norm: np.ndarray, inverted: bool) -> np.ndarray:
+    if inverted:
+        norm = 1.0 - norm
+    return np.round(norm * 255.0).astype(np.uint8)
+
+
+def _ranks(qs, n: int) -> np.ndarray:
+    """1-based nearest ranks of percentiles ``qs`` among ``n`` pixels (float64, >= 1)."""
+    return np.maximum(1, np.ceil(np.asarray(qs, dtype=np.float64) / 100.0 * n))
+
+
+def _int_ranks(qs, n: int) -> list:
+    """:func:`_ranks` as Python ints (the same float64 arithmetic, without array overhead)."""
+    return [max(1, math.ceil(float(q) / 100.0 * n)) for q in qs]
+
+
+def _bounds(levels) -> tuple:
+    """Percentile levels -> (lo, hi) as float64 scalars in [0, 1]."""
+    lo, hi = np.asarray(levels).astype(np.float64) / (LEVELS - 1)
+    return lo, hi
+
+
+def _is_flat(lo, hi) -> bool:
+    return bool(hi - lo < 1e-6)  # a flat image carries no information; keep it flat, not noise
+
+
+def _decide(cfg: PreprocessConfig, score: float) -> bool:
+    return cfg.invert == "always" or (cfg.invert == "auto" and score > 0.0)
+
+
+def _row_bands(h: int, w: int):
+    step = max(1, _BAND // max(1, w))
+    return [slice(r, min(h, r + step)) for r in range(0, h, step)]
+
+
+# ---------------------------------------------------------------- float path
 def percentiles(grey: np.ndarray, qs) -> np.ndarray:
     """Percentiles ``qs`` (0-100) of a [0, 1] image, as the smallest 16-bit level whose
     cumulative count reaches q% of the pixels (nearest rank; no interpolation).
 
-    A histogram instead of ``np.percentile``'s partial sort: 4-5x faster on a 512 px image,
-    and exact for the 8- and 16-bit files radiographs come in.
+    A histogram instead of ``np.percentile``'s partial sort: exact for the 8- and 16-bit files
+    radiographs come in, O(N), and built in row bands so no full-size integer copy is made.
+
+    Returns
+    -------
+    ndarray of float64, shape (len(qs),), in [0, 1]
     """
-    levels = np.rint(grey.ravel() * (LEVELS - 1)).astype(np.int64)
-    cdf = np.cumsum(np.bincount(levels, minlength=LEVELS))
-    ranks = np.maximum(1, np.ceil(np.asarray(qs, dtype=np.float64) / 100.0 * levels.size))
-    return np.searchsorted(cdf, ranks).astype(np.float64) / (LEVELS - 1)
+    flat = np.ascontiguousarray(grey).reshape(-1)
+    counts = np.zeros(LEVELS, np.int64)
+    for s in range(0, flat.size, _BAND):
+        counts += np.bincount(_levels(flat[s:s + _BAND]), minlength=LEVELS)
+    cdf = np.cumsum(counts)
+    return np.searchsorted(cdf, _ranks(qs, flat.size)).astype(np.float64) / (LEVELS - 1)
 
 
 def normalise(grey: np.ndarray, cfg: PreprocessConfig):
-    """Percentile-clip and stretch to [0, 1]. Returns (image, low, high)."""
+    """Percentile-clip and stretch a float32 [0, 1] image to [0, 1]. Returns (image, low, high)."""
     lo, hi = percentiles(grey, [cfg.clip_low, cfg.clip_high])
-    if hi - lo < 1e-6:  # a flat image carries no information; keep it flat, not noise
+    if _is_flat(lo, hi):
         return np.zeros_like(grey), float(lo), float(hi)
-    out = np.clip((grey - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+    out = np.empty(grey.shape, np.float32)
+    for rows in _row_bands(*grey.shape):
+        out[rows] = _stretch(grey[rows], lo, hi)
     return out, float(lo), float(hi)
 
 
@@ -151,6 +212,244 @@ def inversion_score(norm: np.ndarray, border: float = 0.08) -> float:
     return float(np.median(band) - centre.mean())
 
 
+def _float_path(grey: np.ndarray, cfg: PreprocessConfig):
+    """float32 (H, W) [0, 1] -> (uint8 (H, W), lo, hi, score, inverted)."""
+    norm, lo, hi = normalise(grey, cfg)
+    score = inversion_score(norm, cfg.border)
+    inverted = _decide(cfg, score)
+    u8 = np.empty(grey.shape, np.uint8)
+    for rows in _row_bands(*grey.shape):
+        u8[rows] = _to_u8(norm[rows], inverted)
+    return u8, lo, hi, score, inverted
+
+
+# ---------------------------------------------------------------- integer path: value tables
+@dataclass(frozen=True)
+class _Tables:
+    """Grey value of every stored value, per column: ``body[v]`` everywhere except the columns
+    in ``extra`` ({column: table}), where OpenCV's colour conversion rounds differently.
+    Every table maps value v strictly below value v + 1 (checked), which :func:`_kth` needs."""
+
+    body: np.ndarray
+    extra: tuple = ()
+
+
+def _ordered(tables) -> bool:
+    lo, hi = np.minimum.reduce(tables), np.maximum.reduce(tables)
+    return bool(np.all(hi[:-1] < lo[1:]))
+
+
+@functools.cache
+def _grey_tables(dtype: str) -> _Tables:
+    """A 1-channel image: the grey of value v is what edge.image.to_grey makes of it."""
+    return _Tables(to_grey(np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[None])[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _bgr_tables(width: int):
+    """8-bit BGR with equal channels, ``width`` pixels wide, or None (then the float path).
+
+    ``cv2.cvtColor`` on float32 rounds its SIMD body and its row tail differently, and the
+    tail depends on the row width; its result for a pixel depends only on the value, the
+    column and the width (tests check this on many sizes). So one probe image per width, row v
+    holding value v, gives every pixel's grey exactly: 256 x width conversions, cached.
+    """
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], width, axis=1)
+    grey = to_grey(np.repeat(values[:, :, None], 3, axis=2))  # (256, width): grey[v, x]
+    body = np.ascontiguousarray(grey[:, 0])
+    odd = np.flatnonzero(np.any(grey != body[:, None], axis=0))
+    tables = _Tables(body, tuple((int(x), np.ascontiguousarray(grey[:, x])) for x in odd))
+    return tables if _ordered([body, *(t for _, t in tables.extra)]) else None
+
+
+def _table_source(arr: np.ndarray):
+    """An integer image as (index image, :class:`_Tables`) such that the float grey of pixel
+    (y, x) is the table of column x at ``index[y, x]``; None when no tables exist (float
+    pixels, colour whose channels differ, 16-bit colour)."""
+    import cv2
+
+    if arr.dtype not in (np.uint8, np.uint16):
+        return None
+    if arr.ndim == 2:
+        return arr, _grey_tables(arr.dtype.str)
+    first = cv2.extractChannel(arr, 0)
+    if arr.shape[2] == 2:  # grey + alpha: the alpha is dropped
+        return first, _grey_tables(arr.dtype.str)
+    if arr.dtype != np.uint8:
+        return None
+    for c in (1, 2):
+        if cv2.norm(first, cv2.extractChannel(arr, c), cv2.NORM_INF) != 0:
+            return None
+    tables = _bgr_tables(arr.shape[1])
+    return None if tables is None else (first, tables)
+
+
+def _hist(idx: np.ndarray, n: int) -> np.ndarray:
+    """int64 counts of the values 0..n-1 in a uint8/uint16 region (any strides)."""
+    import cv2
+
+    if idx.size == 0:
+        return np.zeros(n, np.int64)
+    if idx.ndim == 2 and idx.size < 2**24:  # calcHist counts in float32: exact below 2**24
+        return cv2.calcHist([idx], [0], None, [n], [0, n]).ravel().astype(np.int64)
+    return np.bincount(idx.ravel(), minlength=n)
+
+
+def _parts(idx: np.ndarray, tables: _Tables, rows: slice, cols: slice) -> list:
+    """The pixels of ``idx[rows, cols]`` as [(counts, table)] for :func:`_kth`: the body table
+    first, then one entry per ``tables.extra`` column (zero counts when outside ``cols``), so
+    lists of different regions line up and subtract."""
+    n = len(tables.body)
+    body = _hist(idx[rows, cols], n)
+    parts = []
+    for x, table in tables.extra:
+        counts = _hist(idx[rows, x], n) if cols.start <= x < cols.stop else np.zeros(n, np.int64)
+        body -= counts
+        parts.append((counts, table))
+    return [(body, tables.body), *parts]
+
+
+def _compact(idx: np.ndarray, tables: _Tables):
+    """Renumber the values a 16-bit image holds, in order, 0..k-1, so histograms and tables
+    have k entries instead of 65536; k <= 256 (8-bit content stored as 16-bit, many 10-12-bit
+    detectors' crops) even gives a uint8 image and OpenCV's 8-bit paths. Order is kept, so
+    every order statistic and every per-value result is unchanged."""
+    present = np.flatnonzero(_hist(idx, LEVELS))
+    n = max(256, present.size)
+    remap = np.zeros(LEVELS, np.uint8 if n == 256 else np.uint16)
+    remap[present] = np.arange(present.size)
+
+    def squeeze(table):
+        out = np.zeros(n, table.dtype)  # unused tail entries: never counted, never looked up
+        out[:present.size] = table[present]
+        return out
+
+    return _lookup(remap, idx), _Tables(squeeze(tables.body), tuple((x, squeeze(t)) for x, t in tables.extra))
+
+
+def _kth(parts, ks) -> list:
+    """Where the k-th smallest (0-based, for each k in ``ks``) grey of a pixel multiset lies.
+
+    ``parts`` is [(counts, table)]: ``counts[v]`` pixels of stored value v whose grey is
+    ``table[v]``. Every table maps value v below value v + 1, so value v's pixels sit together
+    in sorted order, ordered among themselves by their grey.
+
+    Returns
+    -------
+    list of (part index, value) pairs, one per k: the grey is ``parts[i][1][v]``.
+    """
+    if len(parts) == 1:  # one table: value order is grey order
+        return [(0, int(v)) for v in np.searchsorted(np.cumsum(parts[0][0]), ks, side="right")]
+    total = sum(c for c, _ in parts)
+    cdf = np.cumsum(total)
+    out = []
+    for k in ks:
+        v = int(np.searchsorted(cdf, k, side="right"))
+        j = int(k) - (int(cdf[v]) - int(total[v]))
+        for _, count, i in sorted((t[v], int(c[v]), i) for i, (c, t) in enumerate(parts) if c[v] > 0):
+            if j < count:
+                out.append((i, v))
+                break
+            j -= count
+    return out
+
+
+def _pick(tables: list, where: list) -> np.ndarray:
+    """float32 values ``tables[i][v]`` for the (i, v) pairs of :func:`_kth`."""
+    return np.array([tables[i][v] for i, v in where], dtype=np.float32)
+
+
+def _lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``table[idx]`` for a uint8/uint16 index image, without an intp copy of the index."""
+    import cv2
+
+    if idx.dtype == np.uint8 and idx.ndim == 2:
+        return cv2.LUT(idx, table)
+    out = np.empty(idx.shape, table.dtype)
+    for rows in _row_bands(idx.shape[0], idx.shape[1] if idx.ndim == 2 else 1):
+        np.take(table, idx[rows], out=out[rows], mode="clip")
+    return out
+
+
+def _apply(tables: _Tables, idx: np.ndarray, cols: slice) -> np.ndarray:
+    """Look ``idx[:, cols]`` up, each column in its own table; returns a new array."""
+    out = _lookup(tables.body, idx[:, cols])
+    for x, table in tables.extra:
+        if cols.start <= x < cols.stop:
+            out[:, x - cols.start] = _lookup(table, idx[:, x])
+    return out
+
+
+def _map(tables: _Tables, fn) -> _Tables:
+    return _Tables(fn(tables.body), tuple((x, fn(t)) for x, t in tables.extra))
+
+
+def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
+    """Integer image -> (uint8 (H, W), lo, hi, score, inverted), bit-identical to the float path.
+
+    Percentiles and the band median are order statistics read off value histograms; the
+    per-pixel steps are computed once per stored value that occurs and looked up.
+    """
+    h, w = idx.shape
+    if idx.dtype == np.uint16:
+        idx, tables = _compact(idx, tables)
+    everything = _parts(idx, tables, slice(0, h), slice(0, w))
+    greys = [t for _, t in everything]  # body, then the extra columns' tables
+    ranks = _int_ranks([cfg.clip_low, cfg.clip_high], h * w)
+    lo, hi = _bounds(_levels(_pick(greys, _kth(everything, [r - 1 for r in ranks]))))
+    flat = _is_flat(lo, hi)
+
+    def norm_of(grey):  # tables hold <= 65536 values; values that do not occur cost little
+        return np.zeros(grey.shape, np.float32) if flat else _stretch(grey, lo, hi)
+
+    norms = _map(tables, norm_of)
+    middle = _band_middle(idx, tables, everything, cfg.border)
+    median = _median_of_two(_pick([norms.body, *(t for _, t in norms.extra)], middle))
+    score = float(median - _centre_mean(idx, norms))
+    inverted = _decide(cfg, score)
+    u8 = _apply(_map(norms, lambda norm: _to_u8(norm, inverted)), idx, slice(0, w))
+    return u8, float(lo), float(hi), score, inverted
+
+
+def _band_middle(idx: np.ndarray, tables: _Tables, everything: list, border: float) -> list:
+    """Where (:func:`_kth` pairs) the two middle greys of the border band lie, the band taken as
+    :func:`inversion_score` takes it: every pixel outside the inner rectangle
+    ``[bh:h-bh, bw:w-bw]``. Small images count it as all pixels minus the inner ones (one
+    histogram call); large ones count its four strips (a third of the pixels to read)."""
+    h, w = idx.shape
+    bh, bw = max(1, round(h * border)), max(1, round(w * border))
+    mid, all_cols = slice(bh, max(bh, h - bh)), slice(0, w)
+    if h * w < 1 << 16:
+        inner = _parts(idx, tables, mid, slice(bw, max(bw, w - bw)))
+        band = [(c_all - c_in, t) for (c_all, t), (c_in, _) in zip(everything, inner)]
+    else:
+        strips = [_parts(idx, tables, rows, cols) for rows, cols in
+                  ((slice(0, bh), all_cols), (slice(h - bh, h), all_cols), (mid, slice(0, bw)), (mid, slice(w - bw, w)))]
+        band = [(sum(p[i][0] for p in strips), everything[i][1]) for i in range(len(everything))]
+    n = int(sum(c.sum() for c, _ in band))
+    return _kth(band, [(n - 1) // 2, n // 2])
+
+
+def _median_of_two(middle: np.ndarray) -> np.float32:
+    """What ``np.median`` returns from the two middle float32 values: their float32 sum halved
+    (for an odd count both are the middle value, and (x + x) / 2 == x)."""
+    a, b = middle
+    return (a + b) / np.float32(2)
+
+
+def _centre_mean(idx: np.ndarray, norms: _Tables) -> np.float32:
+    """Mean of the normalised centre, summed in the very order numpy sums the float path's
+    ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the centre rows are looked up at full width, so the
+    centre is a view with the same shape and row stride, and the float32 pairwise sums round
+    alike."""
+    h, w = idx.shape
+    rows = _apply(norms, idx[h // 4: h - h // 4], slice(0, w))
+    view = rows[:, w // 4: w - w // 4]
+    total = np.add.reduce(view, axis=None)  # ndarray.mean's own two steps, without its wrapper
+    return total.dtype.type(total / np.intp(view.size))
+
+
+# ---------------------------------------------------------------- the one function
 def _resize_pad(img: np.ndarray, cfg: PreprocessConfig):
     import cv2
 
@@ -168,34 +467,43 @@ def _resize_pad(img: np.ndarray, cfg: PreprocessConfig):
 def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     """Turn an image into the cached model input, and say what was done.
 
+    8- and 16-bit images (grey, or colour whose channels are equal, as radiographs are) take
+    the integer path: histograms, order statistics and lookup tables, no float copy of the
+    image. Other inputs (float arrays, genuinely coloured images) take the float path. Both
+    give bit-identical results.
+
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        See :func:`edge.image.load_image`.
+        See :func:`edge.image.load_array`.
     cfg : PreprocessConfig
 
     Returns
     -------
     image : ndarray of uint8, shape (cfg.size, cfg.size)
     info : PreprocessInfo
+
+    Raises
+    ------
+    ImageError
+        Unreadable, damaged or absurd input (see :mod:`edge.image`), or smaller than 2 x 2.
     """
     import cv2
 
-    grey = load_image(src, dicom_voi=cfg.dicom_voi)
-    if min(grey.shape) < 2:
-        raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]}, too small to be a radiograph")
-    norm, lo, hi = normalise(grey, cfg)
-    score = inversion_score(norm, cfg.border)
-    inverted = cfg.invert == "always" or (cfg.invert == "auto" and score > 0.0)
-    if inverted:
-        norm = 1.0 - norm
-    u8 = np.round(norm * 255.0).astype(np.uint8)
+    arr, name = load_array(src, dicom_voi=cfg.dicom_voi)
+    h, w = arr.shape[:2]
+    if min(h, w) < 2:
+        raise ImageError(f"image is {w}x{h}, too small to be a radiograph")
+    source = _table_source(arr)
+    if source is not None:
+        u8, lo, hi, score, inverted = _table_path(*source, cfg)
+    else:
+        u8, lo, hi, score, inverted = _float_path(to_grey(arr, name), cfg)
     if cfg.clahe:
         clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
         u8 = clahe.apply(u8)
     out, scale, ox, oy = _resize_pad(u8, cfg)
-    info = PreprocessInfo(bool(inverted), score, float(scale), int(ox), int(oy),
-                          int(grey.shape[0]), int(grey.shape[1]), lo, hi)
+    info = PreprocessInfo(bool(inverted), score, float(scale), int(ox), int(oy), int(h), int(w), lo, hi)
     return out, info
 
 

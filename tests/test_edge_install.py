@@ -2,7 +2,8 @@
 
 Builds a fresh venv (no system site-packages, so it has never seen TensorFlow), installs a copy
 of the project into it (pip reuses its wheel cache), and runs `edge-predict` / `edge-verify` on
-the committed regression model from a folder outside the source tree. Skip with
+the committed regression model from a folder outside the source tree; `murakit score` runs there
+too (CSV with the edge runtime only; Parquet and Ray name the `scale` extra). Skip with
 MURAKIT_SKIP_INSTALL_TEST=1 (it runs in `make test` by default).
 """
 
@@ -89,7 +90,37 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
     assert "Traceback" not in bad.stderr
 
+    # edge-serve is installed with the runtime but needs the serve extra: one line naming it
+    serve = _run([bindir / "edge-serve", "--model", "model.onnx"], work, check=False)
+    assert serve.returncode == 2 and serve.stdout == ""
+    assert serve.stderr.strip().splitlines() == [serve.stderr.strip()]
+    assert "pip install 'murakit[serve]'" in serve.stderr
+    code = "import importlib.resources as r; print(r.files('edge.serve').joinpath('page.html').read_text()[:15])"
+    page = _run([py, "-c", code], work)
+    assert page.stdout.strip() == "<!doctype html>"  # the page ships as package data
+
     # the application needs the train extra: one line saying so, not a ModuleNotFoundError traceback
     synth = _run([bindir / "murakit", "synth", "data"], work, check=False)
     err = synth.stderr.strip().splitlines()
     assert synth.returncode == 2 and len(err) == 1 and "pip install 'murakit[train]'" in err[0], synth.stderr
+
+    # murakit score needs only the edge runtime: CSV output, the local engine, the protocol's metrics;
+    # the golden DICOM sources are failure rows naming the dicom extra, the PNGs are scored
+    labels = "".join(f"golden/model/{c['dir']},{c['label']}\n" for c in manifest["cases"])
+    (work / "labels.csv").write_text(labels)
+    scored = _run([bindir / "murakit", "score", "golden", "--model", "model.onnx", "--out", "scored",
+                   "--no-progress", "--labels", "labels.csv"], work, check=False)
+    assert scored.returncode == 1 and "Traceback" not in scored.stderr, scored.stderr
+    assert "4 labelled images (0 without a label), 4 studies (2 abnormal)" in scored.stdout
+    rows = (work / "scored" / "images.csv").read_text().splitlines()
+    assert rows[0] == "path,study,part,probability,label,threshold" and len(rows) == 1 + 4
+    probability = {r.split(",")[0]: float(r.split(",")[3]) for r in rows[1:]}
+    assert abs(probability[str(Path("golden") / "model" / "test_data_set_1" / "source.png")] - d["probability"]) <= 1e-6
+    failures = (work / "scored" / "failures.csv").read_text().splitlines()[1:]
+    assert len(failures) == 3 and all("source.dcm" in f and "murakit[dicom]" in f for f in failures)
+    for extra_only in (["--format", "parquet"], ["--engine", "ray"]):
+        out = _run([bindir / "murakit", "score", "golden", "--model", "model.onnx", "--out", "other", *extra_only],
+                   work, check=False)
+        err = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(err) == 1 and "pip install 'murakit[scale]'" in err[0], out.stderr
+        assert not (work / "other").exists()  # refused before anything is written

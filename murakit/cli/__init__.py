@@ -24,6 +24,8 @@ COMMANDS = [
     ("verify", "murakit.cli.verify", "check exported models against golden outputs and Keras"),
     ("bench", "murakit.cli.bench", "benchmark all models of a run and write the report"),
     ("demo", "murakit.cli.demo", "run the whole pipeline on the synthetic default"),
+    ("score", "murakit.cli.score", "score an archive of radiographs with an exported model (resumable)"),
+    ("evaluate", "murakit.cli.evaluate", "the MURA protocol's metrics of a scored folder"),
 ]
 TRAIN_COMMANDS = [
     ("baseline", "murakit.cli.train_baseline", "train the HOG + SVM baseline"),

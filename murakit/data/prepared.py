@@ -309,13 +309,15 @@ def process_one(task):
         ``image`` uint8 (S, S) unless the worker wrote it into the memmap itself; ``info``
         float64 (len(INFO_COLUMNS),) plus the inverted flag appended.
     """
-    from edge.image import load_image
+    from edge.image import load_array, to_grey
     from edge.preprocess import preprocess_with_info
 
     row, path = task
     try:
-        grey = load_image(path, dicom_voi=_CFG.dicom_voi)  # decoded once: raw statistics + the one preprocessing path
-        u8, info = preprocess_with_info(grey, _CFG)
+        # decoded once; the stored array (not a float copy) takes preprocessing's integer fast path
+        arr, name = load_array(path, dicom_voi=_CFG.dicom_voi)
+        u8, info = preprocess_with_info(arr, _CFG)
+        grey = to_grey(arr, name)  # raw exposure statistics for explore
     except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
         return row, None, None, str(e) or type(e).__name__
     vec = np.array([info.orig_h, info.orig_w, info.scale, info.offset_x, info.offset_y,

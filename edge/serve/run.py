@@ -1,0 +1,68 @@
+"""Run the app under uvicorn with graceful shutdown and logs on stdout only.
+
+Logs go to stdout, never stderr: the image decoder may capture file descriptor 2 while it
+decodes (to turn a codec's warning into an error), and a log line written there from another
+thread at that moment would be taken for the codec's.
+"""
+
+from __future__ import annotations
+
+import signal
+
+LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s edge-serve %(levelname)s: %(message)s"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stdout"}},
+    "root": {"handlers": ["stdout"], "level": "WARNING"},  # any other library's warning: stdout too
+    "loggers": {
+        "uvicorn": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "uvicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "edge.serve": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn.Server that marks the service as draining on SIGTERM/SIGINT, then exits 0.
+
+        uvicorn stops accepting connections and waits for requests in flight; ``draining``
+        makes ``/readyz`` and new predictions on kept-alive connections answer 503 meanwhile.
+        """
+
+        service = None
+
+        def handle_exit(self, sig, frame):
+            if self.service is not None:
+                self.service.draining = True
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after its graceful shutdown (the process would die
+            # by SIGTERM); the shutdown was clean, so the process exits 0 instead.
+            if sig == signal.SIGTERM and hasattr(self, "_captured_signals"):
+                self._captured_signals.clear()
+
+    return Server
+
+
+def serve(predictor, limits, token, sock, access_log: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT on the listening socket ``sock``; returns the exit code."""
+    import uvicorn
+
+    from edge.serve.app import create_app
+
+    app = create_app(predictor, limits, token)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, log_config=LOG_CONFIG, access_log=access_log, lifespan="on",
+                            timeout_graceful_shutdown=limits.timeout_s + 5, server_header=False,
+                            # a backstop below our own 503: connections beyond this get uvicorn's 503
+                            limit_concurrency=4 * limits.max_inflight + 64, timeout_keep_alive=5)
+    server = _server_class()(config)
+    server.service = app.state.service
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"edge-serve: serving {predictor.model_path.name} ({predictor.kind}) on http://{url_host}:{port}/",
+          flush=True)
+    server.run(sockets=[sock])
+    return 0
