@@ -1,4 +1,4 @@
-"""Training with best/last checkpoints, per-epoch resume, LR-on-plateau and early stopping on val AUROC.
+"""Training until converged: early stopping and LR-on-plateau on validation AUROC, exact resume.
 
 Checkpoint layout in ``out_dir``::
 
@@ -7,16 +7,25 @@ Checkpoint layout in ``out_dir``::
     state.json    epoch counter, schedule/early-stopping state, history (the commit point)
     history.csv   one row per epoch: epoch,loss,val_loss,val_auroc,lr,seconds
 
-Each file is written under a temporary name and renamed at every epoch end, so a kill leaves
-the previous epoch's checkpoint usable; calling ``train`` again resumes from it.
+An epoch ends in three steps: the new models are written under pending names
+(``.last-e0007.keras``, ``.best-e0007.keras``), then ``state.json`` is replaced (it names the
+pending files: the commit), then the pending files are renamed onto ``last.keras`` /
+``best.keras``. A kill before the commit leaves the previous epoch's files and an
+uncommitted pending file that the next start deletes; a kill after it leaves pending files that
+the next start renames into place. Either way ``train`` resumes without ``--force``.
+
+Exact resume: every source of randomness of epoch k (shuffle order, augmentation, dropout) is
+a function of ``(seed, k)`` alone, and the optimizer state (Adam moments, step, learning
+rate) is in ``last.keras``, so a killed and resumed run gives the same epochs as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -28,36 +37,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deep.config import ModelConfig
-from deep.data import MAX_ROTATION_DEG, make_dataset
+from deep.config import ModelConfig, TrainConfig
+from deep.data import make_dataset
 from deep.errors import DeepError
 from deep.model import build_model, load_model
+from edge.atomic import write_text
 
 HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auroc", "lr", "seconds")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings (everything but ``epochs`` must match to resume a run).
-
-    ``epochs`` default: ~2-3 minutes for ~3,000 images at 128 px on 2 CPU cores (width 16).
-    """
-
-    epochs: int = 7
-    batch_size: int = 32
-    seed: int = 0
-    lr: float = 1e-3
-    patience: int = 5  # early stopping: epochs without a val AUROC gain
-    lr_patience: int = 3  # ReduceLROnPlateau on val AUROC (val AUROC is noisy: not 2)
-    lr_factor: float = 0.3
-    min_lr: float = 1e-5
-    augment: bool = True
-    max_rotation: float = MAX_ROTATION_DEG  # the MURA paper's 30 degrees (short CPU fits: see demo)
-
-    def resume_key(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("epochs")
-        return d
+STOP_REASONS = ("early_stop", "max_epochs")
 
 
 @dataclass
@@ -71,6 +58,24 @@ class TrainResult:
     best_auroc: float
     stopped_early: bool
     ran: bool  # False when the run was already complete
+    stop_reason: str = ""  # "early_stop" | "max_epochs" ("" while unfinished)
+
+    def why_stopped(self, patience: int | None = None) -> str:
+        """One line: why training ended and which epoch was kept."""
+        return stop_message(self.stop_reason, len(self.history), self.best_epoch, self.best_auroc, patience)
+
+
+def stop_message(reason, epochs, best_epoch, best_auroc, patience=None) -> str:
+    """Human-readable reason training stopped (see ``TrainResult.why_stopped``)."""
+    best = f"best epoch {best_epoch} (val AUROC {best_auroc:.4f})"
+    if reason == "early_stop":
+        wait = f" for {patience} epochs" if patience else ""
+        return f"stopped: early stop at epoch {epochs} (no val AUROC gain{wait}); {best}"
+    if reason == "max_epochs":
+        note = "; still improving near the cap: raise the epoch cap to train on" \
+            if epochs - best_epoch < 2 else ""
+        return f"stopped: epoch cap reached ({epochs} epochs); {best}{note}"
+    return f"unfinished after {epochs} epochs; {best}"
 
 
 def auroc(y, p) -> float:
@@ -127,17 +132,13 @@ def weighted_bce(y, p, w) -> float:
     return float(np.mean(np.asarray(w) * -(y * np.log(p) + (1 - y) * np.log(1 - p))))
 
 
-def _save_model(model, path: Path):
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")  # Keras wants a .keras suffix
-    model.save(tmp)
-    os.replace(tmp, path)
+def passes_per_epoch(n_train: int, tcfg: TrainConfig) -> int:
+    """Passes over the training split in one epoch: enough for ``tcfg.min_steps`` steps."""
+    steps = n_train // tcfg.batch_size
+    return max(1, math.ceil(tcfg.min_steps / max(steps, 1)))
 
 
-def _write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
+# ------------------------------------------------------------------ checkpoints ----
 
 def _history_csv(history) -> str:
     buf = io.StringIO()
@@ -145,6 +146,16 @@ def _history_csv(history) -> str:
     w.writeheader()
     w.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
     return buf.getvalue()
+
+
+def _save_model(model, path: Path):
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")  # Keras wants a .keras suffix
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _pending_name(final: str, epoch: int) -> str:
+    return f".{final.removesuffix('.keras')}-e{epoch:04d}.keras"
 
 
 def read_state(out_dir) -> dict | None:
@@ -158,6 +169,23 @@ def read_state(out_dir) -> dict | None:
         raise DeepError(f"cannot read {path} (corrupt?): {e}") from None
 
 
+def recover(out_dir, state) -> None:
+    """Finish an interrupted epoch end: rename committed pending files, delete uncommitted ones.
+
+    Idempotent; safe to call on a folder that was never interrupted.
+    """
+    out = Path(out_dir)
+    committed = dict((state or {}).get("pending", {}))
+    for final, pending in committed.items():
+        if (out / pending).exists():
+            os.replace(out / pending, out / final)
+    for f in [*out.glob(".last-e*.keras"), *out.glob(".best-e*.keras"), *out.glob(".*.tmp-*")]:
+        if f.name not in committed.values():
+            f.unlink(missing_ok=True)
+    if state is not None and state.get("history"):
+        write_text(out / "history.csv", _history_csv(state["history"]))
+
+
 def check_resumable(state, cfg, tcfg, fingerprint):
     """Raise DeepError unless ``state`` was trained with these settings and data."""
     want = {"model_config": cfg.to_dict(), "train_config": tcfg.resume_key(), "fingerprint": fingerprint}
@@ -167,10 +195,12 @@ def check_resumable(state, cfg, tcfg, fingerprint):
                             f" ({state.get(key)} vs {value}); use --force to start over")
 
 
-def is_complete(state, epochs) -> bool:
-    """True when a run stopped early or has trained ``epochs`` epochs."""
-    return bool(state["stopped_early"]) or state["epoch"] >= epochs
+def is_complete(state, max_epochs) -> bool:
+    """True when a run stopped early or has trained ``max_epochs`` epochs."""
+    return bool(state["stopped_early"]) or state["epoch"] >= max_epochs
 
+
+# --------------------------------------------------------------------- training ----
 
 class _ProgressBar(keras.callbacks.Callback):
     """tqdm bar per epoch with the running loss (val AUROC is added at the epoch end)."""
@@ -199,15 +229,54 @@ def _restore(out, state):
     model.jit_compile = False  # XLA was ~5x slower on CPU here
     done = int(model.optimizer.iterations.numpy())
     if done != state["iterations"]:
-        raise DeepError(f"{out / 'last.keras'} and state.json disagree (interrupted while saving?);"
-                        " use --force to start over")
+        raise DeepError(f"{out / 'last.keras'} ({done} steps) and state.json ({state['iterations']} steps)"
+                        " disagree (edited by hand?); use --force to start over")
+    model.optimizer.learning_rate.assign(state["lr"])
     return model
+
+
+def _seed_epoch(model, epoch_seed: int) -> None:
+    """Make every random op of this epoch a function of ``epoch_seed`` alone.
+
+    Keras layers with randomness (Dropout) draw from a SeedGenerator whose state is not
+    saved in ``.keras`` files; without resetting it a resumed run drops other units than
+    an uninterrupted one from the first resumed epoch on.
+    """
+    keras.utils.set_random_seed(epoch_seed)
+    gens = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    for k, v in enumerate(gens):
+        v.assign(np.array([epoch_seed * 64 + k, 0], dtype=v.dtype))
+
+
+def _new_state(cfg, tcfg, fingerprint) -> dict:
+    return {"epoch": 0, "iterations": 0, "best_auroc": -1.0, "best_epoch": 0, "wait": 0,
+            "lr_wait": 0, "lr": tcfg.lr, "stopped_early": False, "stop_reason": "", "history": [],
+            "pending": {}, "model_config": cfg.to_dict(), "train_config": tcfg.resume_key(),
+            "fingerprint": fingerprint}
+
+
+def _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg):
+    """Validate shapes and splits; returns the validation labels per group (study)."""
+    if images.ndim != 3 or images.shape[1:] != (cfg.size, cfg.size):
+        raise DeepError(f"image cache is {images.shape[1:]} but the model expects {cfg.size}x{cfg.size}")
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise DeepError(f"empty split: {len(train_rows)} training and {len(val_rows)} validation images")
+    if len(train_rows) < tcfg.batch_size:
+        raise DeepError(f"{len(train_rows)} training images are fewer than one batch of {tcfg.batch_size}")
+    val_yg = val_y if val_groups is None else group_mean(val_y, val_groups)[0] > 0.5
+    if len(np.unique(val_yg)) < 2:
+        raise DeepError("the validation split needs both normal and abnormal examples for AUROC")
+    return val_yg
 
 
 def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConfig, out_dir,
           tcfg: TrainConfig = TrainConfig(), *, weights=None, loss_weights=None, val_groups=None,
-          fingerprint=None, verbose=True, log=None) -> TrainResult:
-    """Train (or resume training) a CNN on a uint8 image cache.
+          fingerprint=None, verbose=True, log=None, on_epoch_end=None) -> TrainResult:
+    """Train (or resume training) a CNN on a uint8 image cache until converged.
+
+    Each epoch fits ``passes_per_epoch`` passes over the training rows, then scores the
+    validation rows; the run ends by early stopping (``tcfg.patience`` epochs without a
+    validation AUROC gain) or at ``tcfg.max_epochs``, and ``result.why_stopped()`` says which.
 
     Parameters
     ----------
@@ -218,7 +287,8 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     cfg, tcfg : ModelConfig, TrainConfig
     out_dir : path
         Checkpoint folder (see module docstring). An existing run is resumed when its
-        settings and ``fingerprint`` match, else DeepError.
+        settings and ``fingerprint`` match, else DeepError. A larger ``max_epochs`` than
+        before continues a run that reached its cap.
     weights : path, optional
         Local initial weights (see ``build_model``); only used for a fresh run.
     loss_weights : (w_normal, w_abnormal), optional
@@ -230,58 +300,53 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     verbose : bool
         Progress bar per epoch (stderr).
     log : callable, optional
-        Receives one-line messages (resuming, early stop); default: stderr when verbose.
+        Receives one-line messages (resuming, each epoch when not verbose, why it stopped);
+        default: stderr when verbose.
+    on_epoch_end : callable, optional
+        ``on_epoch_end(row, model)`` after each committed epoch (e.g. to log extra metrics);
+        ``row`` is the epoch's history dict.
 
     Returns
     -------
     TrainResult
     """
-    if images.ndim != 3 or images.shape[1:] != (cfg.size, cfg.size):
-        raise DeepError(f"image cache is {images.shape[1:]} but the model expects {cfg.size}x{cfg.size}")
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise DeepError(f"empty split: {len(train_rows)} training and {len(val_rows)} validation images")
-    steps = len(train_rows) // tcfg.batch_size
-    if steps == 0:
-        raise DeepError(f"{len(train_rows)} training images are fewer than one batch of {tcfg.batch_size}")
     val_y = np.asarray(val_labels)
-    val_yg = val_y if val_groups is None else group_mean(val_y, val_groups)[0] > 0.5
-    if len(np.unique(val_yg)) < 2:
-        raise DeepError("the validation split needs both normal and abnormal examples for AUROC")
+    val_yg = _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg)
     lw = tuple(loss_weights) if loss_weights is not None else class_weights(train_labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = fingerprint or {}
     log = log or ((lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None))
     state = read_state(out)
+    recover(out, state)
     with get_strategy().scope():
         if state is None:
             keras.utils.set_random_seed(tcfg.seed)  # same seed -> same initial weights
             model = _compiled_new_model(cfg, tcfg, weights)
-            state = {"epoch": 0, "iterations": 0, "best_auroc": -1.0, "best_epoch": 0, "wait": 0,
-                     "lr_wait": 0, "lr": tcfg.lr, "stopped_early": False, "history": [],
-                     "model_config": cfg.to_dict(), "train_config": tcfg.resume_key(),
-                     "fingerprint": fingerprint}
+            state = _new_state(cfg, tcfg, fingerprint)
         else:
             check_resumable(state, cfg, tcfg, fingerprint)
-            if is_complete(state, tcfg.epochs):
+            if is_complete(state, tcfg.max_epochs):
                 return _result(out, state, ran=False)
             model = _restore(out, state)
     start = state["epoch"]
     if start:
         log(f"resuming from epoch {start + 1}")
-    for epoch in range(start, tcfg.epochs):
-        row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, steps, verbose,
-                         lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw))
+    passes = passes_per_epoch(len(train_rows), tcfg)
+    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw)  # noqa: E731
+    for epoch in range(start, tcfg.max_epochs):
+        row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, passes, verbose, validate)
         _end_epoch(model, out, state, tcfg, row)
+        if on_epoch_end is not None:
+            on_epoch_end(row, model)
         if not verbose:
-            log(f"epoch {row['epoch']}/{tcfg.epochs}: loss {row['loss']:.4f}, val AUROC "
+            log(f"epoch {row['epoch']}/{tcfg.max_epochs}: loss {row['loss']:.4f}, val AUROC "
                 f"{row['val_auroc']:.4f}, lr {row['lr']:.2g} ({row['seconds']:.0f} s)")
-        if state["stopped_early"]:
-            log(f"early stop: no val AUROC gain for {tcfg.patience} epochs "
-                f"(best {state['best_auroc']:.4f} at epoch {state['best_epoch']})")
+        if state["stop_reason"]:
             break
     result = _result(out, state, ran=True)
     result.start_epoch = start
+    log(result.why_stopped(tcfg.patience))
     return result
 
 
@@ -292,15 +357,15 @@ def _validate(model, images, val_rows, val_y, val_yg, val_groups, lw):
     return weighted_bce(val_y, p, w), auroc(val_yg, pg)
 
 
-def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, steps, verbose, validate):
-    """Fit one epoch (seeded by epoch number), validate; returns the history row."""
+def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, passes, verbose, validate):
+    """Fit one epoch (all randomness seeded by the epoch number), validate; returns the history row."""
     epoch_seed = tcfg.seed * 100_003 + epoch  # same stream whether resumed or not
-    keras.utils.set_random_seed(epoch_seed)
+    _seed_epoch(model, epoch_seed)
     ds = make_dataset(images, rows, labels, tcfg.batch_size, augment=tcfg.augment, seed=epoch_seed,
-                      max_rotation=tcfg.max_rotation,
-                      shuffle=True, sample_weights=lw, drop_remainder=True)
+                      shuffle=True, sample_weights=lw, drop_remainder=True, passes=passes)
     t0 = time.perf_counter()
-    cbs = [_ProgressBar(epoch + 1, tcfg.epochs, steps)] if verbose else []
+    steps = passes * (len(rows) // tcfg.batch_size)
+    cbs = [_ProgressBar(epoch + 1, tcfg.max_epochs, steps)] if verbose else []
     hist = model.fit(ds, epochs=1, verbose=0, callbacks=cbs, shuffle=False)
     val_loss, val_auc = validate()
     secs = time.perf_counter() - t0
@@ -309,17 +374,17 @@ def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, steps, verbose, val
         cbs[0].bar.close()
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     return {"epoch": epoch + 1, "loss": round(float(hist.history["loss"][-1]), 6),
-                          "val_loss": round(val_loss, 6), "val_auroc": round(val_auc, 6),
-                          "lr": float(f"{lr:.6g}"), "seconds": round(secs, 2)}
+            "val_loss": round(val_loss, 6), "val_auroc": round(val_auc, 6),
+            "lr": float(f"{lr:.6g}"), "seconds": round(secs, 2)}
 
 
-def _end_epoch(model, out, state, tcfg, row):
-    """Update schedule/early-stopping state, then write last, best, state.json, history.csv."""
+def _update_schedule(model, state, tcfg, row) -> bool:
+    """Best-epoch, LR-on-plateau and early-stopping bookkeeping; returns True if improved."""
     # Equal AUROC (common on small validation sets): the lower validation loss wins, which
     # also favours later epochs whose BatchNorm moving statistics have caught up.
     improved = row["val_auroc"] > state["best_auroc"] or (
         row["val_auroc"] == state["best_auroc"] and row["val_loss"] < state.get("best_loss", np.inf)
-    ) or not (out / "best.keras").exists()  # e.g. a NaN AUROC at epoch 1: still keep a best model
+    ) or state["best_epoch"] == 0  # e.g. a NaN AUROC at epoch 1: still keep a best model
     state["history"].append(row)
     state["epoch"] = row["epoch"]
     state["iterations"] = int(model.optimizer.iterations.numpy())
@@ -330,23 +395,34 @@ def _end_epoch(model, out, state, tcfg, row):
         state["wait"] += 1
         state["lr_wait"] += 1
         if state["lr_wait"] >= tcfg.lr_patience:
-            new_lr = max(row["lr"] * tcfg.lr_factor, tcfg.min_lr)
-            model.optimizer.learning_rate.assign(new_lr)
+            model.optimizer.learning_rate.assign(max(row["lr"] * tcfg.lr_factor, tcfg.min_lr))
             state["lr_wait"] = 0
         state["stopped_early"] = state["wait"] >= tcfg.patience
     state["lr"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    _save_model(model, out / "last.keras")
+    state["stop_reason"] = ""  # a run resumed with a higher cap continues
+    if state["stopped_early"]:
+        state["stop_reason"] = "early_stop"
+    elif state["epoch"] >= tcfg.max_epochs:
+        state["stop_reason"] = "max_epochs"
+    return improved
+
+
+def _end_epoch(model, out, state, tcfg, row):
+    """Bookkeeping, then the three-step commit of last/best + state.json (module docstring)."""
+    improved = _update_schedule(model, state, tcfg, row)
+    pending = {"last.keras": _pending_name("last.keras", row["epoch"])}
+    _save_model(model, out / pending["last.keras"])
     if improved:
-        tmp = out / f".best.tmp-{os.getpid()}.keras"
-        shutil.copyfile(out / "last.keras", tmp)
-        os.replace(tmp, out / "best.keras")
-    _write_text(out / "state.json", json.dumps(state, indent=1))  # commit point
-    _write_text(out / "history.csv", _history_csv(state["history"]))
+        pending["best.keras"] = _pending_name("best.keras", row["epoch"])
+        shutil.copyfile(out / pending["last.keras"], out / pending["best.keras"])
+    state["pending"] = pending
+    write_text(out / "state.json", json.dumps(state, indent=1))  # the commit point
+    recover(out, state)
 
 
 def _result(out, state, ran) -> TrainResult:
     model = load_model(out / "best.keras", compile=False)
     return TrainResult(model=model, history=state["history"], start_epoch=state["epoch"],
                        best_epoch=state["best_epoch"], best_auroc=state["best_auroc"],
-                       stopped_early=state["stopped_early"], ran=ran)
-
+                       stopped_early=state["stopped_early"], ran=ran,
+                       stop_reason=state.get("stop_reason", ""))
