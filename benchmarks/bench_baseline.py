@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"cores: {os.cpu_count()}")
     if args.run:
-        from murakit.prepared import load_prepared
+        from murakit.data.prepared import load_prepared
 
         prep = load_prepared(args.run)
         images = np.asarray(prep.images[prep.row[: args.images]])

@@ -30,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.preprocess import PreprocessConfig
-from murakit.mura import index_dataset
-from murakit.prepared import prepare
+from murakit.data.mura import index_dataset
+from murakit.data.prepared import prepare
 
 
 def _cpu() -> float:

@@ -231,7 +231,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_model_metrics_and_predictions(trained):
-    from murakit.metrics import choose_threshold
+    from murakit.evaluation.metrics import choose_threshold
 
     out = trained / "baseline"
     m = json.loads((out / "metrics.json").read_text())

@@ -34,8 +34,9 @@ def _copy_project(dest: Path) -> Path:
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for pkg in meta["tool"]["setuptools"]["packages"]:
-        shutil.copytree(ROOT / pkg.replace(".", "/"), dest / pkg.replace(".", "/"), ignore=ignore)
+    for pattern in meta["tool"]["setuptools"]["packages"]["find"]["include"]:
+        pkg = pattern.rstrip("*")  # "edge*" -> the top-level package edge/ (sub-packages inside)
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=ignore)
     return dest
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from _murafix import make_mura, radiograph, write_png
 
 from edge.preprocess import PreprocessConfig
-from murakit.explore import flag_images, inversion_accuracy
-from murakit.prepared import prepare
+from murakit.evaluation.explore import flag_images, inversion_accuracy
+from murakit.data.prepared import prepare
 
 
 def _expected_counts(truth):
@@ -21,7 +21,7 @@ def _expected_counts(truth):
 
 
 def test_explore_raw_then_cached(tmp_path, capsys):
-    from murakit import cmd_explore
+    from murakit.cli import explore as cmd_explore
 
     data, run = tmp_path / "data", tmp_path / "run"
     truth = make_mura(data, inverted_every=4, annotations=True)

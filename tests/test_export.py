@@ -12,7 +12,7 @@ from edge.golden import load_tensor, save_tensor
 from edge.predictor import Predictor
 from export.errors import ExportError
 from export.metadata import get_metadata, load_metadata, set_metadata
-from murakit import cmd_export, cmd_verify
+from murakit.cli import export as cmd_export, verify as cmd_verify
 from murakit.errors import MurakitError
 
 deep = pytest.importorskip("deep")
@@ -93,7 +93,7 @@ def test_cnn_export_parity_checker_and_dynamic_batch(cam_model, x, exported):
 def test_int8_quantization_and_gate(exported, x, tmp_path):
     from export.cnn import onnx_outputs
     from export.quantize import int8_gate, int8_metadata, quantize_int8
-    from murakit.metrics import auroc
+    from murakit.evaluation.metrics import auroc
 
     onnx.save(exported[0], str(tmp_path / "f.onnx"))
     q = quantize_int8(tmp_path / "f.onnx", np.random.default_rng(1).random((24, SIZE, SIZE, 1), dtype=np.float32))
@@ -122,7 +122,7 @@ def run_dir(tmp_path_factory):
     import keras
 
     from deep.config import ModelConfig
-    from murakit import cmd_prepare
+    from murakit.cli import prepare as cmd_prepare
 
     root = tmp_path_factory.mktemp("exportrun")
     make_mura(root / "data", parts=("ELBOW", "HAND", "WRIST"), patients_per_part=(8, 8, 8), views=2)
@@ -181,7 +181,7 @@ def test_verify_passes_then_reports_drift(run_dir, capsys):
 
 
 def test_int8_refused_by_gate_is_not_written(run_dir, capsys):
-    from murakit.prepared import load_prepared
+    from murakit.data.prepared import load_prepared
 
     out = run_dir / "export"
     gate = cmd_export.export_int8(out, load_prepared(run_dir), argparse.Namespace(calibration=10, max_int8_drop=-1.0),

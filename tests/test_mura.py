@@ -10,8 +10,8 @@ import pytest
 from _murafix import make_classes, make_mura, radiograph, write_png
 
 from murakit.errors import MurakitError
-from murakit.mura import ImageRecord, index_dataset
-from murakit.splits import assign_splits
+from murakit.data.mura import ImageRecord, index_dataset
+from murakit.data.splits import assign_splits
 
 
 def _pairs(ds):

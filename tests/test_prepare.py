@@ -17,9 +17,9 @@ import pytest
 from _murafix import make_mura
 
 from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
-from murakit import prepared as P
+from murakit.data import prepared as P
 from murakit.errors import MurakitError
-from murakit.prepared import INDEX_COLUMNS, load_prepared, prepare
+from murakit.data.prepared import INDEX_COLUMNS, load_prepared, prepare
 
 CFG = PreprocessConfig(size=32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_resume_after_hard_kill(data, built, tmp_path):
     code = f"""
 import time, sys
 sys.path[:0] = [{str(ROOT)!r}]
-from murakit import prepared as P
+from murakit.data import prepared as P
 from edge.preprocess import PreprocessConfig
 real = P.process_one
 def slow(task):
@@ -244,7 +244,7 @@ def test_load_refuses_incomplete_or_inconsistent_caches(data, built, tmp_path):
 
 
 def test_cli_prepare(data, tmp_path, capsys):
-    from murakit import cmd_prepare
+    from murakit.cli import prepare as cmd_prepare
 
     parser = argparse.ArgumentParser()
     cmd_prepare.add_arguments(parser)

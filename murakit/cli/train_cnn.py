@@ -101,7 +101,7 @@ def _evaluate(model, prep, pos, res, cfg, out: Path, train_seconds):
     """Threshold on val (study level), metrics on test; writes metrics, configs, predictions."""
     import deep
     from edge.atomic import write_text
-    from murakit.metrics import choose_threshold, evaluate, json_safe
+    from murakit.evaluation.metrics import choose_threshold, evaluate, json_safe
 
     probs = {s: deep.predict(model, prep.images, prep.row[pos[s]]) for s in ("val", "test")}
     va, te = pos["val"], pos["test"]
@@ -173,7 +173,7 @@ def _train(args, prep, pos, out):
 def run(args) -> int:
     """Train (or resume) and evaluate; returns 0. User errors raise MurakitError (exit 2)."""
     from murakit.errors import MurakitError
-    from murakit.prepared import load_prepared
+    from murakit.data.prepared import load_prepared
 
     prep = load_prepared(args.run)
     _check_args(args, prep.config.size)

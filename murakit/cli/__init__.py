@@ -1,6 +1,6 @@
 """The ``murakit`` command line: one subcommand per pipeline stage.
 
-Each subcommand lives in ``murakit/cmd_<name>.py`` with ``add_arguments(parser)`` and
+Each subcommand lives in ``murakit/cli/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``. Those modules import TensorFlow & co. inside ``run``, so building the
 parser (and ``murakit synth --help``) stays fast.
 """
@@ -16,18 +16,18 @@ from murakit import __version__
 
 # (command, module, help). "train" has its own sub-subcommands below.
 COMMANDS = [
-    ("synth", "murakit.cmd_synth", "write a synthetic MURA-v1.1-shaped data set"),
-    ("prepare", "murakit.cmd_prepare", "preprocess every image once into the run's cache"),
-    ("explore", "murakit.cmd_explore", "audit a data set: counts, sizes, exposure, inversion"),
-    ("explain", "murakit.cmd_explain", "write CAM / Grad-CAM overlays for images"),
-    ("export", "murakit.cmd_export", "convert models to ONNX, quantise, record golden outputs"),
-    ("verify", "murakit.cmd_verify", "check exported models against golden outputs and Keras"),
-    ("bench", "murakit.cmd_bench", "benchmark all models of a run and write the report"),
-    ("demo", "murakit.cmd_demo", "run the whole pipeline on the synthetic default"),
+    ("synth", "murakit.cli.synth", "write a synthetic MURA-v1.1-shaped data set"),
+    ("prepare", "murakit.cli.prepare", "preprocess every image once into the run's cache"),
+    ("explore", "murakit.cli.explore", "audit a data set: counts, sizes, exposure, inversion"),
+    ("explain", "murakit.cli.explain", "write CAM / Grad-CAM overlays for images"),
+    ("export", "murakit.cli.export", "convert models to ONNX, quantise, record golden outputs"),
+    ("verify", "murakit.cli.verify", "check exported models against golden outputs and Keras"),
+    ("bench", "murakit.cli.bench", "benchmark all models of a run and write the report"),
+    ("demo", "murakit.cli.demo", "run the whole pipeline on the synthetic default"),
 ]
 TRAIN_COMMANDS = [
-    ("baseline", "murakit.cmd_train_baseline", "train the HOG + SVM baseline"),
-    ("cnn", "murakit.cmd_train_cnn", "train the CNN"),
+    ("baseline", "murakit.cli.train_baseline", "train the HOG + SVM baseline"),
+    ("cnn", "murakit.cli.train_cnn", "train the CNN"),
 ]
 
 

@@ -72,7 +72,7 @@ def assign_splits(records, seed: int = 0, val_fraction: float = 0.1,
     Parameters
     ----------
     records : sequence of ImageRecord
-        From :func:`murakit.mura.index_dataset`.
+        From :func:`murakit.data.mura.index_dataset`.
     seed : int
         Seed of the patient shuffle.
     val_fraction : float

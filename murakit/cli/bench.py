@@ -14,7 +14,7 @@ def add_arguments(p):
 
 def up_to_date(run: Path) -> bool:
     """True when report.json exists and is newer than the cache and every model file."""
-    from murakit.bench import model_files
+    from murakit.evaluation.bench import model_files
     from murakit.stages import is_fresh
 
     inputs = [p for p in model_files(run).values() if p is not None] + [run / "prepared" / "index.csv"]
@@ -22,8 +22,8 @@ def up_to_date(run: Path) -> bool:
 
 
 def run(args) -> int:
-    from murakit.bench import benchmark
-    from murakit.report import write_report
+    from murakit.evaluation.bench import benchmark
+    from murakit.evaluation.report import write_report
 
     run_dir = Path(args.run)
     if not args.force and up_to_date(run_dir):

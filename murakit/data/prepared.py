@@ -532,13 +532,13 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
     Parameters
     ----------
     data : str or Path
-        Data folder (see :func:`murakit.mura.index_dataset`).
+        Data folder (see :func:`murakit.data.mura.index_dataset`).
     run : str or Path
         Run folder; the cache goes to ``RUN/prepared``.
     cfg : PreprocessConfig, optional
         Default ``PreprocessConfig()``.
     seed, val_fraction, test_fraction
-        Passed to :func:`murakit.splits.assign_splits`.
+        Passed to :func:`murakit.data.splits.assign_splits`.
     workers : int, optional
         Processes; default ``os.cpu_count()``. 1 runs in this process.
     progress : bool
@@ -556,8 +556,8 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
     -------
     PrepareResult
     """
-    from murakit.mura import index_dataset
-    from murakit.splits import assign_splits
+    from murakit.data.mura import index_dataset
+    from murakit.data.splits import assign_splits
 
     cfg = cfg if cfg is not None else PreprocessConfig()
     run = Path(run)

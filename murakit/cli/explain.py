@@ -32,7 +32,7 @@ def _load(run: Path):
     try:
         cfg = PreprocessConfig.from_json((cnn / "preprocess.json").read_text())
     except OSError:
-        from murakit.prepared import load_prepared
+        from murakit.data.prepared import load_prepared
 
         cfg = load_prepared(run).config  # training interrupted before evaluation: use the cache's
     try:

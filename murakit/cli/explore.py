@@ -26,7 +26,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from murakit.errors import MurakitError
-    from murakit.explore import explore
+    from murakit.evaluation.explore import explore
 
     if args.max_samples < 1 or args.workers < 1:
         raise MurakitError("--max-samples and --workers must be at least 1")

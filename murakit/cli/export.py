@@ -112,7 +112,7 @@ def _read_json(path: Path, what: str) -> dict:
 def cnn_metadata(run: Path, prep, metrics: dict) -> dict:
     """The ``murakit.*`` metadata of the float CNN."""
     from murakit import __version__
-    from murakit.metrics import json_safe
+    from murakit.evaluation.metrics import json_safe
 
     mcfg = _model_config(run)
     return {"kind": "cnn", "input": "image", "precision": "float32", "preprocess": prep.config.to_json(),
@@ -149,7 +149,7 @@ def export_cnn_float(run: Path, out: Path, prep, golden_x, sources, infos) -> di
 # ---------------------------------------------------------------- INT8
 def study_auroc_fn(prep, positions):
     """score(probs (N,)) -> study-level AUROC over ``positions`` (MURA protocol)."""
-    from murakit.metrics import auroc, study_level
+    from murakit.evaluation.metrics import auroc, study_level
 
     labels, studies = prep.label[positions], prep.study[positions]
 
@@ -237,8 +237,8 @@ def _user_errors() -> tuple:
 
 def run(args) -> int:
     from edge.atomic import write_text
-    from murakit.metrics import json_safe
-    from murakit.prepared import load_prepared
+    from murakit.evaluation.metrics import json_safe
+    from murakit.data.prepared import load_prepared
 
     run_dir, out = Path(args.run), Path(args.run) / "export"
     has_cnn = (run_dir / "cnn" / "best.keras").is_file()

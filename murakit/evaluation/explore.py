@@ -102,7 +102,7 @@ def _stats_from_cache(prep, records, in_cache: dict) -> dict:
 
 def _stats_from_images(records, cfg: PreprocessConfig, workers: int) -> tuple[dict, dict]:
     """Per-image statistics by decoding and preprocessing ``records``; returns (stats, errors)."""
-    from murakit.prepared import INFO_COLUMNS, _run_pool
+    from murakit.data.prepared import INFO_COLUMNS, _run_pool
 
     n = len(records)
     out = {k: np.full(n, np.nan) for k in ("h", "w", "mean", "std", "score")}
@@ -165,7 +165,7 @@ def inversion_accuracy(detected: np.ndarray, truth: np.ndarray, paths) -> dict |
 
 def matching_cache(run, dataset):
     """The run's prepared cache if it was built from exactly ``dataset``, else None."""
-    from murakit.prepared import data_fingerprint, load_prepared
+    from murakit.data.prepared import data_fingerprint, load_prepared
 
     try:
         prep = load_prepared(run)
@@ -343,7 +343,7 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
     Parameters
     ----------
     data : str or Path
-        Data folder (see :func:`murakit.mura.index_dataset`).
+        Data folder (see :func:`murakit.data.mura.index_dataset`).
     run : str or Path
         Run folder; reads ``RUN/prepared`` if it matches, writes ``RUN/explore``.
     seed : int
@@ -363,8 +363,8 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
     import matplotlib
 
     matplotlib.use("Agg")
-    from murakit.mura import index_dataset
-    from murakit.splits import assign_splits
+    from murakit.data.mura import index_dataset
+    from murakit.data.splits import assign_splits
 
     ds = index_dataset(data)
     prep = matching_cache(run, ds)

@@ -56,7 +56,7 @@ def steps(args):
 
 def test_study(run: Path, data: Path) -> Path:
     """The first abnormal study folder of the test split (MURA valid)."""
-    from murakit.prepared import load_prepared
+    from murakit.data.prepared import load_prepared
 
     prep = load_prepared(run)
     test = prep.select("test")

@@ -34,8 +34,8 @@ def run(args) -> int:
     """Index the data, build or resume the cache, print a summary. Returns 0."""
     from edge.preprocess import PreprocessConfig
     from murakit.errors import MurakitError
-    from murakit.mura import index_dataset
-    from murakit.prepared import prepare
+    from murakit.data.mura import index_dataset
+    from murakit.data.prepared import prepare
 
     try:
         cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from murakit.errors import MurakitError
-from murakit.metrics import evaluate, json_safe
+from murakit.evaluation.metrics import evaluate, json_safe
 
 MODEL_NAMES = ("baseline", "cnn", "cnn_onnx", "cnn_onnx_int8")
 ANCHOR = {"auroc": 0.929, "kappa": 0.705, "radiologist_kappa": 0.778}
@@ -125,7 +125,7 @@ def is_synthetic(root) -> bool:
 
 def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, progress=print):
     """Score and time every model of ``run``; returns (report dict, per-model test probabilities)."""
-    from murakit.prepared import load_prepared
+    from murakit.data.prepared import load_prepared
 
     run = Path(run)
     prep = load_prepared(run)

@@ -149,7 +149,7 @@ def _train(prepared, feats, pos: dict, settings: dict, workers: int, log):
     import numpy as np
 
     from baseline import BaselineError, fit_baseline, predict_proba
-    from murakit.metrics import choose_threshold, evaluate, json_safe
+    from murakit.evaluation.metrics import choose_threshold, evaluate, json_safe
 
     tr = pos["train"]
     log(f"fitting on {len(tr)} train images of {len(np.unique(prepared.patient[tr]))} patients "
@@ -192,7 +192,7 @@ def _save(out: Path, prepared, model, feats, pos, probs, metrics, hog_cfg) -> fl
 def run(args) -> int:
     """Train, evaluate and export the baseline; prints a summary. Returns 0."""
     from edge.hog import HogConfig
-    from murakit.prepared import load_prepared
+    from murakit.data.prepared import load_prepared
 
     if args.workers < 1:
         raise _error(f"--workers must be at least 1, got {args.workers}")

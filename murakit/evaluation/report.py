@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.atomic import atomic_path, write_text
-from murakit.bench import ANCHOR, MODEL_NAMES
-from murakit.metrics import study_level
+from murakit.evaluation.bench import ANCHOR, MODEL_NAMES
+from murakit.evaluation.metrics import study_level
 
 LABELS = {"baseline": "HOG + SVM (ONNX)", "cnn": "CNN (Keras)", "cnn_onnx": "CNN (ONNX float)",
           "cnn_onnx_int8": "CNN (ONNX INT8)"}

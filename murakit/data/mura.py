@@ -12,7 +12,7 @@ Three layouts are accepted, tried in this order:
 ``classes``
     ``ROOT/normal/**/*.png`` and ``ROOT/abnormal/**/*.png`` (as the seed's
     ``dataset_preprocessor.py`` wrote them). Each image is its own study and patient, body part
-    ``UNKNOWN``, MURA split ``all``; :func:`murakit.splits.assign_splits` then splits them at
+    ``UNKNOWN``, MURA split ``all``; :func:`murakit.data.splits.assign_splits` then splits them at
     random (seeded) into train / val / test.
 
 Files are parsed leniently (BOM, CRLF, blank lines, missing trailing slash, ``\\`` separators),
