@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     import keras
 
     import deep
-    from murakit.metrics import study_level
-    from murakit.prepared import load_prepared
+    from murakit.data.prepared import load_prepared
+    from murakit.evaluation.metrics import study_level
 
     args = parse(argv)
     prep = load_prepared(args.run)

@@ -52,7 +52,7 @@ def _flip(x, seed, axis):
     return tf.where(flip[:, None, None, None], tf.reverse(x, axis=[axis]), x)
 
 
-def augment_batch(x, seed, aug: AugmentConfig = AugmentConfig()):
+def augment_batch(x, seed, aug: AugmentConfig | None = None):
     """Random flips, rotation, scale, shift, brightness and contrast (see ``AugmentConfig``).
 
     Parameters
@@ -60,12 +60,14 @@ def augment_batch(x, seed, aug: AugmentConfig = AugmentConfig()):
     x : tf.Tensor float32 (B, S, S, 1) in [0, 1]
     seed : tf.Tensor int (2,)
         Stateless seed: the same seed gives the same augmentation.
-    aug : AugmentConfig
+    aug : AugmentConfig, optional
+        Default: ``AugmentConfig()``.
 
     Returns
     -------
     tf.Tensor float32 (B, S, S, 1) in [0, 1]
     """
+    aug = AugmentConfig() if aug is None else aug
     n, size = tf.shape(x)[0], x.shape[1]
     s = tf.random.experimental.stateless_split(seed, 5)
     if aug.hflip:

@@ -270,7 +270,7 @@ def _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg):
 
 
 def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConfig, out_dir,
-          tcfg: TrainConfig = TrainConfig(), *, weights=None, loss_weights=None, val_groups=None,
+          tcfg: TrainConfig | None = None, *, weights=None, loss_weights=None, val_groups=None,
           fingerprint=None, verbose=True, log=None, on_epoch_end=None) -> TrainResult:
     """Train (or resume training) a CNN on a uint8 image cache until converged.
 
@@ -285,6 +285,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
         Rows of ``images`` in each split.
     train_labels, val_labels : 0/1 arrays aligned with the rows
     cfg, tcfg : ModelConfig, TrainConfig
+        ``tcfg`` defaults to ``TrainConfig()`` (train until converged).
     out_dir : path
         Checkpoint folder (see module docstring). An existing run is resumed when its
         settings and ``fingerprint`` match, else DeepError. A larger ``max_epochs`` than
@@ -310,6 +311,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     -------
     TrainResult
     """
+    tcfg = TrainConfig() if tcfg is None else tcfg
     val_y = np.asarray(val_labels)
     val_yg = _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg)
     lw = tuple(loss_weights) if loss_weights is not None else class_weights(train_labels)
@@ -333,7 +335,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     if start:
         log(f"resuming from epoch {start + 1}")
     passes = passes_per_epoch(len(train_rows), tcfg)
-    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw)  # noqa: E731
+    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw)
     for epoch in range(start, tcfg.max_epochs):
         row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, passes, verbose, validate)
         _end_epoch(model, out, state, tcfg, row)
