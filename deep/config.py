@@ -154,7 +154,7 @@ class TrainConfig(_JsonMixin):
     """
 
     max_epochs: int = 100
-    min_steps: int = 100
+    min_steps: int = 50
     batch_size: int = 32
     seed: int = 0
     lr: float = 1e-3

@@ -16,14 +16,34 @@ from pathlib import Path
 
 # Kept here (not imported from deep) so building the CLI parser never imports TensorFlow.
 ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
-DEFAULT_EPOCHS = 7  # ~2-3 min for ~3,000 train images at 128 px on 2 cores (~13-23 s per epoch)
+
+
+def _recipe(t, a) -> str:
+    """The default training recipe, for --help (values from deep.TrainConfig / AugmentConfig)."""
+    return (f"With no flags the CNN trains until converged: each epoch ends with the validation study "
+            f"AUROC; training stops after {t.patience} epochs without a gain (early stopping) and keeps "
+            f"the best epoch; the learning rate ({t.lr:g}, Adam) drops {1 / t.lr_factor:.3g}x after "
+            f"{t.lr_patience} epochs without a gain; --epochs ({t.max_epochs}) is only a cap. An epoch "
+            f"is at least {t.min_steps} steps (small data sets are passed over several times). "
+            f"Augmentation of training images: horizontal flips{', vertical flips' if a.vflip else ''}, "
+            f"rotation up to {a.max_rotation:g} degrees, zoom {1 - a.scale:g}-{1 + a.scale:g}, shift "
+            f"up to {a.shift:.0%} of the side, brightness +-{a.brightness:g}, contrast "
+            f"{1 - a.contrast:g}-{1 + a.contrast:g} (docs/training.md: how these were measured). "
+            f"Interrupt with Ctrl-C and rerun the same command to resume exactly.")
 
 
 def add_arguments(parser) -> None:
     """Add the ``train cnn`` options to ``parser``."""
+    from deep.config import AugmentConfig, TrainConfig  # no TensorFlow import
+
+    t, a = TrainConfig(), AugmentConfig()
+    parser.description = f"{parser.description or 'train the CNN'}. {_recipe(t, a)}"
     parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                        help="maximum epochs; early stopping may end sooner (default: %(default)s)")
+    parser.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None, metavar="N",
+                        help=f"cap on epochs; early stopping normally ends training first "
+                             f"(default: {t.max_epochs})")
+    parser.add_argument("--patience", type=int, default=None, metavar="N",
+                        help=f"early stopping: epochs without a val study AUROC gain (default: {t.patience})")
     parser.add_argument("--arch", choices=ARCH_CHOICES, default="small",
                         help="architecture (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None,
@@ -33,8 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--width", type=int, default=None,
                         help="stem channels of the small arch (default: deep.ModelConfig's, 16)")
     parser.add_argument("--max-rotation", type=float, default=None,
-                        help="largest augmentation rotation in degrees (default: 30, as in the MURA paper)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+                        help=f"largest augmentation rotation in degrees (default: {a.max_rotation:g})")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--batch-size", type=int, default=t.batch_size, help="batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="discard RUN/cnn and train from scratch")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -46,8 +67,8 @@ def _check_args(args, size):
     if args.size is not None and args.size != size:
         raise MurakitError(f"the prepared cache in {args.run} is {size}x{size} px, not {args.size}: "
                            f"rerun murakit prepare DATA --run {args.run} --size {args.size}")
-    if args.epochs < 1 or args.batch_size < 1:
-        raise MurakitError("--epochs and --batch-size must be at least 1")
+    if min(args.epochs or 1, args.patience or 1, args.batch_size) < 1:
+        raise MurakitError("--epochs, --patience and --batch-size must be at least 1")
     if args.max_rotation is not None and not 0 <= args.max_rotation <= 180:
         raise MurakitError(f"--max-rotation must be within 0..180 degrees, got {args.max_rotation}")
 
@@ -109,7 +130,8 @@ def _evaluate(model, prep, pos, res, cfg, out: Path, train_seconds):
     metrics = evaluate(prep.label[te], probs["test"], prep.study[te], prep.part[te], t)
     val = evaluate(prep.label[va], probs["val"], prep.study[va], prep.part[va], t)
     metrics.update(arch=cfg.arch, epochs=len(res.history), best_epoch=res.best_epoch,
-                   stopped_early=res.stopped_early, train_seconds=round(train_seconds, 1),
+                   stopped_early=res.stopped_early, stop_reason=res.stop_reason,
+                   train_seconds=round(train_seconds, 1),
                    val={"study_auroc": val["study"]["auroc"], "image_auroc": val["image"]["auroc"]},
                    model_config=cfg.to_dict())
     pg = _pointing(model, prep, te)
@@ -147,14 +169,15 @@ def _train(args, prep, pos, out):
     import deep
 
     cfg = deep.ModelConfig(arch=args.arch, size=prep.config.size, **_given(width=args.width))
-    tcfg = deep.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            **_given(max_rotation=args.max_rotation))
+    aug = None if args.no_augment else deep.AugmentConfig(**_given(max_rotation=args.max_rotation))
+    tcfg = deep.TrainConfig(batch_size=args.batch_size, seed=args.seed, augment=aug,
+                            **_given(max_epochs=args.epochs, patience=args.patience))
     fingerprint = {"preprocess": prep.config.to_dict(), "data": prep.meta.get("data_fingerprint"),
                    "n_train": len(pos["train"]), "n_val": len(pos["val"])}
     state = deep.read_state(out)
     if state is not None:
         deep.check_resumable(state, cfg, tcfg, fingerprint)
-        if _already_trained(out, state, tcfg.epochs):
+        if _already_trained(out, state, tcfg.max_epochs):
             m = json.loads((out / "metrics.json").read_text())
             print(f"{out}: already trained ({state['epoch']} epochs, test study AUROC "
                   f"{m['study']['auroc']:.4f}); use --force to retrain")
@@ -172,8 +195,8 @@ def _train(args, prep, pos, out):
 
 def run(args) -> int:
     """Train (or resume) and evaluate; returns 0. User errors raise MurakitError (exit 2)."""
-    from murakit.errors import MurakitError
     from murakit.data.prepared import load_prepared
+    from murakit.errors import MurakitError
 
     prep = load_prepared(args.run)
     _check_args(args, prep.config.size)
