@@ -15,13 +15,21 @@ import collections
 import json
 
 
-def replay(curve: list[dict], patience: int, cap: int) -> dict:
-    """Early stopping on val AUROC (ties: lower val loss wins, as in deep.training)."""
+def monitored(curve: list[dict], smooth: int) -> list[float]:
+    """The monitored value per epoch: val AUROC, or its trailing mean over ``smooth`` epochs."""
+    vals = [r["val_auroc"] for r in curve]
+    return [sum(vals[max(0, i - smooth + 1):i + 1]) / len(vals[max(0, i - smooth + 1):i + 1])
+            for i in range(len(vals))]
+
+
+def replay(curve: list[dict], patience: int, cap: int, smooth: int = 1) -> dict:
+    """Early stopping on (smoothed) val AUROC (ties: lower val loss wins, as in deep.training)."""
     best, best_loss, best_i, wait = -1.0, float("inf"), 0, 0
     stop = None
+    mon = monitored(curve, smooth)
     for i, r in enumerate(curve[:cap]):
-        if r["val_auroc"] > best or (r["val_auroc"] == best and r["val_loss"] < best_loss) or i == 0:
-            best, best_loss, best_i, wait = r["val_auroc"], r["val_loss"], i, 0
+        if mon[i] > best or (mon[i] == best and r["val_loss"] < best_loss) or i == 0:
+            best, best_loss, best_i, wait = mon[i], r["val_loss"], i, 0
         else:
             wait += 1
             if wait >= patience:
@@ -39,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("curves", nargs="+")
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--cap", type=int, default=100)
+    p.add_argument("--smooth", type=int, default=1, help="monitor the trailing mean of this many epochs")
     args = p.parse_args(argv)
     curves = collections.defaultdict(list)
     for path in args.curves:
@@ -50,7 +59,7 @@ def main(argv=None) -> int:
     print("recipe     seed stop best  val    test   oracle reason  minutes")
     for (name, seed), curve in sorted(curves.items()):
         curve.sort(key=lambda r: r["epoch"])
-        r = replay(curve, args.patience, args.cap)
+        r = replay(curve, args.patience, args.cap, args.smooth)
         per_recipe[name].append(r)
         print(f"{name:10s} {seed:4d} {r['stop_epoch']:4d} {r['best_epoch']:4d}  {r['val']:.3f}  "
               f"{r['test']:.3f}  {r['oracle']:.3f}  {r['reason']:6s} {r['seconds'] / 60:5.1f}")

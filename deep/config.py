@@ -146,9 +146,13 @@ class TrainConfig(_JsonMixin):
     lr : float
         Initial Adam learning rate.
     patience : int
-        Early stopping: epochs without a validation AUROC gain.
+        Early stopping: epochs without a gain of the monitored validation AUROC.
     lr_patience, lr_factor, min_lr
-        Reduce-on-plateau schedule on the validation AUROC.
+        Reduce-on-plateau schedule on the monitored validation AUROC.
+    smooth : int
+        The monitored value (early stopping, learning-rate plateaus, best epoch) is the mean
+        validation study AUROC of the last ``smooth`` epochs: one lucky epoch on a small
+        validation split does not end training early.
     augment : AugmentConfig or None
         None trains without augmentation.
     """
@@ -162,10 +166,12 @@ class TrainConfig(_JsonMixin):
     lr_patience: int = 4
     lr_factor: float = 0.3
     min_lr: float = 1e-5
+    smooth: int = 3
     augment: AugmentConfig | None = AugmentConfig()
 
     def __post_init__(self):
-        ints = {"max_epochs": 1, "min_steps": 1, "batch_size": 1, "patience": 1, "lr_patience": 1}
+        ints = {"max_epochs": 1, "min_steps": 1, "batch_size": 1, "patience": 1, "lr_patience": 1,
+                "smooth": 1}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:

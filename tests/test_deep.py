@@ -269,16 +269,27 @@ def _schedule(aurocs, **tcfg):
 
 def test_early_stopping_and_plateau_schedule():
     state, lrs = _schedule([0.6, 0.7, 0.8, 0.79, 0.78, 0.8, 0.77, 0.76, 0.75, 0.7, 0.9],
-                           patience=5, lr_patience=2, lr_factor=0.5, max_epochs=50)
+                           patience=5, lr_patience=2, lr_factor=0.5, max_epochs=50, smooth=1)
     assert state["stop_reason"] == "early_stop" and state["epoch"] == 8 and state["best_epoch"] == 3
     assert lrs == pytest.approx([1e-3] * 5 + [5e-4] * 2 + [2.5e-4], rel=1e-6)  # halved after 2 and 4 epochs without a gain
     msg = deep.stop_message(state["stop_reason"], state["epoch"], state["best_epoch"], state["best_auroc"], 5)
-    assert msg.startswith("stopped: early stop at epoch 8") and "best epoch 3 (val AUROC 0.8000)" in msg
+    assert msg.startswith("stopped: early stop at epoch 8") and "best epoch 3 (recent mean val AUROC 0.8000)" in msg
     state, _ = _schedule([0.5, 0.6, 0.7], max_epochs=3)
     assert state["stop_reason"] == "max_epochs" and state["best_epoch"] == 3
     assert "still improving" in deep.stop_message("max_epochs", 3, 3, 0.7)
-    state, _ = _schedule([0.7, 0.7, 0.7], max_epochs=3)  # ties: lower val loss (equal here) -> no gain
+    state, _ = _schedule([0.7, 0.7, 0.7], max_epochs=3, smooth=1)  # ties: lower val loss (equal) -> no gain
     assert state["best_epoch"] == 1 and state["wait"] == 2
+
+
+def test_smoothing_ignores_one_lucky_epoch():
+    """A spike at epoch 3 wins the raw comparison; the 3-epoch mean prefers the later plateau."""
+    aurocs = [0.60, 0.70, 0.90, 0.80, 0.85, 0.87, 0.88, 0.88, 0.88, 0.87, 0.86, 0.86, 0.85]
+    raw, _ = _schedule(aurocs, patience=6, smooth=1)
+    mean, _ = _schedule(aurocs, patience=6, smooth=3)
+    assert raw["best_epoch"] == 3 and raw["stop_reason"] == "early_stop" and raw["epoch"] == 9
+    assert mean["best_epoch"] == 9 and mean["best_auroc"] == pytest.approx(0.88)  # 3 epochs at 0.88
+    rows = mean["history"]
+    assert [r["val_auroc_mean"] for r in rows[:3]] == pytest.approx([0.60, 0.65, 0.7333333], abs=1e-6)
 
 
 # Exact resume means the same ops on the same inputs; on CPU they give the same floats, and the

@@ -21,9 +21,10 @@ ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
 def _recipe(t, a) -> str:
     """The default training recipe, for --help (values from deep.TrainConfig / AugmentConfig)."""
     return (f"With no flags the CNN trains until converged: each epoch ends with the validation study "
-            f"AUROC; training stops after {t.patience} epochs without a gain (early stopping) and keeps "
-            f"the best epoch; the learning rate ({t.lr:g}, Adam) drops {1 / t.lr_factor:.3g}x after "
-            f"{t.lr_patience} epochs without a gain; --epochs ({t.max_epochs}) is only a cap. An epoch "
+            f"AUROC, monitored as its mean over the last {t.smooth} epochs; training stops after "
+            f"{t.patience} epochs without a gain (early stopping) and keeps the best epoch; the "
+            f"learning rate ({t.lr:g}, Adam) drops {1 / t.lr_factor:.3g}x after {t.lr_patience} epochs "
+            f"without a gain; --epochs ({t.max_epochs}) is only a cap. An epoch "
             f"is at least {t.min_steps} steps (small data sets are passed over several times). "
             f"Augmentation of training images: horizontal flips{', vertical flips' if a.vflip else ''}, "
             f"rotation up to {a.max_rotation:g} degrees, zoom {1 - a.scale:g}-{1 + a.scale:g}, shift "
@@ -216,7 +217,7 @@ def run(args) -> int:
     except deep.DeepError as e:
         raise MurakitError(str(e)) from None
     pg = m.get("pointing_game")
-    print(f"best epoch {res.best_epoch}/{len(res.history)} (val study AUROC {res.best_auroc:.4f}); "
+    print(f"best epoch {res.best_epoch}/{len(res.history)} (recent mean val study AUROC {res.best_auroc:.4f}); "
           f"threshold {m['threshold']:.3f}")
     print(f"test: study AUROC {m['study']['auroc']:.4f}, kappa {m['study']['kappa']:.3f}; "
           f"image AUROC {m['image']['auroc']:.4f}" + (f"; pointing game {pg:.3f}" if pg is not None else ""))
