@@ -1,23 +1,19 @@
 """The fitted baseline -> one self-describing ONNX file (no pickle anywhere).
 
 The graph maps HOG features, float32 ``features`` (B, D), to ``probability`` float32 (B, 1)
-= P(abnormal). The device computes the features itself with :mod:`edge.hog`, using the
-``murakit.hog`` and ``murakit.preprocess`` metadata stored in the file, so it needs
-neither scikit-learn nor scikit-image.
+= P(abnormal). The device computes the features itself with :mod:`edge.hog`, using the HOG
+and preprocessing configs of the model card stored in the file, so it needs neither
+scikit-learn nor scikit-image.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from baseline.errors import BaselineError
-from edge.atomic import atomic_path
-from edge.hog import HogConfig
 
-LABELS = ("normal", "abnormal")
 # opset 17 / ai.onnx.ml 3: run by every onnxruntime since 1.11, so older edge devices load it
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 INPUT_NAME, OUTPUT_NAME = "features", "probability"
@@ -50,64 +46,52 @@ def _probability_only(onx):
     return onnx.utils.Extractor(onx).extract_model([INPUT_NAME], [OUTPUT_NAME])
 
 
-def build_onnx(model, hog_cfg: HogConfig, preprocess_cfg, threshold: float, metrics: dict | None = None):
-    """Convert a fitted baseline and attach the ``murakit.*`` metadata.
+def build_onnx(model, card):
+    """Convert a fitted baseline; the card's HOG and preprocessing must give its features.
 
     Parameters
     ----------
     model : sklearn estimator
         From :func:`baseline.fit_baseline` (``n_features_in_`` = D).
-    hog_cfg : HogConfig
-    preprocess_cfg : edge.preprocess.PreprocessConfig
-        Must give images whose HOG has exactly D features.
-    threshold : float
-        Study-level decision threshold in [0, 1].
-    metrics : dict, optional
-        Test metrics (JSON-serialisable), stored as ``murakit.metrics``.
+    card : edge.card.ModelCard
+        ``kind="baseline"``; ``card.hog`` at ``card.preprocess.size`` px must give D features.
 
     Returns
     -------
     onnx.ModelProto
+        Without metadata; :func:`to_onnx` attaches the card.
 
     Raises
     ------
     BaselineError
-        Feature length of the model does not match ``hog_cfg`` at ``preprocess_cfg.size``,
-        or a threshold outside [0, 1].
+        Not a baseline card, or a feature length that does not match the card.
     """
     import onnx
 
-    from edge import __version__
-
+    if card.kind != "baseline" or card.hog is None:
+        raise BaselineError(f"a baseline needs a baseline model card, got kind {card.kind!r}")
     d = int(model.n_features_in_)
-    expected = hog_cfg.feature_dim(preprocess_cfg.size)
+    expected = card.hog.feature_dim(card.preprocess.size)
     if d != expected:
-        raise BaselineError(f"model takes {d} features but HOG {hog_cfg.to_json()} at "
-                            f"{preprocess_cfg.size} px gives {expected}")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise BaselineError(f"threshold must be in [0, 1], got {threshold}")
+        raise BaselineError(f"model takes {d} features but HOG {card.hog.to_json()} at "
+                            f"{card.preprocess.size} px gives {expected}")
     onx = _probability_only(_convert(model, d))
     onx.doc_string = "murakit HOG + linear SVM baseline: HOG features -> P(abnormal)"
-    meta = {"kind": "baseline", "input": "hog", "hog": hog_cfg.to_json(),
-            "preprocess": preprocess_cfg.to_json(), "threshold": json.dumps(float(threshold)),
-            "labels": json.dumps(list(LABELS)), "metrics": json.dumps(metrics or {}, sort_keys=True),
-            "version": __version__}
-    for key, value in meta.items():
-        onx.metadata_props.add(key=f"murakit.{key}", value=value)
     onnx.checker.check_model(onx)
     return onx
 
 
-def to_onnx(model, hog_cfg: HogConfig, preprocess_cfg, threshold: float, metrics: dict | None,
-            path) -> Path:
-    """Write :func:`build_onnx`'s model to ``path`` atomically; returns ``path``."""
-    import onnx
+def to_onnx(model, card, path):
+    """Write :func:`build_onnx`'s model with ``card`` attached to ``path`` atomically.
 
-    onx = build_onnx(model, hog_cfg, preprocess_cfg, threshold, metrics)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        onnx.save(onx, str(tmp))
-    return path
+    Returns
+    -------
+    edge.card.ModelCard
+        The card as written (``weights_sha256`` = this file's graph hash).
+    """
+    from edge.card import save_onnx
+
+    return save_onnx(build_onnx(model, card), card, Path(path))
 
 
 def onnx_probabilities(path_or_bytes, features) -> np.ndarray:

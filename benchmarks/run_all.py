@@ -20,6 +20,7 @@ def main() -> int:
     jobs = [
         ["bench_synth.py"],
         ["bench_prepare.py"],
+        ["bench_dicom.py"],
         ["bench_baseline.py"],
         ["bench_cnn.py"],
         ["bench_export.py", *run_args],

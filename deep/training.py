@@ -43,6 +43,7 @@ from deep.data import make_dataset
 from deep.errors import DeepError
 from deep.model import build_model, load_model
 from edge.atomic import write_text
+from edge.metrics import auroc
 
 HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auroc", "val_auroc_mean", "lr", "seconds")
 STOP_REASONS = ("early_stop", "max_epochs")
@@ -77,18 +78,6 @@ def stop_message(reason, epochs, best_epoch, best_auroc, patience=None) -> str:
             if epochs - best_epoch < 2 else ""
         return f"stopped: epoch cap reached ({epochs} epochs); {best}{note}"
     return f"unfinished after {epochs} epochs; {best}"
-
-
-def auroc(y, p) -> float:
-    """Area under the ROC curve (ties get average ranks); NaN when y has a single class."""
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(p, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def group_mean(values, groups):

@@ -33,13 +33,19 @@ def build_predict_parser() -> argparse.ArgumentParser:
                     "A directory argument is a study: its views' probabilities are averaged.",
         epilog=f"Model: --model, else ${MODEL_ENV}, else {DEFAULT_MODEL} (relative to the current "
                "folder). Exit codes: 0 all inputs scored, 1 some inputs failed, 2 unusable model.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (.png/.jpg) or study folders")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE",
+                   help="image files (.png/.jpg, DICOM with the dicom extra) or study folders "
+                        "(DICOM views are grouped into studies by StudyInstanceUID)")
     p.add_argument("--model", help="exported .onnx model (CNN float/INT8 or baseline)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per input and line: path, type, probability, label, threshold, "
-                        "preprocess_ms, inference_ms (studies add n_views and views)")
+                        "preprocess_ms, inference_ms (studies add n_views and views; DICOM adds study_uid, "
+                        "sop_uid and part)")
     p.add_argument("--cam", metavar="DIR", help="write CAM heatmap overlays (CNN models) into DIR")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--strict-part", action="store_true",
+                   help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
+                        "(default: score them with a warning)")
     return p
 
 
@@ -68,13 +74,37 @@ def _text_line(pred, indent: str = "") -> str:
             f"preprocess {pred.preprocess_ms:.1f} ms  inference {pred.inference_ms:.1f} ms")
 
 
-def _score(predictor, src: str, want_cam: bool):
-    """Predict an image or a study; returns (result, [image predictions])."""
-    if Path(src).is_dir():
-        study = predictor.predict_study(src, cam=want_cam)
-        return study, study.views
-    pred = predictor.predict(src, cam=want_cam)
-    return pred, [pred]
+def _jobs(predictor, src: str, want_cam: bool, prog: str) -> list:
+    """One job per result: an image, or each study of a folder (DICOM views grouped by
+    StudyInstanceUID). A job returns (result, [image predictions])."""
+    from edge.predictor import study_groups
+
+    def image():
+        pred = predictor.predict(src, cam=want_cam)
+        return pred, [pred]
+
+    def study(group):
+        result = predictor.predict_group(group, cam=want_cam)
+        return result, result.views
+
+    if not Path(src).is_dir():
+        return [image]
+    groups = study_groups(src)
+    for path, reason in groups[0].skipped:
+        print(f"{prog}: note: {path}: skipped ({reason})", file=sys.stderr)
+    return [lambda g=g: study(g) for g in groups]
+
+
+def _check_parts(result, views, strict: bool, prog: str) -> None:
+    """Warn (or, with --strict-part, refuse) when a DICOM view is not an upper-extremity radiograph."""
+    from edge.dicom import part_warning
+
+    for v in views:
+        why = part_warning(v.dicom)
+        if why and strict and v.dicom.body_part is not None and v.dicom.part is None:
+            raise EdgeError(f"{v.path}: {why}; refused (--strict-part)")
+        if why:
+            print(f"{prog}: warning: {v.path}: {why}; the model was not trained on it", file=sys.stderr)
 
 
 def _report(result, views, as_json: bool, cam_paths: list) -> None:
@@ -87,7 +117,8 @@ def _report(result, views, as_json: bool, cam_paths: list) -> None:
     if isinstance(result, StudyPrediction):
         for v in views:
             print(_text_line(v, "  "))
-        print(f"{result.path} (study, {len(views)} views, mean): {result.label}  p={result.probability:.4f}  "
+        uid = f" [study {result.study_uid}]" if result.study_uid else ""
+        print(f"{result.path}{uid} (study, {len(views)} views, mean): {result.label}  p={result.probability:.4f}  "
               f"threshold={result.threshold:.4f}  preprocess {result.preprocess_ms:.1f} ms  "
               f"inference {result.inference_ms:.1f} ms")
     else:
@@ -114,18 +145,26 @@ def predict_main(argv=None) -> int:
     failed, n_cam = 0, 0
     for src in args.inputs:
         try:
-            result, views = _score(predictor, src, want_cam)
-            cams = []
-            for v in views if want_cam else []:
-                cams.append(_write_cam(Path(args.cam), n_cam, v))
-                n_cam += 1
-            _report(result, views, args.json, cams)
+            jobs = _jobs(predictor, src, want_cam, prog)
         except EdgeError as e:
             failed += 1
             _err(prog, str(e))
-        except Exception as e:  # noqa: BLE001  a device must keep going over the other inputs
-            failed += 1
-            _err(prog, f"{src}: unexpected failure ({type(e).__name__}: {e})")
+            continue
+        for job in jobs:
+            try:
+                result, views = job()
+                _check_parts(result, views, args.strict_part, prog)
+                cams = []
+                for v in views if want_cam else []:
+                    cams.append(_write_cam(Path(args.cam), n_cam, v))
+                    n_cam += 1
+                _report(result, views, args.json, cams)
+            except EdgeError as e:
+                failed += 1
+                _err(prog, str(e))
+            except Exception as e:  # noqa: BLE001  a device must keep going over the other inputs
+                failed += 1
+                _err(prog, f"{src}: unexpected failure ({type(e).__name__})")
     return 1 if failed else 0
 
 

@@ -11,3 +11,13 @@ class ImageError(EdgeError):
 
 class ModelError(EdgeError):
     """A model file that is not ONNX, is truncated, or lacks murakit metadata."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (or its type name), at most ``limit`` chars.
+
+    Library exceptions often carry multi-line messages or whole tracebacks; a user sees one line.
+    """
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else type(error).__name__
+    return line[:limit]

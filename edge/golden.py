@@ -1,196 +1,47 @@
-"""Golden outputs in the ONNX test-data layout, read and checked without the ``onnx`` package.
+"""Golden sets: the outputs a model gave in the lab, checked again on a device.
 
 A golden set proves that a model file still gives the outputs it gave in the lab::
 
-    golden/<model stem>/manifest.json
-    golden/<model stem>/test_data_set_N/source.png    the original image
+    golden/<model stem>/manifest.json                 the model's card, tolerances, cases
+    golden/<model stem>/test_data_set_N/source.png    the original image (source.dcm for DICOM)
     golden/<model stem>/test_data_set_N/input_0.pb    the model input (TensorProto)
     golden/<model stem>/test_data_set_N/output_K.pb   the reference outputs (TensorProto)
 
-The edge cannot import ``onnx`` and onnxruntime does not parse TensorProto files, so this module
-reads and writes the few TensorProto fields the layout needs (dims, data_type, name, raw_data;
-float_data/int32_data/int64_data are also read). The protobuf wire format is small: every field
-is a varint key ``(field_number << 3) | wire_type`` followed by a varint or a length-prefixed
-payload. The writer emits fields in field-number order, exactly as ``onnx.numpy_helper`` does,
-so its bytes are identical (a test checks this).
+Tensors are read and written by :mod:`edge.protobuf` (the edge has no ``onnx`` package).
 
 Verification runs each case twice: "runtime" feeds the recorded ``input_0.pb`` to the model
-(isolates the runtime / hardware), "pipeline" starts from ``source.png`` and goes through the
-edge preprocessing (catches preprocessing drift). Both must match the recorded outputs within
-the manifest's per-output absolute tolerances.
+(isolates the runtime / hardware), "pipeline" starts from the source image and goes through
+the edge preprocessing (catches preprocessing drift). Both must match the recorded outputs
+within the tolerances of :func:`tolerances_for`. The manifest must record the model's own card
+and exactly those tolerances: a golden set of another model, or a manifest edited to loosen a
+tolerance, is refused. A case whose source image is missing fails (it is not skipped).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.protobuf import sha256_file, tensor_from_bytes, tensor_to_bytes
 
 MANIFEST = "manifest.json"
 SOURCE = "source.png"
-FORMAT_VERSION = 1
-
-# TensorProto.DataType codes (onnx.proto) <-> numpy dtypes.
-_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 11: np.float64}
-_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
-
+FORMAT_VERSION = 2  # 2: the manifest records the model card; tolerances follow tolerances_for()
+FLOAT_TOLERANCE = 1e-4  # float32 models: max |diff| per output, runtime and pipeline
+INT8_FACTOR, INT8_MARGIN = 2.0, 1e-3
+FLOAT_RULE = "float model: max |diff| <= 1e-4 on every output"
+INT8_RULE = ("INT8 model: per output, 2 x the largest |INT8 - float| seen on these cases at export "
+             "+ 1e-3 (the recorded agreement; a new device may move INT8 rounding by as much as "
+             "quantization moved the float outputs)")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 class GoldenError(EdgeError):
     """A golden folder that is missing, malformed or does not belong to the model."""
-
-
-# ---------------------------------------------------------------- protobuf wire format
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 are ten-byte two's complement on the wire
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int):
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _signed64(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _fields(buf: bytes):
-    """Yield (field_number, wire_type, value) for a serialized message.
-
-    value is an int for varint fields and bytes for length-delimited / fixed fields.
-    """
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos)
-            value = buf[pos:pos + length]
-            if len(value) != length:
-                raise ValueError("truncated field")
-            pos += length
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            value = buf[pos:pos + width]
-            if len(value) != width:
-                raise ValueError("truncated field")
-            pos += width
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        yield number, wire, value
-
-
-def _packed_varints(payload: bytes) -> list:
-    out, pos = [], 0
-    while pos < len(payload):
-        v, pos = _read_varint(payload, pos)
-        out.append(v)
-    return out
-
-
-# ---------------------------------------------------------------- TensorProto
-def tensor_to_bytes(array: np.ndarray, name: str = "") -> bytes:
-    """Serialize an array as an ONNX TensorProto (dims, data_type, name, raw_data).
-
-    Parameters
-    ----------
-    array : ndarray of float32, float64, uint8, int8, int32 or int64, any shape
-    name : str
-        Tensor name (omitted when empty, as onnx does).
-
-    Returns
-    -------
-    bytes
-        Identical to ``onnx.numpy_helper.from_array(array, name).SerializeToString()``.
-    """
-    array = np.asarray(array)
-    code = _CODES.get(array.dtype)
-    if code is None:
-        raise ValueError(f"unsupported tensor dtype {array.dtype}")
-    out = bytearray()
-    for d in array.shape:  # field 1, repeated int64, unpacked (proto2 default)
-        out += b"\x08" + _varint(int(d))
-    out += b"\x10" + _varint(code)  # field 2: data_type
-    if name:
-        raw_name = name.encode("utf-8")
-        out += b"\x42" + _varint(len(raw_name)) + raw_name  # field 8: name
-    raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    out += b"\x4a" + _varint(len(raw)) + raw  # field 9: raw_data
-    return bytes(out)
-
-
-def tensor_from_bytes(buf: bytes):
-    """Parse a serialized TensorProto.
-
-    Returns
-    -------
-    name : str
-    array : ndarray with the tensor's dtype and dims
-
-    Raises
-    ------
-    ValueError
-        Malformed bytes, an unsupported data type, or a size that does not match the dims.
-    """
-    dims, code, name, raw, typed = [], None, "", None, []
-    for number, wire, value in _fields(bytes(buf)):
-        if number == 1:
-            dims += _packed_varints(value) if wire == 2 else [value]
-        elif number == 2:
-            code = value
-        elif number == 8:
-            name = value.decode("utf-8")
-        elif number == 9:
-            raw = value
-        elif number in (4, 5, 7):  # float_data / int32_data / int64_data
-            typed.append((number, wire, value))
-        elif number == 14 and value == 1:  # data_location EXTERNAL
-            raise ValueError("tensors with external data are not supported")
-    if code not in _DTYPES:
-        raise ValueError(f"unsupported TensorProto data_type {code}")
-    dtype = np.dtype(_DTYPES[code])
-    dims = [_signed64(d) for d in dims]
-    data = _decode_data(raw, typed, dtype)
-    if data.size != int(np.prod(dims, dtype=np.int64)):
-        raise ValueError(f"tensor {name!r}: {data.size} values for dims {dims}")
-    return name, data.reshape(dims)
-
-
-def _decode_data(raw, typed, dtype: np.dtype) -> np.ndarray:
-    if raw is not None:
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
-    values = []
-    for number, wire, value in typed:
-        if number == 4:  # float_data: packed fixed32, or one fixed32 per field
-            values += np.frombuffer(value, dtype="<f4").tolist()
-        else:  # int32_data / int64_data: varints, negatives sign-extended to 64 bits
-            values += [_signed64(v) for v in (_packed_varints(value) if wire == 2 else [value])]
-    return np.asarray(values, dtype=dtype)
 
 
 def save_tensor(path, array: np.ndarray, name: str = "") -> None:
@@ -210,15 +61,6 @@ def load_tensor(path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- golden folders
-def sha256_file(path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_golden_dir(model_path) -> Path:
     """``MODEL_DIR/golden/<stem>``: where export writes a model's golden set."""
     model_path = Path(model_path)
@@ -236,21 +78,69 @@ class GoldenCase:
     info: dict = field(default_factory=dict)
 
 
+def tolerances_for(card, output_names) -> dict:
+    """The tolerance murakit sets for each output of a model with this card.
+
+    float32: :data:`FLOAT_TOLERANCE`. int8: ``2 x agreement + 1e-3`` per output, where the
+    agreement (largest |INT8 - float| on the golden cases at export) is recorded in the
+    INT8 file's own card, ``metrics["golden_agreement"]``.
+    """
+    if card.precision == "float32":
+        return {n: FLOAT_TOLERANCE for n in output_names}
+    agreement = card.metrics.get("golden_agreement")
+    if not isinstance(agreement, dict) or set(agreement) != set(output_names):
+        raise GoldenError("the INT8 model's card lacks its golden agreement (metrics.golden_agreement); "
+                          "re-export it with `murakit export`")
+    return {n: INT8_FACTOR * float(agreement[n]) + INT8_MARGIN for n in output_names}
+
+
+def _manifest_error(path, what: str) -> GoldenError:
+    return GoldenError(f"{path}: malformed golden manifest ({what})")
+
+
+def _check_manifest(manifest, path) -> dict:
+    """Types and shape of a manifest; GoldenError naming the first problem."""
+    if not isinstance(manifest, dict):
+        raise _manifest_error(path, f"a JSON object expected, got {type(manifest).__name__}")
+    for key, kind in (("model_sha256", str), ("output_names", list), ("tolerances", dict), ("cases", list),
+                      ("card", dict), ("input_name", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise _manifest_error(path, f"{key!r} missing or not a {kind.__name__}")
+    names = manifest["output_names"]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise _manifest_error(path, "output_names must be a list of names")
+    for n in names:
+        t = manifest["tolerances"].get(n)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise _manifest_error(path, f"tolerance of {n!r} missing or not a finite number >= 0")
+    if not manifest["cases"]:
+        raise _manifest_error(path, "no cases")
+    for i, case in enumerate(manifest["cases"]):
+        if not isinstance(case, dict) or not isinstance(case.get("dir"), str) or not _SAFE_NAME.fullmatch(case["dir"]):
+            raise _manifest_error(path, f"case {i} has no valid 'dir'")
+        src = case.get("source_file", SOURCE)
+        if not isinstance(src, str) or not _SAFE_NAME.fullmatch(src):
+            raise _manifest_error(path, f"case {i} has an invalid 'source_file'")
+    return manifest
+
+
 def read_manifest(golden_dir) -> dict:
-    """Load ``manifest.json`` of a golden folder (GoldenError when missing or malformed)."""
+    """Load and check ``manifest.json`` of a golden folder (GoldenError when missing or malformed)."""
+    from edge.config import parse_json
+
     path = Path(golden_dir) / MANIFEST
     if not Path(golden_dir).is_dir():
         raise GoldenError(f"{golden_dir}: no golden folder here")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_bytes(), str(path))
     except FileNotFoundError:
         raise GoldenError(f"{golden_dir}: not a golden folder (no {MANIFEST})") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         raise GoldenError(f"{path}: unreadable manifest ({e})") from None
-    for key in ("model_sha256", "output_names", "tolerances", "cases"):
-        if key not in manifest:
-            raise GoldenError(f"{path}: manifest lacks {key!r}")
-    return manifest
+    if isinstance(manifest, dict) and manifest.get("format") != FORMAT_VERSION:
+        raise GoldenError(f"{path}: golden format {manifest.get('format')!r}, this murakit reads "
+                          f"{FORMAT_VERSION}; re-export the model with `murakit export`")
+    return _check_manifest(manifest, path)
 
 
 def read_golden(golden_dir):
@@ -259,7 +149,8 @@ def read_golden(golden_dir):
     Returns
     -------
     manifest : dict
-    cases : list of GoldenCase, in manifest order
+    cases : list of GoldenCase, in manifest order (``source`` is the expected source path,
+        which may not exist: verification then fails that case)
     """
     golden_dir = Path(golden_dir)
     manifest = read_manifest(golden_dir)
@@ -270,7 +161,7 @@ def read_golden(golden_dir):
             raise GoldenError(f"{d}: case folder listed in the manifest is missing")
         outputs = {n: load_tensor(d / f"output_{k}.pb") for k, n in enumerate(manifest["output_names"])}
         src = d / entry.get("source_file", SOURCE)
-        cases.append(GoldenCase(d, load_tensor(d / "input_0.pb"), outputs, src if src.exists() else None, entry))
+        cases.append(GoldenCase(d, load_tensor(d / "input_0.pb"), outputs, src, entry))
     return manifest, cases
 
 
@@ -307,6 +198,7 @@ class CaseResult:
     runtime: dict
     pipeline: dict | None
     passed: bool
+    note: str = ""
 
 
 @dataclass
@@ -333,7 +225,8 @@ class VerifyReport:
         return out
 
 
-def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+def max_abs_diff(a, b) -> float:
+    """Largest |a - b| in float64; ``inf`` when the shapes differ, 0 for empty arrays."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         return float("inf")
@@ -345,19 +238,43 @@ def _within(diffs: dict, tolerances: dict) -> bool:
 
 
 def check_matches_model(manifest: dict, predictor, model_path) -> None:
-    """Refuse a golden folder recorded for another model (hash, input and output names)."""
+    """Refuse a golden folder recorded for another model, or with edited tolerances."""
+    from edge.card import ModelCard
+    from edge.errors import ModelError
+
     digest = sha256_file(model_path)
     if manifest["model_sha256"] != digest:
         raise GoldenError(
             f"golden set was recorded for another model file "
-            f"(manifest {manifest.get('model', '?')} sha256 {manifest['model_sha256'][:12]}..., "
+            f"(manifest {manifest.get('model', '?')} sha256 {str(manifest['model_sha256'])[:12]}..., "
             f"this model {digest[:12]}...)")
+    try:
+        card = ModelCard.from_dict(manifest["card"])
+    except ModelError as e:
+        raise GoldenError(f"golden manifest: {e}") from None
+    if card != predictor.card:
+        diff = sorted(k for k, v in card.to_dict().items() if predictor.card.to_dict()[k] != v)
+        raise GoldenError(f"golden set records another model card (differs in {', '.join(diff)})")
     if list(manifest["output_names"]) != list(predictor.output_names):
         raise GoldenError(f"golden outputs {manifest['output_names']} do not match the model's "
                           f"{predictor.output_names}")
-    if manifest.get("input_name", predictor.input_name) != predictor.input_name:
+    if manifest["input_name"] != predictor.input_name:
         raise GoldenError(f"golden input {manifest['input_name']!r} does not match the model's "
                           f"{predictor.input_name!r}")
+    want = tolerances_for(predictor.card, predictor.output_names)
+    got = {k: float(manifest["tolerances"][k]) for k in predictor.output_names}
+    if any(not math.isclose(got[k], want[k], rel_tol=1e-9, abs_tol=0.0) for k in want):
+        raise GoldenError(f"golden manifest tolerances {got} are not murakit's {want} (edited?)")
+
+
+def _check_input_shape(case: GoldenCase, predictor) -> None:
+    """A recorded input the model cannot take makes the golden folder unusable (exit 2)."""
+    expected = predictor.session.get_inputs()[0].shape
+    got = case.input.shape
+    ok = len(got) == len(expected) and got[0] >= 1 and all(
+        not isinstance(e, int) or e == g for e, g in zip(expected[1:], got[1:]))
+    if not ok:
+        raise GoldenError(f"{case.directory / 'input_0.pb'}: input of shape {list(got)}, the model takes {expected}")
 
 
 def verify_golden(predictor, golden_dir=None) -> VerifyReport:
@@ -372,32 +289,64 @@ def verify_golden(predictor, golden_dir=None) -> VerifyReport:
     Returns
     -------
     VerifyReport
-        ``passed`` is False when any output of any case exceeds its tolerance.
+        ``passed`` is False when any output of any case exceeds its tolerance, or a case's
+        source image is missing.
 
     Raises
     ------
     GoldenError
-        Missing / malformed folder, or a folder recorded for another model.
+        Missing / malformed folder, a folder recorded for another model or with tolerances
+        other than murakit's, or recorded inputs the model cannot take.
     """
     golden_dir = Path(golden_dir) if golden_dir else default_golden_dir(predictor.model_path)
     manifest, cases = read_golden(golden_dir)
     check_matches_model(manifest, predictor, predictor.model_path)
-    tol = {k: float(v) for k, v in manifest["tolerances"].items()}
-    results = [_verify_case(predictor, c, tol) for c in cases]
-    return VerifyReport(str(predictor.model_path), str(golden_dir), tol, results)
+    tol = {k: float(manifest["tolerances"][k]) for k in predictor.output_names}
+    for c in cases:
+        _check_input_shape(c, predictor)
+    readable = [_readable(c.source) for c in cases]
+    results = [_verify_case(predictor, c, tol, ok) for c, ok in zip(cases, readable)]
+    notes = []
+    if not all(readable):
+        from edge.dicom import EXTRA_HINT
+
+        notes.append(f"{readable.count(False)} DICOM source(s): pipeline check skipped, runtime checked "
+                     f"(reading DICOM needs the dicom extra: {EXTRA_HINT})")
+    return VerifyReport(str(predictor.model_path), str(golden_dir), tol, results, notes)
 
 
-def _verify_case(predictor, case: GoldenCase, tol: dict) -> CaseResult:
-    got = predictor.run(case.input)
-    runtime = {k: _max_diff(got[k], v) for k, v in case.outputs.items()}
-    input_diff = pipeline = None
-    if case.source is not None:
-        x = predictor.model_input(predictor.preprocess(case.source))
-        input_diff = _max_diff(x, case.input)
-        got = predictor.run(x)
-        pipeline = {k: _max_diff(got[k], v) for k, v in case.outputs.items()}
-    passed = _within(runtime, tol) and (pipeline is None or _within(pipeline, tol))
-    return CaseResult(case.directory.name, input_diff, runtime, pipeline, passed)
+def _readable(source) -> bool:
+    """False for a DICOM source when pydicom (the dicom extra) is not installed."""
+    import importlib.util
+
+    from edge.dicom import is_dicom_file
+
+    return source is None or not source.is_file() or not is_dicom_file(source) \
+        or importlib.util.find_spec("pydicom") is not None
+
+
+def _verify_case(predictor, case: GoldenCase, tol: dict, readable: bool = True) -> CaseResult:
+    """Runtime check always; pipeline check from the source image (a missing source fails)."""
+    from edge.errors import EdgeError, first_line
+
+    try:
+        got = predictor.run(case.input)
+    except Exception as e:  # noqa: BLE001  the runtime rejected a recorded input
+        raise GoldenError(f"{case.directory.name}: the model cannot run the recorded input ({first_line(e)})") from None
+    runtime = {k: max_abs_diff(got[k], v) for k, v in case.outputs.items()}
+    input_diff, pipeline, note = None, None, ""
+    if case.source is None or not case.source.is_file():
+        note = f"source image {case.source.name if case.source else SOURCE} is missing"
+    elif readable:
+        try:
+            x = predictor.model_input(predictor.preprocess(case.source))
+            input_diff = max_abs_diff(x, case.input)
+            got = predictor.run(x)
+            pipeline = {k: max_abs_diff(got[k], v) for k, v in case.outputs.items()}
+        except EdgeError as e:
+            note = f"source image unusable ({first_line(e)})"
+    passed = not note and _within(runtime, tol) and (pipeline is None or _within(pipeline, tol))
+    return CaseResult(case.directory.name, input_diff, runtime, pipeline, passed, note)
 
 
 def format_report(report: VerifyReport) -> str:
@@ -408,11 +357,13 @@ def format_report(report: VerifyReport) -> str:
     for c in report.cases:
         fmt = lambda v: "-" if v is None else f"{v:.2e}"
         rows.append([c.name, fmt(c.input_diff)] + [fmt(c.runtime.get(n)) for n in names]
-                    + [fmt((c.pipeline or {}).get(n)) for n in names] + ["yes" if c.passed else "DRIFT"])
+                    + [fmt((c.pipeline or {}).get(n)) for n in names]
+                    + ["yes" if c.passed else f"FAIL: {c.note}" if c.note else "DRIFT"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     tol = ", ".join(f"{k} <= {v:g}" for k, v in report.tolerances.items())
     verdict = "PASS" if report.passed else "FAIL"
+    lines += [f"note: {n}" for n in report.notes]
     lines.append(f"{verdict}: {sum(c.passed for c in report.cases)}/{len(report.cases)} cases within "
                  f"tolerance (max |diff|: {tol})")
     return "\n".join(lines)

@@ -20,11 +20,11 @@ The only difference is rounding: scikit-image sums each cell in float32, we in f
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from edge.config import JsonConfig
 from edge.errors import ImageError
 
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
@@ -32,16 +32,23 @@ _EPS = 1e-5  # scikit-image's block-normalisation epsilon
 _CHUNK = 64  # images per vectorised step: keeps temporaries in cache
 
 
+MAX_CELL = 512  # pixels per cell side; larger than any model input murakit makes
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _pair(v, name: str) -> tuple[int, int]:
     """``8`` or ``(8, 8)`` or ``[8, 8]`` -> ``(8, 8)``; positive ints only."""
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(p, (int, np.integer)) and p >= 1 for p in pair):
+    pair = (v, v) if _is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    if len(pair) != 2 or not all(_is_int(p) and 1 <= p <= MAX_CELL for p in pair):
         raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
     return int(pair[0]), int(pair[1])
 
 
 @dataclass(frozen=True)
-class HogConfig:
+class HogConfig(JsonConfig):
     """Parameters of :func:`hog`; written into the baseline model's metadata.
 
     Attributes
@@ -62,13 +69,13 @@ class HogConfig:
     block_norm: str = "L2-Hys"
 
     def __post_init__(self):
-        if not (isinstance(self.orientations, (int, np.integer)) and 1 <= self.orientations <= 180):
+        if not (_is_int(self.orientations) and 1 <= self.orientations <= 180):
             raise ValueError(f"orientations must be an int in [1, 180], got {self.orientations!r}")
         # frozen: normalise the pairs through object.__setattr__
         object.__setattr__(self, "orientations", int(self.orientations))
         object.__setattr__(self, "pixels_per_cell", _pair(self.pixels_per_cell, "pixels_per_cell"))
         object.__setattr__(self, "cells_per_block", _pair(self.cells_per_block, "cells_per_block"))
-        if self.block_norm not in BLOCK_NORMS:
+        if not isinstance(self.block_norm, str) or self.block_norm not in BLOCK_NORMS:
             raise ValueError(f"block_norm must be one of {BLOCK_NORMS}, got {self.block_norm!r}")
 
     def grid(self, shape) -> tuple[int, int, int, int]:
@@ -98,25 +105,10 @@ class HogConfig:
         return nbr * nbc * br * bc * self.orientations
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = super().to_dict()
         d["pixels_per_cell"] = list(self.pixels_per_cell)
         d["cells_per_block"] = list(self.cells_per_block)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> HogConfig:
-        """Build from a dict; unknown keys are an error (a model from a newer murakit)."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown HOG parameters: {sorted(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> HogConfig:
-        return cls.from_dict(json.loads(s))
 
 
 def _bin_edges(n: int) -> np.ndarray:

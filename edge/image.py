@@ -154,14 +154,17 @@ def _scale(arr: np.ndarray, name: str) -> np.ndarray:
     raise ImageError(f"{name}: unsupported pixel type {arr.dtype}")
 
 
-def load_image(src) -> np.ndarray:
+def load_image(src, dicom_voi: str = "window") -> np.ndarray:
     """Load an image into one grey channel.
 
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        A PNG/JPEG file (8- or 16-bit; 1, 3 or 4 channels), its bytes, or a decoded
-        array of shape (H, W) or (H, W, C).
+        A PNG/JPEG file (8- or 16-bit; 1, 3 or 4 channels), a DICOM file (recognised by
+        content; read by :mod:`edge.dicom`), its bytes, or a decoded array of shape (H, W)
+        or (H, W, C).
+    dicom_voi : {"window", "full"}
+        VOI policy for DICOM input (``PreprocessConfig.dicom_voi``); ignored otherwise.
 
     Returns
     -------
@@ -175,13 +178,29 @@ def load_image(src) -> np.ndarray:
     if isinstance(src, np.ndarray):
         return to_grey(src)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return to_grey(decode(bytes(src)), "<bytes>")
+        return _from_bytes(bytes(src), "<bytes>", dicom_voi)
     if isinstance(src, (str, os.PathLike)):
-        return to_grey(decode(read_bytes(src), str(src)), str(src))
+        return _from_bytes(read_bytes(src), str(src), dicom_voi)
     raise ImageError(f"cannot load an image from {type(src).__name__}")
 
 
+def _from_bytes(data: bytes, name: str, dicom_voi: str) -> np.ndarray:
+    from edge.dicom import is_dicom, load_dicom  # imports pydicom only when a DICOM file comes
+
+    if is_dicom(data):
+        return load_dicom(data, name, dicom_voi)
+    return to_grey(decode(data, name), name)
+
+
 def is_image_file(path) -> bool:
-    """True for a visible .png/.jpg/.jpeg file (AppleDouble ``._*`` files are not images)."""
+    """True for a visible .png/.jpg/.jpeg/.dcm file, or any other visible file whose content
+    is DICOM (PACS exports often have no extension, or a UID-like one). AppleDouble ``._*``
+    and other hidden files are never images."""
     p = Path(path)
-    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    if p.name.startswith("."):
+        return False
+    if p.suffix.lower() in IMAGE_SUFFIXES + (".dcm",):
+        return True
+    from edge.dicom import is_dicom_file
+
+    return p.name != "DICOMDIR" and is_dicom_file(p)

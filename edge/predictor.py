@@ -1,35 +1,43 @@
 """Run an exported murakit model with onnxruntime: image file -> probability (+ CAM).
 
-The model file describes itself: its ``metadata_props`` (keys prefixed ``murakit.``) carry the
-preprocessing config, threshold, label names, model kind and input kind. The predictor reads
-them from the model and never falls back to defaults of its own, so the device preprocesses
-exactly as training did.
+The model file describes itself: its model card (:mod:`edge.card`, in ``metadata_props``)
+carries the preprocessing config, threshold, label names, model kind and input kind. The
+predictor reads them from the model and never falls back to defaults of its own, so the device
+preprocesses exactly as training did.
+
+Loading refuses, with one :class:`~edge.errors.ModelError` line, a file that is not ONNX, has no
+valid card, whose graph does not match the hash in its card (a damaged or edited file), or that
+cannot run at all: a warm-up inference on a blank input must give finite probabilities of the
+right shape. At prediction time a non-finite or out-of-range probability is an error for that
+input, never a label.
 
 Supported model kinds:
 
-* ``murakit.input = image`` (the CNN, float or INT8): input float32 (B, S, S, 1) in [0, 1];
+* ``input = image`` (the CNN, float or INT8): input float32 (B, S, S, 1) in [0, 1];
   outputs ``probability`` (B, 1) and, when present, ``cam`` (B, h, w).
-* ``murakit.input = hog`` (the HOG + SVM baseline): the image is preprocessed, turned into
-  HOG features with :mod:`edge.hog` (config in ``murakit.hog``), and the model maps
-  float32 (B, D) features to ``probability``.
+* ``input = hog`` (the HOG + SVM baseline): the image is preprocessed, turned into HOG
+  features with :mod:`edge.hog` (config in the card), and the model maps float32 (B, D)
+  features to ``probability``.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ImageError, ModelError
+from edge.card import ModelCard
+from edge.dicom import DicomInfo, is_dicom_file, read_dicom_info
+from edge.errors import ImageError, ModelError, first_line
 from edge.image import is_image_file
-from edge.preprocess import PreprocessConfig, preprocess, to_model_input
+from edge.preprocess import preprocess, to_model_input
+from edge.protobuf import graph_sha256
 
-PREFIX = "murakit."
-REQUIRED_KEYS = ("kind", "input", "preprocess", "threshold", "labels")
-DEFAULT_LABELS = ("normal", "abnormal")
+MAX_MODEL_BYTES = 2 * 1024 ** 3  # protobuf's own limit for one ONNX file
+MAX_THREADS = 256
 
 
 @dataclass
@@ -44,10 +52,11 @@ class Prediction:
     inference_ms: float
     image: np.ndarray | None = field(default=None, repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
+    dicom: DicomInfo | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "type": "image", "probability": self.probability,
-                "label": self.label, "threshold": self.threshold,
+                "label": self.label, "threshold": self.threshold, **dicom_fields(self.dicom, view=True),
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
 
 
@@ -60,6 +69,13 @@ class StudyPrediction:
     label: str
     threshold: float
     views: list
+    study_uid: str | None = None
+
+    @property
+    def part(self) -> str | None:
+        """The MURA part of the study's DICOM views when they agree, else None."""
+        parts = {v.dicom.part for v in self.views if v.dicom is not None and v.dicom.part}
+        return parts.pop() if len(parts) == 1 else None
 
     @property
     def preprocess_ms(self) -> float:
@@ -70,46 +86,89 @@ class StudyPrediction:
         return sum(v.inference_ms for v in self.views)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "type": "study", "probability": self.probability,
+        ids = {"study_uid": self.study_uid} if self.study_uid else {}
+        ids.update({"part": self.part} if self.part else {})
+        return {"path": self.path, "type": "study", **ids, "probability": self.probability,
                 "label": self.label, "threshold": self.threshold, "n_views": len(self.views),
-                "views": [{"path": v.path, "probability": v.probability} for v in self.views],
+                "views": [{"path": v.path, "probability": v.probability, **dicom_fields(v.dicom, view=True)}
+                          for v in self.views],
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
 
 
-def read_metadata(session) -> dict:
-    """The model's murakit metadata, prefix stripped: {key: str}."""
-    props = session.get_modelmeta().custom_metadata_map
-    return {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+def dicom_fields(info: DicomInfo | None, view: bool) -> dict:
+    """The non-identifying DICOM keys of a JSON result: study_uid, sop_uid (views), part (when it
+    maps to a MURA part). Empty for PNG/JPEG."""
+    if info is None:
+        return {}
+    out = {"study_uid": info.study_uid}
+    if view:
+        out["sop_uid"] = info.sop_uid
+    if info.part:
+        out["part"] = info.part
+    return out
 
 
-def open_session(model_path, threads: int | None = None):
+def read_model_bytes(model_path) -> bytes:
+    """The bytes of a model file, with one-line errors for missing / empty / huge files."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path}: model file is empty")
+    if size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {size:,} bytes is above the {MAX_MODEL_BYTES:,}-byte ONNX limit")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def open_session(model, threads: int | None = None, name: str = "model"):
     """Create an onnxruntime CPU session, turning every load failure into one ModelError line.
 
     Parameters
     ----------
-    model_path : str or Path
+    model : bytes, str or Path
+        The ONNX file's bytes, or its path.
     threads : int, optional
-        intra-op threads (None = onnxruntime's default, all cores).
+        intra-op threads, 1..MAX_THREADS (None = onnxruntime's default, all cores).
+    name : str
+        What to call the model in messages.
     """
     import onnxruntime as ort
 
-    path = Path(model_path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: model file is empty")
+    data = model if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # warnings about unused initializers are noise on a device
     if threads is not None:
-        if threads < 1:
-            raise ModelError(f"--threads must be >= 1, got {threads}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ModelError(f"--threads must be an integer in [1, {MAX_THREADS}], got {threads}")
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(bytes(data), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  onnxruntime raises several private exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        raise ModelError(f"{name}: not a loadable ONNX model ({first_line(e, 200)})") from None
+
+
+def read_card_from_session(session, name: str = "model") -> ModelCard:
+    """The model card in an onnxruntime session's metadata (ModelError when absent/invalid)."""
+    try:
+        return ModelCard.from_props(session.get_modelmeta().custom_metadata_map)
+    except ModelError as e:
+        raise ModelError(f"{name}: {e}") from None
+
+
+def check_weights_hash(data: bytes, card: ModelCard, name: str = "model") -> None:
+    """Refuse a file whose graph is not the one its card was written for."""
+    try:
+        digest = graph_sha256(data)
+    except ValueError as e:
+        raise ModelError(f"{name}: not an ONNX model ({e})") from None
+    if digest != card.weights_sha256:
+        raise ModelError(f"{name}: the model's graph does not match the hash in its card (damaged or "
+                         f"edited file: {digest[:12]}... vs {card.weights_sha256[:12]}...)")
 
 
 class Predictor:
@@ -122,56 +181,54 @@ class Predictor:
     threads : int, optional
         onnxruntime intra-op threads.
 
+    Attributes
+    ----------
+    card : ModelCard
+        The model's card; ``config``, ``threshold``, ``labels``, ``kind``, ``input_kind`` and
+        ``hog`` are its fields.
+
     Raises
     ------
     ModelError
-        Not ONNX, truncated, or missing / malformed murakit metadata.
+        Not ONNX, truncated, damaged (hash), no valid model card, or not runnable.
     """
 
     def __init__(self, model_path, threads: int | None = None):
         self.model_path = Path(model_path)
-        self.session = open_session(self.model_path, threads)
-        self.metadata = read_metadata(self.session)
-        missing = [k for k in REQUIRED_KEYS if k not in self.metadata]
-        if missing:
-            raise ModelError(f"{self.model_path}: not a murakit model (metadata lacks "
-                             f"{', '.join(PREFIX + k for k in missing)}); export it with `murakit export`")
-        self.kind = self.metadata["kind"]
-        self.input_kind = self.metadata["input"]
-        self.config = self._parse("preprocess", PreprocessConfig.from_json)
-        self.threshold = self._parse("threshold", float)
-        self.labels = tuple(self._parse("labels", json.loads))
-        if len(self.labels) != 2:
-            raise ModelError(f"{self.model_path}: murakit.labels must name 2 classes, got {self.labels}")
-        if self.input_kind not in ("image", "hog"):
-            raise ModelError(f"{self.model_path}: unknown murakit.input {self.input_kind!r}")
-        self.hog = self._hog_config() if self.input_kind == "hog" else None
+        name = str(self.model_path)
+        data = read_model_bytes(self.model_path)
+        self.session = open_session(data, threads, name)
+        self.card = read_card_from_session(self.session, name)
+        check_weights_hash(data, self.card, name)
+        self.kind, self.input_kind = self.card.kind, self.card.input
+        self.config, self.threshold = self.card.preprocess, self.card.threshold
+        self.labels, self.hog = self.card.labels, self.card.hog
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "probability" not in self.output_names:
-            raise ModelError(f"{self.model_path}: model has no 'probability' output ({self.output_names})")
-        self._check_input_shape()
-        import cv2  # noqa: F401  (loaded now so the first image's preprocess time is about the image)
+            raise ModelError(f"{name}: model has no 'probability' output ({self.output_names})")
+        self._warm_up(name)
 
-    def _parse(self, key: str, parse):
+    @property
+    def metadata(self) -> dict:
+        """The card as a JSON-able dict (what ``GET /v1/model`` and reports show)."""
+        return self.card.to_dict()
+
+    def _warm_up(self, name: str) -> None:
+        """One inference on a blank image: a model that cannot run fails now, not per image."""
+        if len(self.session.get_inputs()) != 1:
+            raise ModelError(f"{name}: a murakit model has one input, this one has {len(self.session.get_inputs())}")
+        blank = np.zeros((2, self.config.size, self.config.size), np.uint8)  # batch 2: no fixed batch
         try:
-            return parse(self.metadata[key])
-        except (ValueError, TypeError) as e:
-            raise ModelError(f"{self.model_path}: bad murakit.{key} metadata ({e})") from None
-
-    def _hog_config(self):
-        if "hog" not in self.metadata:
-            raise ModelError(f"{self.model_path}: baseline model lacks {PREFIX}hog metadata")
-        from edge.hog import HogConfig
-
-        return self._parse("hog", lambda s: HogConfig.from_dict(json.loads(s)))
-
-    def _check_input_shape(self) -> None:
-        shape = self.session.get_inputs()[0].shape
-        if self.input_kind == "image" and len(shape) == 4 and isinstance(shape[1], int) \
-                and shape[1] != self.config.size:
-            raise ModelError(f"{self.model_path}: model input is {shape[1]} px but its preprocessing "
-                             f"config says {self.config.size} px")
+            out = self.run(self.model_input(blank))
+        except Exception as e:  # noqa: BLE001  shape / type errors of a malformed graph
+            raise ModelError(f"{name}: the model cannot run on {self.config.size} px input "
+                             f"({first_line(e, 160)})") from None
+        p = np.asarray(out["probability"])
+        if p.shape not in ((2, 1), (2,), (2, 2)):
+            raise ModelError(f"{name}: probability output has shape {p.shape}, expected (batch, 1)")
+        if "cam" in out and np.asarray(out["cam"]).ndim != 3:
+            raise ModelError(f"{name}: cam output has shape {np.asarray(out['cam']).shape}, expected (batch, h, w)")
 
     @property
     def has_cam(self) -> bool:
@@ -224,11 +281,12 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.run(x)
         t2 = time.perf_counter()
-        p = float(self.probabilities(out)[0])
+        p = checked_probability(self.probabilities(out)[0], src)
         keep_cam = cam and self.has_cam
         return Prediction(str(src) if not isinstance(src, np.ndarray) else "<array>", p,
                           self.label_for(p), self.threshold, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          u8 if keep_cam else None, out["cam"][0] if keep_cam else None)
+                          u8 if keep_cam else None, out["cam"][0] if keep_cam else None,
+                          dicom_info(src))
 
     def predict_study(self, directory, cam: bool = False) -> StudyPrediction:
         """Score every view in a study folder and average them (MURA protocol).
@@ -239,18 +297,92 @@ class Predictor:
             No images in the folder, or any view unreadable (a partial average would not be
             the protocol's study score; the message names the bad view).
         """
-        views = study_images(directory)
-        preds = [self.predict(v, cam=cam) for v in views]
+        return self.predict_group(StudyGroup(Path(directory), None, study_images(directory)), cam=cam)
+
+    def predict_group(self, group: StudyGroup, cam: bool = False) -> StudyPrediction:
+        """Score the views of one :class:`StudyGroup` and average them (MURA protocol)."""
+        preds = [self.predict(v, cam=cam) for v in group.views]
         p = float(np.mean([v.probability for v in preds]))
-        return StudyPrediction(str(directory), p, self.label_for(p), self.threshold, preds)
+        return StudyPrediction(str(group.directory), p, self.label_for(p), self.threshold, preds, group.study_uid)
+
+
+def valid_probabilities(p: np.ndarray) -> np.ndarray:
+    """bool mask of probabilities a label may be given to: finite and within [0, 1]."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.isfinite(p) & (p >= 0.0) & (p <= 1.0)
+
+
+def checked_probability(p, src) -> float:
+    """``p`` as a float, or a ModelError for this input when it is NaN, infinite or outside [0, 1]."""
+    if not valid_probabilities(p):
+        where = "<array>" if isinstance(src, np.ndarray) else str(src)
+        raise ModelError(f"{where}: the model returned probability {float(p)!r}, not a number in [0, 1] "
+                         "(damaged model?); no label given")
+    return float(p)
 
 
 def study_images(directory) -> list:
-    """Sorted image files (.png/.jpg/.jpeg, not hidden / AppleDouble) directly in a folder."""
+    """Sorted image files directly in a folder: .png/.jpg/.jpeg/.dcm, and DICOM by content
+    (extension-less PACS exports); hidden and AppleDouble ``._*`` files are not images."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ImageError(f"{directory}: not a directory")
     views = sorted(p for p in directory.iterdir() if p.is_file() and is_image_file(p))
     if not views:
-        raise ImageError(f"{directory}: no images (.png, .jpg, .jpeg) in this directory")
+        raise ImageError(f"{directory}: no images (.png, .jpg, .jpeg, DICOM) in this directory")
     return views
+
+
+def dicom_info(src) -> DicomInfo | None:
+    """Non-identifying DICOM facts of an image file (header only), None for anything else."""
+    if not isinstance(src, (str, os.PathLike)) or not is_dicom_file(src):
+        return None
+    return read_dicom_info(src)
+
+
+@dataclass
+class StudyGroup:
+    """The views of one study in a folder.
+
+    ``study_uid`` is the DICOM StudyInstanceUID, None for the folder's PNG/JPEG views (and
+    DICOM views without one), which form the folder's own study. ``skipped`` lists
+    ``(path, reason)`` for DICOM objects in the folder that are not images (SR, KOS, PR, ...).
+    """
+
+    directory: Path
+    study_uid: str | None
+    views: list
+    skipped: list = field(default_factory=list)
+
+
+def study_groups(directory) -> list:
+    """Split a folder's views into studies: DICOM views by StudyInstanceUID, the rest together.
+
+    Returns
+    -------
+    list of StudyGroup
+        The folder's own group first (when it has views), then one per StudyInstanceUID in
+        order of first appearance. Non-image DICOM objects are listed in the first group's
+        ``skipped``.
+
+    Raises
+    ------
+    ImageError
+        Not a folder, no images, a DICOM header pydicom cannot parse, or pydicom missing.
+    """
+    directory = Path(directory)
+    plain, by_uid, skipped = [], {}, []
+    for path in study_images(directory):
+        info = dicom_info(path)
+        if info is not None and (not info.rows or not info.columns):
+            skipped.append((path, f"DICOM {info.sop_class} object, not an image"))
+        elif info is None or info.study_uid is None:
+            plain.append(path)
+        else:
+            by_uid.setdefault(info.study_uid, []).append(path)
+    groups = ([StudyGroup(directory, None, plain)] if plain else []) + \
+        [StudyGroup(directory, uid, views) for uid, views in by_uid.items()]
+    if not groups:
+        raise ImageError(f"{directory}: no images in this directory (only non-image DICOM objects)")
+    groups[0].skipped = skipped
+    return groups

@@ -19,11 +19,12 @@ Steps (each fixes a known problem of the raw radiographs):
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from edge.config import JsonConfig
+from edge.dicom import VOI_POLICIES
 from edge.errors import ImageError
 from edge.image import load_image
 
@@ -31,7 +32,7 @@ INVERT_POLICIES = ("auto", "never", "always")
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(JsonConfig):
     """Parameters of :func:`preprocess`; written into every exported model's metadata.
 
     Attributes
@@ -52,6 +53,11 @@ class PreprocessConfig:
         Canvas value (0-255) around the resized image; 0 is air after correction.
     border : float
         Width of the border band used by the inversion detector, as a fraction of each side.
+    dicom_voi : {"window", "full"}
+        DICOM input only (see :mod:`edge.dicom`): "window" applies the file's own VOI LUT or
+        window (the display rendition a PACS exports as PNG, which is what MURA's PNGs are),
+        falling back to the full range when the file has none; "full" ignores the window and
+        maps the image's min..max to 0..1 (for files whose window is not trusted).
     """
 
     size: int = 128
@@ -63,9 +69,11 @@ class PreprocessConfig:
     clahe_grid: int = 8
     pad_value: int = 0
     border: float = 0.08
+    dicom_voi: str = "window"
 
     def __post_init__(self):
-        if not (isinstance(self.size, int) and 8 <= self.size <= 4096):
+        self.check_types()
+        if not 8 <= self.size <= 4096:
             raise ValueError(f"size must be an integer in [8, 4096], got {self.size!r}")
         if not (0.0 <= self.clip_low < self.clip_high <= 100.0):
             raise ValueError(f"need 0 <= clip_low < clip_high <= 100, got {self.clip_low}, {self.clip_high}")
@@ -75,25 +83,12 @@ class PreprocessConfig:
             raise ValueError(f"pad_value must be in [0, 255], got {self.pad_value}")
         if not 0.0 < self.border < 0.5:
             raise ValueError(f"border must be in (0, 0.5), got {self.border}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PreprocessConfig:
-        """Build from a dict; unknown keys are an error (a model from a newer murakit)."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing parameters: {sorted(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> PreprocessConfig:
-        return cls.from_dict(json.loads(s))
+        if not 0.0 < self.clahe_clip <= 40.0:  # OpenCV needs > 0; beyond ~40 CLAHE is plain equalisation
+            raise ValueError(f"clahe_clip must be in (0, 40], got {self.clahe_clip}")
+        if not 1 <= self.clahe_grid <= 64:  # 0 divides by zero inside OpenCV; huge grids allocate GBs
+            raise ValueError(f"clahe_grid must be an integer in [1, 64], got {self.clahe_grid}")
+        if self.dicom_voi not in VOI_POLICIES:
+            raise ValueError(f"dicom_voi must be one of {VOI_POLICIES}, got {self.dicom_voi!r}")
 
 
 @dataclass(frozen=True)
@@ -186,7 +181,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     """
     import cv2
 
-    grey = load_image(src)
+    grey = load_image(src, dicom_voi=cfg.dicom_voi)
     if min(grey.shape) < 2:
         raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]}, too small to be a radiograph")
     norm, lo, hi = normalise(grey, cfg)

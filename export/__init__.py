@@ -5,6 +5,5 @@ models. ``murakit export`` (``murakit/cli/export.py``) drives it over a run dire
 """
 
 from export.errors import ExportError
-from export.metadata import PREFIX, get_metadata, load_metadata, set_metadata
 
-__all__ = ["PREFIX", "ExportError", "get_metadata", "load_metadata", "set_metadata"]
+__all__ = ["ExportError"]

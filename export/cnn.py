@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge.golden import FLOAT_TOLERANCE, max_abs_diff
 from export.errors import ExportError
 from export.graph import short_names
-from export.metadata import set_metadata
 
 OPSET = 17
-FLOAT_ATOL = 1e-4  # Keras vs onnxruntime, max |diff| on every output
 
 
 def keras_outputs(cam_model, x: np.ndarray, batch_size: int = 32) -> dict:
@@ -126,16 +125,11 @@ def onnx_outputs(model_or_path, x: np.ndarray, batch_size: int = 32, threads: in
 
 def max_diffs(a: dict, b: dict) -> dict:
     """``{name: max |a - b|}`` over the names both dicts share (shape mismatch -> inf)."""
-    out = {}
-    for k in sorted(set(a) & set(b)):
-        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
-        out[k] = float(np.max(np.abs(x - y))) if x.shape == y.shape and x.size else (
-            0.0 if x.shape == y.shape else float("inf"))
-    return out
+    return {k: max_abs_diff(a[k], b[k]) for k in sorted(set(a) & set(b))}
 
 
-def export_cnn(cam_model, size: int, meta: dict, check_x: np.ndarray, atol: float = FLOAT_ATOL):
-    """Convert, annotate, validate and parity-check a CNN.
+def export_cnn(cam_model, size: int, check_x: np.ndarray, atol: float = FLOAT_TOLERANCE):
+    """Convert, validate and parity-check a CNN (the caller attaches its card).
 
     Parameters
     ----------
@@ -143,8 +137,6 @@ def export_cnn(cam_model, size: int, meta: dict, check_x: np.ndarray, atol: floa
         From ``deep.cam_model``.
     size : int
         Input side S.
-    meta : dict
-        ``murakit.*`` metadata (keys without prefix).
     check_x : ndarray float32 (N, S, S, 1)
         Inputs for the Keras-vs-ONNX parity check (the golden inputs).
     atol : float
@@ -153,6 +145,7 @@ def export_cnn(cam_model, size: int, meta: dict, check_x: np.ndarray, atol: floa
     Returns
     -------
     model : onnx.ModelProto
+        Without metadata; see :func:`edge.card.attach_card`.
     parity : dict
         ``{output name: max |keras - onnx|}``.
 
@@ -163,7 +156,7 @@ def export_cnn(cam_model, size: int, meta: dict, check_x: np.ndarray, atol: floa
     """
     import onnx
 
-    model = set_metadata(to_onnx(cam_model, size), meta)
+    model = to_onnx(cam_model, size)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

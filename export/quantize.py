@@ -15,7 +15,6 @@ import numpy as np
 
 from export.errors import ExportError
 from export.graph import short_names
-from export.metadata import get_metadata, set_metadata
 
 MAX_AUROC_DROP = 0.01
 QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu"]
@@ -61,7 +60,7 @@ def quantize_int8(float_path, calib_x: np.ndarray, input_name: str = "image"):
     Returns
     -------
     onnx.ModelProto
-        The INT8 model with the float model's metadata and ``murakit.precision = int8``.
+        The INT8 model, without metadata (the caller attaches the card with precision int8).
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -83,10 +82,9 @@ def quantize_int8(float_path, calib_x: np.ndarray, input_name: str = "image"):
         except Exception as e:  # noqa: BLE001  onnxruntime.quantization raises plain Exceptions
             raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {e}") from None
         model = onnx.load(str(out))
+    del model.metadata_props[:]  # the float file's card; the INT8 file gets its own
     short_names(model)
-    meta = get_metadata(onnx.load(str(float_path), load_external_data=False))
-    meta["precision"] = "int8"
-    return set_metadata(model, meta)
+    return model
 
 
 def int8_gate(float_probs: np.ndarray, int8_probs: np.ndarray, score, max_drop: float = MAX_AUROC_DROP) -> dict:
@@ -120,8 +118,18 @@ def int8_gate(float_probs: np.ndarray, int8_probs: np.ndarray, score, max_drop: 
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0, "n_images": int(f.size)}
 
 
-def int8_metadata(gate: dict) -> dict:
-    """``murakit.*`` entries recording an accepted INT8 model's agreement with float."""
-    return {"int8_auroc_drop": gate["auroc_drop"], "int8_float_auroc": gate["float_auroc"],
-            "int8_auroc": gate["int8_auroc"], "int8_max_abs_diff": gate["max_abs_diff"],
-            "int8_mean_abs_diff": gate["mean_abs_diff"]}
+def int8_metrics(gate: dict, agreement: dict) -> dict:
+    """The INT8 file's card metrics: its validation AUROC, the gate, and its golden agreement.
+
+    Parameters
+    ----------
+    gate : dict
+        From :func:`int8_gate` (accepted).
+    agreement : dict
+        ``{output name: max |INT8 - float|}`` on the golden inputs; the golden tolerances of
+        the INT8 file are derived from it (:func:`edge.golden.tolerances_for`).
+    """
+    keys = ("float_auroc", "int8_auroc", "auroc_drop", "max_auroc_drop", "max_abs_diff", "mean_abs_diff",
+            "n_images")
+    return {"val": {"study_auroc": gate["int8_auroc"]}, "int8_gate": {k: gate[k] for k in keys},
+            "golden_agreement": {k: float(v) for k, v in agreement.items()}}

@@ -8,7 +8,7 @@ the same CAM algebra as ``deep.cam_model``.
 
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -16,25 +16,29 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge.card import ModelCard, save_onnx
 from edge.hog import HogConfig
 from edge.preprocess import PreprocessConfig
 
 SIZE = 32
 
 
-def _meta(kind: str, inp: str, cfg: PreprocessConfig, **extra) -> dict:
-    d = {"kind": kind, "input": inp, "preprocess": cfg.to_json(), "threshold": "0.5",
-         "labels": json.dumps(["normal", "abnormal"]), "version": "test", "precision": "float32"}
-    d.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
-    return d
+def card(kind: str, cfg: PreprocessConfig, **changes) -> ModelCard:
+    """A valid test card (threshold 0.5); ``changes`` override fields."""
+    fields = {"kind": kind, "preprocess": cfg, "threshold": 0.5, "arch": "tiny", "version": "test",
+              "data_fingerprint": hashlib.sha256(b"edge test fixture").hexdigest(),
+              "weights_sha256": "0" * 64, "metrics": {"note": "tiny test model"}}
+    fields.update(changes)
+    return ModelCard(**fields)
 
 
-def _save(graph, path: Path, meta: dict | None) -> Path:
+def _save(graph, path: Path, model_card: ModelCard | None) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    for k, v in (meta or {}).items():
-        model.metadata_props.add(key="murakit." + k, value=v)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    if model_card is None:
+        onnx.save(model, str(path))
+    else:
+        save_onnx(model, model_card, path)
     return path
 
 
@@ -63,7 +67,7 @@ def cnn_model(path, size: int = SIZE, seed: int = 0, meta: bool = True) -> Path:
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["B", 1]),
          helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["B", h, h])], inits)
     cfg = PreprocessConfig(size=size)
-    return _save(graph, Path(path), _meta("cnn", "image", cfg, arch="tiny") if meta else None)
+    return _save(graph, Path(path), card("cnn", cfg) if meta else None)
 
 
 def baseline_model(path, size: int = SIZE, seed: int = 1) -> Path:
@@ -80,7 +84,7 @@ def baseline_model(path, size: int = SIZE, seed: int = 1) -> Path:
         nodes, "tiny_baseline", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", d])],
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["B", 1])], inits)
     cfg = PreprocessConfig(size=size)
-    return _save(graph, Path(path), _meta("baseline", "hog", cfg, hog=hog.to_dict()))
+    return _save(graph, Path(path), card("baseline", cfg, hog=hog))
 
 
 def radiograph(h: int, w: int, seed: int, bright: float = 200.0) -> np.ndarray:

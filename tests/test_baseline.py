@@ -154,20 +154,26 @@ def test_bad_training_data_is_a_clear_error(data, case, match):
 
 # ------------------------------------------------------------------ ONNX
 
+def _card(pre, threshold=0.42, hog=HOG):
+    from _edgefix import card
+
+    return card("baseline", pre, hog=hog, threshold=threshold, metrics={"study": {"auroc": 0.9}})
+
+
 def test_onnx_matches_sklearn_and_describes_itself(tmp_path, data, model):
+    from edge.card import read_onnx_card
+
     pre = PreprocessConfig(size=SIZE)
-    path = to_onnx(model, HOG, pre, 0.42, {"study": {"auroc": 0.9}}, tmp_path / "b.onnx")
+    written = to_onnx(model, _card(pre), tmp_path / "b.onnx")
+    path = tmp_path / "b.onnx"
     held = data["X"][data["held"]]
     assert np.max(np.abs(onnx_probabilities(path, held) - predict_proba(model, held))) < ONNX_TOL
     m = onnx.load(str(path))
     assert [i.name for i in m.graph.input] == ["features"] and [o.name for o in m.graph.output] == ["probability"]
-    meta = {p.key: p.value for p in m.metadata_props}
-    assert meta["murakit.kind"] == "baseline" and meta["murakit.input"] == "hog"
-    assert HogConfig.from_json(meta["murakit.hog"]) == HOG
-    assert PreprocessConfig.from_json(meta["murakit.preprocess"]) == pre
-    assert float(meta["murakit.threshold"]) == 0.42 and json.loads(meta["murakit.labels"]) == ["normal", "abnormal"]
-    assert json.loads(meta["murakit.metrics"])["study"]["auroc"] == 0.9 and meta["murakit.version"]
-    assert not list(tmp_path.glob(".tmp*"))
+    card = read_onnx_card(path)
+    assert card == written and (card.kind, card.input, card.hog, card.preprocess) == ("baseline", "hog", HOG, pre)
+    assert card.threshold == 0.42 and card.labels == ("normal", "abnormal") and card.metrics["study"]["auroc"] == 0.9
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_edge_predictor_serves_the_baseline_like_sklearn(tmp_path, data, model):
@@ -175,7 +181,8 @@ def test_edge_predictor_serves_the_baseline_like_sklearn(tmp_path, data, model):
     from edge.preprocess import preprocess
 
     pre = PreprocessConfig(size=SIZE, invert="never")
-    path = to_onnx(model, HOG, pre, 0.5, None, tmp_path / "b.onnx")
+    to_onnx(model, _card(pre, threshold=0.5), tmp_path / "b.onnx")
+    path = tmp_path / "b.onnx"
     img = np.kron(data["images"][150], np.ones((3, 3), np.uint8))  # a 96 px "original"
     pred = Predictor(path).predict(img)
     expected = predict_proba(model, hog_batch(preprocess(img, pre)[None], HOG))[0]
@@ -183,10 +190,12 @@ def test_edge_predictor_serves_the_baseline_like_sklearn(tmp_path, data, model):
 
 
 def test_onnx_refuses_mismatched_hog_or_threshold(data, model):
+    from edge.errors import ModelError
+
     with pytest.raises(BaselineError, match="features"):
-        build_onnx(model, HogConfig(pixels_per_cell=4), PreprocessConfig(size=SIZE), 0.5)
-    with pytest.raises(BaselineError, match="threshold"):
-        build_onnx(model, HOG, PreprocessConfig(size=SIZE), 1.5)
+        build_onnx(model, _card(PreprocessConfig(size=SIZE), hog=HogConfig(pixels_per_cell=4)))
+    with pytest.raises(ModelError, match="threshold"):
+        _card(PreprocessConfig(size=SIZE), threshold=1.5)
 
 
 # ------------------------------------------------------------------ murakit train baseline
@@ -239,7 +248,7 @@ def test_train_writes_model_metrics_and_predictions(trained):
         assert set(m[level]) >= {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1"}
     assert set(m["by_part"]) == {"ELBOW", "HAND"} and m["train_seconds"] > 0
     assert m["study"]["auroc"] > 0.9 and m["counts"]["images"] == 28
-    with open(out / "val_predictions.csv") as f:
+    with open(out / "predictions_val.csv") as f:
         val = list(csv.DictReader(f))
     assert list(val[0]) == ["path", "study", "part", "label", "probability"] and len(val) == 28
     probs = np.array([float(r["probability"]) for r in val])
@@ -247,8 +256,11 @@ def test_train_writes_model_metrics_and_predictions(trained):
     # the threshold is the study-level choice on val, not a default
     assert m["threshold"] == pytest.approx(choose_threshold([int(r["label"]) for r in val], probs,
                                                             [r["study"] for r in val]), abs=1e-6)
-    meta = {p.key: p.value for p in onnx.load(str(out / "baseline.onnx")).metadata_props}
-    assert float(meta["murakit.threshold"]) == m["threshold"]
+    from edge.card import read_card, read_onnx_card
+
+    card = read_onnx_card(out / "baseline.onnx")
+    assert card == read_card(out / "card.json") and card.threshold == m["threshold"]
+    assert card.metrics["test"]["study"]["auroc"] == m["study"]["auroc"] and card.data_fingerprint
     assert len(list(out.glob("features_*.npy"))) == 1 and not list(out.glob(".*tmp*"))
 
 

@@ -36,3 +36,20 @@ def test_missing_cache_is_one_line_error(tmp_path, capsys):
     code = main(["train", "baseline", "--run", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("murakit: error:")
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_do_not_reach_the_user():
+    """TF/absl/oneDNN/CUDA start-up lines are filtered from fd 2; our own lines pass unchanged."""
+    code = ("import sys\nfrom murakit.quiet import quiet_frameworks\n"
+            "with quiet_frameworks():\n"
+            "    import tensorflow as tf\n"
+            "    tf.constant([1.0]) + 1\n"
+            "    print('murakit: our line', file=sys.stderr)\n"
+            "    sys.stderr.write('progress 50%\\r')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.replace("\r", "\n").splitlines()
+    assert "murakit: our line" in lines and "progress 50%" in lines
+    noise = [x for x in lines if x not in ("murakit: our line", "progress 50%") and x.strip()]
+    assert noise == [], noise

@@ -17,6 +17,13 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
         assert 0.0 <= m["study"]["auroc"] <= 1.0, name
         assert m["size_bytes"] > 0 and m["latency_ms_p50"] > 0
         assert set(m["image"]) == {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1"}
+        for key in ("auroc", "kappa"):  # 95% study-bootstrap intervals around the point estimate
+            lo, hi = m["study"][f"{key}_ci"]
+            assert lo <= m["study"][key] <= hi, (name, key)
+    diff = report["comparisons"]["cnn_vs_baseline"]
+    cnn, base = report["models"]["cnn"]["study"]["auroc"], report["models"]["baseline"]["study"]["auroc"]
+    assert diff["auroc_diff"] == pytest.approx(cnn - base) and diff["ci"][0] <= diff["auroc_diff"] <= diff["ci"][1]
+    assert report["statistics"]["bootstrap"]["n_resamples"] >= 1000
     assert report["dataset"]["split"] == "test" and report["dataset"]["studies"] > 0
     for f in ("report.md", "roc.png", "confusion.png", "kappa_by_part.png", "latency_vs_auroc.png"):
         assert (run / "report" / f).stat().st_size > 0, f

@@ -17,8 +17,9 @@ from onnx import helper, numpy_helper
 from edge.cam import normalise_cam, overlay, upsample_cam
 from edge.cli import predict_main, verify_main
 from edge.errors import ModelError
-from edge.golden import GoldenError, load_tensor, save_tensor, tensor_from_bytes, tensor_to_bytes
+from edge.golden import GoldenError, load_tensor, save_tensor
 from edge.predictor import Predictor
+from edge.protobuf import tensor_from_bytes, tensor_to_bytes
 from export.golden import record_golden
 
 
@@ -256,7 +257,8 @@ def test_verify_baseline_golden(models, images, tmp_path, capsys):
 # ---------------------------------------------------------------- dependency proof
 def test_edge_imports_no_heavy_framework():
     heavy = ("tensorflow", "keras", "sklearn", "matplotlib", "skimage", "tf2onnx", "onnx")
-    code = ("import sys, edge, edge.cli, edge.predictor, edge.golden, edge.cam, edge.hog\n"
+    code = ("import sys, edge, edge.cli, edge.predictor, edge.golden, edge.cam, edge.hog, edge.card, "
+            "edge.protobuf, edge.config, edge.metrics\n"
             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -75,8 +75,21 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert manifest["cases"][1]["label"] == 1 and d["label"] == "abnormal"
 
     verify = _run([bindir / "edge-verify", "model.onnx"], work)
-    assert "PASS: 4/4" in verify.stdout
+    assert "PASS: 7/7" in verify.stdout  # DICOM cases: runtime checked, pipeline skipped with a note
+    assert "3 DICOM source(s): pipeline check skipped" in verify.stdout and "murakit[dicom]" in verify.stdout
+
+    dcm = work / "golden" / "model" / "test_data_set_4" / "source.dcm"  # base install: no pydicom
+    no_extra = _run([bindir / "edge-predict", dcm, "--model", "model.onnx"], work, check=False)
+    assert no_extra.returncode == 1 and no_extra.stdout == ""
+    assert no_extra.stderr.strip().splitlines() == [(
+        f"edge-predict: error: {dcm}: is a DICOM file; reading DICOM needs the dicom extra: "
+        "pip install 'murakit[dicom]'")]
 
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
     assert "Traceback" not in bad.stderr
+
+    # the application needs the train extra: one line saying so, not a ModuleNotFoundError traceback
+    synth = _run([bindir / "murakit", "synth", "data"], work, check=False)
+    err = synth.stderr.strip().splitlines()
+    assert synth.returncode == 2 and len(err) == 1 and "pip install 'murakit[train]'" in err[0], synth.stderr

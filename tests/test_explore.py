@@ -9,8 +9,8 @@ import numpy as np
 from _murafix import make_mura, radiograph, write_png
 
 from edge.preprocess import PreprocessConfig
-from murakit.evaluation.explore import flag_images, inversion_accuracy
 from murakit.data.prepared import prepare
+from murakit.evaluation.explore import flag_images, inversion_accuracy
 
 
 def _expected_counts(truth):

@@ -1,4 +1,4 @@
-"""Export: metadata, Keras == ONNX, INT8 gate, golden sets, `murakit export` / `murakit verify` on a tiny run."""
+"""Export: cards, Keras == ONNX, INT8 gate, golden sets, `murakit export` / `murakit verify` on a tiny run."""
 
 import argparse
 import json
@@ -8,12 +8,16 @@ import onnx
 import pytest
 from _murafix import make_mura
 
+from edge.card import read_card, read_onnx_card
 from edge.golden import load_tensor, save_tensor
 from edge.predictor import Predictor
 from export.errors import ExportError
-from export.metadata import get_metadata, load_metadata, set_metadata
-from murakit.cli import export as cmd_export, verify as cmd_verify
+from murakit.cli import export as cmd_export
+from murakit.cli import main
+from murakit.cli import verify as cmd_verify
 from murakit.errors import MurakitError
+from murakit.layout import RunLayout
+from murakit.pipeline.export import ExportOptions, export_int8
 
 deep = pytest.importorskip("deep")
 SIZE = 32
@@ -37,27 +41,11 @@ def x():
     return np.random.default_rng(0).random((5, SIZE, SIZE, 1), dtype=np.float32)
 
 
-def test_metadata_round_trip_and_replace(tmp_path):
-    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
-    model.metadata_props.add(key="author", value="lab")
-    set_metadata(model, {"kind": "cnn", "threshold": 0.4375, "metrics": {"study": {"auroc": 0.9}}})
-    set_metadata(model, {"threshold": 0.5})
-    meta = get_metadata(model)
-    assert meta == {"kind": "cnn", "threshold": "0.5", "metrics": '{"study": {"auroc": 0.9}}'}
-    assert [p.key for p in model.metadata_props].count("murakit.threshold") == 1
-    assert {p.key: p.value for p in model.metadata_props}["author"] == "lab"
-    onnx.save(model, str(tmp_path / "m.onnx"))
-    assert load_metadata(tmp_path / "m.onnx") == meta
-
-
-META = {"kind": "cnn", "input": "image", "threshold": 0.5, "arch": "small"}
-
-
 @pytest.fixture(scope="module")
 def exported(cam_model, x):
     from export.cnn import export_cnn
 
-    return export_cnn(cam_model, SIZE, META, x)
+    return export_cnn(cam_model, SIZE, x)
 
 
 def _assert_short_names(model):
@@ -85,14 +73,14 @@ def test_cnn_export_parity_checker_and_dynamic_batch(cam_model, x, exported):
         got = onnx_outputs(model, x[:n])
         assert got["probability"].shape == (n, 1) and got["cam"].shape == ref["cam"][:n].shape
         assert np.max(np.abs(got["cam"] - ref["cam"][:n])) <= 1e-4
-    assert get_metadata(model)["threshold"] == "0.5"
+    assert not [p for p in model.metadata_props if p.key.startswith("murakit.")]  # the caller attaches the card
     with pytest.raises(ExportError, match="disagree"):
-        export_cnn(cam_model, SIZE, META, x, atol=-1.0)  # an impossible tolerance must refuse
+        export_cnn(cam_model, SIZE, x, atol=-1.0)  # an impossible tolerance must refuse
 
 
 def test_int8_quantization_and_gate(exported, x, tmp_path):
     from export.cnn import onnx_outputs
-    from export.quantize import int8_gate, int8_metadata, quantize_int8
+    from export.quantize import int8_gate, int8_metrics, quantize_int8
     from murakit.evaluation.metrics import auroc
 
     onnx.save(exported[0], str(tmp_path / "f.onnx"))
@@ -101,7 +89,7 @@ def test_int8_quantization_and_gate(exported, x, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     _assert_short_names(q)
     onnx.checker.check_model(q)
-    assert get_metadata(q) == {**get_metadata(exported[0]), "precision": "int8"}
+    assert not list(q.metadata_props)  # the float file's card is not copied: the INT8 file gets its own
     pf, pq = onnx_outputs(tmp_path / "f.onnx", x)["probability"], onnx_outputs(q, x)["probability"]
     assert np.max(np.abs(pf - pq)) < 0.05
 
@@ -109,7 +97,8 @@ def test_int8_quantization_and_gate(exported, x, tmp_path):
     p = np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7])
     ok = int8_gate(p, p + 0.01, lambda s: auroc(y, s))
     assert ok["accepted"] and ok["auroc_drop"] == 0.0 and ok["max_abs_diff"] == pytest.approx(0.01)
-    assert int8_metadata(ok)["int8_auroc_drop"] == 0.0
+    m = int8_metrics(ok, {"probability": 0.01, "cam": 0.02})
+    assert m["int8_gate"]["auroc_drop"] == 0.0 and m["golden_agreement"] == {"probability": 0.01, "cam": 0.02}
     bad = int8_gate(p, p[::-1], lambda s: auroc(y, s))  # forced large drop
     assert not bad["accepted"] and bad["auroc_drop"] > 0.01 and "drop" in bad["reason"]
     one_class = int8_gate(p, p, lambda s: auroc(np.ones(6), s))
@@ -117,11 +106,29 @@ def test_int8_quantization_and_gate(exported, x, tmp_path):
 
 
 # ---------------------------------------------------------------- the whole command on a tiny run
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def _fake_trained_cnn(run):
+    """An untrained width-4 CNN saved as RUN/cnn/best.keras with the card training would write."""
     import keras
 
     from deep.config import ModelConfig
+    from edge.protobuf import sha256_file
+    from murakit.data.prepared import load_prepared
+    from murakit.pipeline.cards import training_card
+
+    layout = RunLayout(run)
+    cfg = ModelConfig(size=SIZE, width=4)
+    keras.utils.set_random_seed(0)
+    layout.cnn.mkdir(exist_ok=True)
+    deep.build_model(cfg).save(layout.cnn_best)
+    card = training_card("cnn", load_prepared(run), threshold=0.5, arch=cfg.arch, model_config=cfg.to_dict(),
+                         weights_sha256=sha256_file(layout.cnn_best), metrics={"test": {"study": {"auroc": 0.5}}})
+    layout.card("cnn").write_text(card.to_json())
+    return card
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+
     from murakit.cli import prepare as cmd_prepare
 
     root = tmp_path_factory.mktemp("exportrun")
@@ -129,12 +136,7 @@ def run_dir(tmp_path_factory):
     run = root / "run"
     assert cmd_prepare.run(_args(cmd_prepare, [str(root / "data"), "--run", str(run), "--size", str(SIZE),
                                                "--workers", "1", "--no-progress", "--val-fraction", "0.3"])) == 0
-    cfg = ModelConfig(size=SIZE, width=4)
-    keras.utils.set_random_seed(0)
-    (run / "cnn").mkdir()
-    deep.build_model(cfg).save(run / "cnn" / "best.keras")
-    (run / "cnn" / "model_config.json").write_text(cfg.to_json())
-    (run / "cnn" / "metrics.json").write_text(json.dumps({"threshold": 0.5, "study": {"auroc": 0.5}}))
+    _fake_trained_cnn(run)
     # An untrained model ranks val studies by noise, so INT8 rounding can move its AUROC a lot:
     # accept any drop here (the refusal path has its own test) and check that it is recorded.
     assert cmd_export.run(_args(cmd_export, ["--run", str(run), "--calibration", "20", "--golden", "6",
@@ -148,12 +150,14 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
     gate = summary["cnn.int8"]
     assert gate["accepted"] and summary["cnn"]["keras_parity"]["cam"] <= 1e-4
     assert gate["auroc_drop"] == pytest.approx(gate["float_auroc"] - gate["int8_auroc"])
-    meta = load_metadata(out / "cnn.onnx")
-    for key in ("kind", "input", "preprocess", "threshold", "labels", "metrics", "version", "arch"):
-        assert key in meta
-    assert (meta["kind"], meta["arch"], json.loads(meta["preprocess"])["size"]) == ("cnn", "small", SIZE)
-    q = load_metadata(out / "cnn.int8.onnx")
-    assert q["precision"] == "int8" and float(q["int8_auroc_drop"]) == pytest.approx(gate["auroc_drop"])
+    trained = read_card(run_dir / "cnn" / "card.json")
+    card = read_onnx_card(out / "cnn.onnx")
+    assert (card.kind, card.arch, card.preprocess.size, card.precision) == ("cnn", "small", SIZE, "float32")
+    assert card.identity() == trained.identity() and card.metrics == trained.metrics  # carried unchanged
+    q = read_onnx_card(out / "cnn.int8.onnx")
+    assert q.identity() == trained.identity() and q.precision == "int8"
+    assert q.metrics["int8_gate"]["auroc_drop"] == pytest.approx(gate["auroc_drop"])
+    assert len({card.weights_sha256, q.weights_sha256, trained.weights_sha256}) == 3  # one hash per file
     labels = [c["label"] for c in summary["golden_cases"]]
     assert len(labels) == 6 and set(labels) == {0, 1}
     for stem in ("cnn", "cnn.int8"):
@@ -167,7 +171,7 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
 def test_verify_passes_then_reports_drift(run_dir, capsys):
     assert cmd_verify.run(_args(cmd_verify, ["--run", str(run_dir)])) == 0
     out = capsys.readouterr().out
-    for check in ("golden", "keras", "opencv b=1", "opencv b=6"):
+    for check in ("card", "golden", "keras", "opencv b=1", "opencv b=6"):
         assert check in out
     assert "verify: PASS" in out
     pb = run_dir / "export" / "golden" / "cnn" / "test_data_set_0" / "output_1.pb"
@@ -183,9 +187,11 @@ def test_verify_passes_then_reports_drift(run_dir, capsys):
 def test_int8_refused_by_gate_is_not_written(run_dir, capsys):
     from murakit.data.prepared import load_prepared
 
-    out = run_dir / "export"
-    gate = cmd_export.export_int8(out, load_prepared(run_dir), argparse.Namespace(calibration=10, max_int8_drop=-1.0),
-                                  None, None, None, None)
+    layout = RunLayout(run_dir)
+    out = layout.export
+    # a gate that cannot be met (a drop <= -1 is impossible) must refuse and remove the INT8 pair
+    gate = export_int8(layout, read_onnx_card(out / "cnn.onnx"), load_prepared(run_dir),
+                       ExportOptions(calibration=10, max_int8_drop=-1.0), None, None, None, None, print)
     assert not gate["accepted"]
     assert not (out / "cnn.int8.onnx").exists() and not (out / "golden" / "cnn.int8").exists()
     assert "INT8 model REFUSED" in capsys.readouterr().out
@@ -194,3 +200,39 @@ def test_int8_refused_by_gate_is_not_written(run_dir, capsys):
 def test_export_without_models_is_a_clear_error(tmp_path):
     with pytest.raises(MurakitError, match="nothing to export"):
         cmd_export.run(_args(cmd_export, ["--run", str(tmp_path)]))
+
+
+def test_export_refuses_a_cache_prepared_with_other_settings(tmp_path, capsys):
+    """Issue 10's trial: train, re-prepare with --clahe, export -> one-line refusal, nothing written."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    make_mura(data, parts=("ELBOW", "HAND"), patients_per_part=(6, 6), views=2)
+    common = ["--run", str(run), "--size", str(SIZE), "--workers", "1", "--no-progress", "--val-fraction", "0.3"]
+    assert main(["prepare", str(data), *common]) == 0
+    _fake_trained_cnn(run)
+    assert main(["prepare", str(data), *common, "--clahe"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("murakit: error:") and "clahe" in err[0]
+    assert "retrain" in err[0] and "without --clahe" in err[0]  # both ways out are named
+    assert not (run / "export").exists()
+    for command in (["bench", "--run", str(run)],):
+        assert main(command) == 2 and "clahe" in capsys.readouterr().err
+
+
+def test_export_rerun_repairs_a_model_whose_golden_set_is_stale(run_dir, capsys):
+    from murakit.pipeline.export import _pair_ok, _training_cards
+
+    layout = RunLayout(run_dir)
+    manifest_path = layout.golden("cnn") / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model_sha256"] = "0" * 64  # as if killed between publishing the golden set and the model
+    manifest_path.write_text(json.dumps(manifest))
+    assert not _pair_ok(layout, "cnn", _training_cards(layout)["cnn"])
+    capsys.readouterr()
+    assert cmd_export.run(_args(cmd_export, ["--run", str(run_dir), "--calibration", "20", "--golden", "6",
+                                             "--max-int8-drop", "1.0"])) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert _pair_ok(layout, "cnn", _training_cards(layout)["cnn"])
+    assert cmd_export.run(_args(cmd_export, ["--run", str(run_dir), "--max-int8-drop", "1.0"])) == 0
+    assert "nothing to do" in capsys.readouterr().out

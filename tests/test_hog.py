@@ -100,7 +100,7 @@ def test_bad_config_is_value_error(kwargs):
 
 
 def test_unknown_config_key_is_refused():
-    with pytest.raises(ValueError, match="unknown HOG parameters"):
+    with pytest.raises(ValueError, match="unknown HogConfig parameters"):
         HogConfig.from_dict({**HogConfig().to_dict(), "gamma": 1})
 
 

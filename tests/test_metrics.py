@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from murakit.evaluation.metrics import auroc, binary_metrics, choose_threshold, cohen_kappa, evaluate, json_safe, study_level
+from murakit.evaluation.metrics import (
+    auroc,
+    binary_metrics,
+    choose_threshold,
+    cohen_kappa,
+    evaluate,
+    json_safe,
+    study_level,
+)
 
 
 def test_auroc_hand_computed():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from _murafix import make_classes, make_mura, radiograph, write_png
 
-from murakit.errors import MurakitError
 from murakit.data.mura import ImageRecord, index_dataset
 from murakit.data.splits import assign_splits
+from murakit.errors import MurakitError
 
 
 def _pairs(ds):

@@ -18,8 +18,8 @@ from _murafix import make_mura
 
 from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
 from murakit.data import prepared as P
-from murakit.errors import MurakitError
 from murakit.data.prepared import INDEX_COLUMNS, load_prepared, prepare
+from murakit.errors import MurakitError
 
 CFG = PreprocessConfig(size=32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,8 @@ def test_second_run_is_a_noop(data, built):
 
 def test_config_change_rebuilds_and_mismatch_is_refused(data, tmp_path):
     _prepare(data, tmp_path)
-    with pytest.raises(MurakitError, match="size 32, model wants size 48: rerun murakit prepare --size 48"):
+    with pytest.raises(MurakitError, match="size 32 but the model was trained with size 48: rerun murakit "
+                                           "prepare DATA --size 48, or retrain"):
         load_prepared(tmp_path, PreprocessConfig(size=48))
     msgs = []
     res = prepare(data, tmp_path, PreprocessConfig(size=48), workers=1, progress=False, log=msgs.append)

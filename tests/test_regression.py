@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from edge.cli import verify_main
-from edge.golden import read_golden, sha256_file, verify_golden
+from edge.golden import read_golden, verify_golden
 from edge.predictor import Predictor
 from edge.preprocess import preprocess, to_model_input
+from edge.protobuf import sha256_file
 
 HERE = Path(__file__).parent / "data" / "regression"
 MODEL = HERE / "model.onnx"
@@ -40,6 +41,20 @@ def test_todays_pipeline_reproduces_the_recorded_outputs():
     probs = np.concatenate([c.outputs["probability"] for c in cases]).ravel()
     assert probs.max() - probs.min() > 0.5  # the fixture separates its cases, so drift shows
     assert verify_main([str(MODEL)]) == 0
+
+
+def test_dicom_cases_pin_the_dicom_path():
+    """The DICOM golden cases read through edge.dicom; the two whose window is linear give
+    exactly their PNG twin's model input (the SIGMOID one remaps contrast, so it differs)."""
+    _, cases = read_golden(GOLDEN)
+    by_dir = {c.directory.name: c for c in cases}
+    dicom = [c for c in cases if c.info.get("source_file") == "source.dcm"]
+    assert len(dicom) == 3 and {c.info["label"] for c in dicom} == {0, 1}
+    for case in dicom:
+        twin = by_dir[case.info["twin"]]
+        assert case.info["label"] == twin.info["label"]
+        same = np.array_equal(case.input, twin.input)
+        assert same == ("SIGMOID" not in case.info["dicom"]), case.directory.name
 
 
 @pytest.mark.parametrize("change", [{"clip_low": 5.0, "clip_high": 95.0}, {"invert": "always"},

@@ -55,8 +55,8 @@ def trained_run(tmp_path_factory):
 def test_train_writes_artifacts_and_metrics(trained_run):
     run, _ = trained_run
     cnn = run / "cnn"
-    for name in ("best.keras", "last.keras", "history.csv", "state.json", "model_config.json",
-                 "preprocess.json", "predictions_val.csv", "predictions_test.csv"):
+    for name in ("best.keras", "last.keras", "history.csv", "state.json", "card.json",
+                 "predictions_val.csv", "predictions_test.csv"):
         assert (cnn / name).is_file(), name
     m = json.loads((cnn / "metrics.json").read_text())
     for level in ("image", "study"):
@@ -69,7 +69,13 @@ def test_train_writes_artifacts_and_metrics(trained_run):
         preds = list(csv.DictReader(f))
     assert len(preds) == 12 and list(preds[0]) == ["path", "study", "part", "label", "probability"]
     assert all(0 <= float(p["probability"]) <= 1 for p in preds)
-    assert json.loads((cnn / "model_config.json").read_text())["size"] == S
+    from edge.card import read_card
+    from edge.protobuf import sha256_file
+
+    card = read_card(cnn / "card.json")
+    assert card.model_config["size"] == S and card.preprocess.size == S and card.threshold == m["threshold"]
+    assert card.weights_sha256 == sha256_file(cnn / "best.keras") and card.kind == "cnn"
+    assert card.metrics["test"]["study"] == m["study"]
 
 
 def test_rerun_is_noop_then_resumes_with_more_epochs(trained_run, capsys):

@@ -34,14 +34,37 @@ TRAIN_COMMANDS = [
 def _add(sub, name, module, help_):
     p = sub.add_parser(name, help=help_, description=help_)
     importlib.import_module(module).add_arguments(p)
+    # also accepted after the command; SUPPRESS keeps `murakit --verbose CMD` from being reset
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show the frameworks' own log lines and full tracebacks")
     p.set_defaults(_module=module)
     return p
+
+
+# Which optional extra provides a module a command may need (see pyproject's extras).
+EXTRA_OF_MODULE = {
+    "tensorflow": "train", "keras": "train", "tf2onnx": "train", "onnx": "train", "skl2onnx": "train",
+    "sklearn": "train", "skimage": "train", "matplotlib": "train", "tqdm": "train", "sympy": "train",
+    "pydicom": "dicom", "pylibjpeg": "dicom", "fastapi": "serve", "uvicorn": "serve",
+    "prometheus_client": "serve", "multipart": "serve", "ray": "scale", "pyarrow": "scale",
+}
+
+
+def missing_extra_message(e: ModuleNotFoundError) -> str:
+    """One line naming the extra that provides a missing module."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return f"missing Python module {top or e}; reinstall murakit (pip install '.[train]')"
+    return f"this command needs the '{extra}' extra ({top} is not installed): pip install 'murakit[{extra}]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="murakit", description="Detect abnormal bone radiographs (MURA-v1.1 layout).")
     parser.add_argument("--version", action="version", version=f"murakit {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the frameworks' own log lines and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_ in COMMANDS[:3]:
         _add(sub, name, module, help_)
@@ -56,23 +79,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 partial failure, 2 error, 130 interrupted)."""
-    from edge.errors import EdgeError
+    from edge.errors import EdgeError, first_line
     from murakit.errors import MurakitError
+    from murakit.quiet import quiet_frameworks
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        with quiet_frameworks(not args.verbose):
+            return int(importlib.import_module(args._module).run(args) or 0)
     except (MurakitError, EdgeError) as e:
         print(f"murakit: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        print(f"murakit: error: {missing_extra_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("murakit: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `murakit ... | head`: the reader is gone, nothing more to say
+        _quiet_stdout()
+        return 0
+    except Exception as e:
+        if args.verbose:
+            raise
+        print(f"murakit: error: unexpected failure ({type(e).__name__}: {first_line(e)}); "
+              "rerun with --verbose for the traceback", file=sys.stderr)
+        return 2
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def add_arguments(p):
     p.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
@@ -12,25 +10,26 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="rerun even if the report is newer than every model")
 
 
-def up_to_date(run: Path) -> bool:
+def up_to_date(run) -> bool:
     """True when report.json exists and is newer than the cache and every model file."""
     from murakit.evaluation.bench import model_files
-    from murakit.stages import is_fresh
+    from murakit.layout import RunLayout, is_fresh
 
-    inputs = [p for p in model_files(run).values() if p is not None] + [run / "prepared" / "index.csv"]
-    return is_fresh(run / "report" / "report.json", inputs)
+    layout = RunLayout(run)
+    inputs = [p for p in model_files(run).values() if p is not None] + [layout.prepared_index]
+    return is_fresh(layout.report_json, inputs)
 
 
 def run(args) -> int:
     from murakit.evaluation.bench import benchmark
     from murakit.evaluation.report import write_report
+    from murakit.layout import RunLayout
 
-    run_dir = Path(args.run)
-    if not args.force and up_to_date(run_dir):
-        print(f"bench: {run_dir / 'report' / 'report.md'} is up to date (use --force to redo)")
+    if not args.force and up_to_date(args.run):
+        print(f"bench: {RunLayout(args.run).report_md} is up to date (use --force to redo)")
         return 0
-    report, data = benchmark(run_dir, threads=args.threads, n_single=args.latency_runs)
-    out = write_report(run_dir, report, data)
+    report, data = benchmark(args.run, threads=args.threads, n_single=args.latency_runs)
+    out = write_report(args.run, report, data)
     for name, m in report["models"].items():
         print(f"  {name:14s} study AUROC {m['study']['auroc']:.3f}  kappa {m['study']['kappa']:.3f}  "
               f"latency {m['latency_ms_p50']:.2f} ms  {m['size_bytes'] / 1024:.0f} KiB")

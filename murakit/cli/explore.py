@@ -23,15 +23,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Run the audit and print where its outputs are. Returns 0."""
-    from pathlib import Path
 
     from murakit.errors import MurakitError
-    from murakit.evaluation.explore import explore
+    from murakit.evaluation.explore import explore, is_current
+    from murakit.layout import RunLayout
 
     if args.max_samples < 1 or args.workers < 1:
         raise MurakitError("--max-samples and --workers must be at least 1")
-    if not args.force and _up_to_date(Path(args.run), args.data):
-        print(f"explore: {Path(args.run) / 'explore' / 'summary.md'} is up to date; nothing to do (--force redoes it)")
+    if not args.force and is_current(args.run, args.data):
+        print(f"explore: {RunLayout(args.run).explore / 'summary.md'} is up to date; nothing to do (--force redoes it)")
         return 0
     s = explore(args.data, args.run, seed=args.seed, max_samples=args.max_samples,
                 workers=args.workers)
@@ -51,23 +51,6 @@ def run(args) -> int:
     for k, v in s["problems"].items():
         if v["count"]:
             print(f"  data problem: {v['count']} {k.replace('_', ' ')}")
-    out = Path(args.run) / "explore"
+    out = RunLayout(args.run).explore
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {', '.join(s['plots'])} in {out}")
     return 0
-
-
-def _up_to_date(run, data) -> bool:
-    """The summary exists, is about the same data root and is newer than the prepared cache."""
-    import json
-    from pathlib import Path
-
-    from murakit.stages import is_fresh
-
-    summary = run / "explore" / "summary.json"
-    if not is_fresh(summary, [run / "prepared" / "config.json"]):
-        return False
-    try:
-        root = json.loads(summary.read_text()).get("data_root")
-    except (OSError, ValueError):
-        return False
-    return root is not None and Path(root).resolve() == Path(data).resolve()

@@ -7,6 +7,7 @@ import os
 
 def add_arguments(parser) -> None:
     """Add the ``prepare`` options to ``parser``."""
+    from edge.dicom import VOI_POLICIES
     from edge.preprocess import INVERT_POLICIES, PreprocessConfig
 
     default = PreprocessConfig()
@@ -18,6 +19,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE after normalisation")
     parser.add_argument("--invert", choices=INVERT_POLICIES, default=default.invert,
                         help="inversion correction policy (default: %(default)s)")
+    parser.add_argument("--labels", metavar="CSV",
+                        help="DATA is a DICOM tree in any layout; CSV maps a StudyInstanceUID or a "
+                             "folder under DATA to a label (0/1): 'study,label' rows")
+    parser.add_argument("--dicom-voi", choices=VOI_POLICIES, default=default.dicom_voi,
+                        help="DICOM VOI: 'window' applies the file's window / VOI LUT, 'full' its whole "
+                             "range (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the patient split (default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
@@ -33,12 +40,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Index the data, build or resume the cache, print a summary. Returns 0."""
     from edge.preprocess import PreprocessConfig
-    from murakit.errors import MurakitError
     from murakit.data.mura import index_dataset
     from murakit.data.prepared import prepare
+    from murakit.errors import MurakitError
 
     try:
-        cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert)
+        cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
     except ValueError as e:
         raise MurakitError(str(e)) from None
     if args.workers < 1:
@@ -46,7 +53,12 @@ def run(args) -> int:
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
             and args.val_fraction + args.test_fraction < 1):
         raise MurakitError("--val-fraction and --test-fraction must be in [0, 1) with a sum below 1")
-    ds = index_dataset(args.data)
+    if args.labels:
+        from murakit.data.dicom_index import index_dicom_tree
+
+        ds = index_dicom_tree(args.data, args.labels)
+    else:
+        ds = index_dataset(args.data)
     print(f"{ds.root}: {len(ds)} images ({ds.layout} layout)")
     for line in ds.problems.lines():
         print(f"  data problem: {line}")

@@ -58,6 +58,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing OUT/MURA-v1.1 made with other parameters")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png",
+                        help="image files: PNG as MURA ships, or DICOM (MONOCHROME1/2, 10-16 bit, "
+                             "windows, compressed syntaxes; needs the dicom extra; default generator "
+                             "settings only) (default: %(default)s)")
     group = parser.add_argument_group("generator settings (each overrides the preset)")
     for f in dataclasses.fields(DEFAULT):
         default = getattr(DEFAULT, f.name)
@@ -79,8 +83,16 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from murakit.data import synth
+    from murakit.errors import MurakitError
 
     settings = settings_from_args(args)
+    if args.format == "dicom":
+        from murakit.data import dicom_synth
+
+        if {k for k in settings.changed() if k != "studies"}:
+            raise MurakitError("--format dicom writes the default generator settings only "
+                               "(--studies and --seed); drop --preset and the setting flags")
+        return dicom_synth.run(args)
     if not args.force and synth.existing_matches(args.out, seed=args.seed, settings=settings):
         print(f"{args.out}/MURA-v1.1 is already the synthetic set for "
               f"{synth.describe(settings, args.seed)}; nothing to do")

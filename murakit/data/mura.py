@@ -28,11 +28,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from edge.image import is_image_file
 from murakit.errors import MurakitError
 
 MURA_DIRNAME = "MURA-v1.1"
 MURA_SPLITS = ("train", "valid")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLASS_DIRS = {"normal": 0, "abnormal": 1}
 ANNOTATIONS_CSV = "synth_annotations.csv"
 
@@ -92,6 +92,7 @@ class Problems:
     label_conflicts: list[str] = field(default_factory=list)
     bad_lines: list[str] = field(default_factory=list)
     patients_in_both_splits: list[str] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
 
     def counts(self) -> dict:
         """``{problem name: count}`` for every problem kind (zeros included)."""
@@ -111,6 +112,7 @@ class Problems:
             "label_conflicts": "studies whose CSV label contradicts the folder name (CSV wins)",
             "bad_lines": "unparseable CSV lines (skipped)",
             "patients_in_both_splits": "patients in both MURA train and valid",
+            "not_images": "DICOM objects that are not images (SR, RT, ...; ignored)",
         }
         out = []
         for k, v in vars(self).items():
@@ -147,11 +149,6 @@ class Dataset:
 
 
 # ---------------------------------------------------------------------------- file helpers
-
-def is_image_name(name: str) -> bool:
-    """True for a visible .png/.jpg/.jpeg name; AppleDouble ``._*`` and hidden files are not."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
 
 def read_csv_rows(path: Path) -> list[list[str]]:
     """Rows of a small CSV, tolerant of a BOM, CRLF, blank lines and stray whitespace."""
@@ -218,7 +215,7 @@ def _walk_images(mura_dir: Path, split: str) -> list[str]:
         for patient_dir in _visible_dirs(part_dir):
             for study_dir in _visible_dirs(patient_dir):
                 for f in sorted(os.listdir(study_dir)):
-                    if is_image_name(f) and (study_dir / f).is_file():
+                    if is_image_file(f) and (study_dir / f).is_file():
                         out.append(f"{mura_dir.name}/{split}/{part_dir.name}/{patient_dir.name}/"
                                    f"{study_dir.name}/{f}")
     return out
@@ -232,7 +229,7 @@ def _listed_images(mura_dir: Path, split: str, problems: Problems) -> list[str] 
     out = []
     for row in read_csv_rows(path):
         rel = normalise_relpath(row[0], mura_dir.name)
-        if rel is None or rel.count("/") < 5 or not is_image_name(rel.rsplit("/", 1)[-1]):
+        if rel is None or rel.count("/") < 5 or not is_image_file(rel.rsplit("/", 1)[-1]):
             problems.bad_lines.append(f"{path.name}: {','.join(row)}")
         else:
             out.append(rel)
@@ -329,7 +326,7 @@ def index_class_folders(root: Path, class_dirs: dict) -> Dataset:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if not is_image_name(f):
+                if not is_image_file(f):
                     continue
                 full = Path(dirpath) / f
                 rel = full.relative_to(root).as_posix()
@@ -409,7 +406,7 @@ def index_dataset(root) -> Dataset:
     else:
         raise MurakitError(
             f"{root}: unknown data layout: expected a {MURA_DIRNAME}/ folder (with train/, valid/ "
-            f"or their CSVs) or class folders normal/ and abnormal/")
+            f"or their CSVs) or class folders normal/ and abnormal/ (a DICOM tree needs --labels CSV)")
     if not ds.records:
         extra = "; ".join(ds.problems.lines())
         raise MurakitError(f"{root}: found no usable images ({ds.layout} layout)"

@@ -38,6 +38,7 @@ import numpy as np
 from edge.atomic import atomic_write, write_text
 from edge.preprocess import PreprocessConfig
 from murakit.errors import MurakitError
+from murakit.layout import RunLayout
 
 INDEX_COLUMNS = ["split", "part", "patient", "study", "path", "label", "row", "inverted"]
 # Per-row numbers kept in progress.npz and written as extra index columns, in this order.
@@ -108,9 +109,17 @@ class Prepared:
         """uint8 (S, S) image at ``position`` (an index into the per-image arrays)."""
         return np.asarray(self.images[self.row[position]])
 
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of what a model trained on this cache saw: its preprocessing config
+        and its index (paths, labels, splits, rows). Recorded in every model card."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        h.update((self.root / "index.csv").read_bytes())
+        return h.hexdigest()
 
-def _incomplete(run: Path) -> MurakitError:
-    if (run / "prepared.partial").exists():
+
+def _incomplete(layout: RunLayout) -> MurakitError:
+    run = layout.root
+    if layout.prepared_partial.exists():
         return MurakitError(f"the prepared cache in {run} is incomplete (interrupted?): rerun "
                             f"murakit prepare DATA --run {run} to finish it")
     return MurakitError(f"no prepared cache in {run}: run murakit prepare DATA --run {run} first")
@@ -126,7 +135,11 @@ def read_meta(prepared_dir: Path) -> dict | None:
 
 
 def config_mismatch(built: PreprocessConfig, wanted: PreprocessConfig) -> str | None:
-    """One line saying how two preprocessing configs differ, or None when equal."""
+    """One line saying how the cache's preprocessing differs from a model's, or None when equal.
+
+    The line names the differing fields and the two ways out: re-prepare the cache with the
+    model's settings, or retrain the model on this cache.
+    """
     b, w = built.to_dict(), wanted.to_dict()
     diffs = [k for k in w if b.get(k) != w[k]]
     if not diffs:
@@ -143,7 +156,8 @@ def config_mismatch(built: PreprocessConfig, wanted: PreprocessConfig) -> str | 
             flags.append(f"{k}={w[k]!r}")
     got = ", ".join(f"{k} {b.get(k)}" for k in diffs)
     want = ", ".join(f"{k} {w[k]}" for k in diffs)
-    return f"cache built with {got}, model wants {want}: rerun murakit prepare {' '.join(flags)}"
+    return (f"the prepared cache was built with {got} but the model was trained with {want}: "
+            f"rerun murakit prepare DATA {' '.join(flags)}, or retrain the model on this cache (--force)")
 
 
 def _read_index(path: Path) -> dict:
@@ -187,12 +201,15 @@ def load_prepared(run, expect_config: PreprocessConfig | dict | None = None) -> 
     MurakitError
         The cache is missing, incomplete or inconsistent, or differs from ``expect_config``.
     """
-    run = Path(run)
-    root = run / "prepared"
+    layout = RunLayout(run)
+    root = layout.prepared
     meta = read_meta(root)
     if meta is None:
-        raise _incomplete(run)
-    cfg = PreprocessConfig.from_dict(meta["preprocess"])
+        raise _incomplete(layout)
+    try:
+        cfg = PreprocessConfig.from_dict(meta["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise MurakitError(f"{layout.prepared_config}: invalid preprocessing config ({e}); rerun murakit prepare") from None
     if expect_config is not None:
         if isinstance(expect_config, dict):
             expect_config = PreprocessConfig.from_dict(expect_config)
@@ -297,7 +314,7 @@ def process_one(task):
 
     row, path = task
     try:
-        grey = load_image(path)  # decoded once: raw statistics + the one preprocessing path
+        grey = load_image(path, dicom_voi=_CFG.dicom_voi)  # decoded once: raw statistics + the one preprocessing path
         u8, info = preprocess_with_info(grey, _CFG)
     except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
         return row, None, None, str(e) or type(e).__name__
@@ -560,11 +577,11 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
     from murakit.data.splits import assign_splits
 
     cfg = cfg if cfg is not None else PreprocessConfig()
-    run = Path(run)
+    layout = RunLayout(run)
     ds = dataset if dataset is not None else index_dataset(data)
     key = make_key(ds, cfg, seed, val_fraction, test_fraction)
-    final, partial = run / "prepared", run / "prepared.partial"
-    for stale in run.glob(".prepared.old-*"):
+    final, partial = layout.prepared, layout.prepared_partial
+    for stale in layout.root.glob(".prepared.old-*"):
         shutil.rmtree(stale, ignore_errors=True)
     meta = read_meta(final)
     reason = ""

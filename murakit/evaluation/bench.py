@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from murakit.errors import MurakitError
+from murakit.evaluation.bootstrap import LEVEL, N_RESAMPLES, paired_auroc_difference, study_intervals
 from murakit.evaluation.metrics import evaluate, json_safe
+from murakit.layout import RunLayout
 
 MODEL_NAMES = ("baseline", "cnn", "cnn_onnx", "cnn_onnx_int8")
 ANCHOR = {"auroc": 0.929, "kappa": 0.705, "radiologist_kappa": 0.778}
@@ -74,44 +76,52 @@ def onnx_scorer(path: Path, threads: int):
     return fn, pred.threshold, pred
 
 
-def keras_scorer(run: Path):
+def keras_scorer(layout: RunLayout):
     """(fn, threshold) for the trained Keras CNN, through a compiled ``tf.function``."""
     import tensorflow as tf
 
     import deep
+    from edge.card import read_card
+    from edge.preprocess import to_model_input
 
-    model = deep.load_model(run / "cnn" / "best.keras")
+    model = deep.load_model(layout.cnn_best)
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def fn(u8):
-        x = tf.convert_to_tensor(u8[..., None].astype(np.float32) / 255.0)
-        return infer(x).numpy().reshape(-1)
+        return infer(tf.convert_to_tensor(to_model_input(u8))).numpy().reshape(-1)
 
-    threshold = json.loads((run / "cnn" / "metrics.json").read_text())["threshold"]
-    return fn, float(threshold)
+    return fn, read_card(layout.card("cnn")).threshold
 
 
-def model_files(run: Path) -> dict:
+def model_files(run) -> dict:
     """The model file of each benchmarked model that the run has."""
+    layout = RunLayout(run)
     cands = {
-        "baseline": [run / "export" / "baseline.onnx", run / "baseline" / "baseline.onnx"],
-        "cnn": [run / "cnn" / "best.keras"],
-        "cnn_onnx": [run / "export" / "cnn.onnx"],
-        "cnn_onnx_int8": [run / "export" / "cnn.int8.onnx"],
+        "baseline": [layout.exported("baseline"), layout.baseline_onnx],
+        "cnn": [layout.cnn_best],
+        "cnn_onnx": [layout.exported("cnn")],
+        "cnn_onnx_int8": [layout.exported("cnn.int8")],
     }
     return {k: next((p for p in v if p.exists()), None) for k, v in cands.items()}
 
 
-def train_seconds(run: Path, name: str):
-    src = run / ("baseline" if name == "baseline" else "cnn") / "metrics.json"
+def model_card(layout: RunLayout, name: str, path: Path):
+    """The card of a benchmarked model: inside the ONNX file, or card.json beside the Keras model."""
+    from edge.card import read_card, read_onnx_card
+
+    return read_card(layout.card("cnn")) if name == "cnn" else read_onnx_card(path)
+
+
+def train_seconds(layout: RunLayout, name: str):
+    src = layout.metrics("baseline" if name == "baseline" else "cnn")
     if not src.exists():
         return None
     return json.loads(src.read_text()).get("train_seconds")
 
 
-def data_root(run: Path):
+def data_root(run):
     """The data root the run's cache was prepared from (from RUN/prepared/config.json)."""
-    cfg = Path(run) / "prepared" / "config.json"
+    cfg = RunLayout(run).prepared_config
     return json.loads(cfg.read_text()).get("data_root") if cfg.exists() else None
 
 
@@ -123,22 +133,50 @@ def is_synthetic(root) -> bool:
     return any((d / "synth.json").exists() for d in (root, root / "MURA-v1.1"))
 
 
-def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, progress=print):
-    """Score and time every model of ``run``; returns (report dict, per-model test probabilities)."""
+# (name in report.json, model A, model B): A's study AUROC minus B's, paired bootstrap over studies.
+# The Keras CNN stands for the CNN (the float ONNX file gives the same probabilities within 1e-4).
+COMPARISONS = (("cnn_vs_baseline", ("cnn", "cnn_onnx"), "baseline"),
+               ("cnn_onnx_int8_vs_cnn_onnx", ("cnn_onnx_int8",), "cnn_onnx"))
+
+
+def comparisons(labels, studies, probs: dict, seed: int = 0) -> dict:
+    """Paired-bootstrap AUROC differences between the models that are present."""
+    out = {}
+    for name, a_choices, b in COMPARISONS:
+        a = next((m for m in a_choices if m in probs), None)
+        if a is not None and b in probs:
+            out[name] = {**paired_auroc_difference(labels, probs[a], probs[b], studies, seed=seed),
+                         "models": [a, b]}
+    return out
+
+
+def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, progress=print, seed: int = 0):
+    """Score and time every model of ``run``; returns (report dict, per-model test probabilities).
+
+    Study AUROC and kappa carry 95% bootstrap intervals (studies resampled, seeded), and
+    ``report["comparisons"]`` the paired CNN - baseline (and INT8 - float) AUROC differences.
+    """
+    from edge.errors import ModelError
     from murakit.data.prepared import load_prepared
 
-    run = Path(run)
-    prep = load_prepared(run)
+    layout = RunLayout(run)
+    files = {k: v for k, v in model_files(layout.root).items() if v is not None}
+    if not files:
+        raise MurakitError(f"{layout.root}: no trained or exported model found; run `murakit train` first")
+    try:
+        cards = {k: model_card(layout, k, v) for k, v in files.items()}
+    except ModelError as e:
+        raise MurakitError(str(e)) from None
+    for card in cards.values():  # every model must have been trained on this cache's preprocessing
+        load_prepared(layout.root, expect_config=card.preprocess)
+    prep = load_prepared(layout.root)
     test = prep.select("test")
     if len(test) == 0:
         raise MurakitError(f"{run}: the prepared cache has no test images")
     order = np.sort(test)
     images = np.asarray(prep.images[order])
     labels, studies, parts = prep.label[order], prep.study[order], prep.part[order]
-    files = {k: v for k, v in model_files(run).items() if v is not None}
-    if not files:
-        raise MurakitError(f"{run}: no trained or exported model found; run `murakit train` first")
-    root = data_root(run)
+    root = data_root(layout.root)
     report = {"dataset": {"root": root, "synthetic": is_synthetic(root), "split": "test", "images": len(order),
                           "studies": len(np.unique(studies))},
               "models": {}}
@@ -148,16 +186,21 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
             continue
         progress(f"  scoring {name} ({files[name].name}) on {len(order)} test images")
         if name == "cnn":
-            fn, thr = keras_scorer(run)
+            fn, thr = keras_scorer(layout)
         else:
             fn, thr, _ = onnx_scorer(files[name], threads)
         p = predict_all(fn, images)
         m = evaluate(labels, p, studies, parts, thr)
+        ci = study_intervals(labels, p, studies, thr, seed=seed)
+        m["study"].update(auroc_ci=ci["auroc_ci"], kappa_ci=ci["kappa_ci"])
         m.update(cost(fn, images, n_single, n_batches))
         m["size_bytes"] = int(files[name].stat().st_size)
-        m["train_seconds"] = train_seconds(run, name)
+        m["train_seconds"] = train_seconds(layout, name)
         m["file"] = str(files[name])
         report["models"][name] = json_safe(m)
         probs[name] = p
+    report["comparisons"] = json_safe(comparisons(labels, studies, probs, seed))
+    report["statistics"] = {"bootstrap": {"unit": "study", "n_resamples": N_RESAMPLES, "level": LEVEL, "seed": seed,
+                                          "interval": "percentile"}}
     return report, {"labels": labels, "studies": studies, "parts": parts, "probs": probs,
                     "images": images, "order": order, "prep": prep}

@@ -23,6 +23,7 @@ import numpy as np
 from edge.atomic import atomic_dir
 from edge.preprocess import PreprocessConfig
 from murakit.errors import MurakitError
+from murakit.layout import RunLayout
 
 LOW_STD = 0.05          # raw std (intensities in [0, 1]) below this: low contrast
 MEAN_ROBUST_Z = 3.5     # |mean - median| / (1.4826 MAD) above this: unusual exposure
@@ -69,14 +70,18 @@ def count_table(records, split: np.ndarray) -> dict:
 # ============================================================================ pixel statistics
 
 def png_format(path: str) -> str:
-    """``"grey 8-bit"``, ``"rgb 16-bit"``, ... from a PNG header; ``"jpeg"`` or ``"unknown"``."""
+    """``"grey 8-bit"``, ``"rgb 16-bit"``, ... from a PNG header; ``"jpeg"``, ``"dicom"`` or ``"unknown"``."""
+    from edge.dicom import is_dicom
+
     try:
         with open(path, "rb") as f:
-            head = f.read(26)
+            head = f.read(132)
     except OSError:
         return "unknown"
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26:
         return f"{PNG_COLOR_TYPES.get(head[25], 'other')} {head[24]}-bit"
+    if is_dicom(head):
+        return "dicom"
     return "jpeg" if head[:2] == b"\xff\xd8" else "unknown"
 
 
@@ -415,7 +420,7 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
         "problems": ds.problems.to_dict(),
         "plots": ["counts.png", "sizes.png", "mean_std.png", "samples.png"],
     }
-    out = Path(run) / "explore"
+    out = RunLayout(run).explore
     with atomic_dir(out) as tmp:
         _plot_counts(tmp / "counts.png", counts)
         _plot_sizes(tmp / "sizes.png", stats["h"], stats["w"])
@@ -428,3 +433,18 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
 
 def _truth(ann) -> int:
     return -1 if ann is None or ann.inverted is None else int(ann.inverted)
+
+
+def is_current(run, data) -> bool:
+    """The summary exists, is about the same data root and is newer than the prepared cache."""
+    from murakit.layout import is_fresh
+
+    layout = RunLayout(run)
+    summary = layout.explore_summary
+    if not is_fresh(summary, [layout.prepared_config]):
+        return False
+    try:
+        root = json.loads(summary.read_text()).get("data_root")
+    except (OSError, ValueError):
+        return False
+    return root is not None and Path(root).resolve() == Path(data).resolve()

@@ -11,34 +11,12 @@ import math
 
 import numpy as np
 
+from edge.metrics import auroc
+
+__all__ = ["auroc", "binary_metrics", "choose_threshold", "cohen_kappa", "evaluate", "json_safe",
+           "study_level"]
+
 METRIC_KEYS = ("auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1")
-
-
-def auroc(y, p) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties).
-
-    Parameters
-    ----------
-    y : array-like of {0, 1}, shape (N,)
-    p : array-like of float, shape (N,)
-
-    Returns
-    -------
-    float in [0, 1], or NaN when only one class is present.
-    """
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    sp = p[order]
-    ranks = np.empty(len(p), dtype=np.float64)
-    # average rank within each run of tied scores
-    _, start, counts = np.unique(sp, return_index=True, return_counts=True)
-    avg = start + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def cohen_kappa(y, yhat) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 from edge.atomic import atomic_path, write_text
 from murakit.evaluation.bench import ANCHOR, MODEL_NAMES
 from murakit.evaluation.metrics import study_level
+from murakit.layout import RunLayout
 
 LABELS = {"baseline": "HOG + SVM (ONNX)", "cnn": "CNN (Keras)", "cnn_onnx": "CNN (ONNX float)",
           "cnn_onnx_int8": "CNN (ONNX INT8)"}
@@ -30,17 +31,34 @@ def _save(fig, path: Path):
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
+# Curves of the same CNN in three runtimes lie on top of each other: wide pale Keras underneath,
+# thinner dashed / dotted ONNX curves on top, so every one of them stays visible.
+STYLES = {"baseline": {"color": "tab:orange", "lw": 2.0},
+          "cnn": {"color": "tab:blue", "lw": 5.0, "alpha": 0.35},
+          "cnn_onnx": {"color": "tab:blue", "lw": 1.6, "ls": "--"},
+          "cnn_onnx_int8": {"color": "tab:green", "lw": 1.6, "ls": ":"}}
+
+
+def _ci(m: dict, key: str) -> str:
+    lo, hi = m["study"].get(f"{key}_ci") or (None, None)
+    return "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
+
+
 def plot_roc(models, data, out: Path):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(6, 5.5))
     for name, p in data["probs"].items():
         s = study_level(data["labels"], p, data["studies"])
         fpr, tpr = roc_curve(s["label"], s["prob"])
-        ax.plot(fpr, tpr, label=f"{LABELS[name]}  AUROC {models[name]['study']['auroc']:.3f}")
+        m = models[name]
+        ax.plot(fpr, tpr, label=f"{LABELS[name]}: {m['study']['auroc']:.3f}{_ci(m, 'auroc')}",
+                **STYLES.get(name, {}))
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="Study-level ROC, test split")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8, title="study AUROC [95% CI]", title_fontsize=8)
     _save(fig, out)
     plt.close(fig)
 
@@ -49,17 +67,22 @@ def plot_confusion(models, data, out: Path):
     import matplotlib.pyplot as plt
 
     names = list(data["probs"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.8), squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
         s = study_level(data["labels"], data["probs"][name], data["studies"])
         yhat = s["prob"] > models[name]["threshold"]
         cm = np.array([[np.sum((s["label"] == a) & (yhat == b)) for b in (0, 1)] for a in (0, 1)])
-        ax.imshow(cm, cmap="Blues")
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()) * 1.4)
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", color="black", fontsize=12)
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "abnormal"],
-               yticklabels=["normal", "abnormal"], xlabel="predicted", ylabel="true", title=LABELS[name])
+        ax.set_xticks([0, 1], ["normal", "abnormal"])
+        ax.set_yticks([0, 1], ["normal", "abnormal"] if k == 0 else ["", ""])
+        ax.set_xlabel("predicted")
+        if k == 0:
+            ax.set_ylabel("true")
+        ax.set_title(LABELS[name], fontsize=9)
     fig.suptitle("Study-level confusion matrices (test split)")
+    fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
 
@@ -73,31 +96,41 @@ def plot_kappa_by_part(models, out: Path):
     w = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         vals = [models[name]["by_part"].get(p, {}).get("kappa") or 0.0 for p in parts]
-        ax.bar(np.arange(len(parts)) + i * w, vals, w, label=LABELS[name])
+        style = STYLES.get(name, {})
+        ax.bar(np.arange(len(parts)) + i * w, vals, w, label=LABELS[name], color=style.get("color"),
+               alpha=0.55 if name == "cnn" else 1.0, hatch="//" if name == "cnn_onnx" else None,
+               edgecolor="white")
     ax.axhline(ANCHOR["kappa"], color="k", ls=":", lw=1, label="MURA paper overall kappa (real MURA)")
     ax.set(xticks=np.arange(len(parts)) + w * (len(names) - 1) / 2, ylabel="Cohen's kappa (study)",
-           title="Kappa per body part, test split")
+           title="Kappa per body part, test split", ylim=(min(0.0, ax.get_ylim()[0]), 1.0))
     ax.set_xticklabels(parts)
-    ax.legend(fontsize=7)
+    # below the axes: inside, the legend covered the tallest bars
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     _save(fig, out)
     plt.close(fig)
 
 
 def plot_latency(models, out: Path):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    markers = {"baseline": "s", "cnn": "o", "cnn_onnx": "D", "cnn_onnx_int8": "^"}
     for name, m in models.items():
-        ax.scatter(m["latency_ms_p50"], m["study"]["auroc"], s=50)
-        ax.annotate(LABELS[name], (m["latency_ms_p50"], m["study"]["auroc"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set(xscale="log", xlabel="batch-1 latency, median ms (log)", ylabel="study AUROC",
-           title="Latency vs AUROC")
+        lo, hi = m["study"].get("auroc_ci") or (None, None)
+        yerr = None if lo is None else [[m["study"]["auroc"] - lo], [hi - m["study"]["auroc"]]]
+        ax.errorbar(m["latency_ms_p50"], m["study"]["auroc"], yerr=yerr, fmt=markers.get(name, "o"), ms=7,
+                    capsize=3, color=STYLES.get(name, {}).get("color"), label=LABELS[name])
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.3, 1, 3 ms: no 10^x labels
+    ax.set(xlabel="batch-1 latency, median ms (log scale)", ylabel="study AUROC (95% CI)",
+           title="Latency vs AUROC, test split")
+    ax.legend(fontsize=8, loc="lower right")  # a legend, not point labels: labels overlapped
     _save(fig, out)
     plt.close(fig)
 
 
-def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
+def plot_cams(run, data, out: Path, per_class: int = 4, seed: int = 0):
     """Grid of CAM overlays: top row abnormal test images, bottom row normal ones (seeded picks).
 
     When the data carries finding boxes (the synthetic default), abnormal picks are drawn from
@@ -109,7 +142,7 @@ def plot_cams(run: Path, data, out: Path, per_class: int = 4, seed: int = 0):
     from edge.cam import overlay
     from edge.predictor import Predictor
 
-    model = run / "export" / "cnn.onnx"
+    model = RunLayout(run).exported("cnn")
     if not model.exists():
         return False
     pred = Predictor(model)
@@ -159,15 +192,18 @@ def markdown(report: dict, plots: list) -> str:
     lines = [
         "# murakit benchmark report", "",
         (f"Data: `{ds['root']}`, split `{ds['split']}` (MURA `valid`): {ds['images']} images, "
-        f"{ds['studies']} studies. Study probability = mean of its views (MURA protocol)."), "",
-        ("| model | study AUROC | study kappa | image AUROC | image kappa | sens | spec | F1 | threshold "
-        "| size | latency p50 / p95 (ms, batch 1) | throughput (img/s, batch 32) | train s |"),
+        f"{ds['studies']} studies. Study probability = mean of its views (MURA protocol). Brackets: "
+        "95% bootstrap intervals (studies resampled with replacement, "
+        f"{report.get('statistics', {}).get('bootstrap', {}).get('n_resamples', '?')} resamples, seeded)."), "",
+        ("| model | study AUROC [95% CI] | study kappa [95% CI] | image AUROC | image kappa | sens | spec | F1 "
+         "| threshold | size | latency p50 / p95 (ms, batch 1) | throughput (img/s, batch 32) | train s |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["models"].items():
         s, i = m["study"], m["image"]
         lines.append(
-            f"| {name} | {_fmt(s['auroc'])} | {_fmt(s['kappa'])} | {_fmt(i['auroc'])} | {_fmt(i['kappa'])} "
+            f"| {name} | {_fmt(s['auroc'])}{_ci(m, 'auroc')} | {_fmt(s['kappa'])}{_ci(m, 'kappa')} "
+            f"| {_fmt(i['auroc'])} | {_fmt(i['kappa'])} "
             f"| {_fmt(s['sensitivity'])} | {_fmt(s['specificity'])} | {_fmt(s['f1'])} | {_fmt(m['threshold'])} "
             f"| {m['size_bytes'] / 1024:.0f} KiB | {_fmt(m['latency_ms_p50'], 2)} / {_fmt(m['latency_ms_p95'], 2)} "
             f"| {_fmt(m['throughput_ips'], 0)} | {_fmt(m['train_seconds'], 0)} |")
@@ -178,6 +214,18 @@ def markdown(report: dict, plots: list) -> str:
         "Our figures are on the data set this run used"
         + (" — the synthetic MURA-shaped default, not real radiographs — so the two rows are not comparable."
            if ds.get("synthetic") else "."),
+        "", "## Differences (paired bootstrap over the same test studies)", "",
+    ]
+    for cname, c in report.get("comparisons", {}).items():
+        a, b = c["models"]
+        lo, hi = c["ci"]
+        if lo is None or c["auroc_diff"] is None:
+            lines.append(f"- {cname}: undefined (a split with one class)")
+            continue
+        verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
+        lines.append(f"- {cname}: study AUROC {a} - {b} = {c['auroc_diff']:+.3f}, 95% CI "
+                     f"[{lo:+.3f}, {hi:+.3f}] ({verdict})")
+    lines += [
         "", "## Kappa per body part (study level)", "",
         "| part | " + " | ".join(report["models"]) + " |",
         "|---|" + "---|" * len(report["models"]),
@@ -195,7 +243,7 @@ def write_report(run, report: dict, data: dict) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(run) / "report"
+    out = RunLayout(run).report
     out.mkdir(parents=True, exist_ok=True)
     models = report["models"]
     plots = []
@@ -205,7 +253,7 @@ def write_report(run, report: dict, data: dict) -> Path:
                       ("latency_vs_auroc.png", lambda p: plot_latency(models, p))):
         fn(out / fname)
         plots.append(fname)
-    if plot_cams(Path(run), data, out / "cam_grid.png"):
+    if plot_cams(run, data, out / "cam_grid.png"):
         plots.append("cam_grid.png")
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.md", markdown(report, plots))

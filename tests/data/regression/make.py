@@ -6,14 +6,20 @@ Run from the repository root (needs the ``train`` extra)::
 
 Writes, next to this script::
 
-    model.onnx               ~30 KB float CNN ("small" arch, width 4, 32 px) with murakit metadata
-    golden/model/            4 cases: source.png, input_0.pb, output_0.pb (probability), output_1.pb (cam)
+    model.onnx               ~30 KB float CNN ("small" arch, width 4, 32 px) with its model card
+    golden/model/            4 PNG cases: source.png, input_0.pb, output_0.pb (probability), output_1.pb (cam),
+                             then 3 DICOM cases (source.dcm) written by make_dicom.py
 
 The model is trained for a few epochs on procedurally drawn 32 px "radiographs" where the
 abnormal class has a dark gap across the bright bone bar, so its outputs vary with the image
 (and therefore with any change to the preprocessing). ``tests/test_regression.py`` checks that
 today's ``edge.preprocess`` + onnxruntime reproduce the recorded outputs from the PNGs.
 Rebuild only on purpose: a new fixture hides any drift the old one would have caught.
+
+History: 2026-11 (model card, golden format 2) - the graph and the recorded inputs and outputs
+were NOT rebuilt: the old murakit.* metadata was replaced by a card (edge.card.attach_card)
+and the manifest rewritten, keeping the outputs recorded by the earlier onnxruntime (today's
+runtime reproduces them within 1e-6).
 """
 
 from __future__ import annotations
@@ -46,10 +52,13 @@ def radiograph(rng: np.random.Generator, abnormal: bool) -> np.ndarray:
 
 
 def main() -> int:
+    import hashlib
+
     import keras
 
     import deep
     from deep.config import ModelConfig
+    from edge.card import ModelCard, save_onnx
     from edge.preprocess import PreprocessConfig, preprocess, to_model_input
     from export.cnn import export_cnn
     from export.golden import record_golden
@@ -71,18 +80,20 @@ def main() -> int:
             cv2.imwrite(str(path), radiograph(rng, abnormal))
             sources.append(path)
         golden_x = to_model_input(np.stack([preprocess(s, cfg) for s in sources]))
-        meta = {"kind": "cnn", "input": "image", "precision": "float32", "preprocess": cfg.to_json(),
-                "threshold": 0.5, "labels": ["normal", "abnormal"], "version": "regression-fixture",
-                "arch": mcfg.arch, "model_config": mcfg.to_dict(),
-                "metrics": {"note": "tiny regression fixture trained on synthetic 32 px images"}}
-        proto, parity = export_cnn(deep.cam_model(model), SIZE, meta, golden_x)
-        import onnx
-
-        onnx.save(proto, str(HERE / "model.onnx"))
+        card = ModelCard(kind="cnn", preprocess=cfg, threshold=0.5, arch=mcfg.arch, model_config=mcfg.to_dict(),
+                         version="regression-fixture", weights_sha256="0" * 64,
+                         data_fingerprint=hashlib.sha256(b"regression fixture: 256 procedurally drawn 32 px "
+                                                         b"images, seed 0").hexdigest(),
+                         metrics={"note": "tiny regression fixture trained on synthetic 32 px images"})
+        proto, parity = export_cnn(deep.cam_model(model), SIZE, golden_x)
+        save_onnx(proto, card, HERE / "model.onnx")
         _, _, outputs = record_golden(HERE / "model.onnx", HERE / "golden" / "model", sources,
                                       [{"label": int(a)} for a in (0, 1, 0, 1)],
                                       extra={"keras_parity": parity})
     print("probabilities:", np.round(outputs["probability"].ravel(), 4), "parity:", parity)
+    from make_dicom import add_dicom_cases  # the DICOM twins of the PNG cases (dicom extra)
+
+    print("DICOM case probabilities:", np.round(add_dicom_cases(), 4))
     return 0
 
 

@@ -1,0 +1,568 @@
+"""Read a DICOM radiograph into the grey picture a PNG of it would give, or refuse in one line.
+
+Needs the optional ``dicom`` extra (pydicom + pylibjpeg decoders); it is imported only when a
+DICOM file is actually read, so the base edge install stays numpy + OpenCV + onnxruntime.
+
+The DICOM grayscale pipeline, in the standard's order (PS3.3 C.11, PS3.4 N.2.1):
+
+1. stored values, honouring BitsStored, HighBit and PixelRepresentation;
+2. modality LUT: a Modality LUT Sequence, else RescaleSlope / RescaleIntercept;
+3. VOI, by the ``dicom_voi`` policy of :class:`edge.preprocess.PreprocessConfig`:
+   ``"window"`` applies the file's own display choice (a VOI LUT Sequence, else the first
+   WindowCenter / WindowWidth with its VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID) and
+   falls back to the full range when the file has none; ``"full"`` ignores the window and
+   maps the image's own minimum..maximum to 0..1;
+4. MONOCHROME1 (or a Presentation LUT Shape INVERSE) inverted *after* VOI, so bones are bright.
+
+The result is float32 (H, W) in [0, 1] and goes through the same preprocessing as a PNG,
+including the ``invert`` policy (a file whose picture is still inverted after the header has
+been honoured is corrected like an inverted PNG).
+
+Refused with one clear line (:class:`edge.errors.ImageError`): multi-frame, colour (RGB, YBR,
+PALETTE COLOR), non-image objects (SR, RT, waveform, DICOMDIR, anything without pixel data),
+a compressed transfer syntax without an installed decoder (the line names the syntax and the
+package), truncated or corrupt files, and sizes above :data:`edge.image.MAX_PIXELS`.
+
+Privacy: only non-identifying fields are ever read out (:class:`DicomInfo`: UIDs, SOP class,
+modality, body part, pixel format). Error lines never quote a library's message, because
+those can echo element values such as the patient's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import struct
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ImageError
+
+VOI_POLICIES = ("window", "full")
+EXTRA_HINT = "pip install 'murakit[dicom]'"
+MURA_PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
+# BodyPartExamined (CS, PS3.16 Annex L) and common free-text variants -> MURA part.
+PART_SYNONYMS = {
+    "ELBOW": "ELBOW", "ELBOW JOINT": "ELBOW",
+    "FINGER": "FINGER", "FINGERS": "FINGER", "THUMB": "FINGER", "DIGIT": "FINGER",
+    "FOREARM": "FOREARM", "LOWER ARM": "FOREARM", "RADIUS": "FOREARM", "ULNA": "FOREARM",
+    "RADIUS ULNA": "FOREARM",
+    "HAND": "HAND", "HANDS": "HAND",
+    "HUMERUS": "HUMERUS", "UPPER ARM": "HUMERUS", "ARM": "HUMERUS",
+    "SHOULDER": "SHOULDER", "SHOULDER JOINT": "SHOULDER",
+    "WRIST": "WRIST", "WRIST JOINT": "WRIST", "SCAPHOID": "WRIST", "CARPUS": "WRIST",
+}
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "DR", "RF", "XA", "PX", "IO", "MG", "OT")
+# Decoder packages per compressed transfer syntax (what `murakit[dicom]` installs).
+_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
+}
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
+                 b"TM UC UI UL UN UR US UT UV".split())
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_CS_RE = re.compile(r"^[A-Z0-9 _]{1,16}$")
+HEAD_BYTES = 132  # enough to recognise a file: 128-byte preamble + "DICM"
+
+
+# ---------------------------------------------------------------- recognising DICOM
+def is_dicom(data: bytes) -> bool:
+    """True when ``data`` (a file's first bytes or all of them) is a DICOM file.
+
+    Recognised: the Part 10 ``DICM`` marker at offset 128, or a preamble-less data set that
+    starts with a group 0x0002 / 0x0008 element in explicit VR (either byte order) or
+    implicit VR little endian (what some PACS exports and old archives hold).
+    """
+    data = bytes(data[:HEAD_BYTES])
+    if data[128:132] == b"DICM":
+        return True
+    return _bare_dataset(data)
+
+
+def _bare_dataset(head: bytes) -> bool:
+    if len(head) < 8:
+        return False
+    for order in "<>":
+        group, element = struct.unpack(order + "HH", head[:4])
+        if group not in (0x0002, 0x0008) or element > 0x1FFF:
+            continue
+        if head[4:6] in _VRS:
+            return True
+        length = struct.unpack(order + "I", head[4:8])[0]
+        if order == "<" and length % 2 == 0 and 0 < length <= 256:
+            return True  # implicit VR little endian: a short, even value length
+    return False
+
+
+def is_dicom_file(path) -> bool:
+    """True when the file at ``path`` starts like DICOM (reads at most 132 bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return is_dicom(f.read(HEAD_BYTES))
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- non-identifying facts
+@dataclass(frozen=True)
+class DicomInfo:
+    """Non-identifying facts about one DICOM file (never a patient, date or institution field).
+
+    Attributes
+    ----------
+    study_uid, series_uid, sop_uid : str or None
+        StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID (None when absent or not a UID).
+    sop_class : str
+        SOP class name, e.g. ``"Digital X-Ray Image Storage - For Presentation"``.
+    modality : str or None
+    body_part : str or None
+        BodyPartExamined as written (upper case, <= 16 characters), None when absent.
+    part : str or None
+        The MURA part it maps to (one of :data:`MURA_PARTS`), None when it does not map.
+    photometric : str or None
+    transfer_syntax : str
+        Transfer syntax name.
+    rows, columns, frames, bits_stored : int or None
+    """
+
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    sop_class: str
+    modality: str | None
+    body_part: str | None
+    part: str | None
+    photometric: str | None
+    transfer_syntax: str
+    rows: int | None
+    columns: int | None
+    frames: int | None
+    bits_stored: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def map_body_part(value) -> str | None:
+    """Map a BodyPartExamined value to a MURA part, or None.
+
+    Case, spaces, ``_`` / ``-`` and a side prefix are ignored: ``"HAND "``, ``"Upper_Arm"``,
+    ``"LEFT WRIST"``, ``"XR_ELBOW"`` map to HAND, HUMERUS, WRIST, ELBOW.
+    """
+    if value is None:
+        return None
+    s = re.sub(r"[\s_\-]+", " ", str(value).upper()).strip()
+    s = re.sub(r"^(XR|LEFT|RIGHT|BOTH|BILATERAL|L|R) ", "", s)
+    return PART_SYNONYMS.get(s)
+
+
+def part_warning(info: DicomInfo | None) -> str | None:
+    """Why a file's body part or modality is outside what a MURA model knows, or None."""
+    if info is None:
+        return None
+    if info.body_part is not None and info.part is None:
+        return (f"body part {info.body_part!r} is not one of the seven MURA upper-extremity parts "
+                f"({', '.join(MURA_PARTS)})")
+    if info.modality is not None and info.modality not in RADIOGRAPH_MODALITIES:
+        return f"modality {info.modality} is not a projection radiograph (CR/DX)"
+    return None
+
+
+def _uid(value) -> str | None:
+    s = str(value).strip() if value is not None else ""
+    return s if len(s) <= 64 and _UID_RE.match(s) else None
+
+
+def _cs(value) -> str | None:
+    s = str(value).strip().upper() if value is not None else ""
+    return s if _CS_RE.match(s) else None
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _info(ds) -> DicomInfo:
+    """The non-identifying facts of a parsed data set (reads only whitelisted elements)."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None) or {}
+    sop_class = _uid(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
+    ts = _uid(meta.get("TransferSyntaxUID"))
+    body = _cs(ds.get("BodyPartExamined"))
+    return DicomInfo(
+        study_uid=_uid(ds.get("StudyInstanceUID")), series_uid=_uid(ds.get("SeriesInstanceUID")),
+        sop_uid=_uid(ds.get("SOPInstanceUID")), sop_class=UID(sop_class).name if sop_class else "unknown",
+        modality=_cs(ds.get("Modality")), body_part=body, part=map_body_part(body),
+        photometric=_cs(ds.get("PhotometricInterpretation")), transfer_syntax=UID(ts).name if ts else "unknown",
+        rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
+        frames=_int(ds.get("NumberOfFrames") or 1), bits_stored=_int(ds.get("BitsStored")))
+
+
+# ---------------------------------------------------------------- parsing
+def _pydicom(name: str):
+    """Import pydicom (the optional extra) or refuse in one line naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("pydicom") is None:
+        raise ImageError(f"{name}: is a DICOM file; reading DICOM needs the dicom extra: {EXTRA_HINT}")
+    try:
+        import pydicom
+        import pydicom.pixels
+    except ImportError as e:  # installed but broken (e.g. a half-removed decoder plugin)
+        raise ImageError(f"{name}: pydicom is installed but cannot be imported ({type(e).__name__}); "
+                         f"reinstall it: {EXTRA_HINT}") from None
+    # pydicom reports odd-but-readable files through logging; our refusals are our own lines
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    return pydicom
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _one_line(name: str):
+    """Turn any failure inside into one ImageError line that names no DICOM value.
+
+    pydicom parses elements lazily, so a malformed element can raise on first access, with
+    a message that may quote the element's value (which could be the patient's name).
+    """
+    try:
+        yield
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{name}: unreadable DICOM element ({type(e).__name__})") from None
+
+
+def _parse(pydicom, src, name: str, header_only: bool = False):
+    """pydicom Dataset from bytes or a path; any parse failure is one ImageError line."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(src) if isinstance(src, bytes) else str(src), force=True,
+                             stop_before_pixels=header_only)
+        ds.get("Rows")  # touch the data set: a broken element raises here, not later
+    except Exception as e:  # noqa: BLE001  pydicom raises many types; its messages may quote values
+        raise ImageError(f"{name}: truncated or corrupt DICOM file ({type(e).__name__})") from None
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _ensure_transfer_syntax(ds) -> None:
+    """Preamble-less files have no file meta: infer the syntax from how the data set was read."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if ds.file_meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    elif implicit is False:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def read_dicom_info(path, name: str | None = None) -> DicomInfo:
+    """Header-only read of a DICOM file's non-identifying facts (pixels are not decoded).
+
+    Raises
+    ------
+    ImageError
+        pydicom missing (names the extra), or a file pydicom cannot parse.
+    """
+    name = name or str(path)
+    pydicom = _pydicom(name)
+    with _quiet(), _one_line(name):
+        return _info(_parse(pydicom, Path(path), name, header_only=True))
+
+
+# ---------------------------------------------------------------- checks
+def _what(info: DicomInfo) -> str:
+    return "a DICOM object of unknown class" if info.sop_class == "unknown" else f"DICOM {info.sop_class} object"
+
+
+def _check_image(ds, info: DicomInfo, name: str) -> None:
+    """Refuse what is not one single-frame greyscale image, before decoding anything."""
+    from edge.image import MAX_PIXELS
+
+    meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if meta_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise ImageError(f"{name}: is a DICOMDIR (the index of a DICOM disc), not an image; "
+                         f"pass the image files or their folder")
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise ImageError(f"{name}: {_what(info)} holds float pixel data, not a radiograph")
+    if "PixelData" not in ds:
+        raise ImageError(f"{name}: {_what(info)} has no pixel data (not an image, or a truncated file)")
+    if info.sop_class.startswith("RT ") and info.sop_class != "RT Image Storage":
+        raise ImageError(f"{name}: {_what(info)} is not a radiograph")
+    if info.frames is None or info.frames < 1:
+        raise ImageError(f"{name}: DICOM NumberOfFrames is not a positive number")
+    if info.frames > 1:
+        raise ImageError(f"{name}: multi-frame DICOM ({info.frames} frames) is not supported; "
+                         f"export single-frame images")
+    spp = _int(ds.get("SamplesPerPixel", 1))
+    if spp != 1 or info.photometric in ("RGB", "PALETTE COLOR") or (info.photometric or "").startswith("YBR"):
+        raise ImageError(f"{name}: colour DICOM ({info.photometric or '?'}, {spp} samples per pixel) is "
+                         f"not a radiograph; only MONOCHROME1 / MONOCHROME2 are read")
+    if info.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageError(f"{name}: DICOM PhotometricInterpretation is {info.photometric or 'missing'}; "
+                         f"only MONOCHROME1 / MONOCHROME2 are read")
+    rows, cols = info.rows, info.columns
+    if not rows or not cols or rows < 0 or cols < 0:
+        raise ImageError(f"{name}: DICOM image has no valid Rows / Columns")
+    if rows * cols > MAX_PIXELS:
+        raise ImageError(f"{name}: image is {cols}x{rows}, above the {MAX_PIXELS:,}-pixel limit")
+    bits = _int(ds.get("BitsAllocated"))
+    stored = _int(ds.get("BitsStored", bits))
+    if bits not in (1, 8, 16, 32) or stored is None or not 1 <= stored <= bits:
+        raise ImageError(f"{name}: unsupported DICOM bit depth (BitsAllocated {bits}, BitsStored {stored})")
+    if _int(ds.get("PixelRepresentation", 0)) not in (0, 1):
+        raise ImageError(f"{name}: DICOM PixelRepresentation must be 0 or 1")
+
+
+def _check_decoder(ds, name: str):
+    """The pixel decoder for the file's transfer syntax, or a line naming what to install."""
+    from pydicom.pixels import get_decoder
+
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if not ts:
+        raise ImageError(f"{name}: DICOM file has no transfer syntax; cannot decode its pixels")
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise ImageError(f"{name}: DICOM transfer syntax {ts.name} ({ts}) is not supported") from None
+    if not decoder.is_available:
+        pkgs = _DECODER_PACKAGES.get(str(ts), "a pydicom decoder plugin")
+        raise ImageError(f"{name}: pixels are compressed with {ts.name} ({ts}) and no decoder for it is "
+                         f"installed: pip install {pkgs} (or {EXTRA_HINT})")
+    if not ts.is_encapsulated:
+        _check_native_length(ds, name)
+
+
+def _check_native_length(ds, name: str) -> None:
+    bits = int(ds.BitsAllocated)
+    need = int(ds.Rows) * int(ds.Columns)
+    need = (need + 7) // 8 if bits == 1 else need * bits // 8
+    have = len(ds.PixelData)
+    if have < need:
+        raise ImageError(f"{name}: truncated DICOM file (pixel data has {have:,} of {need:,} bytes)")
+
+
+# ---------------------------------------------------------------- pixels
+def stored_values(ds, name: str = "<dicom>") -> np.ndarray:
+    """Decode the stored values: int (H, W), BitsStored / HighBit / PixelRepresentation honoured.
+
+    pydicom assumes HighBit = BitsStored - 1 (true of almost every file); when HighBit says
+    the value sits higher in the word, the raw words are shifted and sign-extended here.
+    """
+    from pydicom.pixels import pixel_array
+
+    bits, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+    high = _int(ds.get("HighBit", stored - 1))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
+    odd_high = native and bits > 1 and high is not None and stored - 1 < high < bits
+    try:
+        arr = pixel_array(ds, correct_unused_bits=False) if odd_high else pixel_array(ds)
+    except Exception as e:  # noqa: BLE001  decoders raise many types; messages are not for users
+        raise ImageError(f"{name}: corrupt or truncated DICOM pixel data ({type(e).__name__})") from None
+    if arr.ndim != 2 or arr.shape != (int(ds.Rows), int(ds.Columns)):
+        raise ImageError(f"{name}: DICOM pixel data has shape {arr.shape}, expected "
+                         f"({int(ds.Rows)}, {int(ds.Columns)})")
+    if odd_high:
+        arr = _shift_high_bit(arr, stored, high, signed)
+    return arr
+
+
+def _shift_high_bit(arr: np.ndarray, stored: int, high: int, signed: bool) -> np.ndarray:
+    """Take BitsStored bits ending at HighBit out of each word, sign-extending if signed."""
+    words = arr.view(np.dtype(f"u{arr.dtype.itemsize}")).astype(np.int64)
+    v = (words >> (high + 1 - stored)) & ((1 << stored) - 1)
+    if signed:
+        v -= (v >= 1 << (stored - 1)) * (1 << stored)
+    return v
+
+
+def _lut(item, ds):
+    """(first mapped value, LUT entries as float32, nominal maximum) of a LUT sequence item."""
+    n, first, bits = (int(v) for v in item.LUTDescriptor)
+    n = n or 65536
+    data = item["LUTData"]
+    if isinstance(data.value, (bytes, bytearray)):
+        order = "<" if ds.file_meta.TransferSyntaxUID.is_little_endian else ">"
+        lut = np.frombuffer(bytes(data.value)[:2 * n], dtype=order + "u2")
+    else:
+        values = data.value if hasattr(data.value, "__len__") else [data.value]  # US: one or many
+        lut = np.asarray(list(values), dtype=np.float64).ravel()
+    if lut.size == 0:
+        raise ValueError("empty LUT")
+    first = first - 65536 if first >= 32768 and int(ds.get("PixelRepresentation", 0)) == 1 else first
+    return first, lut.astype(np.float32), float(2 ** min(max(bits, 1), 16) - 1)
+
+
+def _apply_lut(values: np.ndarray, first: int, lut: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.rint(values).astype(np.int64) - first, 0, lut.size - 1)
+    return lut[idx]
+
+
+def modality_values(stored: np.ndarray, ds):
+    """Stored values -> modality output, and the range that output can take.
+
+    Returns
+    -------
+    values : ndarray of float32 (float64 above 24-bit), shape (H, W)
+    lo, hi : float
+        The nominal output range (from BitsStored / PixelRepresentation or the LUT's depth).
+    """
+    wide = np.float64 if int(ds.get("BitsStored", 16)) > 24 else np.float32
+    seq = ds.get("ModalityLUTSequence")
+    if seq:
+        first, lut, top = _lut(seq[0], ds)
+        return _apply_lut(stored, first, lut), 0.0, top
+    bits, signed = int(ds.get("BitsStored", ds.BitsAllocated)), int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise ValueError("RescaleSlope / RescaleIntercept is not finite")
+    values = stored.astype(wide)
+    if slope != 1.0 or intercept != 0.0:
+        values = values * wide(slope) + wide(intercept)
+    lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    return values, lo, hi
+
+
+def _first(value):
+    """The first of a multi-valued element (WindowCenter may hold several windows)."""
+    return value[0] if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
+
+
+def _window(ds):
+    """(center, width, function) of the first window in the file, or None."""
+    c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if c is None or w is None or c == "" or w == "":
+        return None
+    try:
+        center, width = float(_first(c)), float(_first(w))
+    except (TypeError, ValueError, IndexError):
+        return None
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    ok = np.isfinite(center) and np.isfinite(width) and (width >= 1 if func == "LINEAR" else width > 0)
+    return (center, width, func) if ok else None
+
+
+def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """PS3.3 C.11.2.1.2 windowing, with output 0..1 instead of ymin..ymax.
+
+    Parameters
+    ----------
+    values : ndarray of float, modality output
+    center, width : float
+    function : {"LINEAR", "LINEAR_EXACT", "SIGMOID"}; anything else is LINEAR (the default term)
+
+    Returns
+    -------
+    ndarray of float32 in [0, 1]
+    """
+    f = np.float32
+    if function == "SIGMOID":
+        return (1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -80, 80)))).astype(f)
+    if function != "LINEAR_EXACT":
+        center, width = center - 0.5, width - 1.0  # LINEAR: the standard's half-pixel convention
+    if width <= 0:
+        return (values > center).astype(f)
+    out = (values - f(center)) * f(1.0 / width) + f(0.5)
+    return np.clip(out, 0.0, 1.0).astype(f, copy=False)
+
+
+def voi_picture(values: np.ndarray, ds, policy: str):
+    """Modality output -> [0, 1] picture by the VOI policy; returns (picture, what was applied)."""
+    if policy == "window":
+        seq = ds.get("VOILUTSequence")
+        if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]:
+            first, lut, top = _lut(seq[0], ds)
+            return np.clip(_apply_lut(values, first, lut) / np.float32(top), 0, 1), "voi-lut"
+        win = _window(ds)
+        if win is not None:
+            return apply_window(values, *win), f"window-{win[2].lower()}"
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.float32), "full"
+    out = (values - values.dtype.type(lo)) * values.dtype.type(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False), "full"
+
+
+def inverted_by_header(ds) -> bool:
+    """MONOCHROME1 (minimum = white) or a Presentation LUT Shape INVERSE: display is inverted."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" or shape == "INVERSE"
+
+
+def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window"):
+    """Decode DICOM bytes into the displayed picture and its non-identifying facts.
+
+    Parameters
+    ----------
+    data : bytes
+        A whole DICOM file.
+    name : str
+        Used in error messages (a path, never a DICOM value).
+    voi : {"window", "full"}
+        VOI policy (see the module docstring).
+
+    Returns
+    -------
+    picture : ndarray of float32, shape (H, W), values in [0, 1]; bone bright, air dark
+        when the header is honoured.
+    info : DicomInfo
+
+    Raises
+    ------
+    ImageError
+        Everything that is not one readable single-frame greyscale image, in one line.
+    """
+    if voi not in VOI_POLICIES:
+        raise ValueError(f"voi must be one of {VOI_POLICIES}, got {voi!r}")
+    pydicom = _pydicom(name)
+    with _quiet(), _one_line(name):
+        ds = _parse(pydicom, bytes(data), name)
+        info = _info(ds)
+        _check_image(ds, info, name)
+        _check_decoder(ds, name)
+        stored = stored_values(ds, name)
+        values, _, _ = modality_values(stored, ds)
+        picture, _ = voi_picture(values, ds, voi)
+        if inverted_by_header(ds):
+            picture = np.float32(1.0) - picture
+    if not np.all(np.isfinite(picture)):
+        raise ImageError(f"{name}: DICOM pixels are not finite after the modality / VOI LUT")
+    return np.ascontiguousarray(picture, dtype=np.float32), info
+
+
+def load_dicom(data: bytes, name: str = "<bytes>", voi: str = "window") -> np.ndarray:
+    """:func:`read_dicom` without the facts: float32 (H, W) in [0, 1]."""
+    return read_dicom(data, name, voi)[0]

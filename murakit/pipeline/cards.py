@@ -1,0 +1,40 @@
+"""Model cards of freshly trained models (the one place murakit fills one in)."""
+
+from __future__ import annotations
+
+from edge.card import ModelCard
+
+
+def split_metrics(val: dict, test: dict) -> dict:
+    """A card's ``metrics``: image and study metrics on val, and on test with kappa per part."""
+    return {"val": {k: val[k] for k in ("image", "study")},
+            "test": {k: test[k] for k in ("image", "study", "by_part")}}
+
+
+def training_card(kind: str, prep, *, threshold: float, arch: str, weights_sha256: str,
+                  metrics: dict, model_config: dict | None = None, hog=None) -> ModelCard:
+    """The card of a model just trained on the prepared cache ``prep``.
+
+    Parameters
+    ----------
+    kind : {"cnn", "baseline"}
+    prep : murakit.data.prepared.Prepared
+        Gives the preprocessing config and the data fingerprint.
+    threshold : float
+        Chosen on val (study level).
+    arch : str
+    weights_sha256 : str
+        Hash of the trained weights (the ``.keras`` file, or the baseline's ONNX graph).
+    metrics : dict
+        See :func:`split_metrics`.
+    model_config : dict, optional
+    hog : HogConfig, optional
+        For the baseline.
+    """
+    from murakit import __version__
+    from murakit.evaluation.metrics import json_safe
+
+    return ModelCard(kind=kind, preprocess=prep.config, threshold=float(threshold), arch=arch,
+                     model_config=model_config or {}, hog=hog, metrics=json_safe(metrics),
+                     data_fingerprint=prep.fingerprint(), weights_sha256=weights_sha256,
+                     version=__version__)

@@ -1,0 +1,111 @@
+"""CAM / Grad-CAM overlays of the trained CNN for image files (``murakit explain``).
+
+Each image goes through ``edge.preprocess`` with the preprocessing of the CNN's card, then the
+best checkpoint predicts it and ``<patient>_<study>_<view>_cam.png`` (heatmap over the
+preprocessed image) is written to the output folder (default ``RUN/explain``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from murakit.errors import MurakitError
+from murakit.layout import RunLayout
+
+
+@dataclass
+class Explanation:
+    """One explained image: its probability, label (by the card's threshold) and overlay file."""
+
+    path: str
+    probability: float
+    label: str
+    overlay: Path
+
+
+def load_cnn(layout: RunLayout):
+    """(Keras model, ModelCard) of a run's trained CNN."""
+    import deep
+    from edge.card import read_card
+    from edge.errors import ModelError
+
+    if not layout.cnn_best.is_file():
+        raise MurakitError(f"no trained CNN in {layout.cnn}: run murakit train cnn --run {layout.root} first")
+    try:
+        card = read_card(layout.card("cnn"))
+        model = deep.load_model(layout.cnn_best)
+    except ModelError as e:
+        raise MurakitError(f"{e} (was training interrupted? rerun murakit train cnn --run {layout.root})") from None
+    except deep.DeepError as e:
+        raise MurakitError(str(e)) from None
+    return model, card
+
+
+def overlay_names(paths) -> list:
+    """``<stem>_cam.png``, prefixed by the parent folders (patient, study) when stems collide."""
+    stems = [p.stem for p in paths]
+    names = []
+    for p, stem in zip(paths, stems):
+        if stems.count(stem) > 1:
+            stem = "_".join(p.parts[-3:-1] + (p.stem,))
+        names.append(f"{stem}_cam.png")
+    return names
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+
+
+def explain_images(images, run, out=None, gradcam: bool = False, log=print, warn=_stderr) -> tuple:
+    """Explain each image; returns (list of Explanation, number of unreadable images).
+
+    Parameters
+    ----------
+    images : list of str or Path
+        Image files (PNG/JPEG).
+    run : str or Path
+        Run folder with a trained CNN.
+    out : str or Path, optional
+        Output folder (default ``RUN/explain``).
+    gradcam : bool
+        Grad-CAM of the last feature maps instead of the CAM head.
+    log : callable
+        Receives one line per explained image.
+    warn : callable
+        Receives one line per unreadable image (default: stderr).
+    """
+    import cv2
+
+    import deep
+    from edge.atomic import atomic_path
+    from edge.cam import overlay
+    from edge.errors import EdgeError
+    from edge.preprocess import preprocess, to_model_input
+
+    layout = RunLayout(run)
+    model, card = load_cnn(layout)
+    out = Path(out) if out else layout.explain
+    out.mkdir(parents=True, exist_ok=True)
+    cmodel = None if gradcam else deep.cam_model(model)
+    done, failed = [], 0
+    paths = [Path(p) for p in images]
+    for path, name in zip(paths, overlay_names(paths)):
+        try:
+            u8 = preprocess(str(path), card.preprocess)
+        except EdgeError as e:
+            warn(f"murakit: error: {e}")
+            failed += 1
+            continue
+        x = to_model_input(u8)[None]
+        prob, maps = deep.gradcam(model, x) if gradcam else deep.cam(model, x, cmodel)
+        with atomic_path(out / name) as tmp:
+            if not cv2.imwrite(str(tmp), overlay(u8, maps[0])):
+                raise MurakitError(f"cannot write {out / name}")
+        p = float(prob[0])
+        label = card.labels[int(p > card.threshold)]
+        log(f"{path}: probability {p:.3f} -> {label} (threshold {card.threshold:.3f}) -> {out / name}")
+        done.append(Explanation(str(path), p, label, out / name))
+    return done, failed

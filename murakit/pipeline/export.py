@@ -1,0 +1,333 @@
+"""Export a run's models: CNN -> ONNX (+ INT8), the baseline, and a golden set for each.
+
+Writes ``RUN/export/``::
+
+    cnn.onnx              float CNN, outputs probability (B,1) and cam (B,h,w), its card inside
+    cnn.int8.onnx         static QDQ INT8 CNN, only when its study AUROC on val drops <= 0.01
+    baseline.onnx         the HOG + SVM baseline (copied from RUN/baseline/)
+    golden/<stem>/        golden set of each model (ONNX test-data layout + source image + manifest)
+    export.json           what was exported: sizes, hashes, Keras parity, the INT8 gate
+
+Every exported file carries the card written at training time (``RUN/<model>/card.json``);
+only precision, metrics and the weights hash describe the file itself. The preprocessing comes
+from that card, never from the prepared cache: a cache built with other settings is refused
+before anything is written. A model and its golden set are published together (golden set
+first, then the model renamed into place); a rerun checks every exported model against its
+golden set and its training card and redoes the export when anything disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from murakit.errors import MurakitError
+from murakit.layout import RunLayout
+
+GOLDEN_COUNT = 8
+CALIBRATION_COUNT = 200
+MAX_GOLDEN, MAX_CALIBRATION = 64, 10_000
+MAX_INT8_DROP = 0.01
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Settings of :func:`export_run`."""
+
+    golden: int = GOLDEN_COUNT
+    calibration: int = CALIBRATION_COUNT
+    max_int8_drop: float = MAX_INT8_DROP
+    int8: bool = True
+    strict_int8: bool = False
+
+    def check(self) -> None:
+        if not 2 <= self.golden <= MAX_GOLDEN:
+            raise MurakitError(f"--golden must be in [2, {MAX_GOLDEN}], got {self.golden}")
+        if not 1 <= self.calibration <= MAX_CALIBRATION:
+            raise MurakitError(f"--calibration must be in [1, {MAX_CALIBRATION}], got {self.calibration}")
+        if not (np.isfinite(self.max_int8_drop) and 0.0 <= self.max_int8_drop <= 1.0):
+            raise MurakitError(f"--max-int8-drop must be in [0, 1], got {self.max_int8_drop}")
+
+
+# ---------------------------------------------------------------- choosing images
+def golden_positions(prep, n: int) -> list:
+    """Deterministic validation positions for a golden set: both classes, spread over parts.
+
+    For each label (abnormal first), body parts are visited round-robin (sorted), each
+    giving its next image by sorted path, until ``n // 2`` (resp. the rest) are taken.
+    """
+    val = prep.select("val")
+    if len(val) == 0:
+        raise MurakitError("the prepared cache has no validation images for a golden set")
+    chosen = []
+    for label, want in ((1, n - n // 2), (0, n // 2)):
+        by_part = {}
+        for i in sorted(val[prep.label[val] == label], key=lambda i: prep.path[i]):
+            by_part.setdefault(str(prep.part[i]), []).append(int(i))
+        queues, taken = [by_part[p] for p in sorted(by_part)], []
+        while len(taken) < want and any(queues):
+            for q in queues:
+                if q and len(taken) < want:
+                    taken.append(q.pop(0))
+        chosen += taken
+    return chosen
+
+
+def first_by_path(prep, split: str, n: int) -> np.ndarray:
+    """The first ``n`` positions of ``split`` in sorted-path order (calibration sample)."""
+    pos = prep.select(split)
+    return np.asarray(sorted(pos, key=lambda i: prep.path[i])[:n], dtype=np.int64)
+
+
+def cache_inputs(prep, positions) -> np.ndarray:
+    """float32 (N, S, S, 1) model inputs from the prepared cache."""
+    from edge.preprocess import to_model_input
+
+    return to_model_input(np.stack([prep.image(int(i)) for i in positions]))
+
+
+def golden_sources(prep, positions) -> tuple:
+    """(source paths, manifest infos) of golden positions; missing source files are an error."""
+    root = Path(prep.meta["data_root"])
+    sources, infos = [], []
+    for i in positions:
+        src = root / str(prep.path[i])
+        if not src.is_file():
+            raise MurakitError(f"golden source image {src} is missing (data moved since prepare?)")
+        sources.append(src)
+        infos.append({"path": str(prep.path[i]), "label": int(prep.label[i]), "study": str(prep.study[i]),
+                      "part": str(prep.part[i])})
+    return sources, infos
+
+
+def source_inputs(sources, cfg) -> np.ndarray:
+    """float32 (N, S, S, 1): the golden sources through THE preprocessing function."""
+    from edge.preprocess import preprocess, to_model_input
+
+    return to_model_input(np.stack([preprocess(s, cfg) for s in sources]))
+
+
+# ---------------------------------------------------------------- publishing
+def publish(proto, card, path: Path, golden_dir: Path, sources, infos, extra: dict | None = None):
+    """Write a model and its golden set together; returns (final card, golden outputs).
+
+    The model is written under a temporary name, its golden set recorded from that file and
+    swapped into place, then the model renamed onto ``path``. An interruption leaves either
+    the old pair, or a new golden set beside the old model - which the next export detects.
+    """
+    from edge.atomic import atomic_write
+    from edge.card import attach_card
+    from export.golden import record_golden
+
+    data, card = attach_card(proto, card)
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    try:
+        with atomic_write(tmp) as f:
+            f.write(data)
+        _, _, outputs = record_golden(tmp, golden_dir, sources, infos, extra=extra, model_name=path.name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return card, outputs
+
+
+def _gate_score(prep, positions):
+    """score(probs (N,)) -> study-level AUROC over ``positions`` (MURA protocol)."""
+    from murakit.evaluation.metrics import auroc, study_level
+
+    labels, studies = prep.label[positions], prep.study[positions]
+
+    def score(p):
+        s = study_level(labels, p, studies)
+        return auroc(s["label"], s["prob"])
+
+    return score
+
+
+# ---------------------------------------------------------------- the three models
+def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, log) -> dict:
+    """Convert RUN/cnn/best.keras, check parity, publish cnn.onnx with its golden set."""
+    import deep
+    from export.cnn import export_cnn
+
+    model = deep.load_model(layout.cnn_best)
+    size = int(model.inputs[0].shape[1])
+    if size != card.preprocess.size:
+        raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
+    proto, parity = export_cnn(deep.cam_model(model), size, golden_x)
+    path = layout.exported("cnn")
+    card, outputs = publish(proto, card.replace(precision="float32"), path, layout.golden("cnn"), sources, infos,
+                            extra={"keras_parity": parity})
+    log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB); Keras vs ONNX max |diff| "
+        + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
+    return {"path": str(path), "bytes": path.stat().st_size, "keras_parity": parity,
+            "golden": str(layout.golden("cnn")), "golden_outputs": outputs, "card": card}
+
+
+def _remove_int8(layout: RunLayout) -> None:
+    """Drop an INT8 model (and golden set) left by an earlier export of another float model."""
+    import shutil
+
+    layout.exported("cnn.int8").unlink(missing_ok=True)
+    shutil.rmtree(layout.golden("cnn.int8"), ignore_errors=True)
+
+
+def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden_x, float_golden, sources,
+                infos, log) -> dict:
+    """Quantize cnn.onnx, gate it on val study AUROC, publish cnn.int8.onnx if accepted."""
+    from export.cnn import onnx_outputs
+    from export.golden import golden_agreement
+    from export.quantize import int8_gate, int8_metrics, quantize_int8
+
+    float_path = layout.exported("cnn")
+    calib = first_by_path(prep, "train", opts.calibration)
+    int8 = quantize_int8(float_path, cache_inputs(prep, calib))
+    val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
+    x_val = cache_inputs(prep, val)
+    gate = int8_gate(onnx_outputs(float_path, x_val)["probability"], onnx_outputs(int8, x_val)["probability"],
+                     _gate_score(prep, val), opts.max_int8_drop)
+    gate["calibration_images"] = len(calib)
+    if not gate["accepted"]:
+        _remove_int8(layout)
+        log(f"export: INT8 model REFUSED: val study AUROC {gate['float_auroc']:.4f} (float) -> "
+            f"{gate['int8_auroc']:.4f} (INT8): {gate['reason']}; cnn.int8.onnx not written")
+        return gate
+    agreement = golden_agreement(float_golden, onnx_outputs(int8, golden_x))
+    card = float_card.replace(precision="int8", metrics=int8_metrics(gate, agreement))
+    path = layout.exported("cnn.int8")
+    publish(int8, card, path, layout.golden("cnn.int8"), sources, infos, extra={"int8_gate": gate})
+    ratio = path.stat().st_size / float_path.stat().st_size
+    log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB, {ratio:.2f}x float); val study AUROC "
+        f"{gate['float_auroc']:.4f} -> {gate['int8_auroc']:.4f} (drop {gate['auroc_drop']:+.4f}), "
+        f"max |p diff| {gate['max_abs_diff']:.4f}")
+    return {**gate, "path": str(path), "bytes": path.stat().st_size, "golden_agreement": agreement}
+
+
+def export_baseline(layout: RunLayout, card, sources, infos, log) -> dict:
+    """Publish RUN/baseline/baseline.onnx (its card must be the training card) with its golden set."""
+    import onnx
+
+    from edge.card import read_onnx_card
+
+    src = layout.baseline_onnx
+    inside = read_onnx_card(src)
+    if inside.differences(card) or inside.weights_sha256 != card.weights_sha256:
+        raise MurakitError(f"{src} does not carry the card of {layout.card('baseline')}; retrain the baseline "
+                           "(murakit train baseline --force)")
+    path = layout.exported("baseline")
+    publish(onnx.load(str(src)), card, path, layout.golden("baseline"), sources, infos)
+    log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB) with its golden set")
+    return {"path": str(path), "bytes": path.stat().st_size, "golden": str(layout.golden("baseline"))}
+
+
+# ---------------------------------------------------------------- consistency and the stage
+def _training_cards(layout: RunLayout) -> dict:
+    """{"cnn": card, "baseline": card} of the trained models the run has (cards validated)."""
+    from edge.card import read_card
+    from edge.errors import ModelError
+
+    cards = {}
+    for name, model in (("cnn", layout.cnn_best), ("baseline", layout.baseline_onnx)):
+        if model.is_file():
+            try:
+                cards[name] = read_card(layout.card(name))
+            except ModelError as e:
+                raise MurakitError(f"{e}; retrain it (murakit train {name} --run {layout.root} --force)") from None
+    return cards
+
+
+def _pair_ok(layout: RunLayout, stem: str, card) -> bool:
+    """An exported model exists, carries the training card, and its golden set is its own."""
+    from edge.card import read_onnx_card
+    from edge.errors import EdgeError
+    from edge.golden import read_manifest
+    from edge.protobuf import sha256_file
+
+    path = layout.exported(stem)
+    try:
+        inside = read_onnx_card(path)
+        manifest = read_manifest(layout.golden(stem))
+        return not inside.differences(card) and manifest["model_sha256"] == sha256_file(path)
+    except (EdgeError, OSError):
+        return False
+
+
+def up_to_date(layout: RunLayout, cards: dict) -> bool:
+    """export.json is newer than every input and every exported model matches card and golden set."""
+    from murakit.layout import is_fresh
+
+    inputs = [layout.cnn_best, layout.card("cnn"), layout.baseline_onnx, layout.card("baseline"),
+              layout.prepared_config]
+    if not is_fresh(layout.export_summary, inputs):
+        return False
+    try:
+        summary = json.loads(layout.export_summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    stems = [s for s in ("cnn", "cnn.int8", "baseline") if s in summary and (s != "cnn.int8" or
+                                                                            summary[s].get("accepted"))]
+    wanted = {"cnn", "baseline"} & set(cards)
+    return wanted <= set(stems) and all(_pair_ok(layout, s, cards[s.split(".")[0]]) for s in stems)
+
+
+def _user_errors() -> tuple:
+    """Exceptions of export/deep that become one-line MurakitErrors (deep only if already loaded:
+    importing it costs TensorFlow's start-up, which a baseline-only export never needs)."""
+    import sys
+
+    from export.errors import ExportError
+
+    deep_errors = sys.modules.get("deep.errors")
+    return (ExportError, deep_errors.DeepError) if deep_errors else (ExportError,)
+
+
+def export_run(run, options: ExportOptions = ExportOptions(), force: bool = False, log=print) -> dict:
+    """Export every trained model of a run (see the module docstring).
+
+    Returns
+    -------
+    dict
+        The export summary (``export.json``) with ``"status"``: "exported" or "up-to-date", and
+        ``"int8_refused"`` True when the INT8 gate refused the quantized model.
+    """
+    from edge.atomic import write_text
+    from murakit.data.prepared import load_prepared
+    from murakit.evaluation.metrics import json_safe
+
+    options.check()
+    layout = RunLayout(run)
+    cards = _training_cards(layout)
+    if not cards:
+        raise MurakitError(f"nothing to export in {layout.root}: train a model first (murakit train cnn / baseline)")
+    if not force and up_to_date(layout, cards):
+        log(f"export: {layout.export_summary} is up to date and every model matches its golden set; "
+            "nothing to do (--force redoes it)")
+        return {**json.loads(layout.export_summary.read_text()), "status": "up-to-date"}
+    for card in cards.values():  # refuse a cache built differently before writing anything
+        load_prepared(layout.root, expect_config=card.preprocess)
+    prep = load_prepared(layout.root)
+    sources, infos = golden_sources(prep, golden_positions(prep, options.golden))
+    summary, refused = {"golden_cases": infos}, False
+    try:
+        if "cnn" in cards:
+            golden_x = source_inputs(sources, cards["cnn"].preprocess)
+            cnn = export_cnn_float(layout, cards["cnn"], prep, golden_x, sources, infos, log)
+            summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card")}
+            if options.int8:
+                summary["cnn.int8"] = export_int8(layout, cnn["card"], prep, options, golden_x,
+                                                  cnn["golden_outputs"], sources, infos, log)
+                refused = not summary["cnn.int8"]["accepted"]
+        else:
+            log(f"export: no CNN in {layout.cnn}; skipping cnn.onnx")
+        if "baseline" in cards:
+            summary["baseline"] = export_baseline(layout, cards["baseline"], sources, infos, log)
+        else:
+            log(f"export: no {layout.baseline_onnx}; skipping the baseline")
+    except _user_errors() as e:
+        raise MurakitError(str(e)) from None
+    write_text(layout.export_summary, json.dumps(json_safe(summary), indent=2, sort_keys=True))
+    return {**summary, "status": "exported", "int8_refused": refused and options.strict_int8}
