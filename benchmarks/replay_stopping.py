@@ -1,54 +1,54 @@
-"""Replay early stopping on curves recorded by ``tune_training.py`` (exact: stopping only truncates).
+"""Replay the training recipe's stopping rule on curves recorded by ``tune_training.py``.
 
-    python benchmarks/replay_stopping.py DIR/curves.jsonl [--patience 10] [--cap 100]
+    python benchmarks/replay_stopping.py DIR/curves.jsonl [--patience 10] [--smooth 3] \
+        [--auroc-tolerance 0.005] [--min-loss-delta 0.001] [--cap 100]
 
-For each (recipe, seed) curve: the epoch where early stopping with ``--patience`` would stop
-(or the end of the curve / the cap), the best validation epoch up to there, the test study
-AUROC of that epoch (what the recipe would report), and the best test AUROC of the whole
-curve (what an oracle would pick). Then the mean per recipe over seeds. A curve shorter than
-the stop point is marked "cut": the recorded budget ended first.
+Feeds each (recipe, seed) curve's validation AUROC and loss, epoch by epoch, to
+``deep.schedule_step`` (the code training runs) with the given settings, and prints where
+training would stop, the epoch it would keep, that epoch's test study AUROC (what the recipe
+reports) and the best test AUROC of the whole curve (an oracle). Exact for the stopping and
+the kept epoch; the learning-rate drops are the ones the curve was recorded with. A curve
+that ends before the rule stops it is marked "cut" (its recorded budget ended first).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import json
+from dataclasses import replace
 
 
-def monitored(curve: list[dict], smooth: int) -> list[float]:
-    """The monitored value per epoch: val AUROC, or its trailing mean over ``smooth`` epochs."""
-    vals = [r["val_auroc"] for r in curve]
-    return [sum(vals[max(0, i - smooth + 1):i + 1]) / len(vals[max(0, i - smooth + 1):i + 1])
-            for i in range(len(vals))]
+def replay(curve: list[dict], tcfg) -> dict:
+    from deep.training import schedule_step
 
-
-def replay(curve: list[dict], patience: int, cap: int, smooth: int = 1) -> dict:
-    """Early stopping on (smoothed) val AUROC (ties: lower val loss wins, as in deep.training)."""
-    best, best_loss, best_i, wait = -1.0, float("inf"), 0, 0
-    stop = None
-    mon = monitored(curve, smooth)
-    for i, r in enumerate(curve[:cap]):
-        if mon[i] > best or (mon[i] == best and r["val_loss"] < best_loss) or i == 0:
-            best, best_loss, best_i, wait = mon[i], r["val_loss"], i, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                stop = i
-                break
-    end = stop if stop is not None else min(len(curve), cap) - 1
-    reason = "early" if stop is not None else ("cap" if len(curve) >= cap else "cut")
-    return {"stop_epoch": end + 1, "best_epoch": best_i + 1, "val": curve[best_i]["val_auroc"],
-            "test": curve[best_i]["test_study_auroc"], "oracle": max(r["test_study_auroc"] for r in curve),
-            "reason": reason, "seconds": sum(r["seconds"] for r in curve[:end + 1])}
+    state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "wait": 0, "lr_wait": 0,
+             "stopped_early": False, "stop_reason": "", "history": []}
+    for r in curve[:tcfg.max_epochs]:
+        schedule_step(state, tcfg, {k: r[k] for k in ("epoch", "val_auroc", "val_loss", "lr")})
+        if state["stop_reason"]:
+            break
+    end, best = state["epoch"], state["best_epoch"]
+    reason = {"early_stop": "early", "max_epochs": "cap"}.get(state["stop_reason"], "cut")
+    return {"stop_epoch": end, "best_epoch": best, "val": state["best_auroc"],
+            "test": curve[best - 1]["test_study_auroc"],
+            "oracle": max(r["test_study_auroc"] for r in curve), "reason": reason,
+            "seconds": sum(r["seconds"] for r in curve[:end])}
 
 
 def main(argv=None) -> int:
+    from deep.config import TrainConfig
+
+    t = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("curves", nargs="+")
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--cap", type=int, default=100)
-    p.add_argument("--smooth", type=int, default=1, help="monitor the trailing mean of this many epochs")
+    p.add_argument("--patience", type=int, default=t.patience)
+    p.add_argument("--smooth", type=int, default=t.smooth)
+    p.add_argument("--auroc-tolerance", type=float, default=t.auroc_tolerance)
+    p.add_argument("--min-loss-delta", type=float, default=t.min_loss_delta)
+    p.add_argument("--cap", type=int, default=t.max_epochs)
     args = p.parse_args(argv)
+    tcfg = replace(t, patience=args.patience, smooth=args.smooth, auroc_tolerance=args.auroc_tolerance,
+                   min_loss_delta=args.min_loss_delta, max_epochs=args.cap)
     curves = collections.defaultdict(list)
     for path in args.curves:
         with open(path) as f:
@@ -56,10 +56,10 @@ def main(argv=None) -> int:
                 r = json.loads(line)
                 curves[(r["name"], r["seed"])].append(r)
     per_recipe = collections.defaultdict(list)
-    print("recipe     seed stop best  val    test   oracle reason  minutes")
+    print("recipe     seed stop kept  val    test   oracle reason  minutes")
     for (name, seed), curve in sorted(curves.items()):
         curve.sort(key=lambda r: r["epoch"])
-        r = replay(curve, args.patience, args.cap, args.smooth)
+        r = replay(curve, tcfg)
         per_recipe[name].append(r)
         print(f"{name:10s} {seed:4d} {r['stop_epoch']:4d} {r['best_epoch']:4d}  {r['val']:.3f}  "
               f"{r['test']:.3f}  {r['oracle']:.3f}  {r['reason']:6s} {r['seconds'] / 60:5.1f}")

@@ -16,7 +16,7 @@ _EXPORTS = {
     "deep.model": ("build_model", "cam_model", "load_model"),
     "deep.training": ("TrainResult", "auroc", "check_resumable", "class_weights", "get_strategy",
                    "is_complete", "passes_per_epoch", "predict", "read_state", "recover",
-                   "stop_message", "train"),
+                   "schedule_step", "stop_message", "train"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -44,6 +44,7 @@ __all__ = [
     "predict",
     "read_state",
     "recover",
+    "schedule_step",
     "stop_message",
     "train",
     "upsample",

@@ -106,7 +106,7 @@ class AugmentConfig(_JsonMixin):
 
     hflip: bool = True
     vflip: bool = False
-    max_rotation: float = 15.0
+    max_rotation: float = 20.0
     scale: float = 0.1
     shift: float = 0.05
     brightness: float = 0.1
@@ -153,6 +153,11 @@ class TrainConfig(_JsonMixin):
         The monitored value (early stopping, learning-rate plateaus, best epoch) is the mean
         validation study AUROC of the last ``smooth`` epochs: one lucky epoch on a small
         validation split does not end training early.
+    auroc_tolerance : float
+        Monitored values within this of the highest so far are ties, won by the lower
+        validation loss (AUROC differences this small are noise on ~100 validation studies).
+    min_loss_delta : float
+        A tie resets the patience only when it lowers the validation loss by more than this.
     augment : AugmentConfig or None
         None trains without augmentation.
     """
@@ -167,6 +172,8 @@ class TrainConfig(_JsonMixin):
     lr_factor: float = 0.3
     min_lr: float = 1e-5
     smooth: int = 3
+    auroc_tolerance: float = 0.005
+    min_loss_delta: float = 0.001
     augment: AugmentConfig | None = AugmentConfig()
 
     def __post_init__(self):
@@ -180,6 +187,9 @@ class TrainConfig(_JsonMixin):
                 and 0 <= self.min_lr <= self.lr):
             raise DeepError(f"invalid learning-rate settings: lr {self.lr}, factor {self.lr_factor}, "
                             f"min {self.min_lr}")
+        if not (0 <= self.auroc_tolerance < 0.5 and 0 <= self.min_loss_delta < 1):
+            raise DeepError(f"auroc_tolerance must be in [0, 0.5) and min_loss_delta in [0, 1), got "
+                            f"{self.auroc_tolerance}, {self.min_loss_delta}")
         if isinstance(self.augment, dict):  # from_dict / JSON
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
         if self.augment is not None and not isinstance(self.augment, AugmentConfig):

@@ -383,37 +383,61 @@ def smoothed_auroc(history, row, smooth: int) -> float:
     return float(np.mean(recent + [row["val_auroc"]]))
 
 
-def _update_schedule(model, state, tcfg, row) -> bool:
-    """Best-epoch, LR-on-plateau and early-stopping bookkeeping on the smoothed val AUROC.
+def schedule_step(state: dict, tcfg: TrainConfig, row: dict) -> tuple[bool, float | None]:
+    """One epoch of the recipe's bookkeeping (pure: no model), updating ``state`` in place.
 
-    Adds ``val_auroc_mean`` to ``row``; returns True if the epoch is the new best.
+    The monitored value is the mean val AUROC of the last ``tcfg.smooth`` epochs (added to
+    ``row`` as ``val_auroc_mean``). Means within ``tcfg.auroc_tolerance`` of the highest so
+    far are ties, won by the lower validation loss: differences that small are noise on a
+    validation split of ~100 studies, while the loss keeps measuring what the learning-rate
+    drops gain (docs/training.md). Patience counts epochs without a clear gain: a mean above
+    the highest by more than the tolerance, or a tie with a loss lower by more than
+    ``tcfg.min_loss_delta`` (so a run crawling at the smallest learning rate ends).
+
+    Returns
+    -------
+    improved : bool
+        The epoch is the new best (save it as best.keras).
+    new_lr : float or None
+        The learning rate to set now (a plateau), else None.
     """
-    row["val_auroc_mean"] = round(smoothed_auroc(state["history"], row, tcfg.smooth), 6)
-    mon = row["val_auroc_mean"]
-    # Equal values (common on small validation sets): the lower validation loss wins, which
-    # also favours later epochs whose BatchNorm moving statistics have caught up.
-    improved = mon > state["best_auroc"] or (
-        mon == state["best_auroc"] and row["val_loss"] < state.get("best_loss", np.inf)
-    ) or state["best_epoch"] == 0  # e.g. a NaN AUROC at epoch 1: still keep a best model
+    mon = row["val_auroc_mean"] = round(smoothed_auroc(state["history"], row, tcfg.smooth), 6)
+    top, tol = state.get("max_auroc", -1.0), tcfg.auroc_tolerance
+    best_loss = state.get("best_loss", np.inf)
+    first = state["best_epoch"] == 0  # e.g. a NaN AUROC at epoch 1: still keep a best model
+    clear = mon > top + tol
+    tie = mon >= top - tol
+    improved = first or clear or (tie and row["val_loss"] < best_loss)
+    gain = first or clear or (tie and row["val_loss"] < best_loss - tcfg.min_loss_delta)
     state["history"].append(row)
-    state["epoch"] = row["epoch"]
-    state["iterations"] = int(model.optimizer.iterations.numpy())
+    state.update(epoch=row["epoch"], max_auroc=top if np.isnan(mon) else max(top, mon))
     if improved:
-        state.update(best_auroc=mon, best_loss=row["val_loss"], best_epoch=row["epoch"],
-                     wait=0, lr_wait=0)
+        state.update(best_auroc=mon, best_loss=row["val_loss"], best_epoch=row["epoch"])
+    new_lr = None
+    if gain:
+        state.update(wait=0, lr_wait=0)
     else:
         state["wait"] += 1
         state["lr_wait"] += 1
         if state["lr_wait"] >= tcfg.lr_patience:
-            model.optimizer.learning_rate.assign(max(row["lr"] * tcfg.lr_factor, tcfg.min_lr))
+            new_lr = max(row["lr"] * tcfg.lr_factor, tcfg.min_lr)
             state["lr_wait"] = 0
         state["stopped_early"] = state["wait"] >= tcfg.patience
-    state["lr"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     state["stop_reason"] = ""  # a run resumed with a higher cap continues
     if state["stopped_early"]:
         state["stop_reason"] = "early_stop"
     elif state["epoch"] >= tcfg.max_epochs:
         state["stop_reason"] = "max_epochs"
+    return improved, new_lr
+
+
+def _update_schedule(model, state, tcfg, row) -> bool:
+    """``schedule_step`` plus the optimizer: set a plateau's learning rate, record steps and lr."""
+    improved, new_lr = schedule_step(state, tcfg, row)
+    if new_lr is not None:
+        model.optimizer.learning_rate.assign(new_lr)
+    state["iterations"] = int(model.optimizer.iterations.numpy())
+    state["lr"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     return improved
 
 

@@ -243,25 +243,17 @@ def test_checkpoints_history_and_stop_reason(trained):
         _train(out, replace(tcfg, max_epochs=6, lr=0.1), imgs, labels)
 
 
-class _FakeOptimizer:
-    def __init__(self, lr):
-        self.learning_rate = tf.Variable(lr)
-        self.iterations = tf.Variable(0)
-
-
-def _schedule(aurocs, **tcfg):
-    """Replay ``_update_schedule`` on a sequence of val AUROCs -> (state, learning rates)."""
-    import types
-
-    from deep.training import _new_state, _update_schedule
+def _schedule(aurocs, losses=None, **tcfg):
+    """Replay ``deep.schedule_step`` on val AUROCs (and losses) -> (state, learning rates)."""
+    from deep.training import _new_state
 
     tcfg = TrainConfig(**tcfg)
-    model = types.SimpleNamespace(optimizer=_FakeOptimizer(tcfg.lr))
-    state, lrs = _new_state(DROP, tcfg, {}), []
+    state, lrs, lr = _new_state(DROP, tcfg, {}), [], tcfg.lr
     for epoch, auc in enumerate(aurocs, 1):
-        lrs.append(state["lr"])
-        _update_schedule(model, state, tcfg, {"epoch": epoch, "val_auroc": auc, "val_loss": 1.0,
-                                              "lr": state["lr"]})
+        lrs.append(lr)
+        loss = 1.0 if losses is None else losses[epoch - 1]
+        _, new_lr = deep.schedule_step(state, tcfg, {"epoch": epoch, "val_auroc": auc, "val_loss": loss, "lr": lr})
+        lr = lr if new_lr is None else new_lr
         if state["stop_reason"]:
             break
     return state, lrs
@@ -284,12 +276,26 @@ def test_early_stopping_and_plateau_schedule():
 def test_smoothing_ignores_one_lucky_epoch():
     """A spike at epoch 3 wins the raw comparison; the 3-epoch mean prefers the later plateau."""
     aurocs = [0.60, 0.70, 0.90, 0.80, 0.85, 0.87, 0.88, 0.88, 0.88, 0.87, 0.86, 0.86, 0.85]
-    raw, _ = _schedule(aurocs, patience=6, smooth=1)
-    mean, _ = _schedule(aurocs, patience=6, smooth=3)
+    raw, _ = _schedule(aurocs, patience=6, smooth=1, auroc_tolerance=0.0)
+    mean, _ = _schedule(aurocs, patience=6, smooth=3, auroc_tolerance=0.0)
     assert raw["best_epoch"] == 3 and raw["stop_reason"] == "early_stop" and raw["epoch"] == 9
     assert mean["best_epoch"] == 9 and mean["best_auroc"] == pytest.approx(0.88)  # 3 epochs at 0.88
     rows = mean["history"]
     assert [r["val_auroc_mean"] for r in rows[:3]] == pytest.approx([0.60, 0.65, 0.7333333], abs=1e-6)
+
+
+def test_auroc_ties_are_decided_by_the_validation_loss():
+    """Within 0.005 of the best mean AUROC the lower loss wins; a tiny loss gain keeps the best
+    model but does not reset the patience (a run crawling at the smallest LR ends)."""
+    aurocs = [0.80, 0.900, 0.902, 0.899, 0.901, 0.890, 0.90, 0.90]
+    losses = [0.50, 0.400, 0.390, 0.350, 0.3499, 0.30, 0.3498, 0.3497]
+    state, _ = _schedule(aurocs, losses, smooth=1, patience=3, auroc_tolerance=0.005, min_loss_delta=0.001)
+    # 3, 4: ties with lower losses (new best, patience reset); 5: a loss gain below 0.001 (best,
+    # no reset); 6: below the band; 7: tiny loss gain again -> best 7, stopped after 3 waits
+    assert state["best_epoch"] == 7 and state["stop_reason"] == "early_stop" and state["epoch"] == 7
+    # epoch 6: lowest loss but AUROC 0.890 is below the tie band (0.902 - 0.005): not the best
+    state, _ = _schedule(aurocs, losses, smooth=1, patience=3, auroc_tolerance=0.0)
+    assert state["best_epoch"] == 3  # no tolerance: the raw maximum
 
 
 # Exact resume means the same ops on the same inputs; on CPU they give the same floats, and the
