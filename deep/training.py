@@ -1,9 +1,15 @@
 """Training until converged: early stopping and LR-on-plateau on validation AUROC, exact resume.
 
+The recipe (``TrainConfig``, ``schedule_step``): each epoch ends with the validation (study)
+AUROC, monitored as its mean over the last few epochs with near-ties decided by the
+validation loss; the learning rate drops on plateaus and training stops after ``patience``
+epochs without a clear gain, or at the ``max_epochs`` cap. docs/training.md has the
+measurements behind each choice.
+
 Checkpoint layout in ``out_dir``::
 
     last.keras    model + optimizer state after the latest finished epoch
-    best.keras    model of the epoch with the best validation AUROC
+    best.keras    model of the best epoch (``schedule_step``)
     state.json    epoch counter, schedule/early-stopping state, history (the commit point)
     history.csv   one row per epoch: epoch,loss,val_loss,val_auroc,val_auroc_mean,lr,seconds
                   (val_auroc_mean: the monitored trailing mean, ``TrainConfig.smooth``)
