@@ -47,11 +47,11 @@ def pipeline_rate(images, batch=32, epochs=2) -> float:
 
     n = len(images)
     labels = np.arange(n) % 2
-    for _ in deep.make_dataset(images, np.arange(n), labels, batch, augment=True, seed=0).take(2):
+    for _ in deep.make_dataset(images, np.arange(n), labels, batch, augment=deep.AugmentConfig(), seed=0).take(2):
         pass
     t0, seen = time.perf_counter(), 0
     for e in range(epochs):
-        for x, _, _ in deep.make_dataset(images, np.arange(n), labels, batch, augment=True, seed=e):
+        for x, _, _ in deep.make_dataset(images, np.arange(n), labels, batch, augment=deep.AugmentConfig(), seed=e):
             seen += int(x.shape[0])
     return seen / (time.perf_counter() - t0)
 
@@ -64,7 +64,7 @@ def train_rate(images, size, batch=32, steps=None) -> float:
     labels = np.arange(n) % 2
     model = deep.build_model(deep.ModelConfig(size=size))
     model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=False)
-    ds = deep.make_dataset(images, np.arange(n), labels, batch, augment=True, seed=0, drop_remainder=True)
+    ds = deep.make_dataset(images, np.arange(n), labels, batch, augment=deep.AugmentConfig(), seed=0, drop_remainder=True)
     model.fit(ds.take(3), verbose=0)
     t0 = time.perf_counter()
     model.fit(ds, verbose=0)
@@ -114,7 +114,7 @@ def memory_child(path: str, size: int) -> None:
     rows = np.arange(n)
     with tempfile.TemporaryDirectory() as out:
         deep.train(images, rows[: n - 256], rows[: n - 256] % 2, rows[n - 256:], rows[n - 256:] % 2,
-                   deep.ModelConfig(size=size), out, deep.TrainConfig(epochs=1), verbose=False)
+                   deep.ModelConfig(size=size), out, deep.TrainConfig(max_epochs=1), verbose=False)
     done.set()
     peak["anon"] = max(peak["anon"], _status_kb("RssAnon"))
     print(json.dumps({"images": n, "peak_rss_mb": _status_kb("VmHWM") / 1024,

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         data = args.data
         if data is None:
-            from murakit.synth import generate
+            from murakit.data.synth import generate
 
             generate(tmp / "data", n_studies=args.studies, seed=0, progress=False)
             data = tmp / "data"

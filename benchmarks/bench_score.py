@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         tmp = Path(tmp)
         if args.data is None:
-            from murakit.synth import generate
+            from murakit.data.synth import generate
 
             args.data = str(generate(tmp / "data", n_studies=args.studies, seed=0, progress=False).parent)
         files = tmp / "files.txt"

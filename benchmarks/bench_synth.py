@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_synth.py [--studies 1500] [--seed 0] [--workers 2]
                                      [--out DIR] [--difficulty]
 
-Prints images/s of ``murakit.synth.generate`` (fresh tree, ``workers`` processes) and the
+Prints images/s of ``murakit.data.synth.generate`` (fresh tree, ``workers`` processes) and the
 output size on disk. With ``--difficulty`` it also fits a quick HOG + logistic-regression
 baseline (``skimage.feature.hog`` on the 128 px output of ``edge.preprocess``) on the train
 split and reports image- and study-level AUROC (study = mean of its views, as in MURA) on the
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from murakit.synth import DEFAULT_STUDIES, generate
+from murakit.data.synth import DEFAULT_STUDIES, generate
 
 
 def bench_generate(out: Path, n_studies: int, seed: int, workers: int) -> Path:

@@ -1,28 +1,69 @@
 """deep: the Keras CNN on image arrays (tf.data pipeline, training, CAM/Grad-CAM).
 
 Knows nothing of MURA's files; takes uint8 image caches and writes models.
+
+The names below are loaded on first use (PEP 562), so ``from deep.config import TrainConfig``
+(e.g. to show the training defaults in a CLI's ``--help``) does not import TensorFlow.
 """
 
-from deep.config import ARCHS, ModelConfig
-from deep.data import augment_batch, make_dataset
-from deep.errors import DeepError
-from deep.explain import cam, gradcam, pointing_game, upsample
-from deep.model import build_model, cam_model, load_model
-from deep.train import (
-                         TrainConfig,
-                         TrainResult,
-                         auroc,
-                         check_resumable,
-                         class_weights,
-                         get_strategy,
-                         is_complete,
-                         predict,
-                         read_state,
-                         train,
-)
+import importlib
+
+_EXPORTS = {
+    "deep.config": ("ARCHS", "AugmentConfig", "ModelConfig", "TrainConfig"),
+    "deep.data": ("augment_batch", "make_dataset"),
+    "deep.errors": ("DeepError",),
+    "deep.explain": ("cam", "gradcam", "pointing_game", "upsample"),
+    "deep.model": ("build_model", "cam_model", "load_model"),
+    "deep.training": ("TrainResult", "auroc", "check_resumable", "class_weights", "get_strategy",
+                   "is_complete", "passes_per_epoch", "predict", "read_state", "recover",
+                   "schedule_step", "stop_message", "train"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "ARCHS", "DeepError", "ModelConfig", "TrainConfig", "TrainResult", "augment_batch", "auroc",
-    "build_model", "cam", "cam_model", "check_resumable", "class_weights", "get_strategy", "gradcam", "is_complete", "load_model",
-    "make_dataset", "pointing_game", "predict", "read_state", "train", "upsample",
+    "ARCHS",
+    "AugmentConfig",
+    "DeepError",
+    "ModelConfig",
+    "TrainConfig",
+    "TrainResult",
+    "augment_batch",
+    "auroc",
+    "build_model",
+    "cam",
+    "cam_model",
+    "check_resumable",
+    "class_weights",
+    "get_strategy",
+    "gradcam",
+    "is_complete",
+    "load_model",
+    "make_dataset",
+    "passes_per_epoch",
+    "pointing_game",
+    "predict",
+    "read_state",
+    "recover",
+    "schedule_step",
+    "stop_message",
+    "train",
+    "upsample",
 ]
+
+assert sorted(__all__) == sorted(_WHERE)  # one list of names, checked at import
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"deep.{name}")  # a submodule, e.g. deep.explain
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'deep' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

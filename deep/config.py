@@ -1,9 +1,15 @@
-"""ModelConfig: the small typed config that travels with every CNN (stored as JSON beside it)."""
+"""Typed, frozen configs of the CNN: the model (travels with it), augmentation and training.
+
+``ModelConfig`` is stored as JSON beside every CNN. ``TrainConfig`` (with its
+``AugmentConfig``) is stored in the checkpoint folder's ``state.json``; everything in it but
+``max_epochs`` must match to resume a run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from deep.errors import DeepError
@@ -11,8 +17,33 @@ from deep.errors import DeepError
 ARCHS = ("small", "densenet169", "mobilenetv3small")
 
 
+class _JsonMixin:
+    """``to_dict`` / ``from_dict`` (unknown keys refused) / ``to_json`` / ``from_json``."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DeepError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DeepError(f"invalid {cls.__name__} JSON: {e}") from None
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_JsonMixin):
     """Architecture settings of a CNN; everything needed to rebuild it.
 
     Parameters
@@ -47,23 +78,125 @@ class ModelConfig:
         if self.width < 4 or not 0.0 <= self.dropout < 1.0 or not 0.0 < self.bn_momentum < 1.0:
             raise DeepError(f"invalid model config: {self}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise DeepError(f"unknown ModelConfig keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+@dataclass(frozen=True)
+class AugmentConfig(_JsonMixin):
+    """Random changes applied to training batches only (never at validation or inference).
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    The defaults were chosen from measured runs (docs/training.md): what a radiograph can
+    plausibly look like in another acquisition, not what suits one data set.
 
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise DeepError(f"invalid ModelConfig JSON: {e}") from None
+    Parameters
+    ----------
+    hflip : bool
+        Mirror left/right with probability 1/2 (left and right limbs are both common).
+    vflip : bool
+        Mirror top/bottom with probability 1/2 (off: radiographs are rarely upside down).
+    max_rotation : float
+        Rotation drawn uniformly in [-max_rotation, max_rotation] degrees (0..180).
+    scale : float
+        Isotropic zoom drawn in [1 - scale, 1 + scale] (0..0.5).
+    shift : float
+        Translation per axis drawn in [-shift, shift] times the image side (0..0.5).
+    brightness : float
+        Additive offset drawn in [-brightness, brightness] on [0, 1] intensities (0..0.5).
+    contrast : float
+        Contrast factor about the image mean drawn in [1 - contrast, 1 + contrast] (0..0.9).
+    """
+
+    hflip: bool = True
+    vflip: bool = False
+    max_rotation: float = 20.0
+    scale: float = 0.1
+    shift: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.2
+
+    def __post_init__(self):
+        bounds = {"max_rotation": 180.0, "scale": 0.5, "shift": 0.5, "brightness": 0.5,
+                  "contrast": 0.9}
+        for name, hi in bounds.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= hi:
+                raise DeepError(f"augmentation {name} must be within 0..{hi:g}, got {v!r}")
+        if not isinstance(self.hflip, bool) or not isinstance(self.vflip, bool):
+            raise DeepError("augmentation hflip / vflip must be true or false")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JsonMixin):
+    """Optimisation settings; all but ``max_epochs`` must match to resume a run.
+
+    The defaults train until converged: training ends when the validation study AUROC has
+    not improved for ``patience`` epochs (early stopping), and the learning rate drops by
+    ``lr_factor`` after ``lr_patience`` epochs without a gain. ``max_epochs`` is a cap that a
+    normal run does not reach; lower it only to bound the time (the demo does).
+
+    Parameters
+    ----------
+    max_epochs : int
+        Hard cap on epochs (>= 1).
+    min_steps : int
+        An epoch is at least this many optimiser steps: a small training split is passed
+        over several times per "epoch", so patience and the learning-rate schedule measure
+        the same amount of learning on 500 images as on 5,000.
+    batch_size : int
+    seed : int
+        Seeds the initial weights, shuffling, augmentation and dropout of every epoch.
+    lr : float
+        Initial Adam learning rate.
+    patience : int
+        Early stopping: epochs without a gain of the monitored validation AUROC.
+    lr_patience, lr_factor, min_lr
+        Reduce-on-plateau schedule on the monitored validation AUROC.
+    smooth : int
+        The monitored value (early stopping, learning-rate plateaus, best epoch) is the mean
+        validation study AUROC of the last ``smooth`` epochs: one lucky epoch on a small
+        validation split does not end training early.
+    auroc_tolerance : float
+        Monitored values within this of the highest so far are ties, won by the lower
+        validation loss (AUROC differences this small are noise on ~100 validation studies).
+    min_loss_delta : float
+        A tie resets the patience only when it lowers the validation loss by more than this.
+    augment : AugmentConfig or None
+        None trains without augmentation.
+    """
+
+    max_epochs: int = 100
+    min_steps: int = 50
+    batch_size: int = 32
+    seed: int = 0
+    lr: float = 1e-3
+    patience: int = 10
+    lr_patience: int = 4
+    lr_factor: float = 0.3
+    min_lr: float = 1e-5
+    smooth: int = 3
+    auroc_tolerance: float = 0.005
+    min_loss_delta: float = 0.001
+    augment: AugmentConfig | None = AugmentConfig()
+
+    def __post_init__(self):
+        ints = {"max_epochs": 1, "min_steps": 1, "batch_size": 1, "patience": 1, "lr_patience": 1,
+                "smooth": 1}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise DeepError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and 0 < self.lr_factor < 1
+                and 0 <= self.min_lr <= self.lr):
+            raise DeepError(f"invalid learning-rate settings: lr {self.lr}, factor {self.lr_factor}, "
+                            f"min {self.min_lr}")
+        if not (0 <= self.auroc_tolerance < 0.5 and 0 <= self.min_loss_delta < 1):
+            raise DeepError(f"auroc_tolerance must be in [0, 0.5) and min_loss_delta in [0, 1), got "
+                            f"{self.auroc_tolerance}, {self.min_loss_delta}")
+        if isinstance(self.augment, dict):  # from_dict / JSON
+            object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
+        if self.augment is not None and not isinstance(self.augment, AugmentConfig):
+            raise DeepError(f"augment must be an AugmentConfig or None, got {self.augment!r}")
+
+    def resume_key(self) -> dict:
+        """The settings a checkpoint must have been trained with to be resumed (all but the cap)."""
+        d = self.to_dict()
+        d.pop("max_epochs")
+        return d

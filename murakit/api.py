@@ -313,7 +313,7 @@ def synthesize(out="data/synth", studies: int | None = None, seed: int = 0, forc
     -------
     Dataset
     """
-    from murakit import synth
+    from murakit.data import synth
 
     n = synth.DEFAULT_STUDIES if studies is None else studies
     if force or not synth.existing_matches(out, n, seed):

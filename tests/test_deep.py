@@ -1,6 +1,8 @@
 """deep: model building, CAM parity, the streaming pipeline, training/resume, explanations."""
 
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 import deep
-from deep import DeepError, ModelConfig, TrainConfig
+from deep import AugmentConfig, DeepError, ModelConfig, TrainConfig
 
 S = 32
 TINY = ModelConfig(size=S, width=8, dropout=0.0)
@@ -27,15 +29,24 @@ def blobs(n, size=S, seed=0):
     return imgs, labels, boxes
 
 
+# Dropout 0.2 (the default): an exact resume must reproduce its masks too.
+DROP = ModelConfig(size=S, width=8)
+# 8 steps a pass, min_steps 16 -> 2 passes an epoch; lr_patience 1 so the LR schedule acts.
+TRAIN_CFG = TrainConfig(max_epochs=4, batch_size=16, seed=3, patience=10, lr_patience=1, min_steps=16)
+
+
+def _train(out, tcfg, imgs, labels, **kw):
+    return deep.train(imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], DROP, out,
+                      tcfg, verbose=False, **kw)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Tiny model trained for a few epochs on separable blobs (shared by several tests)."""
+    """Tiny model trained 4 epochs without interruption on separable blobs (shared by several tests)."""
     imgs, labels, boxes = blobs(160)
     out = tmp_path_factory.mktemp("train")
-    tcfg = TrainConfig(epochs=4, batch_size=16, seed=3, patience=10)
-    res = deep.train(imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], TINY, out,
-                     tcfg, verbose=False)
-    return res, imgs, labels, boxes, out, tcfg
+    res = _train(out, TRAIN_CFG, imgs, labels)
+    return res, imgs, labels, boxes, out, TRAIN_CFG
 
 
 def test_config_roundtrip_and_validation():
@@ -45,6 +56,25 @@ def test_config_roundtrip_and_validation():
         ModelConfig(arch="resnet9000")
     with pytest.raises(DeepError, match="unknown ModelConfig keys"):
         ModelConfig.from_dict({"arch": "small", "colour": 3})
+    tcfg = TrainConfig(augment=AugmentConfig(max_rotation=5.0, vflip=True))
+    assert TrainConfig.from_json(tcfg.to_json()) == tcfg
+    assert TrainConfig.from_dict({**tcfg.to_dict(), "augment": None}).augment is None
+    assert "max_epochs" not in tcfg.resume_key() and tcfg.resume_key()["augment"]["vflip"] is True
+    for bad in ({"max_epochs": 0}, {"patience": 1.5}, {"lr": -1.0}, {"augment": "yes"}):
+        with pytest.raises(DeepError):
+            TrainConfig(**bad)
+    for bad in ({"max_rotation": 200}, {"scale": -0.1}, {"contrast": 1.0}, {"hflip": 1}):
+        with pytest.raises(DeepError, match="augmentation"):
+            AugmentConfig(**bad)
+
+
+def test_importing_the_configs_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, deep.config, deep; deep.DeepError; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_small_forward_and_cam_parity():
@@ -98,11 +128,13 @@ def test_weights_file_match_and_mismatch(tmp_path):
 def test_dataset_streams_in_order_and_weights():
     imgs, labels, _ = blobs(20)
     rows = np.array([5, 3, 19, 0, 7, 11, 2])
+    from edge.preprocess import to_model_input
+
     ds = deep.make_dataset(imgs, rows, labels[rows], batch_size=3, sample_weights=(0.25, 0.75))
     xs, ys, ws = zip(*[(x.numpy(), y.numpy(), w.numpy()) for x, y, w in ds])
     x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
     assert x.dtype == np.float32 and x.shape == (7, S, S, 1)
-    np.testing.assert_array_equal(x[..., 0], imgs[rows] / np.float32(255))  # == to_model_input
+    np.testing.assert_array_equal(x, to_model_input(imgs[rows]))  # the device's input, bit for bit
     np.testing.assert_array_equal(y[:, 0], labels[rows])
     np.testing.assert_array_equal(w, np.where(labels[rows] == 1, 0.75, 0.25))
     with pytest.raises(DeepError, match="empty"):
@@ -115,7 +147,7 @@ def test_augmentation_seeded_and_in_range():
     imgs, labels, _ = blobs(16)
 
     def first(seed):
-        ds = deep.make_dataset(imgs, np.arange(16), labels, 8, augment=True, seed=seed)
+        ds = deep.make_dataset(imgs, np.arange(16), labels, 8, augment=AugmentConfig(), seed=seed)
         return next(iter(ds))[0].numpy()
 
     a, b, c = first(1), first(1), first(2)
@@ -125,13 +157,39 @@ def test_augmentation_seeded_and_in_range():
     x = tf.constant(imgs[:8, :, :, None] / np.float32(255))
     aug = deep.augment_batch(x, tf.constant([0, 0], tf.int64)).numpy()
     assert aug.shape == x.shape and np.abs(aug - x.numpy()).mean() > 0.01
+    off = AugmentConfig(hflip=False, max_rotation=0, scale=0, shift=0, brightness=0, contrast=0)
+    np.testing.assert_array_equal(deep.augment_batch(x, tf.constant([0, 0], tf.int64), off).numpy(), x.numpy())
+
+
+def test_flips_follow_the_config():
+    img = np.zeros((16, S, S, 1), np.float32)
+    img[:, :4, :4] = 1.0  # a bright top-left corner
+    x, seed = tf.constant(img), tf.constant([5, 2], tf.int64)
+    only = {"max_rotation": 0, "scale": 0, "shift": 0, "brightness": 0, "contrast": 0}
+    h = deep.augment_batch(x, seed, AugmentConfig(hflip=True, **only)).numpy()
+    v = deep.augment_batch(x, seed, AugmentConfig(hflip=False, vflip=True, **only)).numpy()
+    assert h[:, :4, -4:].any() and not h[:, -4:, :4].any()  # mirrored left/right only
+    assert v[:, -4:, :4].any() and not v[:, :4, -4:].any()  # mirrored top/bottom only
+    assert h[:, :4, :4].any()  # about half keep the original orientation
+
+
+def test_passes_make_small_epochs_longer():
+    imgs, labels, _ = blobs(40)
+    assert deep.passes_per_epoch(40, TrainConfig(batch_size=8, min_steps=12)) == 3  # 5 steps a pass
+    assert deep.passes_per_epoch(4000, TrainConfig(batch_size=8, min_steps=12)) == 1
+    ds = deep.make_dataset(imgs, np.arange(40), labels, 8, augment=None, shuffle=True, seed=1,
+                           drop_remainder=True, passes=3)
+    seen = np.concatenate([x.numpy()[..., 0].reshape(8, -1)[:, 0] for x, _, _ in ds])
+    assert len(seen) == 120  # 3 passes of 5 full batches
+    assert not np.array_equal(seen[:40], seen[40:80])  # each pass in its own order
 
 
 def _bar_tilts(max_rotation):
     """Per augmented image: |slope| (px per row) of the centre line of a vertical bright bar."""
     img = np.zeros((8, S, S, 1), np.float32)
     img[:, :, S // 2 - 3:S // 2 + 3] = 1.0
-    aug = deep.augment_batch(tf.constant(img), tf.constant([3, 1], tf.int64), max_rotation).numpy()[..., 0]
+    aug = deep.augment_batch(tf.constant(img), tf.constant([3, 1], tf.int64),
+                             AugmentConfig(max_rotation=max_rotation)).numpy()[..., 0]
     rows = np.arange(S // 4, 3 * S // 4)  # stay clear of the rotated corners
     cols = np.arange(S, dtype=np.float32)
     tilts = []
@@ -173,27 +231,139 @@ def test_inference_mode_outputs_differ_and_match_training_quality(trained):
     assert auc_inf > 0.9 and auc_inf >= auc_train - 0.05
 
 
-def test_checkpoints_history_and_resume(trained, tmp_path):
-    """Interrupted after 2 epochs + resumed to 4 == 4 epochs straight (the fixture), same seed."""
+def test_checkpoints_history_and_stop_reason(trained):
     res, imgs, labels, _, out, tcfg = trained
     assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]
+    assert res.stop_reason == "max_epochs" and "epoch cap reached (4 epochs)" in res.why_stopped()
     assert (out / "best.keras").is_file() and (out / "last.keras").is_file()
     assert len((out / "history.csv").read_text().splitlines()) == 5
-    args = (imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], TINY, tmp_path)
-    first = deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 2}), verbose=False)
-    assert first.ran and len(first.history) == 2
-    resumed = deep.train(*args, tcfg, verbose=False)
-    assert resumed.ran and resumed.start_epoch == 2 and [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
-    straight = deep.load_model(out / "last.keras").get_weights()
-    for wa, wb in zip(straight, deep.load_model(tmp_path / "last.keras").get_weights()):
-        np.testing.assert_allclose(wa, wb, atol=1e-4)
-    assert resumed.history[3]["val_auroc"] == pytest.approx(res.history[3]["val_auroc"], abs=1e-3)
-    assert not deep.train(*args, tcfg, verbose=False).ran  # complete: no-op
+    assert not [f.name for f in out.iterdir() if f.name.startswith(".")]  # no pending/temp files left
+    assert not _train(out, tcfg, imgs, labels).ran  # complete: no-op
     with pytest.raises(DeepError, match="different"):
-        deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 6, "lr": 0.1}), verbose=False)
+        _train(out, replace(tcfg, max_epochs=6, lr=0.1), imgs, labels)
+
+
+def _schedule(aurocs, losses=None, **tcfg):
+    """Replay ``deep.schedule_step`` on val AUROCs (and losses) -> (state, learning rates)."""
+    from deep.training import _new_state
+
+    tcfg = TrainConfig(**tcfg)
+    state, lrs, lr = _new_state(DROP, tcfg, {}), [], tcfg.lr
+    for epoch, auc in enumerate(aurocs, 1):
+        lrs.append(lr)
+        loss = 1.0 if losses is None else losses[epoch - 1]
+        _, new_lr = deep.schedule_step(state, tcfg, {"epoch": epoch, "val_auroc": auc, "val_loss": loss, "lr": lr})
+        lr = lr if new_lr is None else new_lr
+        if state["stop_reason"]:
+            break
+    return state, lrs
+
+
+def test_early_stopping_and_plateau_schedule():
+    state, lrs = _schedule([0.6, 0.7, 0.8, 0.79, 0.78, 0.8, 0.77, 0.76, 0.75, 0.7, 0.9],
+                           patience=5, lr_patience=2, lr_factor=0.5, max_epochs=50, smooth=1)
+    assert state["stop_reason"] == "early_stop" and state["epoch"] == 8 and state["best_epoch"] == 3
+    assert lrs == pytest.approx([1e-3] * 5 + [5e-4] * 2 + [2.5e-4], rel=1e-6)  # halved after 2 and 4 epochs without a gain
+    msg = deep.stop_message(state["stop_reason"], state["epoch"], state["best_epoch"], state["best_auroc"], 5)
+    assert msg.startswith("stopped: early stop at epoch 8") and "best epoch 3 (recent mean val AUROC 0.8000)" in msg
+    state, _ = _schedule([0.5, 0.6, 0.7], max_epochs=3)
+    assert state["stop_reason"] == "max_epochs" and state["best_epoch"] == 3
+    assert "still improving" in deep.stop_message("max_epochs", 3, 3, 0.7)
+    state, _ = _schedule([0.7, 0.7, 0.7], max_epochs=3, smooth=1)  # ties: lower val loss (equal) -> no gain
+    assert state["best_epoch"] == 1 and state["wait"] == 2
+
+
+def test_smoothing_ignores_one_lucky_epoch():
+    """A spike at epoch 3 wins the raw comparison; the 3-epoch mean prefers the later plateau."""
+    aurocs = [0.60, 0.70, 0.90, 0.80, 0.85, 0.87, 0.88, 0.88, 0.88, 0.87, 0.86, 0.86, 0.85]
+    raw, _ = _schedule(aurocs, patience=6, smooth=1, auroc_tolerance=0.0)
+    mean, _ = _schedule(aurocs, patience=6, smooth=3, auroc_tolerance=0.0)
+    assert raw["best_epoch"] == 3 and raw["stop_reason"] == "early_stop" and raw["epoch"] == 9
+    assert mean["best_epoch"] == 9 and mean["best_auroc"] == pytest.approx(0.88)  # 3 epochs at 0.88
+    rows = mean["history"]
+    assert [r["val_auroc_mean"] for r in rows[:3]] == pytest.approx([0.60, 0.65, 0.7333333], abs=1e-6)
+
+
+def test_auroc_ties_are_decided_by_the_validation_loss():
+    """Within 0.005 of the best mean AUROC the lower loss wins; a tiny loss gain keeps the best
+    model but does not reset the patience (a run crawling at the smallest LR ends)."""
+    aurocs = [0.80, 0.900, 0.902, 0.899, 0.901, 0.890, 0.90, 0.90]
+    losses = [0.50, 0.400, 0.390, 0.350, 0.3499, 0.30, 0.3498, 0.3497]
+    state, _ = _schedule(aurocs, losses, smooth=1, patience=3, auroc_tolerance=0.005, min_loss_delta=0.001)
+    # 3, 4: ties with lower losses (new best, patience reset); 5: a loss gain below 0.001 (best,
+    # no reset); 6: below the band; 7: tiny loss gain again -> best 7, stopped after 3 waits
+    assert state["best_epoch"] == 7 and state["stop_reason"] == "early_stop" and state["epoch"] == 7
+    # epoch 6: lowest loss but AUROC 0.890 is below the tie band (0.902 - 0.005): not the best
+    state, _ = _schedule(aurocs, losses, smooth=1, patience=3, auroc_tolerance=0.0)
+    assert state["best_epoch"] == 3  # no tolerance: the raw maximum
+
+
+# Exact resume means the same ops on the same inputs; on CPU they give the same floats, and the
+# history is rounded to 6 decimals. 1e-5 leaves room for a multi-threaded reduction summing in
+# another order; a different dropout mask, shuffle order or optimizer state moves the loss by >1e-3.
+RESUME_TOL = 1e-5
+
+
+def _same_history(a, b):
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in ("loss", "val_loss", "val_auroc", "lr"):
+            assert ra[k] == pytest.approx(rb[k], abs=RESUME_TOL), (ra["epoch"], k)
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL at a chosen point of the epoch-end commit."""
+
+
+def test_killed_and_resumed_equals_uninterrupted(trained, tmp_path, monkeypatch):
+    """Stopped at a cap after epoch 1, killed while committing epoch 2 (models written, state.json
+    not) and epoch 3 (state.json written, models not renamed): each rerun resumes by itself, and
+    the history and weights equal the uninterrupted run's."""
+    import deep.training as dt
+
+    res, imgs, labels, _, out, tcfg = trained
+    assert _train(tmp_path, replace(tcfg, max_epochs=1), imgs, labels).stop_reason == "max_epochs"
+    real_write, real_recover = dt.write_text, dt.recover
+
+    def write_text(path, text):  # kill before the commit of epoch 2
+        if path.name == "state.json" and '"epoch": 2,' in text:
+            raise _Killed
+        real_write(path, text)
+
+    monkeypatch.setattr(dt, "write_text", write_text)
+    with pytest.raises(_Killed):
+        _train(tmp_path, tcfg, imgs, labels)
+    assert ".last-e0002.keras" in {f.name for f in tmp_path.iterdir()}
+    assert deep.read_state(tmp_path)["epoch"] == 1
+    monkeypatch.setattr(dt, "write_text", real_write)
+
+    def recover(out_dir, state):  # kill right after the commit of epoch 3
+        if state and state["epoch"] == 3 and (Path(out_dir) / ".last-e0003.keras").exists():
+            raise _Killed
+        real_recover(out_dir, state)
+
+    monkeypatch.setattr(dt, "recover", recover)
+    with pytest.raises(_Killed):
+        _train(tmp_path, tcfg, imgs, labels)
+    assert deep.read_state(tmp_path)["epoch"] == 3  # committed; last.keras still holds epoch 2
+    monkeypatch.undo()
+    resumed = _train(tmp_path, tcfg, imgs, labels)
+    assert resumed.ran and resumed.start_epoch == 3
+    _same_history(res.history, resumed.history)
+    for wa, wb in zip(deep.load_model(out / "last.keras").get_weights(),
+                      deep.load_model(tmp_path / "last.keras").get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith(".")]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
+    import shutil
+
+    _, imgs, labels, _, out, tcfg = trained
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
     (tmp_path / "last.keras").write_bytes(b"not a zip")
     with pytest.raises(DeepError, match="corrupt"):
-        deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 6}), verbose=False)
+        _train(tmp_path, replace(tcfg, max_epochs=6), imgs, labels)
 
 
 def test_train_rejects_bad_inputs(tmp_path):

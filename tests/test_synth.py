@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from murakit import synth
+from murakit.data import synth
 from murakit.errors import MurakitError
 
 PART_RE = "|".join(synth.PARTS)
@@ -139,8 +141,8 @@ def test_finding_box_covers_the_drawn_finding(kind):
     """
     plan = synth.StudyPlan(0, "train", "FOREARM", 1, 1, 1, 1)
     rng = np.random.default_rng(np.random.SeedSequence([5, 1]))
-    spec = synth._study_spec(plan, rng)
-    params = synth._finding_params(kind, rng)
+    spec = synth.study_spec(plan, rng)
+    params = synth.finding_params(kind, rng)
     if kind == "fracture":  # a displaced / angulated distal fragment moves far from the site
         params.update(disp=0.0, ang=0.0, along=0.0)
     spec = replace(spec, finding=kind, params=params, show=(True,))
@@ -216,7 +218,7 @@ def test_plan_matches_mura_proportions_and_valid_share():
     valid = np.mean([p.split == "valid" for p in plans])
     abnormal = np.mean([p.label for p in plans])
     views = np.mean([p.n_views for p in plans])
-    assert abs(valid - synth.VALID_FRACTION) <= 0.01  # larger than MURA's ~8%, on purpose
+    assert abs(valid - synth.SynthSettings().valid_fraction) <= 0.01  # larger than MURA's ~8%, on purpose
     assert 0.33 <= abnormal <= 0.47
     assert 2.5 <= views <= 3.0
     assert {p.part for p in plans} == set(synth.PARTS)
@@ -226,3 +228,139 @@ def test_plan_matches_mura_proportions_and_valid_share():
     assert any(len(v) > 1 for v in multi.values())  # some patients have several studies
     dirs = [p.study_dir for p in plans]
     assert len(set(dirs)) == len(dirs)
+
+
+# Digest of `generate(OUT, n_studies=12, seed=0)` as written by generator version 7 before the
+# generator became a package with settings (murakit/synth.py at commit 6bab321): decoded
+# pixels (not PNG bytes, which depend on the zlib build) + every CSV and junk file.
+V7_DIGEST_12_STUDIES_SEED_0 = "dbf80d8c168b5fb3f50ca9ee62ebb1fd4d6e9af25b6ffa1765a75e5bb0961c02"
+
+
+def _digest(mura: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(mura.rglob("*")):
+        if not p.is_file() or p.name == "synth.json":
+            continue
+        h.update(str(p.relative_to(mura)).encode())
+        if p.suffix == ".png" and not p.name.startswith("._"):
+            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            h.update(str((img.shape, img.dtype)).encode())
+            h.update(img.tobytes())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_default_settings_reproduce_the_version_7_data():
+    """The settings' defaults are exactly the embedded default (else bump GENERATOR_VERSION)."""
+    assert synth.GENERATOR_VERSION == 7
+    root = Path(synth.generate(_tmp("v7"), n_studies=12, seed=0, workers=1, progress=False))
+    assert _digest(root) == V7_DIGEST_12_STUDIES_SEED_0
+
+
+def _tmp(name: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"synth_{name}_"))
+
+
+def _rows(root: Path) -> list[dict]:
+    return list(csv.DictReader((root / "synth_annotations.csv").read_text().splitlines()))
+
+
+def test_pixel_settings_keep_the_structure_and_change_the_pixels(tmp_path):
+    """noise / exposure / contrast settings draw the same random numbers: same studies, views,
+    labels and finding boxes, other pixels."""
+    base = synth.generate(tmp_path / "a", n_studies=10, seed=4, workers=1, progress=False)
+    other = synth.SynthSettings(studies=10, noise=3.0, bad_exposure=0.8, finding_contrast=0.5)
+    alt = synth.generate(tmp_path / "b", seed=4, workers=1, progress=False, settings=other)
+    assert _rows(base) == _rows(alt)
+    for f in ("train_labeled_studies.csv", "valid_labeled_studies.csv"):
+        assert (base / f).read_text() == (alt / f).read_text()
+    path = _rows(base)[0]["path"]
+    a, b = (cv2.imread(str(r.parent / path), cv2.IMREAD_UNCHANGED) for r in (base, alt))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    meta = json.loads((alt / "synth.json").read_text())
+    assert synth.SynthSettings.from_dict(meta["settings"]) == other
+
+
+def test_inversion_channels_and_sizes_follow_the_settings(tmp_path):
+    s = synth.SynthSettings(studies=8, invert_prob=1.0, rgb_prob=1.0, u16_prob=0.0, min_side=200,
+                            max_side=700, max_side_prob=0.5)
+    root = synth.generate(tmp_path, seed=2, workers=1, progress=False, settings=s)
+    rows = _rows(root)
+    assert {r["inverted"] for r in rows} == {"1"}
+    sides = []
+    for r in rows:
+        img = cv2.imread(str(root.parent / r["path"]), cv2.IMREAD_UNCHANGED)
+        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+        sides.append(max(img.shape[:2]))
+    assert 200 <= min(sides) and max(sides) <= 700 and 700 in sides
+
+
+def _finding_strength(**settings) -> float:
+    """Mean |with - without finding| inside the finding box of one forearm fracture view."""
+    s = synth.SynthSettings(**settings)
+    plan = synth.StudyPlan(0, "train", "FOREARM", 1, 1, 1, 1)
+    rng = np.random.default_rng(np.random.SeedSequence([5, 1]))
+    spec = synth.study_spec(plan, rng, s)
+    params = synth.finding_params("lytic", rng, s.finding_size, s.finding_contrast)
+    spec = replace(spec, finding="lytic", params=params, show=(True,))
+    with_f, box = synth.render_canvas("FOREARM", spec, 0, 1.0, 0.0, np.random.default_rng(9))
+    without, _ = synth.render_canvas("FOREARM", replace(spec, finding=""), 0, 1.0, 0.0,
+                                     np.random.default_rng(9))
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    return float(np.abs(with_f - without)[y0:y1, x0:x1].sum())
+
+
+def test_finding_size_and_contrast_scale_the_finding():
+    base = _finding_strength()
+    assert _finding_strength(finding_contrast=0.4) < 0.6 * base
+    assert _finding_strength(finding_size=0.5) < 0.6 * base
+    assert _finding_strength(finding_size=1.5) > 1.3 * base
+
+
+def test_plan_follows_valid_fraction_and_abnormal_scale():
+    few = synth.plan_studies(600, seed=1, settings=synth.SynthSettings(abnormal_scale=0.5, valid_fraction=0.1))
+    many = synth.plan_studies(600, seed=1)
+    assert abs(np.mean([p.split == "valid" for p in few]) - 0.1) <= 0.01
+    assert np.mean([p.label for p in few]) < 0.65 * np.mean([p.label for p in many])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"noise": -1}, "noise"), ({"invert_prob": 1.5}, "invert_prob"), ({"studies": 0}, "positive integer"),
+    ({"min_side": 300, "max_side": 200}, "below max_side"), ({"finding_mix": (1, 0, 0)}, "finding_mix"),
+    ({"rgb_prob": 0.8, "u16_prob": 0.5}, "at most 1"), ({"show_prob": float("nan")}, "show_prob"),
+])
+def test_bad_settings_are_one_clear_error(bad, message):
+    with pytest.raises(MurakitError, match=message):
+        synth.SynthSettings(**bad)
+
+
+def test_cli_preset_and_setting_flags(tmp_path, capsys):
+    from murakit.cli import main
+
+    args = ["synth", str(tmp_path), "--preset", "noisy", "--studies", "3", "--invert-prob", "1",
+            "--finding-mix", "0.5,0,0.25,0.25", "--no-progress"]
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "MURA-v1.1/synth.json").read_text())
+    want = replace(synth.PRESETS["noisy"], studies=3, invert_prob=1.0, finding_mix=(0.5, 0, 0.25, 0.25))
+    assert synth.SynthSettings.from_dict(meta["settings"]) == want
+    capsys.readouterr()
+    assert main(args) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main(args[:6] + ["--no-progress"]) == 2  # other settings, no --force
+    err = capsys.readouterr().err
+    assert "--force" in err and "--noise 2.5" in err
+    assert main(["synth", str(tmp_path / "x"), "--noise", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "noise" in err and len(err.strip().splitlines()) == 1
+
+
+def test_presets_are_valid_and_documented():
+    from murakit.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["synth"].format_help()
+    for name in synth.PRESETS:
+        assert name in text
+    for field in synth.SynthSettings().to_dict():
+        assert f"--{field.replace('_', '-')}" in text

@@ -63,6 +63,7 @@ def test_train_writes_artifacts_and_metrics(trained_run):
         assert set(m[level]) >= {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1"}
     assert set(m["by_part"]) == {"WRIST", "HAND"} and 0 <= m["threshold"] <= 1
     assert m["arch"] == "small" and m["epochs"] == 1 and m["train_seconds"] > 0
+    assert m["stop_reason"] == "max_epochs"
     assert 0 <= m["pointing_game"] <= 1 and m["pointing_game_detail"]["images"] == 6
     with open(cnn / "predictions_test.csv") as f:
         preds = list(csv.DictReader(f))
@@ -83,7 +84,8 @@ def test_rerun_is_noop_then_resumes_with_more_epochs(trained_run, capsys):
     assert main(args + ["--epochs", "1"]) == 0
     assert "already trained" in capsys.readouterr().out
     assert main(args + ["--epochs", "2"]) == 0
-    assert "resuming from epoch 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming from epoch 2" in out and "stopped: epoch cap reached (2 epochs)" in out
     assert len((run / "cnn" / "history.csv").read_text().splitlines()) == 3
     assert json.loads((run / "cnn" / "metrics.json").read_text())["epochs"] == 2
     assert main(args + ["--epochs", "3", "--max-rotation", "5"]) == 2  # other settings: no resume
@@ -152,3 +154,23 @@ def test_mismatched_weights_file_exit_2(tmp_path, capsys):
 def test_missing_cache_exit_2(tmp_path, capsys):
     assert main(["train", "cnn", "--run", str(tmp_path / "none")]) == 2
     assert "murakit prepare" in capsys.readouterr().err
+
+
+def test_help_states_the_default_recipe(capsys):
+    """--help quotes the defaults from deep's dataclasses, and building it imports no TensorFlow."""
+    import subprocess
+    import sys
+
+    from deep.config import AugmentConfig, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "cnn", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    t, a = TrainConfig(), AugmentConfig()
+    assert f"stops after {t.patience} epochs without a gain" in text
+    assert f"--epochs ({t.max_epochs}) is only a cap" in text
+    assert f"rotation up to {a.max_rotation:g} degrees" in text and "horizontal flips" in text
+    code = "import sys; from murakit.cli import build_parser; build_parser(); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+

@@ -5,11 +5,33 @@ from __future__ import annotations
 from murakit.pipeline.train_cnn import ARCH_CHOICES
 
 
+def _recipe(t, a) -> str:
+    """The default training recipe, for --help (values from deep.TrainConfig / AugmentConfig)."""
+    return (f"With no flags the CNN trains until converged: each epoch ends with the validation study "
+            f"AUROC, monitored as its mean over the last {t.smooth} epochs; training stops after "
+            f"{t.patience} epochs without a gain (early stopping) and keeps the best epoch; the "
+            f"learning rate ({t.lr:g}, Adam) drops {1 / t.lr_factor:.3g}x after {t.lr_patience} epochs "
+            f"without a gain; --epochs ({t.max_epochs}) is only a cap. An epoch "
+            f"is at least {t.min_steps} steps (small data sets are passed over several times). "
+            f"Augmentation of training images: horizontal flips{', vertical flips' if a.vflip else ''}, "
+            f"rotation up to {a.max_rotation:g} degrees, zoom {1 - a.scale:g}-{1 + a.scale:g}, shift "
+            f"up to {a.shift:.0%} of the side, brightness +-{a.brightness:g}, contrast "
+            f"{1 - a.contrast:g}-{1 + a.contrast:g} (docs/training.md: how these were measured). "
+            f"Interrupt with Ctrl-C and rerun the same command to resume exactly.")
+
+
 def add_arguments(parser) -> None:
     """Add the ``train cnn`` options to ``parser``."""
+    from deep.config import AugmentConfig, TrainConfig  # no TensorFlow import
+
+    t, a = TrainConfig(), AugmentConfig()
+    parser.description = f"{parser.description or 'train the CNN'}. {_recipe(t, a)}"
     parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="maximum epochs; early stopping may end sooner (default: deep.TrainConfig's)")
+    parser.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None, metavar="N",
+                        help=f"cap on epochs; early stopping normally ends training first "
+                             f"(default: {t.max_epochs})")
+    parser.add_argument("--patience", type=int, default=None, metavar="N",
+                        help=f"early stopping: epochs without a val study AUROC gain (default: {t.patience})")
     parser.add_argument("--arch", choices=ARCH_CHOICES, default="small",
                         help="architecture (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None,
@@ -19,8 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--width", type=int, default=None,
                         help="stem channels of the small arch (default: deep.ModelConfig's, 16)")
     parser.add_argument("--max-rotation", type=float, default=None,
-                        help="largest augmentation rotation in degrees (default: deep.TrainConfig's)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+                        help=f"largest augmentation rotation in degrees (default: {a.max_rotation:g})")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--batch-size", type=int, default=t.batch_size, help="batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="discard RUN/cnn and train from scratch")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -30,7 +53,8 @@ def run(args) -> int:
     """Train (or resume) and evaluate; returns 0. User errors raise MurakitError (exit 2)."""
     from murakit.pipeline.train_cnn import CnnOptions, train_cnn
 
-    opts = CnnOptions(epochs=args.epochs, arch=args.arch, size=args.size, weights=args.weights, width=args.width,
-                      max_rotation=args.max_rotation, batch_size=args.batch_size, seed=args.seed)
+    opts = CnnOptions(epochs=args.epochs, patience=args.patience, arch=args.arch, size=args.size,
+                      weights=args.weights, width=args.width, max_rotation=args.max_rotation,
+                      augment=not args.no_augment, batch_size=args.batch_size, seed=args.seed)
     train_cnn(args.run, opts, force=args.force, progress=not args.no_progress)
     return 0

@@ -54,7 +54,7 @@ def _meta_matches(target: Path, params: dict) -> bool:
 
 
 def _params(n_studies: int, seed: int) -> dict:
-    from murakit import synth
+    from murakit.data import synth
 
     return {"generator": GENERATOR, "version": synth.GENERATOR_VERSION, "dicom_version": FORMAT_VERSION,
             "n_studies": int(n_studies), "seed": int(seed)}
@@ -170,7 +170,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
         pydicom missing, or ``out_dir/MURA-v1.1`` holds something else and ``force`` is off.
     """
     from edge.atomic import atomic_dir
-    from murakit import synth
+    from murakit.data import synth
 
     try:
         import pydicom  # noqa: F401
@@ -203,7 +203,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
 
 def run(args) -> int:
     """The ``murakit synth --format dicom`` command body (called by ``murakit.cli.synth``)."""
-    from murakit import synth
+    from murakit.data import synth
 
     n = synth.DEFAULT_STUDIES if args.studies is None else args.studies
     t0 = time.perf_counter()

@@ -76,7 +76,7 @@ def _verify(layout: RunLayout, log) -> None:
 def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list:
     """(title, callable) for each stage of the demo."""
     from edge.preprocess import PreprocessConfig
-    from murakit import synth
+    from murakit.data import synth
     from murakit.data.prepared import prepare
     from murakit.evaluation.explore import explore, is_current
     from murakit.pipeline.export import export_run

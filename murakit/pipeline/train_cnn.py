@@ -23,12 +23,14 @@ ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
 class CnnOptions:
     """What ``murakit train cnn`` can set; None keeps the library's default (deep's dataclasses)."""
 
-    epochs: int | None = None
+    epochs: int | None = None  # the cap (TrainConfig.max_epochs); early stopping ends a normal run
+    patience: int | None = None
     arch: str = "small"
     size: int | None = None
     weights: str | None = None
     width: int | None = None
     max_rotation: float | None = None
+    augment: bool = True
     batch_size: int = 32
     seed: int = 0
 
@@ -39,6 +41,8 @@ class CnnOptions:
                                f"rerun murakit prepare DATA --run {run} --size {self.size}")
         if self.epochs is not None and not 1 <= self.epochs <= 10_000:
             raise MurakitError(f"--epochs must be in [1, 10000], got {self.epochs}")
+        if self.patience is not None and not 1 <= self.patience <= 10_000:
+            raise MurakitError(f"--patience must be in [1, 10000], got {self.patience}")
         if not 1 <= self.batch_size <= 4096:
             raise MurakitError(f"--batch-size must be in [1, 4096], got {self.batch_size}")
         if self.seed < 0:
@@ -102,7 +106,8 @@ def _evaluate(model, prep, pos, res, cfg, layout: RunLayout, train_seconds):
     card = training_card("cnn", prep, threshold=t, arch=cfg.arch, model_config=cfg.to_dict(),
                          weights_sha256=sha256_file(layout.cnn_best), metrics=split_metrics(val, metrics))
     metrics.update(arch=cfg.arch, epochs=len(res.history), best_epoch=res.best_epoch,
-                   stopped_early=res.stopped_early, train_seconds=round(train_seconds, 1),
+                   stopped_early=res.stopped_early, stop_reason=res.stop_reason,
+                   train_seconds=round(train_seconds, 1),
                    val={"study_auroc": val["study"]["auroc"], "image_auroc": val["image"]["auroc"]},
                    model_config=cfg.to_dict())
     pg = _pointing(model, prep, te)
@@ -139,8 +144,9 @@ def _configs(opts: CnnOptions, size: int):
 
     try:
         cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
-        tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed,
-                                **_given(epochs=opts.epochs, max_rotation=opts.max_rotation))
+        aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
+        tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
+                                **_given(max_epochs=opts.epochs, patience=opts.patience))
     except (ValueError, deep.DeepError) as e:
         raise MurakitError(str(e)) from None
     return cfg, tcfg
@@ -157,7 +163,7 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log):
     state = deep.read_state(layout.cnn)
     if state is not None:
         deep.check_resumable(state, cfg, tcfg, fingerprint)
-        if _already_trained(layout, state, tcfg.epochs):
+        if _already_trained(layout, state, tcfg.max_epochs):
             m = json.loads(layout.metrics("cnn").read_text())
             log(f"{layout.cnn}: already trained ({state['epoch']} epochs, test study AUROC "
                 f"{m['study']['auroc']:.4f}); use --force to retrain")
@@ -202,7 +208,7 @@ def train_cnn(run, options: CnnOptions = CnnOptions(), force: bool = False, prog
     except deep.DeepError as e:
         raise MurakitError(str(e)) from None
     pg = m.get("pointing_game")
-    log(f"best epoch {res.best_epoch}/{len(res.history)} (val study AUROC {res.best_auroc:.4f}); "
+    log(f"best epoch {res.best_epoch}/{len(res.history)} (recent mean val study AUROC {res.best_auroc:.4f}); "
         f"threshold {m['threshold']:.3f}")
     log(f"test: study AUROC {m['study']['auroc']:.4f}, kappa {m['study']['kappa']:.3f}; "
         f"image AUROC {m['image']['auroc']:.4f}" + (f"; pointing game {pg:.3f}" if pg is not None else ""))
