@@ -184,13 +184,23 @@ def _compiled_new_model(cfg, tcfg, weights):
 
 
 def _restore(out, state):
-    model = load_model(out / "last.keras", compile=True)
+    """The model of the last finished epoch, or None when last.keras is not the one state.json
+    describes (killed between writing last.keras and state.json at an epoch end)."""
+    try:
+        model = load_model(out / "last.keras", compile=True)
+    except DeepError:
+        return None
     model.jit_compile = False  # XLA was ~5x slower on CPU here
-    done = int(model.optimizer.iterations.numpy())
-    if done != state["iterations"]:
-        raise DeepError(f"{out / 'last.keras'} and state.json disagree (interrupted while saving?);"
-                        " use --force to start over")
+    if int(model.optimizer.iterations.numpy()) != state["iterations"]:
+        return None
     return model
+
+
+def _new_state(cfg, tcfg, fingerprint) -> dict:
+    return {"epoch": 0, "iterations": 0, "best_auroc": -1.0, "best_epoch": 0, "wait": 0,
+            "lr_wait": 0, "lr": tcfg.lr, "stopped_early": False, "history": [],
+            "model_config": cfg.to_dict(), "train_config": tcfg.resume_key(),
+            "fingerprint": fingerprint}
 
 
 def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConfig, out_dir,
@@ -242,19 +252,19 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     fingerprint = fingerprint or {}
     log = log or ((lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None))
     state = read_state(out)
+    if state is not None:
+        check_resumable(state, cfg, tcfg, fingerprint)
+        if is_complete(state, tcfg.epochs):
+            return _result(out, state, ran=False)
     with get_strategy().scope():
-        if state is None:
+        model = _restore(out, state) if state is not None else None
+        if model is None:
+            if state is not None:  # every epoch is seeded: starting over gives the same model
+                log("the last checkpoint does not match state.json (interrupted while saving); "
+                    "training again from epoch 1")
             keras.utils.set_random_seed(tcfg.seed)  # same seed -> same initial weights
             model = _compiled_new_model(cfg, tcfg, weights)
-            state = {"epoch": 0, "iterations": 0, "best_auroc": -1.0, "best_epoch": 0, "wait": 0,
-                     "lr_wait": 0, "lr": tcfg.lr, "stopped_early": False, "history": [],
-                     "model_config": cfg.to_dict(), "train_config": tcfg.resume_key(),
-                     "fingerprint": fingerprint}
-        else:
-            check_resumable(state, cfg, tcfg, fingerprint)
-            if is_complete(state, tcfg.epochs):
-                return _result(out, state, ran=False)
-            model = _restore(out, state)
+            state = _new_state(cfg, tcfg, fingerprint)
     start = state["epoch"]
     if start:
         log(f"resuming from epoch {start + 1}")

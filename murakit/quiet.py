@@ -18,10 +18,11 @@ import sys
 import threading
 import warnings
 
-# C++ log lines (I1126 06:30:00.123 ... / E0000 00:00:...), absl's pre-init notice, and the
+# C++ log lines (I1126 06:30:00.123 ..., or I0000 00:00:1795677653.0 ... with seconds since the
+# epoch before absl sets its clock), absl's pre-init notice, and the
 # Python-side notices TensorFlow, Keras and tf2onnx print at import or first use.
 NOISE = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]"
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .*rebuild TensorFlow"
     rb"|oneDNN custom operations are on)")
