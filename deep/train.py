@@ -185,11 +185,9 @@ def _compiled_new_model(cfg, tcfg, weights):
 
 def _restore(out, state):
     """The model of the last finished epoch, or None when last.keras is not the one state.json
-    describes (killed between writing last.keras and state.json at an epoch end)."""
-    try:
-        model = load_model(out / "last.keras", compile=True)
-    except DeepError:
-        return None
+    describes (killed between writing last.keras and state.json at an epoch end). An
+    unreadable last.keras is a DeepError: atomic writes never leave one, so it is damage."""
+    model = load_model(out / "last.keras", compile=True)
     model.jit_compile = False  # XLA was ~5x slower on CPU here
     if int(model.optimizer.iterations.numpy()) != state["iterations"]:
         return None

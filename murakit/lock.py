@@ -22,8 +22,10 @@ that needs a stage another process holds does not wait: it stops before doing an
 
 The locks are ``fcntl.flock`` locks on ``RUN/.locks/<stage>.lock``: the kernel drops them when
 their process ends, however it ends (``kill -9`` included), so a lock file left behind never
-blocks anyone. Each holder writes ``PID<TAB>command`` into the file for that message. Locks
-are re-entrant within a process (``murakit demo`` runs the stages in one process).
+blocks anyone. For the message, each holder also writes ``RUN/.locks/<stage>.<pid>.holder``
+(its command), removed on release; one left by a killed process names a dead PID and is
+ignored. Locks are re-entrant within a process (``murakit demo`` runs the stages in one
+process).
 """
 
 from __future__ import annotations
@@ -48,18 +50,57 @@ class RunInUse(MurakitError):
     """Another process holds a stage this command needs."""
 
 
-def _holder(path: Path) -> str:
-    """``PID n (command)`` of the process that wrote the lock file, if it is still alive."""
+def _holder_file(path: Path, pid: int) -> Path:
+    return path.with_name(f"{path.stem}.{pid}.holder")
+
+
+def _alive(pid: int) -> bool:
     try:
-        pid_text, command = path.read_text(encoding="utf-8").split("\t", 1)
-        pid = int(pid_text)
         os.kill(pid, 0)
-    except (OSError, ValueError):
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _holders(path: Path):
+    """(pid, mode, command, file) of every holder file of ``path``."""
+    for f in path.parent.glob(f"{path.stem}.*.holder"):
+        try:
+            pid = int(f.name.split(".")[-2])
+            mode, command = f.read_text(encoding="utf-8").strip().split("\t", 1)
+        except (OSError, ValueError):
+            continue
+        yield pid, mode, command, f
+
+
+def _holder(path: Path) -> str:
+    """``PID n (command)`` of a live process holding ``path`` (writers first), for the message."""
+    found = []
+    for pid, mode, command, _ in _holders(path):
+        if pid != os.getpid() and _alive(pid):
+            found.append((mode != "exclusive", pid, command))
+    if not found:
         return "another murakit process"
-    return f"PID {pid} ({command.strip()})"
+    _, pid, command = min(found)
+    return f"PID {pid} ({command})"
+
+
+def _announce(path: Path, exclusive: bool, command: str) -> None:
+    """Write this process's holder file (and drop those of killed holders)."""
+    for pid, _, _, f in _holders(path):
+        if not _alive(pid):
+            f.unlink(missing_ok=True)
+    try:
+        _holder_file(path, os.getpid()).write_text(
+            f"{'exclusive' if exclusive else 'shared'}\t{command}\n", encoding="utf-8")
+    except OSError:
+        pass  # only the message would miss it
 
 
 def _acquire(path: Path, exclusive: bool, root: Path, command: str) -> None:
+    """Take (or re-enter) one stage's lock without waiting; RunInUse when another process has it."""
     held = _held.get(path)
     if held is not None and (held[1] or not exclusive):
         held[2] += 1
@@ -77,8 +118,7 @@ def _acquire(path: Path, exclusive: bool, root: Path, command: str) -> None:
             raise RunInUse(f"run folder {root} is in use by {_holder(path)}; wait for it to finish "
                            "(or stop it) and rerun") from None
         raise MurakitError(f"run folder {root}: cannot lock {path.name} ({e.strerror or e})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\t{command}\n".encode(), 0)
+    _announce(path, exclusive, command)
     if held:
         held[1], held[2] = True, held[2] + 1
     else:
@@ -89,6 +129,7 @@ def _release(path: Path) -> None:
     held = _held[path]
     held[2] -= 1
     if held[2] == 0:
+        _holder_file(path, os.getpid()).unlink(missing_ok=True)
         os.close(held[0])  # closing the last descriptor drops the flock
         del _held[path]
 

@@ -196,6 +196,26 @@ def test_checkpoints_history_and_resume(trained, tmp_path):
         deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 6}), verbose=False)
 
 
+def test_a_checkpoint_newer_than_its_state_trains_again_not_force(trained, tmp_path):
+    """Killed between last.keras and state.json at an epoch end: the rerun starts over (every
+    epoch is seeded) and ends where a straight run ends, instead of asking for --force."""
+    import json
+
+    res, imgs, labels, _, _, tcfg = trained
+    args = (imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], TINY, tmp_path)
+    deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 1}), verbose=False)
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["iterations"] -= 1  # last.keras is one epoch ahead of what state.json records
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    msgs = []
+    again = deep.train(*args, TrainConfig(**{**tcfg.__dict__, "epochs": 2}), verbose=False, log=msgs.append)
+    assert again.ran and again.start_epoch == 0 and [r["epoch"] for r in again.history] == [1, 2]
+    assert any("training again from epoch 1" in m for m in msgs)
+    for got, straight in zip(again.history, res.history[:2]):
+        assert got["val_auroc"] == pytest.approx(straight["val_auroc"], abs=1e-3)
+        assert got["loss"] == pytest.approx(straight["loss"], abs=1e-3)
+
+
 def test_train_rejects_bad_inputs(tmp_path):
     imgs, labels, _ = blobs(40)
     with pytest.raises(DeepError, match="expects 48x48"):

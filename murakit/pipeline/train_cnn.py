@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
@@ -49,8 +48,6 @@ class CnnOptions:
             check_int("--size", self.size, 8, 4096)
         if self.arch not in ARCH_CHOICES:
             raise MurakitError(f"--arch must be one of {', '.join(ARCH_CHOICES)}, got {self.arch!r}")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise MurakitError(f"--weights {self.weights}: no such file")
 
     def check_cache(self, cache_size: int, run) -> None:
         """The options against the prepared cache they will train on."""
