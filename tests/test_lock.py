@@ -40,21 +40,22 @@ def holder(tmp_path):
 
 def test_a_held_stage_is_refused_naming_the_holder(tmp_path, holder):
     p = holder("prepared")
-    with pytest.raises(RunInUse, match=rf"in use by PID {p.pid} \(murakit prepare\)"):
-        with stage_lock(tmp_path / "run", writes="prepared"):
-            pass
-    with pytest.raises(RunInUse):  # a reader of the stage waits for no writer either
-        with stage_lock(tmp_path / "run", writes="baseline", reads=["prepared"]):
-            pass
+    run = tmp_path / "run"
+    with pytest.raises(RunInUse, match=rf"in use by PID {p.pid} \(murakit prepare\)"), \
+            stage_lock(run, writes="prepared"):
+        pass
+    # a reader of the stage does not wait for its writer either
+    with pytest.raises(RunInUse), stage_lock(run, writes="baseline", reads=["prepared"]):
+        pass
 
 
 def test_readers_share_and_independent_stages_run_side_by_side(tmp_path, holder):
     holder("baseline", "prepared")  # train baseline
     with stage_lock(tmp_path / "run", writes="cnn", reads=["prepared"]):  # train cnn beside it
         pass
-    with pytest.raises(RunInUse, match="murakit train baseline"):  # but nobody re-prepares under them
-        with stage_lock(tmp_path / "run", writes="prepared"):
-            pass
+    # but nobody re-prepares the cache under them
+    with pytest.raises(RunInUse, match="murakit train baseline"), stage_lock(tmp_path / "run", writes="prepared"):
+        pass
 
 
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path, holder):
@@ -73,7 +74,7 @@ def test_locks_are_reentrant_in_one_process(tmp_path):
         with stage_lock(tmp_path, writes="baseline", reads=["prepared"]):
             pass
     code = f"from murakit.lock import stage_lock\nwith stage_lock({str(tmp_path)!r}, writes='prepared'): print('ok')"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "ok\n"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "ok\n"
 
 
 def test_a_missing_run_folder_is_only_created_by_stages_that_start_a_run(tmp_path):
@@ -90,9 +91,8 @@ def test_a_missing_run_folder_is_only_created_by_stages_that_start_a_run(tmp_pat
 def test_unusable_run_folders_are_one_line(tmp_path, where, match):
     (tmp_path / "afile").write_text("x")
     run = where if where.startswith("/") else tmp_path / where
-    with pytest.raises(MurakitError, match=match) as e:
-        with stage_lock(run, writes="prepared", create=True):
-            pass
+    with pytest.raises(MurakitError, match=match) as e, stage_lock(run, writes="prepared", create=True):
+        pass
     assert "\n" not in str(e.value)
 
 
