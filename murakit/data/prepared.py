@@ -507,11 +507,22 @@ def _run_pool(tasks, cfg: PreprocessConfig, workers: int, images_path: Path, wor
             _MM = None  # drop this process's writable view of the cache
         return
     import multiprocessing as mp
+    import signal
+    import threading
 
     # spawn, not fork: the caller may have TensorFlow or other threads loaded.
     ctx = mp.get_context("spawn")
     chunk = max(1, min(32, len(tasks) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(), mm_path, True)) as pool:
+    # Workers are born ignoring Ctrl-C (an ignored signal stays ignored across exec, and Python
+    # then installs no handler): one arriving while they import would print their tracebacks.
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(), mm_path, True))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
+    with pool:
         yield from pool.imap_unordered(process_one, tasks, chunksize=chunk)
 
 
