@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --run runs/default
+
+# the full fuzz campaign (hostile models, golden sets, CLI values, data, interruptions,
+# concurrency; ~20-40 min); `make test` runs its fast slice (tests/test_fuzz.py)
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_campaign.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

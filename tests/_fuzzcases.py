@@ -284,7 +284,7 @@ def cli_cases(fx: Fixtures, seed: int) -> list:
     add("verify_nothing_exported", V, base)
     for name, extra in [("threads_0", ["--threads", "0"]), ("threads_-1", ["--threads", "-1"]),
                         ("threads_100000", ["--threads", "100000"])]:
-        add(f"verify_{name}", V + extra, base)
+        add(f"verify_{name}", V + extra, copy_run(fx, "export"))
     B = ["murakit", "bench", "--run", "run"]
     for name, extra in [("threads_0", ["--threads", "0"]), ("threads_5000", ["--threads", "5000"]),
                         ("latency_runs_0", ["--latency-runs", "0"]), ("latency_runs_1e12", ["--latency-runs", "1000000000000"])]:
