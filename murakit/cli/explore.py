@@ -27,7 +27,7 @@ def run(args) -> int:
     from murakit.evaluation.explore import check_explore_settings, explore, is_current
     from murakit.layout import RunLayout
 
-    check_explore_settings(args.seed, args.max_samples, 3, args.workers)  # bad values fail even when up to date
+    check_explore_settings(args.seed, args.max_samples, args.workers)  # bad values fail even when up to date
     if not args.force and is_current(args.run, args.data):
         print(f"explore: {RunLayout(args.run).explore / 'summary.md'} is up to date; nothing to do (--force redoes it)")
         return 0

@@ -363,12 +363,12 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
     """
     from murakit.lock import stage_lock
 
-    check_explore_settings(seed, max_samples, per_part, workers)
+    check_explore_settings(seed, max_samples, workers, per_part)
     with stage_lock(run, writes="explore", reads=("prepared",), create=True):
         return _explore(data, run, seed, max_samples, per_part, workers or os.cpu_count() or 1, log)
 
 
-def check_explore_settings(seed: int, max_samples: int, per_part: int, workers: int | None) -> None:
+def check_explore_settings(seed: int, max_samples: int, workers: int | None, per_part: int = 3) -> None:
     """The constraints of :func:`explore`'s settings (one MurakitError line each)."""
     from murakit.checks import check_int, check_seed, check_workers
 

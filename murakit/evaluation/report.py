@@ -213,9 +213,6 @@ def write_report(run, report: dict, data: dict) -> Path:
     return out
 
 
-__all__ = ["MODEL_NAMES", "markdown", "roc_curve", "write_report"]
-
-
 MAX_LATENCY_RUNS = 100_000
 
 
@@ -242,3 +239,6 @@ def bench_and_report(run, threads: int = 2, n_single: int = 200, log=print) -> t
     with stage_lock(run, writes="report", reads=("prepared", "baseline", "cnn", "export")):
         report, data = benchmark(run, threads=threads, n_single=n_single, progress=log)
         return report, write_report(run, report, data)
+
+
+__all__ = ["MODEL_NAMES", "bench_and_report", "markdown", "roc_curve", "write_report"]
