@@ -620,7 +620,10 @@ def interrupt_cases(fx: Fixtures, seed: int, per_stage: int = 4) -> list:
             label = {"bigprep": "prepare", "base": "train_baseline", "cnn": "train_cnn", "export": "export"}[stage]
             cases.append(interrupt_case(fx, stage, sig, frac, f"{label}_{sig.name}_{frac}"))
     for name, edit in [("export_new_int8_old_golden", _swap_int8_model), ("export_stale_golden", _stale_cnn_golden),
-                       ("export_half_written", _half_written_tmp)]:
+                       ("export_half_written", _half_written_tmp),
+                       ("export_model_missing", lambda e: (e / "cnn.onnx").unlink()),
+                       ("export_int8_golden_missing", lambda e: shutil.rmtree(e / "golden" / "cnn.int8")),
+                       ("export_summary_missing", lambda e: (e / "export.json").unlink())]:
         cases.append(Case("interrupt", name, scenario=_damage_export(edit), timeout=TF_TIMEOUT,
                           budget_mb=TF_BUDGET_MB))
     cases.append(Case("interrupt", "train_cnn_epoch_end_window", scenario=_interrupted_epoch, timeout=TF_TIMEOUT,
