@@ -231,7 +231,8 @@ def cli_cases(fx: Fixtures, seed: int) -> list:
     base = copy_run(fx, "base")
     afile = lambda f: (Path(f) / "afile").write_text("a file\n")
     P = ["murakit", "prepare", "data", "--no-progress"]
-    for name, extra in [("seed_-1", ["--seed", "-1"]), ("workers_0", ["--workers", "0"]),
+    for name, extra in [("seed_-1", ["--seed", "-1"]), ("seed_2e32", ["--seed", str(2**32)]),
+                        ("workers_0", ["--workers", "0"]),
                         ("workers_-1", ["--workers", "-1"]), ("workers_100000", ["--workers", "100000"]),
                         ("size_0", ["--size", "0"]), ("size_100000", ["--size", "100000"]),
                         ("val_fraction_nan", ["--val-fraction", "nan"]), ("val_fraction_-1", ["--val-fraction", "-1"]),
@@ -259,7 +260,8 @@ def cli_cases(fx: Fixtures, seed: int) -> list:
     add("train_baseline_images_truncated", TB + ["--run", "run"],
         chain(prep, lambda f: _truncate(Path(f) / "run/prepared/images.npy", 0.5)))
     TC = ["murakit", "train", "cnn", "--no-progress", "--run", "run"]
-    for name, extra in [("seed_-1", ["--seed", "-1"]), ("width_100000", ["--width", "100000"]),
+    for name, extra in [("seed_-1", ["--seed", "-1"]), ("seed_2e32", ["--seed", str(2**32)]),
+                        ("width_100000", ["--width", "100000"]),
                         ("width_0", ["--width", "0"]), ("epochs_0", ["--epochs", "0"]),
                         ("batch_0", ["--batch-size", "0"]), ("batch_1e9", ["--batch-size", "1000000000"]),
                         ("rotation_nan", ["--max-rotation", "nan"]), ("rotation_inf", ["--max-rotation", "inf"]),
