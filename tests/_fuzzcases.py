@@ -702,7 +702,7 @@ def concurrency_cases(fx: Fixtures, seed: int) -> list:
     cases = [Case("concurrency", f"two_{label}", scenario=_two_at_once(stage), timeout=2 * TF_TIMEOUT,
                   fast=stage == "prep")
              for stage, label in [("prep", "prepares"), ("bigprep", "prepares_big"), ("base", "train_baselines"),
-                                  ("export", "exports")]]
+                                  ("cnn", "train_cnns"), ("export", "exports")]]
     cases.append(Case("concurrency", "two_edge_predict_cam", scenario=_two_cam_runs))
     return cases
 
