@@ -476,6 +476,17 @@ def _json(path: Path):
         return None
 
 
+def _export_summary(path: Path):
+    """export.json without the paths it records (they name where the run folder is, and the
+    uninterrupted reference lives in another folder)."""
+    summary = _json(path)
+    for entry in (summary or {}).values():
+        if isinstance(entry, dict):
+            entry.pop("path", None)
+            entry.pop("golden", None)
+    return summary
+
+
 def _keras_card(path: Path):
     """card.json of the CNN without its weights hash: a hash of the .keras zip, which records
     its save time, so two uninterrupted trainings differ there too (their weights do not)."""
@@ -504,7 +515,7 @@ def compare_stage(stage: str, got: Path, ref: Path) -> str | None:
         "cnn": [(f"cnn/predictions_{s}.csv", _sha) for s in ("val", "test")]
         + [("cnn/metrics.json", _json), ("cnn/card.json", _keras_card), ("cnn/history.csv", _history)],
         "export": [(f"export/{m}", _sha) for m in ("cnn.onnx", "cnn.int8.onnx", "baseline.onnx")]
-        + [("export/export.json", _json)],
+        + [("export/export.json", _export_summary)],
     }[stage]
     for rel, read in files:
         a, b = read(got / rel), read(ref / rel)
