@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench notebook clean
+.PHONY: demo test install lint bench notebook fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ notebook: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --run runs/default
+
+# the full fuzz campaign (hostile models, golden sets, CLI values, data, interruptions,
+# concurrency; ~20-40 min); `make test` runs its fast slice (tests/test_fuzz.py)
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_campaign.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -43,7 +43,9 @@ def _probability_only(onx):
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, [None, 1]))
     # drop the now unused label branch so the file holds only what the device runs
-    return onnx.utils.Extractor(onx).extract_model([INPUT_NAME], [OUTPUT_NAME])
+    out = onnx.utils.Extractor(onx).extract_model([INPUT_NAME], [OUTPUT_NAME])
+    out.graph.name = "murakit_baseline"  # the extractor's "Extracted from {uuid}": same fit, same file
+    return out
 
 
 def build_onnx(model, card):

@@ -221,12 +221,13 @@ def _compiled_new_model(cfg, tcfg, weights):
 
 
 def _restore(out, state):
+    """The model of the last committed epoch, or None when last.keras is not the one state.json
+    describes (the pending-file commit makes that impossible after a kill, so only a hand-made
+    mix of files gets here). An unreadable last.keras is a DeepError: it is damage."""
     model = load_model(out / "last.keras", compile=True)
     model.jit_compile = False  # XLA was ~5x slower on CPU here
-    done = int(model.optimizer.iterations.numpy())
-    if done != state["iterations"]:
-        raise DeepError(f"{out / 'last.keras'} ({done} steps) and state.json ({state['iterations']} steps)"
-                        " disagree (edited by hand?); use --force to start over")
+    if int(model.optimizer.iterations.numpy()) != state["iterations"]:
+        return None
     model.optimizer.learning_rate.assign(state["lr"])
     return model
 
@@ -317,16 +318,18 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     log = log or ((lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None))
     state = read_state(out)
     recover(out, state)
+    if state is not None:
+        check_resumable(state, cfg, tcfg, fingerprint)
+        if is_complete(state, tcfg.max_epochs):
+            return _result(out, state, ran=False)
     with get_strategy().scope():
-        if state is None:
+        model = _restore(out, state) if state is not None else None
+        if model is None:
+            if state is not None:  # every epoch is seeded: starting over gives the same model
+                log("the last checkpoint does not match state.json; training again from epoch 1")
             keras.utils.set_random_seed(tcfg.seed)  # same seed -> same initial weights
             model = _compiled_new_model(cfg, tcfg, weights)
             state = _new_state(cfg, tcfg, fingerprint)
-        else:
-            check_resumable(state, cfg, tcfg, fingerprint)
-            if is_complete(state, tcfg.max_epochs):
-                return _result(out, state, ran=False)
-            model = _restore(out, state)
     start = state["epoch"]
     if start:
         log(f"resuming from epoch {start + 1}")

@@ -268,13 +268,16 @@ def check_matches_model(manifest: dict, predictor, model_path) -> None:
 
 
 def _check_input_shape(case: GoldenCase, predictor) -> None:
-    """A recorded input the model cannot take makes the golden folder unusable (exit 2)."""
+    """A recorded input the model cannot take (shape, or not float32 as every murakit model
+    takes) makes the golden folder unusable (exit 2)."""
     expected = predictor.session.get_inputs()[0].shape
     got = case.input.shape
     ok = len(got) == len(expected) and got[0] >= 1 and all(
         not isinstance(e, int) or e == g for e, g in zip(expected[1:], got[1:]))
     if not ok:
         raise GoldenError(f"{case.directory / 'input_0.pb'}: input of shape {list(got)}, the model takes {expected}")
+    if case.input.dtype != np.float32:
+        raise GoldenError(f"{case.directory / 'input_0.pb'}: input of type {case.input.dtype}, the model takes float32")
 
 
 def verify_golden(predictor, golden_dir=None) -> VerifyReport:

@@ -11,12 +11,16 @@ A run is one directory a person can zip and hand over (``--run RUN``, default
     RUN/export/cnn.onnx, cnn.int8.onnx, baseline.onnx, export.json, golden/<stem>/
     RUN/report/report.json, report.md, *.png
     RUN/explain/*_cam.png
+    RUN/.locks/<stage>.lock                                         see murakit.lock
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from murakit.errors import MurakitError
 
 DEFAULT_RUN = Path("runs") / "default"
 MODEL_STAGES = ("baseline", "cnn")
@@ -141,6 +145,47 @@ class RunLayout:
     def data(self) -> Path:
         """Where ``murakit demo`` writes its synthetic data (unless told otherwise)."""
         return self.root / "data"
+
+    # ------------------------------------------------------------ locks
+    @property
+    def locks(self) -> Path:
+        return self.root / ".locks"
+
+    def lock_file(self, stage: str) -> Path:
+        """``RUN/.locks/<stage>.lock`` (see :mod:`murakit.lock`)."""
+        return self.locks / f"{stage}.lock"
+
+
+def ensure_dir(path, what: str = "folder", shown=None) -> Path:
+    """Create ``path`` (and parents) if needed and check it is a writable folder.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        How the message names it ("run folder", "--out folder").
+    shown : str or Path, optional
+        The path the message shows (default ``path``), e.g. the run folder for ``RUN/.locks``.
+
+    Raises
+    ------
+    MurakitError
+        One line: a file is in the way, the folder cannot be created, or it is not writable.
+    """
+    path = Path(path)
+    shown = Path(shown) if shown is not None else path
+    for p in [path, *path.parents]:
+        if p.exists() and not p.is_dir():
+            raise MurakitError(f"{what} {shown}: {p} is a file, not a folder")
+        if p.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MurakitError(f"{what} {shown}: cannot create it ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MurakitError(f"{what} {shown}: not writable")
+    return path
 
 
 def is_fresh(output, inputs) -> bool:

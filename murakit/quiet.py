@@ -18,11 +18,12 @@ import sys
 import threading
 import warnings
 
-# C++ log lines (I1126 06:30:00.123 ... / E0000 00:00:..., Ray's [2026-11-26 07:21:06,795 E 1 1]
-# core_worker.cc:2465: ...), absl's pre-init notice, and the
+# C++ log lines (I1126 06:30:00.123 ..., or I0000 00:00:1795677653.0 ... with seconds since the
+# epoch before absl sets its clock; Ray's [2026-11-26 07:21:06,795 E 1 1] core_worker.cc:2465: ...),
+# absl's pre-init notice, and the
 # Python-side notices TensorFlow, Keras and tf2onnx print at import or first use.
 NOISE = re.compile(
-    rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
     rb"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] \S+:\d+:"  # Ray's C++ core
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .*rebuild TensorFlow"

@@ -174,6 +174,8 @@ def test_onnx_matches_sklearn_and_describes_itself(tmp_path, data, model):
     assert card == written and (card.kind, card.input, card.hog, card.preprocess) == ("baseline", "hog", HOG, pre)
     assert card.threshold == 0.42 and card.labels == ("normal", "abnormal") and card.metrics["study"]["auroc"] == 0.9
     assert not list(tmp_path.glob(".*tmp*"))
+    again = to_onnx(model, _card(pre), tmp_path / "again.onnx")  # same fit -> same graph, same hash
+    assert again.weights_sha256 == written.weights_sha256
 
 
 def test_edge_predictor_serves_the_baseline_like_sklearn(tmp_path, data, model):
@@ -271,10 +273,12 @@ def test_rerun_is_a_no_op_and_force_reproduces(trained, capsys):
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "metrics.json").stat().st_mtime_ns == before
     old = json.loads((out / "metrics.json").read_text())
+    card_before = (out / "card.json").read_text()
     assert _train(trained, "--force") == 0
     assert "reusing cached HOG features" in capsys.readouterr().out
     new = json.loads((out / "metrics.json").read_text())
     assert new["study"] == old["study"] and new["threshold"] == old["threshold"]
+    assert json.loads((out / "card.json").read_text())["weights_sha256"] == json.loads(card_before)["weights_sha256"]
 
 
 @pytest.mark.parametrize("kind, match", [

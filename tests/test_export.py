@@ -59,6 +59,29 @@ def _assert_short_names(model):
     assert all(re.fullmatch(r"n\d+", node.name) for node in model.graph.node)
 
 
+def test_short_names_do_not_depend_on_the_converters_initializer_order(exported):
+    """tf2onnx lists initializers in an order that changes run to run: same model, same bytes."""
+    import copy
+    import random
+
+    from export.graph import short_names
+
+    base = exported[0]
+    files = set()
+    for seed in range(3):
+        m = copy.deepcopy(base)
+        inits = list(m.graph.initializer)
+        random.Random(seed).shuffle(inits)
+        copies = [type(t)() for t in inits]
+        for c, t in zip(copies, inits):
+            c.CopyFrom(t)
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(copies)
+        short_names(m)
+        files.add(m.SerializeToString())
+    assert len(files) == 1
+
+
 def test_cnn_export_parity_checker_and_dynamic_batch(cam_model, x, exported):
     from export.cnn import export_cnn, keras_outputs, onnx_outputs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,87 @@ def test_annotations_are_loaded(tmp_path):
     for rel, inv in truth["inverted"].items():
         assert ds.annotations[rel].inverted == inv
         assert ds.annotations[rel].bbox == truth["boxes"][rel]
+
+
+def _append(path, text: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(text)
+
+
+def _outside(tmp_path):
+    """A radiograph outside the data root (``tmp_path/data``)."""
+    out = tmp_path / "outside" / "secret.png"
+    write_png(out, radiograph(40, 40, 9))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "symlink_file", "symlink_dir", "symlink_dir_walk"])
+def test_paths_leading_outside_the_data_root_are_refused_and_counted(tmp_path, kind):
+    data = tmp_path / "data"
+    make_mura(data, csv=kind != "symlink_dir_walk")
+    mura, secret = data / "MURA-v1.1", _outside(tmp_path)
+    study = mura / "train/XR_ELBOW/patient99999/study1_positive"
+    if kind == "dotdot":  # the study folder exists, so the OS would resolve the ../ segments
+        study.mkdir(parents=True)
+        rel = "MURA-v1.1/train/XR_ELBOW/patient99999/study1_positive/../../../../../outside/secret.png"
+    elif kind == "symlink_file":
+        study.mkdir(parents=True)
+        (study / "image1.png").symlink_to(secret)
+        rel = "MURA-v1.1/train/XR_ELBOW/patient99999/study1_positive/image1.png"
+    else:
+        study.parent.mkdir(parents=True)
+        (secret.parent / "study").mkdir()
+        shutil.copyfile(secret, secret.parent / "study" / "image1.png")
+        study.symlink_to(secret.parent / "study", target_is_directory=True)
+        rel = "MURA-v1.1/train/XR_ELBOW/patient99999/study1_positive/image1.png"
+    if kind != "symlink_dir_walk":
+        _append(mura / "train_image_paths.csv", (rel + "\n").encode())
+        _append(mura / "train_labeled_studies.csv", b"MURA-v1.1/train/XR_ELBOW/patient99999/study1_positive/,1\n")
+    ds = index_dataset(data)
+    assert not [r for r in ds.records if "patient99999" in r.relpath]
+    assert all(Path(r.path).resolve().is_relative_to(data.resolve()) for r in ds.records)
+    assert ds.problems.counts()["outside_root"] == 1
+    assert any("outside the data root" in line for line in ds.problems.lines())
+
+
+def test_a_symlink_out_of_a_class_folder_is_refused(tmp_path):
+    make_classes(tmp_path / "data")
+    (tmp_path / "data" / "abnormal" / "x.png").symlink_to(_outside(tmp_path))
+    ds = index_dataset(tmp_path / "data")
+    assert ds.problems.outside_root == ["abnormal/x.png"] and len(ds) == 9
+
+
+def test_symlinks_inside_the_root_are_fine(tmp_path):
+    make_mura(tmp_path, csv=False)
+    study = tmp_path / "MURA-v1.1/train/XR_ELBOW/patient00001/study1_positive"
+    (study / "image9.png").symlink_to(study / "image1.png")
+    ds = index_dataset(tmp_path)
+    assert any(r.relpath.endswith("patient00001/study1_positive/image9.png") for r in ds.records)
+    assert not ds.problems.outside_root
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: _append(m / "train_image_paths.csv", "MURA-v1.1/train/XR_ELBOW/pä/s/image1.png\n".encode("latin-1")),
+     r"train_image_paths.csv line \d+: not UTF-8"),
+    (lambda m: (m / "valid_labeled_studies.csv").write_bytes((m / "valid_labeled_studies.csv").read_text()
+                                                             .encode("utf-16")), "valid_labeled_studies.csv line 1: not UTF-8"),
+    (lambda m: _append(m / "train_image_paths.csv", b'"' + b"a" * 200_000 + b'"\n'),
+     r"train_image_paths.csv line \d+: not a MURA CSV \(field larger than field limit"),
+    (lambda m: ((m / "train_labeled_studies.csv").unlink(), (m / "train_labeled_studies.csv").mkdir()),
+     "train_labeled_studies.csv: not a file"),
+    (lambda m: (m / "synth_annotations.csv").write_text(
+        (m / "synth_annotations.csv").read_text().replace(",4,6,20,30", ",abc,6,20,30", 1)),
+     r"synth_annotations.csv line \d+: bad box coordinate .*'abc'"),
+    (lambda m: (m / "synth_annotations.csv").write_text(
+        (m / "synth_annotations.csv").read_text().replace(",4,6,20,30", ",inf,6,20,30", 1)),
+     "not a finite number"),
+])
+def test_damaged_csvs_are_one_line_errors_naming_file_and_line(tmp_path, edit, match):
+    make_mura(tmp_path, annotations=True)
+    edit(tmp_path / "MURA-v1.1")
+    with pytest.raises(MurakitError, match=match) as e:
+        index_dataset(tmp_path)
+    assert "\n" not in str(e.value)
 
 
 def _records(n_patients, studies_per_patient=2, split="train"):

@@ -126,7 +126,7 @@ def test_corrupt_last_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys)
 @pytest.mark.parametrize("extra, splits, message", [
     (["--size", "64"], None, "rerun murakit prepare"),
     (["--weights", "nope.weights.h5"], None, "weights file not found"),
-    (["--max-rotation", "200"], None, "--max-rotation must be within"),
+    (["--max-rotation", "200"], None, "--max-rotation must be a number in [0, 180]"),
     ([], ("train",) * 52 + ("test",) * 12, "no val"),
 ])
 def test_bad_inputs_exit_2(tmp_path, capsys, extra, splits, message):

@@ -85,10 +85,13 @@ def main(argv=None) -> int:
     from murakit.errors import MurakitError
     from murakit.quiet import quiet_frameworks
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command modules load
+        print("murakit: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "_module", None):
-        parser.print_help(sys.stderr)
+        build_parser().print_help(sys.stderr)
         return 2
     try:
         with quiet_frameworks(not args.verbose):

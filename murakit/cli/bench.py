@@ -21,15 +21,13 @@ def up_to_date(run) -> bool:
 
 
 def run(args) -> int:
-    from murakit.evaluation.bench import benchmark
-    from murakit.evaluation.report import write_report
+    from murakit.evaluation.report import bench_and_report
     from murakit.layout import RunLayout
 
     if not args.force and up_to_date(args.run):
         print(f"bench: {RunLayout(args.run).report_md} is up to date (use --force to redo)")
         return 0
-    report, data = benchmark(args.run, threads=args.threads, n_single=args.latency_runs)
-    out = write_report(args.run, report, data)
+    report, out = bench_and_report(args.run, threads=args.threads, n_single=args.latency_runs)
     for name, m in report["models"].items():
         print(f"  {name:14s} study AUROC {m['study']['auroc']:.3f}  kappa {m['study']['kappa']:.3f}  "
               f"latency {m['latency_ms_p50']:.2f} ms  {m['size_bytes'] / 1024:.0f} KiB")

@@ -11,12 +11,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from murakit.errors import MurakitError
     from murakit.layout import RunLayout
     from murakit.pipeline.demo import run_demo
 
-    if args.seed < 0:
-        raise MurakitError(f"--seed must be >= 0, got {args.seed}")
     report = run_demo(args.run, args.data, quick=args.quick, seed=args.seed)
     layout = RunLayout(args.run)
     data = args.data or layout.data

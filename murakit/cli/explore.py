@@ -24,12 +24,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Run the audit and print where its outputs are. Returns 0."""
 
-    from murakit.errors import MurakitError
-    from murakit.evaluation.explore import explore, is_current
+    from murakit.evaluation.explore import check_explore_settings, explore, is_current
     from murakit.layout import RunLayout
 
-    if args.max_samples < 1 or args.workers < 1:
-        raise MurakitError("--max-samples and --workers must be at least 1")
+    check_explore_settings(args.seed, args.max_samples, args.workers)  # bad values fail even when up to date
     if not args.force and is_current(args.run, args.data):
         print(f"explore: {RunLayout(args.run).explore / 'summary.md'} is up to date; nothing to do (--force redoes it)")
         return 0

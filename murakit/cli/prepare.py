@@ -40,7 +40,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Index the data, build or resume the cache, print a summary. Returns 0."""
     from edge.preprocess import PreprocessConfig
-    from murakit.data.mura import index_dataset
     from murakit.data.prepared import prepare
     from murakit.errors import MurakitError
 
@@ -48,23 +47,14 @@ def run(args) -> int:
         cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
     except ValueError as e:
         raise MurakitError(str(e)) from None
-    if args.workers < 1:
-        raise MurakitError(f"--workers must be at least 1, got {args.workers}")
-    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
-            and args.val_fraction + args.test_fraction < 1):
-        raise MurakitError("--val-fraction and --test-fraction must be in [0, 1) with a sum below 1")
+    ds = None
     if args.labels:
         from murakit.data.dicom_index import index_dicom_tree
 
         ds = index_dicom_tree(args.data, args.labels)
-    else:
-        ds = index_dataset(args.data)
-    print(f"{ds.root}: {len(ds)} images ({ds.layout} layout)")
-    for line in ds.problems.lines():
-        print(f"  data problem: {line}")
     res = prepare(args.data, args.run, cfg, seed=args.seed, val_fraction=args.val_fraction,
-                  test_fraction=args.test_fraction,
-                  workers=args.workers, progress=not args.no_progress, dataset=ds)
+                  test_fraction=args.test_fraction, workers=args.workers, progress=not args.no_progress,
+                  dataset=ds)
     if res.status != "up-to-date":
         print(f"{res.cache}: {res.n_images} images cached at {cfg.size}x{cfg.size} "
               f"({res.n_processed} processed in {res.seconds:.1f} s, "

@@ -41,6 +41,10 @@ def _mix(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected 4 comma-separated numbers, got {text!r}") from None
 
 
+# ~270,000 images and hours of CPU; real MURA-v1.1 has 14,863 studies
+MAX_STUDIES = 100_000
+
+
 def add_arguments(parser) -> None:
     from murakit.data.synth.settings import DEFAULT, PRESETS
 
@@ -81,11 +85,24 @@ def settings_from_args(args):
     return dataclasses.replace(PRESETS[args.preset], **given)
 
 
+def check_args(args, settings) -> None:
+    """The flags' constraints beyond the settings' own (one MurakitError line)."""
+    from murakit.checks import check_int, check_seed, check_workers
+    from murakit.layout import ensure_dir
+
+    check_int("--studies", settings.studies, 1, MAX_STUDIES)
+    check_seed(args.seed)
+    if args.workers is not None:
+        check_workers(args.workers)
+    ensure_dir(args.out, "OUT folder")
+
+
 def run(args) -> int:
     from murakit.data import synth
     from murakit.errors import MurakitError
 
     settings = settings_from_args(args)
+    check_args(args, settings)
     if args.format == "dicom":
         from murakit.data import dicom_synth
 

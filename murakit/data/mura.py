@@ -18,12 +18,19 @@ Three layouts are accepted, tried in this order:
 Files are parsed leniently (BOM, CRLF, blank lines, missing trailing slash, ``\\`` separators),
 but nothing is dropped silently: listed-but-missing images, studies without a label, labels
 without images, on-disk images absent from the CSV and label disagreements are counted in
-:class:`Problems`.
+:class:`Problems`. A CSV that is not UTF-8 text, or not CSV at all (a field over
+``csv.field_size_limit()``), stops indexing with one line naming the file and line.
+
+Every indexed image resolves inside the data root: a path with ``..`` segments, or one that a
+symbolic link (to a file or a folder) leads outside the root, is refused and counted
+(``outside_root``), never labelled and trained on.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -35,6 +42,7 @@ MURA_DIRNAME = "MURA-v1.1"
 MURA_SPLITS = ("train", "valid")
 CLASS_DIRS = {"normal": 0, "abnormal": 1}
 ANNOTATIONS_CSV = "synth_annotations.csv"
+MAX_CSV_BYTES = 256 * 1024 * 1024  # MURA's largest CSV is ~3 MB
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class Problems:
     bad_lines: list[str] = field(default_factory=list)
     patients_in_both_splits: list[str] = field(default_factory=list)
     not_images: list[str] = field(default_factory=list)
+    outside_root: list[str] = field(default_factory=list)
 
     def counts(self) -> dict:
         """``{problem name: count}`` for every problem kind (zeros included)."""
@@ -113,6 +122,7 @@ class Problems:
             "bad_lines": "unparseable CSV lines (skipped)",
             "patients_in_both_splits": "patients in both MURA train and valid",
             "not_images": "DICOM objects that are not images (SR, RT, ...; ignored)",
+            "outside_root": "paths with ../ or symlinks leading outside the data root (refused)",
         }
         out = []
         for k, v in vars(self).items():
@@ -150,10 +160,48 @@ class Dataset:
 
 # ---------------------------------------------------------------------------- file helpers
 
+def read_csv_text(path: Path) -> str:
+    """The text of a data-set CSV (BOM dropped), or one MurakitError line naming file and line.
+
+    Raises
+    ------
+    MurakitError
+        Not a regular file, larger than :data:`MAX_CSV_BYTES`, unreadable, or not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MurakitError(f"{path}: not a file (a MURA CSV is expected here)")
+    try:
+        if path.stat().st_size > MAX_CSV_BYTES:
+            raise MurakitError(f"{path}: {path.stat().st_size:,} bytes, too large for a MURA CSV")
+        data = path.read_bytes()
+    except OSError as e:
+        raise MurakitError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise MurakitError(f"{path} line {line}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                           "MURA's CSVs are UTF-8") from None
+
+
+def csv_rows(path: Path, text: str, reader=csv.reader):
+    """Yield (line number, row) of ``text`` read by ``reader``; csv errors become MurakitError."""
+    it = reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            line = getattr(it, "line_num", 0) or getattr(getattr(it, "reader", None), "line_num", 0)
+            raise MurakitError(f"{path} line {line}: not a MURA CSV ({e})") from None
+        yield getattr(it, "line_num", 0), row
+
+
 def read_csv_rows(path: Path) -> list[list[str]]:
     """Rows of a small CSV, tolerant of a BOM, CRLF, blank lines and stray whitespace."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = [[c.strip() for c in row] for row in csv.reader(f)]
+    rows = [[c.strip() for c in row] for _, row in csv_rows(path, read_csv_text(path))]
     return [r for r in rows if any(r)]
 
 
@@ -174,6 +222,16 @@ def find_mura_dir(root: Path) -> Path | None:
     if root.name == MURA_DIRNAME or has_csv or has_split:
         return root
     return None
+
+
+def inside_root(root: Path, rel: str) -> bool:
+    """True when ``root / rel`` has no ``..`` segment and resolves (symlinks followed) inside ``root``.
+
+    ``root`` must be resolved already (:func:`index_dataset` resolves it).
+    """
+    if ".." in rel.replace("\\", "/").split("/"):
+        return False
+    return Path(os.path.realpath(root / rel)).is_relative_to(root)
 
 
 def normalise_relpath(raw: str, mura_name: str) -> str | None:
@@ -224,13 +282,15 @@ def _walk_images(mura_dir: Path, split: str) -> list[str]:
 def _listed_images(mura_dir: Path, split: str, problems: Problems) -> list[str] | None:
     """Relative image paths from ``<split>_image_paths.csv``, or None without that file."""
     path = mura_dir / f"{split}_image_paths.csv"
-    if not path.is_file():
+    if not path.exists():  # a folder or device in its place is an error, not "no CSV"
         return None
     out = []
     for row in read_csv_rows(path):
         rel = normalise_relpath(row[0], mura_dir.name)
         if rel is None or rel.count("/") < 5 or not is_image_file(rel.rsplit("/", 1)[-1]):
-            problems.bad_lines.append(f"{path.name}: {','.join(row)}")
+            problems.bad_lines.append(f"{path.name}: {','.join(row)[:200]}")
+        elif not inside_root(mura_dir.parent, rel):
+            problems.outside_root.append(rel)
         else:
             out.append(rel)
     return list(dict.fromkeys(out))  # drop duplicate lines, keep order
@@ -239,14 +299,14 @@ def _listed_images(mura_dir: Path, split: str, problems: Problems) -> list[str] 
 def _listed_labels(mura_dir: Path, split: str, problems: Problems) -> dict | None:
     """``relstudy -> label`` from ``<split>_labeled_studies.csv``, or None without it."""
     path = mura_dir / f"{split}_labeled_studies.csv"
-    if not path.is_file():
+    if not path.exists():  # a folder or device in its place is an error, not "no CSV"
         return None
     out = {}
     for row in read_csv_rows(path):
         rel = normalise_relpath(row[0], mura_dir.name)
         label = row[1] if len(row) > 1 else ""
-        if rel is None or rel.count("/") != 4 or label not in ("0", "1"):
-            problems.bad_lines.append(f"{path.name}: {','.join(row)}")
+        if rel is None or rel.count("/") != 4 or label not in ("0", "1") or ".." in rel.split("/"):
+            problems.bad_lines.append(f"{path.name}: {','.join(row)[:200]}")
         else:
             out[rel] = int(label)
     return out
@@ -256,7 +316,9 @@ def _index_mura_split(mura_dir: Path, split: str, problems: Problems):
     """Records of one MURA split and whether its CSVs were used."""
     root = mura_dir.parent
     listed = _listed_images(mura_dir, split, problems)
-    on_disk = _walk_images(mura_dir, split)
+    on_disk = []
+    for rel in _walk_images(mura_dir, split):  # a symlinked folder or file may lead outside
+        (on_disk if inside_root(root, rel) else problems.outside_root).append(rel)
     if listed is None:
         images = on_disk
     else:
@@ -268,8 +330,9 @@ def _index_mura_split(mura_dir: Path, split: str, problems: Problems):
                 images.append(rel)
             else:
                 problems.missing_images.append(rel)
-        listed_set = set(listed)
+        listed_set = set(listed) | set(problems.outside_root)
         problems.unlisted_images.extend(r for r in on_disk if r not in listed_set)
+        problems.outside_root = list(dict.fromkeys(problems.outside_root))
     labels = _listed_labels(mura_dir, split, problems)
     records = _records_from(images, labels, root, split, problems)
     return records, listed is not None or labels is not None
@@ -321,7 +384,7 @@ def find_class_dirs(root: Path) -> dict | None:
 
 def index_class_folders(root: Path, class_dirs: dict) -> Dataset:
     """Index ``ROOT/normal/**`` and ``ROOT/abnormal/**``: each image its own study and patient."""
-    records = []
+    records, problems = [], Problems()
     for name, folder in sorted(class_dirs.items()):
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -330,16 +393,25 @@ def index_class_folders(root: Path, class_dirs: dict) -> Dataset:
                     continue
                 full = Path(dirpath) / f
                 rel = full.relative_to(root).as_posix()
+                if not inside_root(root, rel):
+                    problems.outside_root.append(rel)
+                    continue
                 ident = os.path.splitext(rel)[0]
                 records.append(ImageRecord("all", "UNKNOWN", ident, ident, str(full), rel,
                                            CLASS_DIRS[name]))
-    return Dataset(root, "classes", records, Problems(), load_annotations(root, mura=False))
+    return Dataset(root, "classes", records, problems, load_annotations(root, mura=False))
 
 
 # ---------------------------------------------------------------------------- annotations
 
 def _float_or_none(s: str):
-    return float(s) if s not in ("", "nan", "None") else None
+    """A finite float, or None for an unknown cell; ValueError for anything else."""
+    if s in ("", "nan", "None"):
+        return None
+    v = float(s)
+    if not math.isfinite(v):
+        raise ValueError(f"{s!r} is not a finite number")
+    return v
 
 
 def _parse_inverted(s: str):
@@ -363,14 +435,16 @@ def load_annotations(folder: Path, mura: bool) -> dict:
     if path is None:
         return {}
     out = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for row in csv.DictReader(f):
-            raw = (row.get("path") or "").strip()
-            rel = normalise_relpath(raw, folder.name) if mura else raw
+    for line, row in csv_rows(path, read_csv_text(path), csv.DictReader):
+        raw = (row.get("path") or "").strip()
+        rel = normalise_relpath(raw, folder.name) if mura else raw
+        try:
             coords = [_float_or_none((row.get(k) or "").strip()) for k in ("x0", "y0", "x1", "y1")]
-            bbox = tuple(coords) if all(c is not None for c in coords) else None
-            finding = (row.get("finding") or "").strip()
-            out[rel or raw] = Annotation(_parse_inverted(row.get("inverted") or ""), finding, bbox)
+        except ValueError as e:
+            raise MurakitError(f"{path} line {line}: bad box coordinate ({str(e)[:80]})") from None
+        bbox = tuple(coords) if all(c is not None for c in coords) else None
+        finding = (row.get("finding") or "").strip()
+        out[rel or raw] = Annotation(_parse_inverted(row.get("inverted") or ""), finding, bbox)
     return out
 
 

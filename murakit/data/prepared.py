@@ -161,13 +161,17 @@ def config_mismatch(built: PreprocessConfig, wanted: PreprocessConfig) -> str | 
 
 
 def _read_index(path: Path) -> dict:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        rows = list(reader)
-    if header is None or header[:len(INDEX_COLUMNS)] != INDEX_COLUMNS:
-        raise MurakitError(f"{path}: not a murakit index (header {header})")
-    data = np.array(rows, dtype=str).reshape(len(rows), len(header))
+    """Every column of index.csv as an ndarray of str (N,); a damaged file is one MurakitError."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = list(reader)
+        if header is None or header[:len(INDEX_COLUMNS)] != INDEX_COLUMNS:
+            raise MurakitError(f"{path}: not a murakit index (header {str(header)[:80]}); rerun murakit prepare")
+        data = np.array(rows, dtype=str).reshape(len(rows), len(header))
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+        raise MurakitError(f"{path}: unreadable index ({str(e)[:100]}); rerun murakit prepare") from None
     return {name: data[:, i] for i, name in enumerate(header)}
 
 
@@ -224,14 +228,18 @@ def load_prepared(run, expect_config: PreprocessConfig | dict | None = None) -> 
         raise MurakitError(f"{root / 'images.npy'}: expected uint8 (N, {cfg.size}, {cfg.size}), "
                            f"got {images.dtype} {images.shape}; rerun murakit prepare")
     cols = _read_index(root / "index.csv")
-    row = cols["row"].astype(np.int64)
+    try:
+        row, label = cols["row"].astype(np.int64), cols["label"].astype(np.int8)
+        annotations = _annotations_from(cols)
+    except ValueError as e:
+        raise MurakitError(f"{root / 'index.csv'}: unreadable index ({str(e)[:100]}); rerun murakit prepare") from None
     if len(row) and (row.min() < 0 or row.max() >= len(images)):
         raise MurakitError(f"{root / 'index.csv'}: rows outside images.npy; rerun murakit prepare")
     return Prepared(
         root=root, images=images, config=cfg, meta=meta, split=cols["split"], part=cols["part"],
         patient=cols["patient"], study=cols["study"], path=cols["path"],
-        label=cols["label"].astype(np.int8), row=row, inverted=cols["inverted"] == "1",
-        columns=cols, annotations=_annotations_from(cols))
+        label=label, row=row, inverted=cols["inverted"] == "1",
+        columns=cols, annotations=annotations)
 
 
 # ============================================================================ planning
@@ -501,11 +509,22 @@ def _run_pool(tasks, cfg: PreprocessConfig, workers: int, images_path: Path, wor
             _MM = None  # drop this process's writable view of the cache
         return
     import multiprocessing as mp
+    import signal
+    import threading
 
     # spawn, not fork: the caller may have TensorFlow or other threads loaded.
     ctx = mp.get_context("spawn")
     chunk = max(1, min(32, len(tasks) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(), mm_path, True)) as pool:
+    # Workers are born ignoring Ctrl-C (an ignored signal stays ignored across exec, and Python
+    # then installs no handler): one arriving while they import would print their tracebacks.
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(), mm_path, True))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
+    with pool:
         yield from pool.imap_unordered(process_one, tasks, chunksize=chunk)
 
 
@@ -542,6 +561,17 @@ def _fill(mm, st: _State, dataset, cfg, workers, partial, progress, checkpoint_s
     return n
 
 
+def check_split_settings(seed: int, val_fraction: float, test_fraction: float) -> None:
+    """The constraints of :func:`prepare`'s split settings (one MurakitError line each)."""
+    from murakit.checks import check_float, check_seed
+
+    check_seed(seed)
+    check_float("--val-fraction", val_fraction, 0.0, 1.0, hi_open=True)
+    check_float("--test-fraction", test_fraction, 0.0, 1.0, hi_open=True)
+    if val_fraction + test_fraction >= 1.0:
+        raise MurakitError(f"--val-fraction + --test-fraction must be below 1, got {val_fraction + test_fraction:g}")
+
+
 def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
             val_fraction: float = 0.1, test_fraction: float = 0.2, workers: int | None = None,
             progress: bool = True, checkpoint_seconds: float = 5.0, worker_writes: bool = False,
@@ -557,9 +587,11 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
     cfg : PreprocessConfig, optional
         Default ``PreprocessConfig()``.
     seed, val_fraction, test_fraction
-        Passed to :func:`murakit.data.splits.assign_splits`.
+        Passed to :func:`murakit.data.splits.assign_splits`; checked by
+        :func:`check_split_settings`.
     workers : int, optional
-        Processes; default ``os.cpu_count()``. 1 runs in this process.
+        Processes, 1 to :func:`murakit.checks.max_workers`; default ``os.cpu_count()``.
+        1 runs in this process.
     progress : bool
         Show a tqdm progress bar.
     checkpoint_seconds : float
@@ -567,20 +599,41 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
     worker_writes : bool
         Workers write rows into the memmap themselves instead of returning them.
     log : callable
-        Receives one-line status messages.
+        Receives one-line status messages (the data set's size and its problems first).
     dataset : Dataset, optional
         An already indexed ``data`` (saves indexing twice).
 
     Returns
     -------
     PrepareResult
+
+    Raises
+    ------
+    MurakitError
+        Bad settings, unusable data, or a run folder that another process is preparing
+        (:mod:`murakit.lock`).
     """
+    from murakit.checks import check_workers
     from murakit.data.mura import index_dataset
+    from murakit.lock import stage_lock
+
+    check_split_settings(seed, val_fraction, test_fraction)
+    workers = check_workers(workers if workers is not None else os.cpu_count() or 1)
+    with stage_lock(run, writes="prepared", create=True):
+        ds = dataset if dataset is not None else index_dataset(data)
+        log(f"{ds.root}: {len(ds)} images ({ds.layout} layout)")
+        for line in ds.problems.lines():
+            log(f"  data problem: {line}")
+        return _prepare(ds, run, cfg if cfg is not None else PreprocessConfig(), seed, val_fraction,
+                        test_fraction, workers, progress, checkpoint_seconds, worker_writes, log)
+
+
+def _prepare(ds, run, cfg: PreprocessConfig, seed, val_fraction, test_fraction, workers, progress,
+             checkpoint_seconds, worker_writes, log) -> PrepareResult:
+    """:func:`prepare` once the settings are checked and the run folder is locked."""
     from murakit.data.splits import assign_splits
 
-    cfg = cfg if cfg is not None else PreprocessConfig()
     layout = RunLayout(run)
-    ds = dataset if dataset is not None else index_dataset(data)
     key = make_key(ds, cfg, seed, val_fraction, test_fraction)
     final, partial = layout.prepared, layout.prepared_partial
     for stale in layout.root.glob(".prepared.old-*"):
@@ -600,8 +653,7 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
     split = assign_splits(ds.records, seed, val_fraction, test_fraction)
     mm, st, resumed = _open_partial(partial, key, len(ds.records), cfg.size, log)
     t0 = time.perf_counter()
-    n = _fill(mm, st, ds, cfg, workers or os.cpu_count() or 1, partial, progress,
-              checkpoint_seconds, worker_writes)
+    n = _fill(mm, st, ds, cfg, workers, partial, progress, checkpoint_seconds, worker_writes)
     seconds = time.perf_counter() - t0
     del mm  # close the memmap before the folder is renamed
     n_ok = _finalise(partial, final, ds, split, st, key, ds.layout)

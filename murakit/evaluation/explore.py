@@ -365,6 +365,26 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
     dict
         The summary written to ``summary.json``.
     """
+    from murakit.lock import stage_lock
+
+    check_explore_settings(seed, max_samples, workers, per_part)
+    with stage_lock(run, writes="explore", reads=("prepared",), create=True):
+        return _explore(data, run, seed, max_samples, per_part, workers or os.cpu_count() or 1, log)
+
+
+def check_explore_settings(seed: int, max_samples: int, workers: int | None, per_part: int = 3) -> None:
+    """The constraints of :func:`explore`'s settings (one MurakitError line each)."""
+    from murakit.checks import check_int, check_seed, check_workers
+
+    check_seed(seed)
+    check_int("--max-samples", max_samples, 1, 1_000_000)
+    check_int("per_part", per_part, 1, 100)
+    if workers is not None:
+        check_workers(workers)
+
+
+def _explore(data, run, seed: int, max_samples: int, per_part: int, workers: int, log) -> dict:
+    """:func:`explore` once its settings are checked and the run folder is locked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -390,7 +410,7 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
         idx = np.sort(rng.permutation(len(ds.records))[:max_samples])
         sample = [ds.records[i] for i in idx]
         log(f"decoding {len(sample)} of {len(ds.records)} images for pixel statistics")
-        stats, errors = _stats_from_images(sample, cfg, workers or os.cpu_count() or 1)
+        stats, errors = _stats_from_images(sample, cfg, workers)
         source = "raw images (sample)"
     paths = [r.relpath for r in sample]
     fmt_sample = sample if len(sample) <= max_samples else [sample[i] for i in

@@ -260,4 +260,32 @@ def write_report(run, report: dict, data: dict) -> Path:
     return out
 
 
-__all__ = ["MODEL_NAMES", "markdown", "roc_curve", "write_report"]
+MAX_LATENCY_RUNS = 100_000
+
+
+def bench_and_report(run, threads: int = 2, n_single: int = 200, log=print) -> tuple:
+    """Benchmark every model of ``run`` and write its report, holding the run's ``report`` stage.
+
+    Parameters
+    ----------
+    threads : int
+        onnxruntime intra-op threads, 1 to :func:`murakit.checks.max_workers`.
+    n_single : int
+        Batch-1 timings per model, 1 to :data:`MAX_LATENCY_RUNS`.
+
+    Returns
+    -------
+    (report dict, report folder)
+    """
+    from murakit.checks import check_int, check_workers
+    from murakit.evaluation.bench import benchmark
+    from murakit.lock import stage_lock
+
+    check_workers(threads, "--threads")
+    check_int("--latency-runs", n_single, 1, MAX_LATENCY_RUNS)
+    with stage_lock(run, writes="report", reads=("prepared", "baseline", "cnn", "export")):
+        report, data = benchmark(run, threads=threads, n_single=n_single, progress=log)
+        return report, write_report(run, report, data)
+
+
+__all__ = ["MODEL_NAMES", "bench_and_report", "markdown", "roc_curve", "write_report"]

@@ -51,14 +51,12 @@ def _predict_study(layout: RunLayout, data: Path, log) -> None:
 
 def _bench(layout: RunLayout, log) -> None:
     from murakit.cli.bench import up_to_date
-    from murakit.evaluation.bench import benchmark
-    from murakit.evaluation.report import write_report
+    from murakit.evaluation.report import bench_and_report
 
     if up_to_date(layout.root):
         log(f"bench: {layout.report_md} is up to date")
         return
-    report, data = benchmark(layout.root)
-    write_report(layout.root, report, data)
+    report, _ = bench_and_report(layout.root, log=log)
     for name, m in report["models"].items():
         log(f"  {name:14s} study AUROC {m['study']['auroc']:.3f}  kappa {m['study']['kappa']:.3f}")
 
@@ -111,7 +109,14 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
 
 def run_demo(run="runs/default", data=None, quick: bool = False, seed: int = 0, log=print) -> Path:
     """Run every stage; returns the report's path. Errors propagate (MurakitError: one line)."""
+    from murakit.checks import check_seed
+    from murakit.layout import ensure_dir
+
+    check_seed(seed)
     layout = RunLayout(run)
+    ensure_dir(layout.root, "run folder")
+    if data is not None:
+        ensure_dir(data, "--data folder")
     todo = steps(layout.root, data, quick, seed, log)
     t_start = time.perf_counter()
     for k, (title, fn) in enumerate(todo, 1):

@@ -77,6 +77,19 @@ def explain_images(images, run, out=None, gradcam: bool = False, log=print, warn
     warn : callable
         Receives one line per unreadable image (default: stderr).
     """
+    from murakit.layout import ensure_dir
+    from murakit.lock import stage_lock
+
+    layout = RunLayout(run)
+    if not layout.cnn_best.is_file():  # before creating any folder
+        raise MurakitError(f"no trained CNN in {layout.cnn}: run murakit train cnn --run {layout.root} first")
+    out = ensure_dir(out if out else layout.explain, "--out folder")
+    with stage_lock(layout.root, writes="explain", reads=("cnn",)):
+        return _explain([Path(p) for p in images], layout, out, gradcam, log, warn)
+
+
+def _explain(paths, layout: RunLayout, out: Path, gradcam: bool, log, warn) -> tuple:
+    """:func:`explain_images` once the output folder exists and the run folder is locked."""
     import cv2
 
     import deep
@@ -85,13 +98,9 @@ def explain_images(images, run, out=None, gradcam: bool = False, log=print, warn
     from edge.errors import EdgeError
     from edge.preprocess import preprocess, to_model_input
 
-    layout = RunLayout(run)
     model, card = load_cnn(layout)
-    out = Path(out) if out else layout.explain
-    out.mkdir(parents=True, exist_ok=True)
     cmodel = None if gradcam else deep.cam_model(model)
     done, failed = [], 0
-    paths = [Path(p) for p in images]
     for path, name in zip(paths, overlay_names(paths)):
         try:
             u8 = preprocess(str(path), card.preprocess)

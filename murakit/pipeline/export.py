@@ -294,12 +294,19 @@ def export_run(run, options: ExportOptions = ExportOptions(), force: bool = Fals
         The export summary (``export.json``) with ``"status"``: "exported" or "up-to-date", and
         ``"int8_refused"`` True when the INT8 gate refused the quantized model.
     """
+    from murakit.lock import stage_lock
+
+    options.check()
+    with stage_lock(run, writes="export", reads=("prepared", "baseline", "cnn")):
+        return _export_run(RunLayout(run), options, force, log)
+
+
+def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> dict:
+    """:func:`export_run` once the options are checked and the run folder is locked."""
     from edge.atomic import write_text
     from murakit.data.prepared import load_prepared
     from murakit.evaluation.metrics import json_safe
 
-    options.check()
-    layout = RunLayout(run)
     cards = _training_cards(layout)
     if not cards:
         raise MurakitError(f"nothing to export in {layout.root}: train a model first (murakit train cnn / baseline)")

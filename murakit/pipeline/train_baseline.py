@@ -26,7 +26,6 @@ from murakit.layout import RunLayout
 
 PARITY_TOLERANCE = 1e-4  # ONNX (float32) vs scikit-learn probabilities at export
 ARCH = "hog-linear-svm"
-MAX_WORKERS = 256
 
 
 def _settings(seed: int, hog_cell: int, prepared) -> dict:
@@ -181,11 +180,12 @@ def train_baseline(run, seed: int = 0, hog_cell: int = 8, workers: int | None = 
     run : str or Path
         Run folder with a prepared cache.
     seed : int
-        Seed of fold shuffling and SGD (>= 0).
+        Seed of fold shuffling and SGD, in [0, 2**32 - 1].
     hog_cell : int
-        HOG cell side in pixels.
+        HOG cell side in pixels (checked by ``HogConfig`` against the cache's image size).
     workers : int, optional
-        Threads for features and fitting (default: all cores).
+        Threads for features and fitting, 1 to :func:`murakit.checks.max_workers` (default:
+        all cores).
     force : bool
         Retrain even if the stored baseline is up to date.
 
@@ -194,15 +194,20 @@ def train_baseline(run, seed: int = 0, hog_cell: int = 8, workers: int | None = 
     dict
         The test metrics (``metrics.json``), with ``"status"``: "trained" or "up-to-date".
     """
+    from murakit.checks import check_seed, check_workers
+    from murakit.lock import stage_lock
+
+    check_seed(seed)
+    workers = check_workers((os.cpu_count() or 1) if workers is None else workers)
+    with stage_lock(run, writes="baseline", reads=("prepared",)):
+        return _train_baseline(RunLayout(run), seed, hog_cell, workers, force, progress, log)
+
+
+def _train_baseline(layout: RunLayout, seed, hog_cell, workers, force, progress, log) -> dict:
+    """:func:`train_baseline` once its settings are checked and the run folder is locked."""
     from edge.hog import HogConfig
     from murakit.data.prepared import load_prepared
 
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if not 1 <= workers <= MAX_WORKERS:
-        raise MurakitError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
-    if seed < 0:
-        raise MurakitError(f"--seed must be >= 0, got {seed}")
-    layout = RunLayout(run)
     prepared = load_prepared(layout.root)
     settings = _settings(seed, hog_cell, prepared)
     if not force and _up_to_date(layout, prepared, settings):

@@ -34,25 +34,30 @@ class CnnOptions:
     batch_size: int = 32
     seed: int = 0
 
-    def check(self, cache_size: int, run) -> None:
-        """One-line errors for options that cannot work with this cache."""
+    def check(self) -> None:
+        """One-line errors for values that can never work (before any data or TensorFlow is loaded)."""
+        from murakit.checks import check_float, check_int, check_seed
+
+        if self.epochs is not None:
+            check_int("--epochs", self.epochs, 1, 10_000)
+        if self.patience is not None:
+            check_int("--patience", self.patience, 1, 10_000)
+        check_int("--batch-size", self.batch_size, 1, 4096)
+        check_seed(self.seed)
+        if self.max_rotation is not None:
+            check_float("--max-rotation", self.max_rotation, 0.0, 180.0)
+        if self.width is not None:
+            check_int("--width", self.width, 4, 256)
+        if self.size is not None:
+            check_int("--size", self.size, 8, 4096)
+        if self.arch not in ARCH_CHOICES:
+            raise MurakitError(f"--arch must be one of {', '.join(ARCH_CHOICES)}, got {self.arch!r}")
+
+    def check_cache(self, cache_size: int, run) -> None:
+        """The options against the prepared cache they will train on."""
         if self.size is not None and self.size != cache_size:
             raise MurakitError(f"the prepared cache in {run} is {cache_size}x{cache_size} px, not {self.size}: "
                                f"rerun murakit prepare DATA --run {run} --size {self.size}")
-        if self.epochs is not None and not 1 <= self.epochs <= 10_000:
-            raise MurakitError(f"--epochs must be in [1, 10000], got {self.epochs}")
-        if self.patience is not None and not 1 <= self.patience <= 10_000:
-            raise MurakitError(f"--patience must be in [1, 10000], got {self.patience}")
-        if not 1 <= self.batch_size <= 4096:
-            raise MurakitError(f"--batch-size must be in [1, 4096], got {self.batch_size}")
-        if self.seed < 0:
-            raise MurakitError(f"--seed must be >= 0, got {self.seed}")
-        if self.max_rotation is not None and not 0 <= self.max_rotation <= 180:
-            raise MurakitError(f"--max-rotation must be within 0..180 degrees, got {self.max_rotation}")
-        if self.width is not None and not 4 <= self.width <= 256:
-            raise MurakitError(f"--width must be in [4, 256], got {self.width}")
-        if self.arch not in ARCH_CHOICES:
-            raise MurakitError(f"--arch must be one of {', '.join(ARCH_CHOICES)}, got {self.arch!r}")
 
 
 def _splits(prep):
@@ -188,11 +193,19 @@ def train_cnn(run, options: CnnOptions = CnnOptions(), force: bool = False, prog
     dict
         The test metrics (``metrics.json``), with ``"status"``: "trained" or "up-to-date".
     """
+    from murakit.lock import stage_lock
+
+    options.check()
+    with stage_lock(run, writes="cnn", reads=("prepared",)):
+        return _train_cnn(RunLayout(run), options, force, progress, log)
+
+
+def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log) -> dict:
+    """:func:`train_cnn` once the options are checked and the run folder is locked."""
     from murakit.data.prepared import load_prepared
 
-    layout = RunLayout(run)
     prep = load_prepared(layout.root)
-    options.check(prep.config.size, layout.root)
+    options.check_cache(prep.config.size, layout.root)
     pos = _splits(prep)
     if force and layout.cnn.exists():
         shutil.rmtree(layout.cnn)

@@ -160,7 +160,10 @@ def verify_run(run, threads: int | None = None, keras: bool = True, opencv: bool
     """
     from edge.card import read_onnx_card
     from edge.errors import EdgeError
+    from murakit.checks import check_workers
 
+    if threads is not None:
+        check_workers(threads, "--threads")
     layout = RunLayout(run)
     models = sorted(layout.export.glob("*.onnx"))
     if not models:
