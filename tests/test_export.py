@@ -137,10 +137,11 @@ def run_dir(tmp_path_factory):
     assert cmd_prepare.run(_args(cmd_prepare, [str(root / "data"), "--run", str(run), "--size", str(SIZE),
                                                "--workers", "1", "--no-progress", "--val-fraction", "0.3"])) == 0
     _fake_trained_cnn(run)
-    # An untrained model ranks val studies by noise, so INT8 rounding can move its AUROC a lot:
-    # accept any drop here (the refusal path has its own test) and check that it is recorded.
+    # An untrained model ranks val studies by noise, so INT8 rounding can move its AUROC a lot, and
+    # a width-4 32 px model is too small for INT8 to be faster: accept any drop and any speed here
+    # (the refusal paths have their own tests) and check that both are recorded.
     assert cmd_export.run(_args(cmd_export, ["--run", str(run), "--calibration", "20", "--golden", "6",
-                                             "--max-int8-drop", "1.0"])) == 0
+                                             "--max-int8-drop", "1.0", "--max-int8-latency-ratio", "1e6"])) == 0
     return run
 
 
