@@ -11,7 +11,7 @@ import numpy as np
 
 from edge.golden import FLOAT_TOLERANCE, max_abs_diff
 from export.errors import ExportError
-from export.graph import short_names
+from export.graph import fuse_hard_activations, short_names
 
 OPSET = 17
 
@@ -68,6 +68,7 @@ def to_onnx(cam_model, size: int, opset: int = OPSET):
     except Exception as e:  # noqa: BLE001  tf2onnx raises anything from KeyError to ValueError
         raise ExportError(f"tf2onnx could not convert the CNN: {type(e).__name__}: {e}") from None
     _rename_outputs(model, size)
+    fuse_hard_activations(model)  # MobileNetV3's hard-swish as one op (exact; see export.graph)
     short_names(model)
     return model
 

@@ -24,7 +24,9 @@ NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .*rebuild TensorFlow"
-    rb"|oneDNN custom operations are on)")
+    rb"|oneDNN custom operations are on"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    rb"|fully_quantize: \d)")
 
 
 def _forward(read_fd: int, write_fd: int) -> None:
