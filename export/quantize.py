@@ -324,10 +324,8 @@ def select_int8(float_path, calib_x: np.ndarray, val_x: np.ndarray, score, recip
                                                      "batches": list(batches)},
                     candidates=[{"recipe": n, "speed": speeds[n], "gate": gates.get(n)} for n in order])
     if log:
-        for n in order:
-            log("export: INT8 " + n + ": " + ", ".join(
-                f"{b.replace('_', ' ')} {v['ratio']:.2f}x float [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]"
-                for b, v in speeds[n].items()))
+        log("export: INT8 candidates, latency / float (" + " | ".join(b.replace("_", " ") for b in timing) + "): "
+            + ", ".join(f"{n} " + " | ".join(f"{v['ratio']:.2f}x" for v in speeds[n].values()) for n in order))
     return (models[chosen] if decision["accepted"] else None), decision
 
 

@@ -116,7 +116,16 @@ def plot_kappa_by_part(models, out: Path):
     plt.close(fig)
 
 
-def plot_latency(models, out: Path):
+def _decision_note(decision) -> str:
+    """One line under the latency plot: was ONNX INT8 shipped, and its measured speed."""
+    if not decision:
+        return ""
+    speed = ", ".join(f"{b.replace('_', ' ')} {v['ratio']:.2f}x" for b, v in (decision.get("speed") or {}).items())
+    verdict = "shipped" if decision["accepted"] else f"not shipped (refused by {' and '.join(decision['refused_by'])})"
+    return f"ONNX INT8 ({decision.get('recipe')}): {verdict}\nlatency / float at export: {speed or 'not measured'}"
+
+
+def plot_latency(models, out: Path, decision=None):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
@@ -130,9 +139,16 @@ def plot_latency(models, out: Path):
                     capsize=3, color=STYLES.get(name, {}).get("color"), label=LABELS[name])
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.3, 1, 3 ms: no 10^x labels
+    # label 0.2, 0.3, 0.5, 2, 3, 5 too: within one decade only "1" was labelled
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 3, 5) else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set(xlabel="batch-1 latency, median ms (log scale)", ylabel="study AUROC (95% CI)",
            title="Latency vs AUROC, test split")
     ax.legend(fontsize=8, loc="lower right")  # a legend, not point labels: labels overlapped
+    note = _decision_note(decision)
+    if note:  # an INT8 model that is absent from the plot says why
+        fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=8)
     _save(fig, out)
     plt.close(fig)
 
@@ -295,7 +311,7 @@ def write_report(run, report: dict, data: dict) -> Path:
     for fname, fn in (("roc.png", lambda p: plot_roc(models, data, p)),
                       ("confusion.png", lambda p: plot_confusion(models, data, p)),
                       ("kappa_by_part.png", lambda p: plot_kappa_by_part(models, p)),
-                      ("latency_vs_auroc.png", lambda p: plot_latency(models, p))):
+                      ("latency_vs_auroc.png", lambda p: plot_latency(models, p, report.get("int8_decision")))):
         fn(out / fname)
         plots.append(fname)
     if plot_cams(run, data, out / "cam_grid.png"):
