@@ -11,8 +11,10 @@ round gives one median per model; a ratio is the median of the per-round ratios,
   (hard-swish fused), tf2onnx's graph as converted, session optimisation level BASIC, and an
   offline-optimised file. Target: <= 1.0x.
 * OpenCV DNN and Keras (compiled ``tf.function``) on the same inputs, for context.
-* ``--profile``: onnxruntime's per-op-type time of float vs the chosen INT8 recipe (why INT8
-  does or does not pay), and float onnxruntime's layout reorders.
+* ``--profile``: onnxruntime's per-op-type time of float vs the first INT8 recipe (why INT8
+  does or does not pay), and of tf2onnx's graph before the hard-swish fusion.
+* with ``--run``: the validation study-AUROC drop of each INT8 recipe and calibration method
+  (MinMax, Percentile, Entropy) on the run's trained CNN (the accuracy half of the recipe choice).
 
 Usage::
 
@@ -236,8 +238,9 @@ def session_ms(paths: dict, repeats: int = 5) -> dict:
 
 
 # ---------------------------------------------------------------- profiles
-def op_profile(path, size: int, batch: int, threads: int = 1, runs: int = 10) -> dict:
-    """{op type: ms per run} from onnxruntime's profiler (after the session's own rewrites)."""
+def op_profile(path, size: int, batch: int, threads: int = 1, runs: int = 15) -> dict:
+    """{op type: ms per run} from onnxruntime's profiler (after the session's own rewrites):
+    each node's median over the runs (the first runs allocate), summed per op type."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,11 +253,43 @@ def op_profile(path, size: int, batch: int, threads: int = 1, runs: int = 10) ->
         for _ in range(runs):
             sess.run(None, {"image": x})
         events = json.loads(Path(sess.end_profiling()).read_text())
-    agg = collections.defaultdict(float)
+    per_node, op_of = collections.defaultdict(list), {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            agg[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+            per_node[e["name"]].append(e["dur"] / 1e3)
+            op_of[e["name"]] = e["args"]["op_name"]
+    agg = collections.defaultdict(float)
+    for node, durations in per_node.items():
+        agg[op_of[node]] += float(np.median(durations))
     return dict(sorted(agg.items(), key=lambda kv: -kv[1]))
+
+
+def int8_accuracy(run) -> dict:
+    """{recipe/calibration: val study AUROC drop} of the run's exported float CNN (RUN/export/cnn.onnx)."""
+    from dataclasses import replace
+
+    from edge.cpu import cpu_info
+    from export.cnn import onnx_outputs
+    from export.quantize import candidate_recipes, int8_gate, quantize_int8
+    from murakit.data.prepared import load_prepared
+    from murakit.pipeline.export import CALIBRATION_COUNT, _gate_score, cache_inputs, first_by_path
+
+    float_path = Path(run) / "export" / "cnn.onnx"
+    prep = load_prepared(run)
+    val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
+    x_val, calib = cache_inputs(prep, val), cache_inputs(prep, first_by_path(prep, "train", CALIBRATION_COUNT))
+    ref = onnx_outputs(float_path, x_val)["probability"]
+    out = {}
+    for recipe in candidate_recipes(cpu_info()):
+        for method in ("minmax", "percentile", "entropy"):
+            q = quantize_int8(float_path, calib, replace(recipe, calibration=method))
+            gate = int8_gate(ref, onnx_outputs(q, x_val)["probability"], _gate_score(prep, val))
+            out[f"{recipe.name} / {method}"] = {k: gate[k] for k in ("float_auroc", "int8_auroc", "auroc_drop",
+                                                                      "max_abs_diff")}
+            print(f"  {recipe.name:24s} {method:10s} val study AUROC {gate['float_auroc']:.4f} -> "
+                  f"{gate['int8_auroc']:.4f} (drop {gate['auroc_drop']:+.4f}), max |p diff| {gate['max_abs_diff']:.3f}",
+                  flush=True)
+    return out
 
 
 # ---------------------------------------------------------------- printing
@@ -323,9 +358,14 @@ def main(argv=None) -> int:
           "ratios: median of per-round ratios [min, max]")
     results = {"cpu": cpu, "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__,
                "rounds": args.rounds, "models": {}}
-    with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
+    from murakit.quiet import quiet_frameworks
+
+    with quiet_frameworks(), tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
         for name, (model, size) in keras_models(args.run, args.backbone, args.backbone_size).items():
             results["models"][name] = run_model(name, model, size, Path(tmp), args.rounds, args.profile)
+        if args.run and (Path(args.run) / "export" / "cnn.onnx").is_file():
+            print(f"\nINT8 accuracy on {args.run}'s validation split (per recipe and calibration method):")
+            results["int8_accuracy"] = int8_accuracy(args.run)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

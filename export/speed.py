@@ -26,7 +26,7 @@ def ort_session(model, threads: int | None = None):
                                 providers=["CPUExecutionProvider"])
 
 
-def interleaved_ms(fns: dict, rounds: int = 5, calls: int = 10, warmup: int = 2) -> dict:
+def interleaved_ms(fns: dict, rounds: int = 5, calls: int = 10, warmup: int = 2, seed: int = 0) -> dict:
     """Per-round median wall time (ms) of each zero-argument callable, calls interleaved.
 
     Parameters
@@ -34,9 +34,13 @@ def interleaved_ms(fns: dict, rounds: int = 5, calls: int = 10, warmup: int = 2)
     fns : dict
         ``{name: fn}``; ``fn()`` runs one inference.
     rounds, calls : int
-        ``rounds`` rounds of ``calls`` turns; each turn calls every fn once, in dict order.
+        ``rounds`` rounds of ``calls`` turns; each turn calls every fn once, in a shuffled order
+        (a fixed order biased the model that ran right after another runtime had evicted
+        the caches: two identical ONNX files measured 1.06x and 0.87x of TFLite).
     warmup : int
         Untimed calls of each fn first (allocations, thread-pool start).
+    seed : int
+        Seeds the turn orders.
 
     Returns
     -------
@@ -47,12 +51,13 @@ def interleaved_ms(fns: dict, rounds: int = 5, calls: int = 10, warmup: int = 2)
         for _ in range(warmup):
             fn()
     out = {k: [] for k in fns}
+    names, rng = list(fns), np.random.default_rng(seed)
     for _ in range(rounds):
         times = {k: [] for k in fns}
         for _ in range(calls):
-            for k, fn in fns.items():
+            for k in rng.permutation(names):
                 t0 = time.perf_counter()
-                fn()
+                fns[k]()
                 times[k].append((time.perf_counter() - t0) * 1e3)
         for k, t in times.items():
             out[k].append(float(np.median(t)))
