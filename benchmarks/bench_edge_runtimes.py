@@ -4,12 +4,13 @@ One command, every target, interleaved in one process (models take turns call by
 round gives one median per model; a ratio is the median of the per-round ratios, [min, max]):
 
 * INT8 / float latency at batch 1 and 32 (2 threads) for every INT8 recipe export considers on
-  this CPU plus two it rejects (S8S8, per-tensor), on the default CNN and on a realistic
-  backbone (MobileNetV3-Small at 224 px, built with ``weights=None``: latency does not depend
-  on the weights). Target: <= 0.8x where the CPU has integer dot-product instructions.
+  this CPU (plus two it rejects, S8S8 and per-tensor, on the first two models), on the default
+  CNN and on realistic backbones (MobileNetV3-Small and DenseNet-169 at 224 px, built with
+  ``weights=None``: latency does not depend on the weights). Target: <= 0.8x where the CPU has
+  integer dot-product instructions.
 * onnxruntime / TFLite float latency at batch 1 and 8, 1 and 2 threads, for the exported graph
-  (hard-swish fused), tf2onnx's graph as converted, session optimisation level BASIC, and an
-  offline-optimised file. Target: <= 1.0x.
+  (hard-swish fused), tf2onnx's graph as converted, session optimisation level BASIC, an
+  offline-optimised file, and thread-pool spinning off. Target: <= 1.0x.
 * OpenCV DNN and Keras (compiled ``tf.function``) on the same inputs, for context.
 * ``--profile``: onnxruntime's per-op-type time of float vs the first INT8 recipe (why INT8
   does or does not pay), and of tf2onnx's graph before the hard-swish fusion.
@@ -18,7 +19,10 @@ round gives one median per model; a ratio is the median of the per-round ratios,
 
 Usage::
 
-    python benchmarks/bench_edge_runtimes.py [--run runs/default] [--rounds 7] [--profile] [--json OUT]
+    python benchmarks/bench_edge_runtimes.py [--run runs/default] [--backbones mobilenetv3small,densenet169]
+                                             [--rounds 7] [--profile] [--json OUT]
+
+Takes ~40 min on a loaded 2-core machine, most of it DenseNet-169 (``--backbones mobilenetv3small``: ~10).
 
 ``--run``: the run's trained CNN (RUN/cnn/best.keras) is the default model; without it a fresh
 default-arch model is built (latency does not depend on training).
@@ -45,7 +49,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="run folder whose RUN/cnn/best.keras is the default CNN")
-    p.add_argument("--backbone", default="mobilenetv3small", choices=["mobilenetv3small", "densenet169", "none"])
+    p.add_argument("--backbones", default="mobilenetv3small,densenet169",
+                   help="comma-separated deep.ModelConfig archs besides the default CNN ('' for none)")
     p.add_argument("--backbone-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per comparison (default 7)")
     p.add_argument("--profile", action="store_true", help="also print onnxruntime per-op profiles")
@@ -54,7 +59,7 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- models
-def keras_models(run, backbone: str, backbone_size: int) -> dict:
+def keras_models(run, backbones: list, backbone_size: int) -> dict:
     """{name: (keras model, size)}: the default CNN (trained when --run) and the backbone."""
     import keras
 
@@ -69,9 +74,8 @@ def keras_models(run, backbone: str, backbone_size: int) -> dict:
         out["default CNN (trained)"] = (model, int(model.inputs[0].shape[1]))
     else:
         out["default CNN (fresh)"] = (deep.build_model(ModelConfig()), ModelConfig().size)
-    if backbone != "none":
-        out[f"{backbone} @{backbone_size}"] = (deep.build_model(ModelConfig(arch=backbone, size=backbone_size)),
-                                               backbone_size)
+    for arch in backbones:
+        out[f"{arch} @{backbone_size}"] = (deep.build_model(ModelConfig(arch=arch, size=backbone_size)), backbone_size)
     return out
 
 
@@ -98,16 +102,17 @@ def export_variants(model, size: int, tmp: Path, tag: str) -> dict:
     return paths
 
 
-def int8_variants(float_path: Path, size: int, tmp: Path, tag: str) -> dict:
-    """{recipe name: INT8 path}: export's candidates for this CPU plus the rejected S8S8 and per-tensor."""
+def int8_variants(float_path: Path, size: int, tmp: Path, tag: str, rejected: bool = True) -> dict:
+    """{recipe name: INT8 path}: export's candidates for this CPU (plus the rejected S8S8 and per-tensor)."""
     import onnx
 
     from edge.cpu import cpu_info
     from export.quantize import Recipe, candidate_recipes, quantize_int8
 
     calib = np.random.default_rng(1).random((32, size, size, 1), dtype=np.float32)
-    recipes = candidate_recipes(cpu_info()) + [Recipe("qdq-s8s8 (rejected)", activations="s8"),
-                                               Recipe("qdq-u8s8-per-tensor (rejected)", per_channel=False)]
+    recipes = candidate_recipes(cpu_info()) + ([Recipe("qdq-s8s8 (rejected)", activations="s8"),
+                                                Recipe("qdq-u8s8-per-tensor (rejected)", per_channel=False)]
+                                               if rejected else [])
     out = {}
     for r in recipes:
         path = tmp / f"{tag}.{r.name.split()[0]}.onnx"
@@ -126,12 +131,14 @@ def tflite_variants(model, size: int) -> dict:
 
 
 # ---------------------------------------------------------------- runners
-def ort_fn(path, threads: int, x: np.ndarray, level=None, disable_all=False):
+def ort_fn(path, threads: int, x: np.ndarray, level=None, disable_all=False, spin=True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.log_severity_level = 3
+    if not spin:  # idle pool threads sleep instead of spinning (helps when other processes hold the cores)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if disable_all:  # an offline-optimised file: already transformed
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif level is not None:
@@ -174,7 +181,7 @@ def keras_fn(model, x: np.ndarray):
 def measure(fns: dict, base: str, rounds: int, batch: int) -> dict:
     from export.speed import interleaved_ms, ratio_summary
 
-    return ratio_summary(interleaved_ms(fns, rounds=rounds, calls=max(3, 48 // batch)), base)
+    return ratio_summary(interleaved_ms(fns, rounds=rounds, calls=max(2, 48 // batch)), base)
 
 
 # ---------------------------------------------------------------- the three comparisons
@@ -201,6 +208,7 @@ def ort_vs_tflite(paths: dict, tfl: dict, size: int, rounds: int) -> dict:
                                                      level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
                    "onnxruntime offline BASIC file": ort_fn(paths["offline_basic"], threads, x),
                    "onnxruntime offline ALL file": ort_fn(paths["offline_all"], threads, x, disable_all=True),
+                   "onnxruntime no spinning": ort_fn(paths["float"], threads, x, spin=False),
                    "tflite INT8": tflite_fn(tfl["tflite_int8"], threads, x)}
             out[f"threads_{threads}_batch_{b}"] = measure(fns, "tflite", rounds, b)
     return out
@@ -238,11 +246,59 @@ def session_ms(paths: dict, repeats: int = 5) -> dict:
 
 
 # ---------------------------------------------------------------- profiles
-def op_profile(path, size: int, batch: int, threads: int = 1, runs: int = 15) -> dict:
-    """{op type: ms per run} from onnxruntime's profiler (after the session's own rewrites):
-    each node's median over the runs (the first runs allocate), summed per op type."""
+# ops onnxruntime fuses into a preceding Conv (or moves across it: Transpose, scale Mul)
+FUSED_INTO_CONV = ("Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "LeakyRelu", "Add", "Transpose", "Mul")
+
+
+def conv_kinds(path) -> dict:
+    """{Conv node name or output name: "conv 1x1" | "conv depthwise" | "conv stem" | "conv kxk"}."""
+    import onnx
+
+    model = onnx.load(str(path))
+    init = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    kinds = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "QLinearConv"):
+            continue
+        w = node.input[1] if node.op_type == "Conv" else node.input[3]
+        if w not in init and w in producer:  # QDQ: weight behind a DequantizeLinear
+            w = producer[w].input[0]
+        dims = init[w].dims
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        kind = ("conv stem (<= 4 input ch)" if dims[1] * group <= 4 else "conv depthwise" if group > 1
+                else "conv 1x1" if dims[2] == dims[3] == 1 else "conv kxk")
+        kinds[node.name] = kinds[node.output[0]] = kind
+    for node in model.graph.node:  # onnxruntime names a fused Conv(+activation, +Add) after the last output
+        if node.op_type in FUSED_INTO_CONV and node.output[0] not in kinds:
+            kind = next((kinds[i] for i in node.input if i in kinds), None)
+            if kind:
+                kinds[node.output[0]] = kinds.setdefault(node.name, kind)
+    return kinds
+
+
+def _category(event_name: str, op: str, kinds: dict) -> str:
+    """Profile category of one kernel event: conv kind, layout, quantize/dequantize, or the op type."""
+    node = event_name[:-len("_kernel_time")]
+    if op in ("Conv", "QLinearConv", "FusedConv"):  # ORT renames: "<output>_nchwc", "<node>_token_N"
+        for key in (node.removesuffix("_nchwc"), node.split("_token_")[0]):
+            if key in kinds:
+                return kinds[key]
+        return "conv (unmapped)"
+    if op in ("ReorderInput", "ReorderOutput", "Transpose"):
+        return "layout reorder/transpose"
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        return "quantize/dequantize"
+    return op
+
+
+def op_profile(path, size: int, batch: int, threads: int = 1) -> dict:
+    """{category: ms per run} from onnxruntime's profiler (after the session's own rewrites):
+    each node's median over the runs (the first runs allocate), summed per category."""
     import onnxruntime as ort
 
+    runs = 15 if batch <= 8 else 5
+    kinds = conv_kinds(path)
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -253,14 +309,14 @@ def op_profile(path, size: int, batch: int, threads: int = 1, runs: int = 15) ->
         for _ in range(runs):
             sess.run(None, {"image": x})
         events = json.loads(Path(sess.end_profiling()).read_text())
-    per_node, op_of = collections.defaultdict(list), {}
+    per_node, category = collections.defaultdict(list), {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_node[e["name"]].append(e["dur"] / 1e3)
-            op_of[e["name"]] = e["args"]["op_name"]
+            category[e["name"]] = _category(e["name"], e["args"]["op_name"], kinds)
     agg = collections.defaultdict(float)
     for node, durations in per_node.items():
-        agg[op_of[node]] += float(np.median(durations))
+        agg[category[node]] += float(np.median(durations))
     return dict(sorted(agg.items(), key=lambda kv: -kv[1]))
 
 
@@ -301,19 +357,23 @@ def table(title: str, rows: dict, base: str) -> str:
     return "\n".join(lines)
 
 
-def profile_text(name: str, prof: dict, top: int = 8) -> str:
-    total = sum(prof.values())
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in list(prof.items())[:top])
-    return f"  {name}: {total:.2f} ms in kernels; {parts}"
+def profile_table(profiles: dict, top: int = 12) -> str:
+    """Columns: one profile each; rows: categories by total time."""
+    cats = sorted({c for p in profiles.values() for c in p}, key=lambda c: -sum(p.get(c, 0) for p in profiles.values()))
+    lines = ["  " + f"{'ms per run':30s}" + "".join(f"{k:>26s}" for k in profiles)]
+    for c in cats[:top]:
+        lines.append(f"  {c:30s}" + "".join(f"{p.get(c, 0.0):26.2f}" for p in profiles.values()))
+    lines.append(f"  {'total (kernels)':30s}" + "".join(f"{sum(p.values()):26.2f}" for p in profiles.values()))
+    return "\n".join(lines)
 
 
-def run_model(name, model, size, tmp, rounds, profile) -> dict:
+def run_model(name, model, size, tmp, rounds, profile, rejected=True) -> dict:
     from edge.cpu import cpu_info
     from export.quantize import candidate_recipes
 
     tag = name.split()[0]
     paths = export_variants(model, size, tmp, tag)
-    int8 = int8_variants(paths["float"], size, tmp, tag)
+    int8 = int8_variants(paths["float"], size, tmp, tag, rejected)
     tfl = tflite_variants(model, size)
     r = {"size": size, "int8_vs_float": int8_vs_float(paths, int8, size, rounds),
          "ort_vs_tflite": ort_vs_tflite(paths, tfl, size, rounds), "context": context(model, paths, tfl, size, rounds),
@@ -332,13 +392,13 @@ def run_model(name, model, size, tmp, rounds, profile) -> dict:
     if profile:
         first = candidate_recipes(cpu_info())[0].name
         r["profile"] = {}
-        print(f"\n{name}: onnxruntime per-op-type ms per run (1 thread)")
         for b in (1, 32):
-            for label, path in (("float", paths["float"]), (f"INT8 {first}", int8[first]),
-                                ("float, tf2onnx graph", paths["unfused"])):
-                prof = op_profile(path, size, b)
-                r["profile"][f"{label} batch {b}"] = prof
-                print(profile_text(f"{label}, batch {b}", prof))
+            profs = {label: op_profile(path, size, b) for label, path in
+                     (("float", paths["float"]), (f"INT8 {first}", int8[first]),
+                      ("float tf2onnx graph", paths["unfused"]))}
+            r["profile"][f"batch_{b}"] = profs
+            print(f"\n{name}: onnxruntime kernel time by category, batch {b}, 1 thread (node medians)")
+            print(profile_table(profs), flush=True)
     return r
 
 
@@ -361,8 +421,9 @@ def main(argv=None) -> int:
     from murakit.quiet import quiet_frameworks
 
     with quiet_frameworks(), tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
-        for name, (model, size) in keras_models(args.run, args.backbone, args.backbone_size).items():
-            results["models"][name] = run_model(name, model, size, Path(tmp), args.rounds, args.profile)
+        backbones = [b for b in args.backbones.split(",") if b]
+        for k, (name, (model, size)) in enumerate(keras_models(args.run, backbones, args.backbone_size).items()):
+            results["models"][name] = run_model(name, model, size, Path(tmp), args.rounds, args.profile, k < 2)
         if args.run and (Path(args.run) / "export" / "cnn.onnx").is_file():
             print(f"\nINT8 accuracy on {args.run}'s validation split (per recipe and calibration method):")
             results["int8_accuracy"] = int8_accuracy(args.run)
