@@ -155,3 +155,18 @@ def test_tflite_matches_keras_within_tolerance():
     q = TfliteRunner(to_tflite(cam, x), threads=1).probabilities(x)
     assert q.shape == (6,) and np.all((q >= 0) & (q <= 1))
     assert np.abs(q - ref[0].ravel()).max() <= TFLITE_INT8_TOL
+
+
+def test_mobilenetv3_exports_with_fused_hard_swish_and_keeps_parity():
+    deep = pytest.importorskip("deep")
+    import keras
+
+    from deep.config import ModelConfig
+    from export.cnn import export_cnn
+
+    keras.utils.set_random_seed(0)
+    cam = deep.cam_model(deep.build_model(ModelConfig(arch="mobilenetv3small", size=32)))
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    model, parity = export_cnn(cam, 32, x)  # raises when Keras and ONNX differ by more than 1e-4
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("HardSwish") >= 10 and "Clip" not in ops and max(parity.values()) <= 1e-4
