@@ -24,6 +24,7 @@ def main() -> int:
         ["bench_baseline.py"],
         ["bench_cnn.py"],
         ["bench_export.py", *run_args],
+        ["bench_edge_runtimes.py", *run_args, "--profile"],
     ]
     failed = 0
     for job in jobs:

@@ -11,7 +11,7 @@ import numpy as np
 
 from edge.golden import FLOAT_TOLERANCE, max_abs_diff
 from export.errors import ExportError
-from export.graph import short_names
+from export.graph import fuse_hard_activations, short_names
 
 OPSET = 17
 
@@ -53,11 +53,12 @@ def _by_rank(arrays: list) -> dict:
     return named
 
 
-def to_onnx(cam_model, size: int, opset: int = OPSET):
+def to_onnx(cam_model, size: int, opset: int = OPSET, fuse: bool = True):
     """Convert a Keras CAM model to an ``onnx.ModelProto``.
 
     The input is ``image`` float32 (batch, size, size, 1) with a dynamic batch axis; the
-    outputs are ``probability`` (batch, 1) then ``cam`` (batch, h, w).
+    outputs are ``probability`` (batch, 1) then ``cam`` (batch, h, w). ``fuse=False`` keeps
+    tf2onnx's hard-swish subgraphs (benchmarks compare the two).
     """
     import tensorflow as tf
     import tf2onnx
@@ -68,6 +69,8 @@ def to_onnx(cam_model, size: int, opset: int = OPSET):
     except Exception as e:  # noqa: BLE001  tf2onnx raises anything from KeyError to ValueError
         raise ExportError(f"tf2onnx could not convert the CNN: {type(e).__name__}: {e}") from None
     _rename_outputs(model, size)
+    if fuse:
+        fuse_hard_activations(model)  # MobileNetV3's hard-swish as one op (exact; see export.graph)
     short_names(model)
     return model
 

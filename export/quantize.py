@@ -1,14 +1,29 @@
-"""Static INT8 quantization (QDQ, per-channel) of the float CNN, and the accuracy gate.
+"""Static INT8 quantization of the float CNN: the recipes, the accuracy gate and the decision.
 
-Static QDQ is the only INT8 flavour used: dynamic quantisation made the convolutions about 11x
-slower on this class of CPU. Activations are uint8 and weights int8 (U8S8), the fast path of
-onnxruntime's x86 kernels; ``reduce_range`` keeps 7-bit weights so AVX2 machines without VNNI
-do not saturate their 16-bit intermediate sums.
+Whether INT8 pays depends on the CPU and on the graph, so export does not assume it: it
+quantizes the float model with each candidate :class:`Recipe` for this CPU, times every result
+side by side with float (:mod:`export.speed`), gates the fastest on validation AUROC, and ships
+INT8 only when it is both accurate enough and faster than float at batch 1 and batch 32
+(:func:`int8_decision`). What was measured is recorded in export.json.
+
+Why these candidates (measured on a 2-core Xeon with AVX-512 VNNI and AMX, onnxruntime 1.32;
+docs/performance.md has the figures):
+
+* activations uint8, weights int8 (U8S8) on x86: the VNNI/AMX integer GEMM path. S8S8 ran
+  2.5-3.5x slower than float and U8U8 1.4-2x; on Arm, S8S8 is the dot-product (SDOT) path.
+* ``reduce_range`` (7-bit weights) only on x86 without VNNI, where the AVX2 ``vpmaddubsw`` path
+  saturates 16-bit sums; with VNNI it costs accuracy and buys nothing.
+* QDQ and QOperator both: which one wins differs by model (QOperator's Gemm and
+  Dequantize ran slower on the small CNN, faster on MobileNetV3-Small at batch 1).
+* a variant that keeps convolutions with <= 4 input channels float: on a 1-channel image the
+  stem's integer im2col/GEMM ran 2.9x slower than float's direct convolution.
+* dynamic quantization is not a candidate: it made the convolutions ~11x slower.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +32,69 @@ from export.errors import ExportError
 from export.graph import short_names
 
 MAX_AUROC_DROP = 0.01
-QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu"]
+MAX_LATENCY_RATIO = 1.0  # INT8 must be faster than float (median ratio below this) at every batch size
+SPEED_BATCHES = (1, 32)
+THIN_INPUT = 4  # convolutions reading <= this many channels stay float with Recipe.float_thin_convs
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of quantizing a float model with onnxruntime's ``quantize_static``.
+
+    Parameters
+    ----------
+    name : str
+        Short id recorded in export.json (e.g. ``"qdq-u8s8"``).
+    format : {"qdq", "qoperator"}
+        QuantizeLinear/DequantizeLinear pairs around float ops (fused by onnxruntime) or
+        explicit integer operators (QLinearConv, ...).
+    activations, weights : {"u8", "s8"}
+    per_channel : bool
+        One weight scale per output channel (convolutions).
+    reduce_range : bool
+        7-bit weights (see the module docstring).
+    ops : tuple of str or None
+        Op types to quantize; None: every op onnxruntime can quantize.
+    float_thin_convs : bool
+        Keep convolutions with <= :data:`THIN_INPUT` input channels (the stem) float.
+    calibration : {"minmax", "percentile", "entropy"}
+    """
+
+    name: str
+    format: str = "qdq"
+    activations: str = "u8"
+    weights: str = "s8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    ops: tuple | None = None
+    float_thin_convs: bool = False
+    calibration: str = "minmax"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ops"] = list(self.ops) if self.ops is not None else None
+        return d
+
+
+def candidate_recipes(cpu: dict) -> list:
+    """The recipes worth measuring on a CPU (see the module docstring for why these).
+
+    Parameters
+    ----------
+    cpu : dict
+        From :func:`edge.cpu.cpu_info` (``machine``, ``features``, ``int8_dot``).
+
+    Returns
+    -------
+    list of Recipe
+    """
+    arm = str(cpu.get("machine", "")).lower() in ("aarch64", "arm64")
+    act = "s8" if arm else "u8"
+    rr = not arm and not cpu.get("int8_dot")  # x86 without VNNI: 7-bit weights avoid saturation
+    tag = f"{act}s8" + ("-rr" if rr else "")
+    return [Recipe(f"qdq-{tag}", "qdq", act, reduce_range=rr),
+            Recipe(f"qoperator-{tag}", "qoperator", act, reduce_range=rr),
+            Recipe(f"qdq-{tag}-float-stem", "qdq", act, reduce_range=rr, float_thin_convs=True)]
 
 
 class ArrayCalibrationReader:
@@ -46,15 +123,30 @@ class ArrayCalibrationReader:
         self.pos = 0
 
 
-def quantize_int8(float_path, calib_x: np.ndarray, input_name: str = "image"):
-    """Quantize a float ONNX model statically to INT8 (QDQ, per-channel).
+def thin_convs(model, max_channels: int = THIN_INPUT) -> list:
+    """Names of the Conv nodes of an ONNX model that read <= ``max_channels`` channels."""
+    init = {t.name: t for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        w = init.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if w is not None and len(w.dims) == 4:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if w.dims[1] * group <= max_channels:
+                names.append(node.name)
+    return names
+
+
+def quantize_int8(float_path, calib_x: np.ndarray, recipe: Recipe | None = None, input_name: str = "image"):
+    """Quantize a float ONNX model statically to INT8 with one recipe.
 
     Parameters
     ----------
     float_path : str or Path
-        The float model (its ``murakit.*`` metadata is carried over).
+        The float model (its ``murakit.*`` metadata is not carried over).
     calib_x : ndarray float32 (N, S, S, 1)
         Calibration inputs (e.g. 200 train-split images in sorted-path order).
+    recipe : Recipe or None
+        None: the first candidate for this machine's CPU.
     input_name : str
 
     Returns
@@ -63,22 +155,38 @@ def quantize_int8(float_path, calib_x: np.ndarray, input_name: str = "image"):
         The INT8 model, without metadata (the caller attaches the card with precision int8).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if recipe is None:
+        from edge.cpu import cpu_info
+
+        recipe = candidate_recipes(cpu_info())[0]
     if len(calib_x) == 0:
         raise ExportError("no calibration images for INT8 quantization")
     reader = type("Reader", (ArrayCalibrationReader, CalibrationDataReader), {})(input_name, calib_x)
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
     with tempfile.TemporaryDirectory(prefix="murakit-int8-") as tmp:
         prep, out = Path(tmp) / "prep.onnx", Path(tmp) / "int8.onnx"
         try:
+            # shape inference + constant folding first: without them MobileNetV3-Small's QDQ
+            # model ran 1.2-1.5x slower
             quant_pre_process(str(float_path), str(prep), skip_symbolic_shape=False)
-            # Convolutions plus the ops between them (residual Add, MaxPool, Relu), so activations
-            # stay uint8 through a stage. Batch-1 latency / float on 2 cores, width-16 model at
-            # 128 px: conv only 1.8x, these ops 1.3x, all ops 1.4x (Gemm/Sigmoid/GAP add Q/DQ).
-            quantize_static(str(prep), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
+            exclude = thin_convs(onnx.load(str(prep))) if recipe.float_thin_convs else []
+            quantize_static(str(prep), str(out), reader,
+                            quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
+                            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                            activation_type=types[recipe.activations], weight_type=types[recipe.weights],
+                            op_types_to_quantize=list(recipe.ops) if recipe.ops else None,
+                            nodes_to_exclude=exclude, calibrate_method=methods[recipe.calibration])
         except Exception as e:  # noqa: BLE001  onnxruntime.quantization raises plain Exceptions
             raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {e}") from None
         model = onnx.load(str(out))
@@ -118,18 +226,125 @@ def int8_gate(float_probs: np.ndarray, int8_probs: np.ndarray, score, max_drop: 
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0, "n_images": int(f.size)}
 
 
-def int8_metrics(gate: dict, agreement: dict) -> dict:
-    """The INT8 file's card metrics: its validation AUROC, the gate, and its golden agreement.
+def int8_decision(gate: dict, speed: dict, max_ratio: float = MAX_LATENCY_RATIO) -> dict:
+    """Ship INT8 only when it is accurate enough *and* faster than float at every batch size.
 
     Parameters
     ----------
     gate : dict
-        From :func:`int8_gate` (accepted).
+        From :func:`int8_gate`.
+    speed : dict
+        ``{"batch_B": {"float_ms", "int8_ms", "ratio", "ratio_min", "ratio_max"}}``: INT8 / float
+        latency, the median over interleaved rounds of the per-round ratio and its spread.
+    max_ratio : float
+        INT8 is "faster" at a batch size when its median ratio is below this.
+
+    Returns
+    -------
+    dict
+        The gate's keys plus ``accepted`` (both conditions), ``refused_by`` (list: "accuracy",
+        "speed"; empty when accepted), ``reason`` (one line), ``speed``, ``max_latency_ratio``.
+    """
+    slow = {b: v for b, v in speed.items() if not v["ratio"] < max_ratio}
+    refused_by, reasons = [], []
+    if not gate["accepted"]:
+        refused_by.append("accuracy")
+        reasons.append(gate["reason"])
+    if slow or not speed:
+        refused_by.append("speed")
+        reasons.append("not faster than float: " + (", ".join(
+            f"{b.replace('_', ' ')} {v['ratio']:.2f}x float [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]"
+            for b, v in slow.items()) or "no timing"))
+    return {**gate, "accepted": not refused_by, "refused_by": refused_by, "reason": "; ".join(reasons) or "ok",
+            "speed": speed, "max_latency_ratio": max_ratio}
+
+
+def _speed_of(timing: dict, name: str) -> dict:
+    """{batch: {float_ms, int8_ms, ratio, ratio_min, ratio_max}} of one candidate."""
+    return {b: {"float_ms": t["float"]["ms"], "int8_ms": t[name]["ms"], "ratio": t[name]["ratio"],
+                "ratio_min": t[name]["ratio_min"], "ratio_max": t[name]["ratio_max"]} for b, t in timing.items()}
+
+
+def _speed_inputs(x: np.ndarray, batches) -> dict:
+    """{B: float32 (B, ...)} taken from ``x`` (repeated when it has fewer than B images)."""
+    reps = -(-max(batches) // len(x))
+    pool = np.concatenate([x] * reps) if reps > 1 else x
+    return {b: np.ascontiguousarray(pool[:b], np.float32) for b in batches}
+
+
+def select_int8(float_path, calib_x: np.ndarray, val_x: np.ndarray, score, recipes: list,
+                max_drop: float = MAX_AUROC_DROP, max_ratio: float = MAX_LATENCY_RATIO, rounds: int = 5,
+                threads: int | None = None, batches=SPEED_BATCHES, log=None):
+    """Quantize with every recipe, time them beside float, and decide.
+
+    The candidates are ordered by speed (the worse of their batch ratios); the first one
+    within the accuracy gate is chosen (the fastest when none is). It is shipped only if it
+    is also faster than float (:func:`int8_decision`).
+
+    Parameters
+    ----------
+    float_path : str or Path
+    calib_x, val_x : ndarray float32 (N, S, S, 1)
+        Calibration inputs and validation inputs (gate and timing).
+    score : callable
+        ``score(image probabilities (N,)) -> study AUROC`` over ``val_x``.
+    recipes : list of Recipe
+    max_drop, max_ratio : float
+    rounds : int
+        Interleaved timing rounds.
+    threads : int or None
+        onnxruntime intra-op threads for the timing (None: its default, as on a device).
+
+    Returns
+    -------
+    model : onnx.ModelProto or None
+        The chosen INT8 model when accepted, else None.
+    decision : dict
+        :func:`int8_decision` of the chosen recipe plus ``recipe`` and ``candidates``
+        (``[{"recipe", "speed", "gate"}]``: every candidate's figures).
+    """
+    from export.cnn import onnx_outputs
+    from export.speed import onnx_side_by_side
+
+    models = {r.name: quantize_int8(float_path, calib_x, r) for r in recipes}
+    timing = onnx_side_by_side({"float": str(float_path), **models}, _speed_inputs(val_x, batches), "float",
+                               rounds=rounds, threads=threads)
+    speeds = {name: _speed_of(timing, name) for name in models}
+    order = sorted(models, key=lambda n: max(v["ratio"] for v in speeds[n].values()))
+    float_probs = onnx_outputs(float_path, val_x)["probability"]
+    gates, chosen = {}, order[0]
+    for name in order:
+        gates[name] = int8_gate(float_probs, onnx_outputs(models[name], val_x)["probability"], score, max_drop)
+        if gates[name]["accepted"]:
+            chosen = name
+            break
+    decision = int8_decision(gates[chosen], speeds[chosen], max_ratio)
+    recipe = next(r for r in recipes if r.name == chosen)
+    decision.update(recipe=recipe.to_dict(), timing={"rounds": rounds, "threads": threads,
+                                                     "batches": list(batches)},
+                    candidates=[{"recipe": n, "speed": speeds[n], "gate": gates.get(n)} for n in order])
+    if log:
+        log("export: INT8 candidates, latency / float (" + " | ".join(b.replace("_", " ") for b in timing) + "): "
+            + ", ".join(f"{n} " + " | ".join(f"{v['ratio']:.2f}x" for v in speeds[n].values()) for n in order))
+    return (models[chosen] if decision["accepted"] else None), decision
+
+
+def int8_metrics(gate: dict, agreement: dict) -> dict:
+    """The INT8 file's card metrics: its validation AUROC, the gate, its speed and golden agreement.
+
+    Parameters
+    ----------
+    gate : dict
+        From :func:`int8_decision` (accepted) or :func:`int8_gate`.
     agreement : dict
         ``{output name: max |INT8 - float|}`` on the golden inputs; the golden tolerances of
         the INT8 file are derived from it (:func:`edge.golden.tolerances_for`).
     """
     keys = ("float_auroc", "int8_auroc", "auroc_drop", "max_auroc_drop", "max_abs_diff", "mean_abs_diff",
             "n_images")
-    return {"val": {"study_auroc": gate["int8_auroc"]}, "int8_gate": {k: gate[k] for k in keys},
-            "golden_agreement": {k: float(v) for k, v in agreement.items()}}
+    out = {"val": {"study_auroc": gate["int8_auroc"]}, "int8_gate": {k: gate[k] for k in keys},
+           "golden_agreement": {k: float(v) for k, v in agreement.items()}}
+    if "speed" in gate:  # INT8 / float latency measured at export, and the recipe that produced this file
+        out["int8_speed"] = {"latency_ratio": gate["speed"], "max_latency_ratio": gate["max_latency_ratio"],
+                             "recipe": gate.get("recipe", {}).get("name"), "cpu": gate.get("cpu")}
+    return out

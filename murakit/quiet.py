@@ -27,7 +27,9 @@ NOISE = re.compile(
     rb"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] \S+:\d+:"  # Ray's C++ core
     rb"|WARNING: All log messages before absl::InitializeLog"
     rb"|To enable the following instructions: .*rebuild TensorFlow"
-    rb"|oneDNN custom operations are on)")
+    rb"|oneDNN custom operations are on"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    rb"|fully_quantize: \d)")
 
 
 def _forward(read_fd: int, write_fd: int) -> None:

@@ -13,6 +13,19 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
     assert main(["demo", "--quick", "--run", str(run)]) == 0
     report = json.loads((run / "report" / "report.json").read_text())
     assert {"baseline", "cnn", "cnn_onnx"} <= set(report["models"])
+    try:
+        import tensorflow  # noqa: F401  the TFLite comparison rows need it (always with the train extra)
+
+        assert {"cnn_tflite", "cnn_tflite_int8"} <= set(report["models"])
+        tfl, keras_ = report["models"]["cnn_tflite"], report["models"]["cnn"]
+        assert tfl["study"]["auroc"] == pytest.approx(keras_["study"]["auroc"], abs=1e-3)  # same float model
+    except ImportError:
+        pass
+    decision = report["int8_decision"]  # export's INT8 decision, whichever way it went, with its reason
+    assert isinstance(decision["accepted"], bool) and decision["reason"] and decision["recipe"]
+    assert set(decision["speed"]) == {"batch_1", "batch_32"}
+    assert ("cnn_onnx_int8" in report["models"]) == decision["accepted"]
+    assert isinstance(report["cpu"]["features"], list)
     for name, m in report["models"].items():
         assert 0.0 <= m["study"]["auroc"] <= 1.0, name
         assert m["size_bytes"] > 0 and m["latency_ms_p50"] > 0

@@ -160,10 +160,11 @@ def run_dir(tmp_path_factory):
     assert cmd_prepare.run(_args(cmd_prepare, [str(root / "data"), "--run", str(run), "--size", str(SIZE),
                                                "--workers", "1", "--no-progress", "--val-fraction", "0.3"])) == 0
     _fake_trained_cnn(run)
-    # An untrained model ranks val studies by noise, so INT8 rounding can move its AUROC a lot:
-    # accept any drop here (the refusal path has its own test) and check that it is recorded.
+    # An untrained model ranks val studies by noise, so INT8 rounding can move its AUROC a lot, and
+    # a width-4 32 px model is too small for INT8 to be faster: accept any drop and any speed here
+    # (the refusal paths have their own tests) and check that both are recorded.
     assert cmd_export.run(_args(cmd_export, ["--run", str(run), "--calibration", "20", "--golden", "6",
-                                             "--max-int8-drop", "1.0"])) == 0
+                                             "--max-int8-drop", "1.0", "--max-int8-latency-ratio", "1e6"])) == 0
     return run
 
 
@@ -180,6 +181,14 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
     q = read_onnx_card(out / "cnn.int8.onnx")
     assert q.identity() == trained.identity() and q.precision == "int8"
     assert q.metrics["int8_gate"]["auroc_drop"] == pytest.approx(gate["auroc_drop"])
+    # the decision: measured side by side at batch 1 and 32, every candidate recipe, on a recorded CPU
+    assert gate["refused_by"] == [] and set(gate["speed"]) == {"batch_1", "batch_32"}
+    assert all(v["float_ms"] > 0 and v["int8_ms"] > 0 and v["ratio_min"] <= v["ratio"] <= v["ratio_max"]
+               for v in gate["speed"].values())
+    assert gate["recipe"]["name"] == gate["candidates"][0]["recipe"] and len(gate["candidates"]) >= 2
+    assert summary["cpu"] == gate["cpu"] and isinstance(summary["cpu"]["features"], list)
+    assert q.metrics["int8_speed"]["latency_ratio"] == gate["speed"]
+    assert q.metrics["int8_speed"]["recipe"] == gate["recipe"]["name"]
     assert len({card.weights_sha256, q.weights_sha256, trained.weights_sha256}) == 3  # one hash per file
     labels = [c["label"] for c in summary["golden_cases"]]
     assert len(labels) == 6 and set(labels) == {0, 1}
@@ -207,17 +216,33 @@ def test_verify_passes_then_reports_drift(run_dir, capsys):
         save_tensor(pb, orig, "cam")
 
 
-def test_int8_refused_by_gate_is_not_written(run_dir, capsys):
+def test_int8_refused_by_accuracy_or_speed_is_recorded_not_written(run_dir, capsys):
     from murakit.data.prepared import load_prepared
+    from murakit.pipeline.export import export_run
 
     layout = RunLayout(run_dir)
     out = layout.export
     # a gate that cannot be met (a drop <= -1 is impossible) must refuse and remove the INT8 pair
     gate = export_int8(layout, read_onnx_card(out / "cnn.onnx"), load_prepared(run_dir),
-                       ExportOptions(calibration=10, max_int8_drop=-1.0), None, None, None, None, print)
-    assert not gate["accepted"]
+                       ExportOptions(calibration=10, max_int8_drop=-1.0, max_int8_latency_ratio=1e6, int8_rounds=1),
+                       None, None, None, None, print)
+    assert not gate["accepted"] and gate["refused_by"] == ["accuracy"]
     assert not (out / "cnn.int8.onnx").exists() and not (out / "golden" / "cnn.int8").exists()
-    assert "INT8 model REFUSED" in capsys.readouterr().out
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "REFUSED" in ln]
+    assert len(lines) == 1 and "INT8 model REFUSED (accuracy" in lines[0] and "uses cnn.onnx" in lines[0]
+    # accurate enough but not faster than float (no model is 1e-9x float's time): refused by speed,
+    # and export.json says so and why
+    summary = export_run(run_dir, ExportOptions(calibration=10, golden=6, max_int8_drop=1.0,
+                                                max_int8_latency_ratio=1e-9, int8_rounds=1), force=True)
+    assert summary["status"] == "exported" and not summary["int8_refused"]  # not --strict-int8: not an error
+    recorded = json.loads((out / "export.json").read_text())["cnn.int8"]
+    assert recorded["refused_by"] == ["speed"] and "not faster than float: batch 1" in recorded["reason"]
+    assert recorded["speed"]["batch_32"]["ratio"] > 1e-9 and recorded["cpu"]["machine"]
+    assert not (out / "cnn.int8.onnx").exists()
+    assert "INT8 model REFUSED (speed" in capsys.readouterr().out
+    strict = export_run(run_dir, ExportOptions(calibration=10, golden=6, max_int8_latency_ratio=1e-9, int8_rounds=1,
+                                               strict_int8=True), force=True, log=lambda *_: None)
+    assert strict["int8_refused"]
 
 
 def test_export_without_models_is_a_clear_error(tmp_path):

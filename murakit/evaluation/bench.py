@@ -5,6 +5,12 @@ study level, kappa per body part), and timed side by side in one process: batch-
 (median, p95) and batch-32 throughput. The Keras model is timed through a compiled
 ``tf.function`` (its fastest path), the ONNX models through onnxruntime with the thread
 count set explicitly.
+
+When TensorFlow is installed, the Keras CNN is also converted to TensorFlow Lite at bench time
+(float, and INT8 calibrated on the same train images as the ONNX INT8 model) and scored and
+timed the same way: comparison rows (``cnn_tflite``, ``cnn_tflite_int8``), not deployed
+artifacts. ``report["int8_decision"]`` carries export's INT8 decision (export.json) and
+``report["cpu"]`` the CPU the figures were measured on.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from murakit.evaluation.bootstrap import LEVEL, N_RESAMPLES, paired_auroc_differ
 from murakit.evaluation.metrics import evaluate, json_safe
 from murakit.layout import RunLayout
 
-MODEL_NAMES = ("baseline", "cnn", "cnn_onnx", "cnn_onnx_int8")
+MODEL_NAMES = ("baseline", "cnn", "cnn_onnx", "cnn_onnx_int8", "cnn_tflite", "cnn_tflite_int8")
+TFLITE_NAMES = ("cnn_tflite", "cnn_tflite_int8")
 ANCHOR = {"auroc": 0.929, "kappa": 0.705, "radiologist_kappa": 0.778}
 
 
@@ -93,6 +100,50 @@ def keras_scorer(layout: RunLayout):
     return fn, read_card(layout.card("cnn")).threshold
 
 
+def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dict:
+    """``{name: (fn, threshold, size_bytes)}`` of the TFLite rows; empty without TensorFlow.
+
+    The Keras CNN is converted at bench time (float, and INT8 calibrated on the first train
+    images by sorted path, as export calibrates the ONNX INT8 model); ``fn`` takes uint8
+    (B, S, S) prepared images like every other scorer.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None or not layout.cnn_best.exists():
+        return {}
+    import deep
+    from edge.card import read_card
+    from edge.preprocess import to_model_input
+    from export.tflite import TfliteRunner, to_tflite
+    from murakit.pipeline.export import CALIBRATION_COUNT, cache_inputs, first_by_path
+
+    cam = deep.cam_model(deep.load_model(layout.cnn_best))
+    threshold = read_card(layout.card("cnn")).threshold
+    out = {}
+    for name, calib in (("cnn_tflite", None),
+                        ("cnn_tflite_int8", cache_inputs(prep, first_by_path(prep, "train", CALIBRATION_COUNT)))):
+        progress(f"  converting {layout.cnn_best.name} to TensorFlow Lite ({'INT8' if calib is not None else 'float'})")
+        content = to_tflite(cam, calib)
+        runner = TfliteRunner(content, threads)
+        out[name] = (lambda u8, r=runner: r.probabilities(to_model_input(u8)), threshold, len(content))
+    return out
+
+
+def int8_decision(layout: RunLayout):
+    """Export's INT8 decision from export.json (None when INT8 was not attempted)."""
+    try:
+        d = json.loads(layout.export_summary.read_text()).get("cnn.int8")
+    except (OSError, ValueError):
+        return None
+    if not d:
+        return None
+    keys = ("accepted", "refused_by", "reason", "float_auroc", "int8_auroc", "auroc_drop", "max_auroc_drop",
+            "speed", "max_latency_ratio", "onnxruntime")
+    return {**{k: d.get(k) for k in keys}, "recipe": (d.get("recipe") or {}).get("name"),
+            "cpu_int8_dot": (d.get("cpu") or {}).get("int8_dot"),
+            "candidates": [{"recipe": c["recipe"], "speed": c["speed"]} for c in d.get("candidates", [])]}
+
+
 def model_files(run) -> dict:
     """The model file of each benchmarked model that the run has."""
     layout = RunLayout(run)
@@ -136,7 +187,8 @@ def is_synthetic(root) -> bool:
 # (name in report.json, model A, model B): A's study AUROC minus B's, paired bootstrap over studies.
 # The Keras CNN stands for the CNN (the float ONNX file gives the same probabilities within 1e-4).
 COMPARISONS = (("cnn_vs_baseline", ("cnn", "cnn_onnx"), "baseline"),
-               ("cnn_onnx_int8_vs_cnn_onnx", ("cnn_onnx_int8",), "cnn_onnx"))
+               ("cnn_onnx_int8_vs_cnn_onnx", ("cnn_onnx_int8",), "cnn_onnx"),
+               ("cnn_tflite_int8_vs_cnn_tflite", ("cnn_tflite_int8",), "cnn_tflite"))
 
 
 def comparisons(labels, studies, probs: dict, seed: int = 0) -> dict:
@@ -156,7 +208,9 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     Study AUROC and kappa carry 95% bootstrap intervals (studies resampled, seeded), and
     ``report["comparisons"]`` the paired CNN - baseline (and INT8 - float) AUROC differences.
     """
+    from edge.cpu import cpu_info
     from edge.errors import ModelError
+    from export.errors import ExportError
     from murakit.data.prepared import load_prepared
 
     layout = RunLayout(run)
@@ -180,26 +234,36 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     report = {"dataset": {"root": root, "synthetic": is_synthetic(root), "split": "test", "images": len(order),
                           "studies": len(np.unique(studies))},
               "models": {}}
+    try:
+        tflite = tflite_scorers(layout, prep, threads, progress)
+    except ExportError as e:
+        raise MurakitError(str(e)) from None
     probs = {}
     for name in MODEL_NAMES:
-        if name not in files:
+        if name not in files and name not in tflite:
             continue
-        progress(f"  scoring {name} ({files[name].name}) on {len(order)} test images")
-        if name == "cnn":
-            fn, thr = keras_scorer(layout)
+        progress(f"  scoring {name} on {len(order)} test images")
+        if name in tflite:
+            fn, thr, size = tflite[name]
+        elif name == "cnn":
+            (fn, thr), size = keras_scorer(layout), files[name].stat().st_size
         else:
             fn, thr, _ = onnx_scorer(files[name], threads)
+            size = files[name].stat().st_size
         p = predict_all(fn, images)
         m = evaluate(labels, p, studies, parts, thr)
         ci = study_intervals(labels, p, studies, thr, seed=seed)
         m["study"].update(auroc_ci=ci["auroc_ci"], kappa_ci=ci["kappa_ci"])
         m.update(cost(fn, images, n_single, n_batches))
-        m["size_bytes"] = int(files[name].stat().st_size)
+        m["size_bytes"] = int(size)
         m["train_seconds"] = train_seconds(layout, name)
-        m["file"] = str(files[name])
+        m["file"] = f"{layout.cnn_best} (converted at bench time)" if name in tflite else str(files[name])
         report["models"][name] = json_safe(m)
         probs[name] = p
     report["comparisons"] = json_safe(comparisons(labels, studies, probs, seed))
+    report["int8_decision"] = json_safe(int8_decision(layout))
+    report["cpu"] = cpu_info()
+    report["threads"] = threads
     report["statistics"] = {"bootstrap": {"unit": "study", "n_resamples": N_RESAMPLES, "level": LEVEL, "seed": seed,
                                           "interval": "percentile"}}
     return report, {"labels": labels, "studies": studies, "parts": parts, "probs": probs,

@@ -13,7 +13,7 @@ from murakit.evaluation.metrics import study_level
 from murakit.layout import RunLayout
 
 LABELS = {"baseline": "HOG + SVM (ONNX)", "cnn": "CNN (Keras)", "cnn_onnx": "CNN (ONNX float)",
-          "cnn_onnx_int8": "CNN (ONNX INT8)"}
+          "cnn_onnx_int8": "CNN (ONNX INT8)", "cnn_tflite": "CNN (TFLite float)", "cnn_tflite_int8": "CNN (TFLite INT8)"}
 
 
 def roc_curve(y, p):
@@ -36,7 +36,9 @@ def _save(fig, path: Path):
 STYLES = {"baseline": {"color": "tab:orange", "lw": 2.0},
           "cnn": {"color": "tab:blue", "lw": 5.0, "alpha": 0.35},
           "cnn_onnx": {"color": "tab:blue", "lw": 1.6, "ls": "--"},
-          "cnn_onnx_int8": {"color": "tab:green", "lw": 1.6, "ls": ":"}}
+          "cnn_onnx_int8": {"color": "tab:green", "lw": 1.6, "ls": ":"},
+          "cnn_tflite": {"color": "tab:purple", "lw": 1.2, "ls": "-."},
+          "cnn_tflite_int8": {"color": "tab:red", "lw": 1.2, "ls": (0, (1, 2))}}
 
 
 def _ci(m: dict, key: str) -> str:
@@ -67,8 +69,12 @@ def plot_confusion(models, data, out: Path):
     import matplotlib.pyplot as plt
 
     names = list(data["probs"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.8), squeeze=False)
-    for k, (ax, name) in enumerate(zip(axes[0], names)):
+    cols = min(3, len(names))  # six models in one row were too small to read
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for k, (ax, name) in enumerate(zip(axes.ravel(), names)):
         s = study_level(data["labels"], data["probs"][name], data["studies"])
         yhat = s["prob"] > models[name]["threshold"]
         cm = np.array([[np.sum((s["label"] == a) & (yhat == b)) for b in (0, 1)] for a in (0, 1)])
@@ -76,9 +82,9 @@ def plot_confusion(models, data, out: Path):
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", color="black", fontsize=12)
         ax.set_xticks([0, 1], ["normal", "abnormal"])
-        ax.set_yticks([0, 1], ["normal", "abnormal"] if k == 0 else ["", ""])
+        ax.set_yticks([0, 1], ["normal", "abnormal"] if k % cols == 0 else ["", ""])
         ax.set_xlabel("predicted")
-        if k == 0:
+        if k % cols == 0:
             ax.set_ylabel("true")
         ax.set_title(LABELS[name], fontsize=9)
     fig.suptitle("Study-level confusion matrices (test split)")
@@ -110,12 +116,22 @@ def plot_kappa_by_part(models, out: Path):
     plt.close(fig)
 
 
-def plot_latency(models, out: Path):
+def _decision_note(decision) -> str:
+    """One line under the latency plot: was ONNX INT8 shipped, and its measured speed."""
+    if not decision:
+        return ""
+    speed = ", ".join(f"{b.replace('_', ' ')} {v['ratio']:.2f}x" for b, v in (decision.get("speed") or {}).items())
+    verdict = "shipped" if decision["accepted"] else f"not shipped (refused by {' and '.join(decision['refused_by'])})"
+    return f"ONNX INT8 ({decision.get('recipe')}): {verdict}\nlatency / float at export: {speed or 'not measured'}"
+
+
+def plot_latency(models, out: Path, decision=None):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    markers = {"baseline": "s", "cnn": "o", "cnn_onnx": "D", "cnn_onnx_int8": "^"}
+    markers = {"baseline": "s", "cnn": "o", "cnn_onnx": "D", "cnn_onnx_int8": "^", "cnn_tflite": "v",
+               "cnn_tflite_int8": "P"}
     for name, m in models.items():
         lo, hi = m["study"].get("auroc_ci") or (None, None)
         yerr = None if lo is None else [[m["study"]["auroc"] - lo], [hi - m["study"]["auroc"]]]
@@ -123,9 +139,16 @@ def plot_latency(models, out: Path):
                     capsize=3, color=STYLES.get(name, {}).get("color"), label=LABELS[name])
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.3, 1, 3 ms: no 10^x labels
+    # label 0.2, 0.3, 0.5, 2, 3, 5 too: within one decade only "1" was labelled
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 3, 5) else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set(xlabel="batch-1 latency, median ms (log scale)", ylabel="study AUROC (95% CI)",
            title="Latency vs AUROC, test split")
     ax.legend(fontsize=8, loc="lower right")  # a legend, not point labels: labels overlapped
+    note = _decision_note(decision)
+    if note:  # an INT8 model that is absent from the plot says why
+        fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=8)
     _save(fig, out)
     plt.close(fig)
 
@@ -187,6 +210,43 @@ def _fmt(v, nd=3):
     return "–" if v is None else f"{v:.{nd}f}"
 
 
+def _ratios(speed: dict) -> str:
+    """"batch 1 1.42x [1.30, 1.55], batch 32 ..." of {"batch_B": {"ratio", "ratio_min", "ratio_max"}}."""
+    return ", ".join(f"{b.replace('_', ' ')} {v['ratio']:.2f}x [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]"
+                     for b, v in (speed or {}).items()) or "not measured"
+
+
+def int8_section(report: dict) -> list:
+    """Markdown lines: the CPU, export's INT8 decision with its latency ratios, the TFLite rows' origin."""
+    from edge.cpu import describe
+
+    lines = ["", "## INT8 decision and CPU", ""]
+    if report.get("cpu"):
+        feats = ", ".join(report["cpu"].get("features") or []) or "unknown"
+        lines.append(f"Measured on: {describe(report['cpu'])} (features: {feats}); "
+                     f"{report.get('threads', '?')} threads for onnxruntime and TFLite.")
+    d = report.get("int8_decision")
+    if not d:
+        lines += ["", "No INT8 decision recorded (export ran without INT8, or has not run)."]
+    else:
+        verdict = "shipped (cnn.int8.onnx)" if d["accepted"] else (
+            f"**not shipped** (refused by {' and '.join(d.get('refused_by') or ['the gate'])}): the device uses cnn.onnx")
+        lines += ["", f"- INT8: {verdict}; recipe `{d.get('recipe')}`, onnxruntime {d.get('onnxruntime')}.",
+                  f"- Why: {d.get('reason')}.",
+                  (f"- Accuracy gate (val study AUROC): float {_fmt(d.get('float_auroc'), 4)} -> INT8 "
+                   f"{_fmt(d.get('int8_auroc'), 4)}, drop {_fmt(d.get('auroc_drop'), 4)} (max {d.get('max_auroc_drop')})."),
+                  (f"- Speed at export (INT8 / float latency, median of interleaved rounds [min, max]; must be "
+                   f"< {d.get('max_latency_ratio')}): {_ratios(d.get('speed'))}.")]
+        for c in d.get("candidates") or []:
+            lines.append(f"  - candidate `{c['recipe']}`: {_ratios(c['speed'])}")
+    if any(n.startswith("cnn_tflite") for n in report["models"]):
+        lines += ["", ("The `cnn_tflite*` rows are the Keras CNN converted to TensorFlow Lite at bench time (INT8: "
+                  "calibrated on the same train images as the ONNX INT8 model), run by the TFLite interpreter "
+                  "(XNNPACK): what a TensorFlow user would deploy, for comparison; murakit's device runtime is "
+                  "onnxruntime.")]
+    return lines
+
+
 def markdown(report: dict, plots: list) -> str:
     ds = report["dataset"]
     lines = [
@@ -225,6 +285,7 @@ def markdown(report: dict, plots: list) -> str:
         verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
         lines.append(f"- {cname}: study AUROC {a} - {b} = {c['auroc_diff']:+.3f}, 95% CI "
                      f"[{lo:+.3f}, {hi:+.3f}] ({verdict})")
+    lines += int8_section(report)
     lines += [
         "", "## Kappa per body part (study level)", "",
         "| part | " + " | ".join(report["models"]) + " |",
@@ -250,7 +311,7 @@ def write_report(run, report: dict, data: dict) -> Path:
     for fname, fn in (("roc.png", lambda p: plot_roc(models, data, p)),
                       ("confusion.png", lambda p: plot_confusion(models, data, p)),
                       ("kappa_by_part.png", lambda p: plot_kappa_by_part(models, p)),
-                      ("latency_vs_auroc.png", lambda p: plot_latency(models, p))):
+                      ("latency_vs_auroc.png", lambda p: plot_latency(models, p, report.get("int8_decision")))):
         fn(out / fname)
         plots.append(fname)
     if plot_cams(run, data, out / "cam_grid.png"):

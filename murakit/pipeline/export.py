@@ -3,10 +3,13 @@
 Writes ``RUN/export/``::
 
     cnn.onnx              float CNN, outputs probability (B,1) and cam (B,h,w), its card inside
-    cnn.int8.onnx         static QDQ INT8 CNN, only when its study AUROC on val drops <= 0.01
+    cnn.int8.onnx         static INT8 CNN, only when its study AUROC on val drops <= 0.01 AND it is
+                          faster than float on this machine at batch 1 and 32 (else absent: the
+                          device uses cnn.onnx; export.json's "cnn.int8" says why)
     baseline.onnx         the HOG + SVM baseline (copied from RUN/baseline/)
     golden/<stem>/        golden set of each model (ONNX test-data layout + source image + manifest)
-    export.json           what was exported: sizes, hashes, Keras parity, the INT8 gate
+    export.json           what was exported: sizes, hashes, Keras parity, the INT8 decision (gate,
+                          recipe, INT8/float latency ratios), the CPU it was measured on
 
 Every exported file carries the card written at training time (``RUN/<model>/card.json``);
 only precision, metrics and the weights hash describe the file itself. The preprocessing comes
@@ -32,6 +35,8 @@ GOLDEN_COUNT = 8
 CALIBRATION_COUNT = 200
 MAX_GOLDEN, MAX_CALIBRATION = 64, 10_000
 MAX_INT8_DROP = 0.01
+MAX_INT8_LATENCY_RATIO = 1.0
+INT8_TIMING_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class ExportOptions:
     max_int8_drop: float = MAX_INT8_DROP
     int8: bool = True
     strict_int8: bool = False
+    max_int8_latency_ratio: float = MAX_INT8_LATENCY_RATIO
+    int8_rounds: int = INT8_TIMING_ROUNDS
 
     def check(self) -> None:
         if not 2 <= self.golden <= MAX_GOLDEN:
@@ -51,6 +58,10 @@ class ExportOptions:
             raise MurakitError(f"--calibration must be in [1, {MAX_CALIBRATION}], got {self.calibration}")
         if not (np.isfinite(self.max_int8_drop) and 0.0 <= self.max_int8_drop <= 1.0):
             raise MurakitError(f"--max-int8-drop must be in [0, 1], got {self.max_int8_drop}")
+        if not (np.isfinite(self.max_int8_latency_ratio) and self.max_int8_latency_ratio > 0):
+            raise MurakitError(f"--max-int8-latency-ratio must be a positive number, got {self.max_int8_latency_ratio}")
+        if not 1 <= self.int8_rounds <= 100:
+            raise MurakitError(f"INT8 timing rounds must be in [1, 100], got {self.int8_rounds}")
 
 
 # ---------------------------------------------------------------- choosing images
@@ -176,35 +187,51 @@ def _remove_int8(layout: RunLayout) -> None:
     shutil.rmtree(layout.golden("cnn.int8"), ignore_errors=True)
 
 
+def _int8_refused_line(d: dict) -> str:
+    """The one line export prints when INT8 is not shipped."""
+    return (f"export: INT8 model REFUSED ({' and '.join(d['refused_by'])}; recipe {d['recipe']['name']}): "
+            f"{d['reason']}; val study AUROC {d['float_auroc']:.4f} (float) -> {d['int8_auroc']:.4f} (INT8); "
+            "cnn.int8.onnx not written, the device uses cnn.onnx")
+
+
 def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden_x, float_golden, sources,
                 infos, log) -> dict:
-    """Quantize cnn.onnx, gate it on val study AUROC, publish cnn.int8.onnx if accepted."""
+    """Quantize cnn.onnx with each candidate recipe for this CPU, time and gate them, publish
+    cnn.int8.onnx only when the chosen one is within the AUROC gate and faster than float."""
+    from edge.cpu import cpu_info, describe
     from export.cnn import onnx_outputs
     from export.golden import golden_agreement
-    from export.quantize import int8_gate, int8_metrics, quantize_int8
+    from export.quantize import candidate_recipes, int8_metrics, select_int8
 
     float_path = layout.exported("cnn")
     calib = first_by_path(prep, "train", opts.calibration)
-    int8 = quantize_int8(float_path, cache_inputs(prep, calib))
     val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
-    x_val = cache_inputs(prep, val)
-    gate = int8_gate(onnx_outputs(float_path, x_val)["probability"], onnx_outputs(int8, x_val)["probability"],
-                     _gate_score(prep, val), opts.max_int8_drop)
-    gate["calibration_images"] = len(calib)
-    if not gate["accepted"]:
+    cpu = cpu_info()
+    log(f"export: INT8 on {describe(cpu)}")
+    int8, decision = select_int8(float_path, cache_inputs(prep, calib), cache_inputs(prep, val),
+                                 _gate_score(prep, val), candidate_recipes(cpu), max_drop=opts.max_int8_drop,
+                                 max_ratio=opts.max_int8_latency_ratio, rounds=opts.int8_rounds, log=log)
+    decision.update(calibration_images=len(calib), cpu=cpu, onnxruntime=_ort_version())
+    if not decision["accepted"]:
         _remove_int8(layout)
-        log(f"export: INT8 model REFUSED: val study AUROC {gate['float_auroc']:.4f} (float) -> "
-            f"{gate['int8_auroc']:.4f} (INT8): {gate['reason']}; cnn.int8.onnx not written")
-        return gate
+        log(_int8_refused_line(decision))
+        return decision
     agreement = golden_agreement(float_golden, onnx_outputs(int8, golden_x))
-    card = float_card.replace(precision="int8", metrics=int8_metrics(gate, agreement))
+    card = float_card.replace(precision="int8", metrics=int8_metrics(decision, agreement))
     path = layout.exported("cnn.int8")
-    publish(int8, card, path, layout.golden("cnn.int8"), sources, infos, extra={"int8_gate": gate})
+    publish(int8, card, path, layout.golden("cnn.int8"), sources, infos, extra={"int8_gate": decision})
     ratio = path.stat().st_size / float_path.stat().st_size
-    log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB, {ratio:.2f}x float); val study AUROC "
-        f"{gate['float_auroc']:.4f} -> {gate['int8_auroc']:.4f} (drop {gate['auroc_drop']:+.4f}), "
-        f"max |p diff| {gate['max_abs_diff']:.4f}")
-    return {**gate, "path": str(path), "bytes": path.stat().st_size, "golden_agreement": agreement}
+    speed = ", ".join(f"{b.replace('_', ' ')} {v['ratio']:.2f}x" for b, v in decision["speed"].items())
+    log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB, {ratio:.2f}x float; recipe "
+        f"{decision['recipe']['name']}; latency vs float {speed}); val study AUROC {decision['float_auroc']:.4f} -> "
+        f"{decision['int8_auroc']:.4f} (drop {decision['auroc_drop']:+.4f}), max |p diff| {decision['max_abs_diff']:.4f}")
+    return {**decision, "path": str(path), "bytes": path.stat().st_size, "golden_agreement": agreement}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def export_baseline(layout: RunLayout, card, sources, infos, log) -> dict:
@@ -336,5 +363,7 @@ def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> 
             log(f"export: no {layout.baseline_onnx}; skipping the baseline")
     except _user_errors() as e:
         raise MurakitError(str(e)) from None
+    if "cnn.int8" in summary:
+        summary["cpu"] = summary["cnn.int8"]["cpu"]
     write_text(layout.export_summary, json.dumps(json_safe(summary), indent=2, sort_keys=True))
     return {**summary, "status": "exported", "int8_refused": refused and options.strict_int8}
