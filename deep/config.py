@@ -149,6 +149,11 @@ class TrainConfig(_JsonMixin):
         Early stopping: epochs without a gain of the monitored validation AUROC.
     lr_patience, lr_factor, min_lr
         Reduce-on-plateau schedule on the monitored validation AUROC.
+    warmup_epochs : int
+        For this many epochs the learning rate stays at ``lr`` and training does not stop:
+        the plateau counters start after them. On a small or hard training set the validation
+        AUROC can sit at chance for several epochs before the model finds the signal; a
+        plateau there is not convergence, and a learning-rate drop would stall it for good.
     smooth : int
         The monitored value (early stopping, learning-rate plateaus, best epoch) is the mean
         validation study AUROC of the last ``smooth`` epochs: one lucky epoch on a small
@@ -171,6 +176,7 @@ class TrainConfig(_JsonMixin):
     lr_patience: int = 4
     lr_factor: float = 0.3
     min_lr: float = 1e-5
+    warmup_epochs: int = 15
     smooth: int = 3
     auroc_tolerance: float = 0.005
     min_loss_delta: float = 0.001
@@ -178,7 +184,7 @@ class TrainConfig(_JsonMixin):
 
     def __post_init__(self):
         ints = {"max_epochs": 1, "min_steps": 1, "batch_size": 1, "patience": 1, "lr_patience": 1,
-                "smooth": 1}
+                "smooth": 1, "warmup_epochs": 0}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:

@@ -401,7 +401,8 @@ def schedule_step(state: dict, tcfg: TrainConfig, row: dict) -> tuple[bool, floa
     validation split of ~100 studies, while the loss keeps measuring what the learning-rate
     drops gain (docs/training.md). Patience counts epochs without a clear gain: a mean above
     the highest by more than the tolerance, or a tie with a loss lower by more than
-    ``tcfg.min_loss_delta`` (so a run crawling at the smallest learning rate ends).
+    ``tcfg.min_loss_delta`` (so a run crawling at the smallest learning rate ends). The
+    counters start after ``tcfg.warmup_epochs`` epochs (no plateau, no stop before).
 
     Returns
     -------
@@ -423,7 +424,7 @@ def schedule_step(state: dict, tcfg: TrainConfig, row: dict) -> tuple[bool, floa
     if improved:
         state.update(best_auroc=mon, best_loss=row["val_loss"], best_epoch=row["epoch"])
     new_lr = None
-    if gain:
+    if gain or row["epoch"] <= tcfg.warmup_epochs:
         state.update(wait=0, lr_wait=0)
     else:
         state["wait"] += 1

@@ -32,7 +32,8 @@ def blobs(n, size=S, seed=0):
 # Dropout 0.2 (the default): an exact resume must reproduce its masks too.
 DROP = ModelConfig(size=S, width=8)
 # 8 steps a pass, min_steps 16 -> 2 passes an epoch; lr_patience 1 so the LR schedule acts.
-TRAIN_CFG = TrainConfig(max_epochs=4, batch_size=16, seed=3, patience=10, lr_patience=1, min_steps=16)
+TRAIN_CFG = TrainConfig(max_epochs=4, batch_size=16, seed=3, patience=10, lr_patience=1, min_steps=16,
+                        warmup_epochs=0)
 
 
 def _train(out, tcfg, imgs, labels, **kw):
@@ -244,10 +245,11 @@ def test_checkpoints_history_and_stop_reason(trained):
 
 
 def _schedule(aurocs, losses=None, **tcfg):
-    """Replay ``deep.schedule_step`` on val AUROCs (and losses) -> (state, learning rates)."""
+    """Replay ``deep.schedule_step`` on val AUROCs (and losses) -> (state, learning rates).
+    No warm-up unless given (the short sequences below test the counters themselves)."""
     from deep.training import _new_state
 
-    tcfg = TrainConfig(**tcfg)
+    tcfg = TrainConfig(**{"warmup_epochs": 0, **tcfg})
     state, lrs, lr = _new_state(DROP, tcfg, {}), [], tcfg.lr
     for epoch, auc in enumerate(aurocs, 1):
         lrs.append(lr)
@@ -271,6 +273,22 @@ def test_early_stopping_and_plateau_schedule():
     assert "still improving" in deep.stop_message("max_epochs", 3, 3, 0.7)
     state, _ = _schedule([0.7, 0.7, 0.7], max_epochs=3, smooth=1)  # ties: lower val loss (equal) -> no gain
     assert state["best_epoch"] == 1 and state["wait"] == 2
+
+
+def test_warm_up_keeps_the_learning_rate_and_the_run_while_at_chance():
+    """A small, hard training set: the val AUROC sits at chance for 14 epochs, then the model
+    finds the signal. Without the warm-up the plateau rule cut the learning rate at epoch 8 and
+    stopped the run at epoch 13; with it the rate stays until the plateau after the rise."""
+    aurocs = [0.52, 0.50, 0.53, 0.49, 0.51, 0.50, 0.52, 0.48, 0.51, 0.50, 0.52, 0.50, 0.51, 0.50,
+              0.60, 0.70, 0.78, 0.82, 0.84, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85]
+    cold, cold_lrs = _schedule(aurocs, smooth=1, warmup_epochs=0)
+    warm, warm_lrs = _schedule(aurocs, smooth=1, warmup_epochs=15)
+    assert cold["stop_reason"] == "early_stop" and cold["epoch"] == 13 and cold_lrs[7] < 1e-3
+    assert warm_lrs[:24] == [1e-3] * 24 and warm_lrs[24] < 1e-3 and warm["best_epoch"] == 20
+    assert warm["stop_reason"] == "" and warm["epoch"] == len(aurocs)  # patience 10 counts from 20
+    assert TrainConfig().warmup_epochs == 15
+    with pytest.raises(DeepError, match="warmup_epochs"):
+        TrainConfig(warmup_epochs=-1)
 
 
 def test_smoothing_ignores_one_lucky_epoch():

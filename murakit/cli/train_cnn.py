@@ -8,8 +8,9 @@ from murakit.pipeline.train_cnn import ARCH_CHOICES
 def _recipe(t, a) -> str:
     """The default training recipe, for --help (values from deep.TrainConfig / AugmentConfig)."""
     return (f"With no flags the CNN trains until converged: each epoch ends with the validation study "
-            f"AUROC, monitored as its mean over the last {t.smooth} epochs; training stops after "
-            f"{t.patience} epochs without a gain (early stopping) and keeps the best epoch; the "
+            f"AUROC, monitored as its mean over the last {t.smooth} epochs; after a warm-up of "
+            f"{t.warmup_epochs} epochs, training stops after "
+            f"{t.patience} epochs without a gain (early stopping) and keeps the best epoch, and the "
             f"learning rate ({t.lr:g}, Adam) drops {1 / t.lr_factor:.3g}x after {t.lr_patience} epochs "
             f"without a gain; --epochs ({t.max_epochs}) is only a cap. An epoch "
             f"is at least {t.min_steps} steps (small data sets are passed over several times). "
