@@ -287,17 +287,18 @@ def _ensure_transfer_syntax(ds) -> None:
 
 
 def read_dicom_info(path, name: str | None = None) -> DicomInfo:
-    """Header-only read of a DICOM file's non-identifying facts (pixels are not decoded).
+    """Header-only read of a DICOM file's (or its bytes') non-identifying facts (pixels are
+    not decoded).
 
     Raises
     ------
     ImageError
         pydicom missing (names the extra), or a file pydicom cannot parse.
     """
-    name = name or str(path)
+    name = name or ("<bytes>" if isinstance(path, bytes) else str(path))
     pydicom = _pydicom(name)
     with _quiet(), _one_line(name):
-        return _info(_parse(pydicom, Path(path), name, header_only=True))
+        return _info(_parse(pydicom, path if isinstance(path, bytes) else Path(path), name, header_only=True))
 
 
 # ---------------------------------------------------------------- checks

@@ -496,3 +496,35 @@ def test_limits_are_validated():
     with pytest.raises(ServeError, match="--timeout"):
         Limits(timeout_s=float("nan"))
     assert Limits().max_inflight >= 1
+
+
+def test_dicom_study_upload_carries_its_uids_like_edge_predict(server, files, tmp_path):
+    """Two DICOM views of one study: the JSON has the study's UID, each view's SOP UID and the
+    part, and the probabilities of edge-predict on the same folder (which groups by UID)."""
+    pytest.importorskip("pydicom")
+    import contextlib
+    import io
+
+    from _edgefix import radiograph
+
+    from murakit.data.dicom_write import write_dicom
+
+    study = tmp_path / "dicom_study"
+    study.mkdir()
+    paths = [write_dicom(study / f"view{k}.dcm", radiograph(60, 50 + 10 * k, seed=k),
+                         study_uid="1.2.826.0.1.7", series_uid="1.2.826.0.1.7.1", sop_uid=f"1.2.826.0.1.7.1.{k}",
+                         body_part="WRIST") for k in (1, 2)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert predict_main([str(study), "--model", str(files["model"]), "--json", "--threads", "1"]) == 0
+    ref = json.loads(out.getvalue())
+    r = post(server, image_parts(paths))
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["study_uid"] == ref["study_uid"] == "1.2.826.0.1.7" and got["part"] == ref["part"] == "WRIST"
+    assert [v["sop_uid"] for v in got["views"]] == [v["sop_uid"] for v in ref["views"]]
+    assert got["probability"] == pytest.approx(ref["probability"], abs=TOL)
+    one = post(server, image_parts(paths[:1])).json()  # a single view: its own identifiers
+    assert one["study_uid"] == "1.2.826.0.1.7" and one["sop_uid"] == "1.2.826.0.1.7.1.1"
+    png = post(server, image_parts(files["images"][:1])).json()
+    assert "study_uid" not in png and "sop_uid" not in png

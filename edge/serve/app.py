@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from edge.dicom import is_dicom
+from edge.dicom import DicomInfo, is_dicom, read_dicom_info
 from edge.errors import ImageError
 from edge.image import load_array
 from edge.predictor import Prediction, StudyPrediction, valid_probabilities
@@ -66,12 +66,14 @@ def sniff(data: bytes) -> str | None:
 
 @dataclass
 class View:
-    """One upload after preprocessing: uint8 (S, S) image, model input (1, ...), ms spent."""
+    """One upload after preprocessing: uint8 (S, S) image, model input (1, ...), ms spent, and
+    for DICOM its non-identifying header facts (UIDs, part)."""
 
     name: str
     u8: np.ndarray
     x: np.ndarray
     preprocess_ms: float
+    dicom: DicomInfo | None = None
 
 
 def prepare(predictor, max_pixels: int, name: str, data: bytes) -> View:
@@ -98,7 +100,13 @@ def prepare(predictor, max_pixels: int, name: str, data: bytes) -> View:
     except ImageError as e:
         raise ApiError(400, _named(str(e), name)) from None
     x = predictor.model_input(u8)
-    return View(name, u8, x, (time.perf_counter() - t0) * 1e3)
+    info = None
+    if sniff(data) == "dicom":  # decoded above, so the header parses: UIDs and part for the JSON
+        try:
+            info = read_dicom_info(data, name)
+        except ImageError as e:
+            raise ApiError(400, _named(str(e), name)) from None
+    return View(name, u8, x, (time.perf_counter() - t0) * 1e3, info)
 
 
 def _named(message: str, name: str) -> str:
@@ -233,13 +241,15 @@ class Service:
 
     async def _respond(self, views: list, probs: np.ndarray, share_ms: float, cams) -> dict:
         p = self.predictor
-        preds = [Prediction(v.name, float(q), p.label_for(float(q)), p.threshold, v.preprocess_ms, share_ms)
-                 for v, q in zip(views, probs)]
+        preds = [Prediction(v.name, float(q), p.label_for(float(q)), p.threshold, v.preprocess_ms, share_ms,
+                            dicom=v.dicom) for v, q in zip(views, probs)]
         if len(preds) == 1:
             body = preds[0].to_dict()
         else:
             mean = float(np.mean(probs))
-            body = StudyPrediction(STUDY_NAME, mean, p.label_for(mean), p.threshold, preds).to_dict()
+            uids = {v.dicom.study_uid if v.dicom else None for v in views}
+            uid = uids.pop() if len(uids) == 1 else None  # the request's views are one study
+            body = StudyPrediction(STUDY_NAME, mean, p.label_for(mean), p.threshold, preds, uid).to_dict()
         if cams is not None:
             pngs = await self._all(cam_png, [(v.u8, c) for v, c in zip(views, cams)])
             body["cam"] = pngs[0] if len(pngs) == 1 else pngs
