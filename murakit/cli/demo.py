@@ -20,7 +20,9 @@ def run(args) -> int:
     print(f"Report: {report}  (plots beside it)")
     print("Next, try:")
     print(f"  edge-predict {data}/MURA-v1.1/valid/XR_WRIST/*/*/image1.png --model {layout.exported('cnn')} --json")
-    print(f"  edge-verify {layout.exported('cnn.int8')}")
+    # export keeps the INT8 model only when it passes its gate; otherwise the float model is the one to verify
+    int8 = layout.exported("cnn.int8")
+    print(f"  edge-verify {int8 if int8.exists() else layout.exported('cnn')}")
     print(f"  murakit explain {data}/MURA-v1.1/valid/XR_HAND/*/*/image1.png --run {layout.root}")
     print(f"  murakit bench --run {layout.root} --force")
     return 0
