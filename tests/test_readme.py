@@ -95,10 +95,12 @@ BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
 
 
 def is_skipped(command: str) -> bool:
+    """A line the test does not run (it must then match SKIPPED whole: see the test below)."""
     return command.startswith(SKIP_PREFIXES)
 
 
 def runnable(block: Block) -> bool:
+    """A python block, or an sh block with at least one line that is not skipped."""
     return block.info == "python" or (block.info == "sh" and any(not is_skipped(c) for c in block.commands()))
 
 
