@@ -25,7 +25,11 @@ def main() -> int:
         ["bench_cnn.py"],
         ["bench_export.py", *run_args],
         ["bench_edge_runtimes.py", *run_args, "--profile"],
+        ["bench_preprocess.py"],
     ]
+    if have_run:  # these two need the demo's exported model
+        model = str(Path(args.run) / "export" / "cnn.onnx")
+        jobs += [["bench_score.py", "--model", model], ["bench_serve.py", "--model", model]]
     failed = 0
     for job in jobs:
         print(f"\n##### {' '.join(job)}", flush=True)
