@@ -16,9 +16,12 @@ noise) is written, untimed, as
 All files display the same pixels (the script checks that the preprocessed images agree).
 Each round times, in a rotating order, for every file: ``load`` = ``edge.image.load_image``
 (read + decode + modality/VOI to float [0, 1]) and ``preprocess`` = ``edge.preprocess.preprocess``
-(the same plus the one preprocessing path to S x S uint8). Reported: min / median / max ms over
-the rounds and the median of the per-round ratio to PNG (with its min..max), since absolute
-times on a shared machine are noisy.
+(the same plus the one preprocessing path to S x S uint8) and ``floor`` = the least a reader of
+that file must do: ``cv2.imread(IMREAD_UNCHANGED)`` for the PNG, ``pydicom.dcmread(path).pixel_array``
+(the transfer syntax's decoder, no checks, no LUTs) for DICOM, then ``cv2.resize`` to S on the
+long side. Reported: min / median / max ms over the rounds, the median of the per-round ratio to
+PNG (with its min..max), and ``preprocess`` / ``floor`` per file (the target: the same ratio for
+DICOM as for PNG), since absolute times on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -71,10 +74,24 @@ def write_files(folder: Path, pic: np.ndarray) -> dict:
     return files
 
 
+def floor(path: Path, size: int) -> np.ndarray:
+    """Decode with no checks and no LUTs, then resize to ``size`` on the long side: (h, w) uint16."""
+    if path.suffix == ".png":
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    else:
+        import pydicom
+
+        arr = pydicom.dcmread(str(path)).pixel_array
+    scale = size / max(arr.shape)
+    shape = (max(1, round(arr.shape[1] * scale)), max(1, round(arr.shape[0] * scale)))
+    return cv2.resize(arr, shape, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
 def measure(files: dict, cfg: PreprocessConfig, rounds: int) -> dict:
     """{(label, op): [ms per round]}, interleaved: every round runs every file in rotated order."""
     labels = list(files)
-    ops = {"load": lambda p: load_image(p, dicom_voi=cfg.dicom_voi), "preprocess": lambda p: preprocess(p, cfg)}
+    ops = {"load": lambda p: load_image(p, dicom_voi=cfg.dicom_voi), "preprocess": lambda p: preprocess(p, cfg),
+           "floor": lambda p: floor(p, cfg.size)}
     times = {(label, op): [] for label in labels for op in ops}
     for r in range(rounds + 1):  # round 0 warms caches and imports, not recorded
         order = labels[r % len(labels):] + labels[:r % len(labels)]
@@ -93,11 +110,15 @@ def report(files: dict, times: dict) -> None:
     print(f"{'file':26s} {'MB':>6s}  {'op':10s} {'min':>8s} {'median':>8s} {'max':>8s}   ratio to PNG (median, min..max)")
     for label, path in files.items():
         mb = os.path.getsize(path) / 1e6
-        for op in ("load", "preprocess"):
+        for op in ("floor", "load", "preprocess"):
             t = times[(label, op)]
             ratios = [a / b for a, b in zip(t, times[(ref, op)])]
             print(f"{label:26s} {mb:6.2f}  {op:10s} {min(t):8.1f} {statistics.median(t):8.1f} {max(t):8.1f}   "
                   f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}..{max(ratios):.2f})")
+    print("preprocess / floor of the same file, per round (median, min..max):")
+    for label in files:
+        ratios = [a / b for a, b in zip(times[(label, "preprocess")], times[(label, "floor")])]
+        print(f"  {label:26s} {statistics.median(ratios):.2f}x ({min(ratios):.2f}..{max(ratios):.2f})")
 
 
 def main(argv=None) -> int:

@@ -150,8 +150,8 @@ def report(rates: dict, n: int, ray_start: float | None) -> None:
     print(f"\nimages/s over {n} images (median of rounds; min / median / max):")
     for name, r in rates.items():
         print(f"  {name:13s} {statistics.median(r):7.1f}   ({_spread(r)})")
-    pairs = [("score", "script+pre"), ("score", "script"), ("script", "script+pre"), ("score", "edge-predict"),
-             ("ray", "score")]
+    pairs = [("score", "script+pre"), ("score", "script"), ("edge-predict", "script"), ("script", "script+pre"),
+             ("score", "edge-predict"), ("ray", "score")]
     print("ratios within each round (min / median / max):")
     for a, b in pairs:
         if a in rates and b in rates:

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from murakit.evaluation.bootstrap import paired_auroc_difference, study_intervals  # noqa: E402
+from murakit.evaluation.bootstrap import paired_auroc_difference, study_intervals
 
 
 def _predictions(path: Path) -> dict:

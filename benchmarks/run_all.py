@@ -1,5 +1,7 @@
 """Run every benchmark in turn (`make bench`); each prints its own side-by-side ratios.
 
+docs/performance.md has the figures, what each one measures and its target.
+
 Usage: python benchmarks/run_all.py [--run RUN]   (RUN: a finished demo run, default runs/default)
 """
 
@@ -17,19 +19,19 @@ def main() -> int:
     args = ap.parse_args()
     have_run = (Path(args.run) / "export" / "cnn.onnx").exists()
     run_args = ["--run", args.run] if have_run else []
+    model = str(Path(args.run) / "export" / "cnn.onnx")
     jobs = [
         ["bench_synth.py"],
         ["bench_prepare.py"],
+        ["bench_preprocess.py"],
         ["bench_dicom.py"],
         ["bench_baseline.py"],
         ["bench_cnn.py"],
         ["bench_export.py", *run_args],
         ["bench_edge_runtimes.py", *run_args, "--profile"],
-        ["bench_preprocess.py"],
     ]
-    if have_run:  # these two need the demo's exported model
-        model = str(Path(args.run) / "export" / "cnn.onnx")
-        jobs += [["bench_score.py", "--model", model], ["bench_serve.py", "--model", model]]
+    if have_run:  # these need an exported model
+        jobs += [["bench_score.py", "--model", model, "--no-ray"], ["bench_serve.py", "--model", model]]
     failed = 0
     for job in jobs:
         print(f"\n##### {' '.join(job)}", flush=True)

@@ -97,8 +97,17 @@ def candidate_recipes(cpu: dict) -> list:
             Recipe(f"qdq-{tag}-float-stem", "qdq", act, reduce_range=rr, float_thin_convs=True)]
 
 
+def even_batch(n: int, batch_size: int) -> int:
+    """The largest batch size <= ``batch_size`` that divides ``n`` (>= 1; ``n`` >= 1)."""
+    return next(b for b in range(max(1, min(batch_size, n)), 0, -1) if n % b == 0)
+
+
 class ArrayCalibrationReader:
     """Feeds calibration batches to onnxruntime's ``quantize_static`` in a fixed order.
+
+    Every batch has the same size (:func:`even_batch`): onnxruntime's histogram calibrators
+    (Percentile, Entropy) stack the batches' outputs and fail on a shorter last batch
+    (onnxruntime issue 18792). MinMax ranges do not depend on the batching.
 
     Parameters
     ----------
@@ -106,10 +115,12 @@ class ArrayCalibrationReader:
     x : ndarray float32 (N, S, S, 1)
         Calibration inputs; order is the caller's (deterministic) order.
     batch_size : int
+        Upper bound of the batch size.
     """
 
     def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 16):
-        self.input_name, self.x, self.batch_size = input_name, x, batch_size
+        self.input_name, self.x = input_name, x
+        self.batch_size = even_batch(len(x), batch_size) if len(x) else batch_size
         self.pos = 0
 
     def get_next(self):

@@ -170,3 +170,38 @@ def test_mobilenetv3_exports_with_fused_hard_swish_and_keeps_parity():
     model, parity = export_cnn(cam, 32, x)  # raises when Keras and ONNX differ by more than 1e-4
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("HardSwish") >= 10 and "Clip" not in ops and max(parity.values()) <= 1e-4
+
+
+def test_calibration_batches_are_all_the_same_size():
+    from export.quantize import ArrayCalibrationReader, even_batch
+
+    assert [even_batch(n, 16) for n in (200, 32, 10, 17, 1)] == [10, 16, 10, 1, 1]
+    x = np.arange(20, dtype=np.float32).reshape(20, 1, 1, 1)
+    reader = ArrayCalibrationReader("image", x, batch_size=16)
+    batches = iter(reader.get_next, None)
+    got = [b["image"] for b in batches]
+    assert {len(b) for b in got} == {10}
+    np.testing.assert_array_equal(np.concatenate(got), x)  # every row, in order, once
+
+
+def _tiny_conv_model(path):
+    """image (N, 8, 8, 1) NHWC -> Conv 3x3 (2 ch) -> Relu -> mean -> probability (N, 2)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 1, 3, 3], np.linspace(-1, 1, 18).tolist())
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["probability"])]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 8, 8, 1])],
+                          [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 2])], initializer=[w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_works_when_batches_do_not_divide_the_set(tmp_path, method):
+    # 20 images in batches of <= 16: a 16 + 4 split made onnxruntime's histogram calibrators fail
+    from export.quantize import quantize_int8
+
+    _tiny_conv_model(tmp_path / "f.onnx")
+    x = np.random.default_rng(0).random((20, 8, 8, 1), dtype=np.float32)
+    model = quantize_int8(tmp_path / "f.onnx", x, Recipe("qdq-u8s8", calibration=method))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
