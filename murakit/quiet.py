@@ -32,11 +32,26 @@ NOISE = re.compile(
     rb"|fully_quantize: \d)")
 
 
-def _forward(read_fd: int, write_fd: int) -> None:
-    """Copy from the pipe to the real stderr, dropping noise lines; \\r-updates pass through."""
+def _forward(read_fd: int, write_fd: int, stop: threading.Event) -> None:
+    """Copy from the pipe to the real stderr, dropping noise lines; \r-updates pass through.
+
+    Ends at EOF, or once ``stop`` is set and the pipe has nothing left to read: a process the
+    command started may outlive it holding the pipe's write end (multiprocessing's resource
+    tracker lives until the interpreter exits), so EOF alone could come seconds late or never.
+    """
+    import select
+
     pending = b""
     with os.fdopen(read_fd, "rb", buffering=0) as src:
-        while chunk := src.read(65536):
+        while True:
+            ready, _, _ = select.select([src], [], [], 0.05)
+            if not ready:
+                if stop.is_set():
+                    break
+                continue
+            chunk = src.read(65536)
+            if not chunk:
+                break
             pending += chunk
             *done, pending = re.split(rb"(?<=[\r\n])", pending)
             out = b"".join(piece for piece in done if not NOISE.match(piece))
@@ -70,13 +85,15 @@ def quiet_frameworks(enabled: bool = True):
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    thread = threading.Thread(target=_forward, args=(read_fd, real), daemon=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=_forward, args=(read_fd, real, stop), daemon=True)
     thread.start()
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
-        os.dup2(real, 2)  # closes the pipe's last write end: the forwarder sees EOF
+        os.dup2(real, 2)  # closes our write end: EOF, unless a child process still holds one
+        stop.set()  # then the forwarder drains what is there and ends
         thread.join(timeout=5)
         os.close(real)

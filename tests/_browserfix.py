@@ -6,12 +6,27 @@ Used by tests/test_serve_page.py and benchmarks/serve_screenshot.py.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CHROMIUM = os.environ.get("MURAKIT_CHROMIUM", "/usr/bin/chromium")
 # No network beyond loopback, no first-run or background traffic, no GPU on this machine.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def wait_until(page, predicate: str, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` (a JS arrow function) from Python until it returns true.
+
+    Not ``page.wait_for_function``: its in-page polling evaluates the predicate with ``eval``,
+    which the page's Content-Security-Policy (no 'unsafe-eval') refuses whenever the first check
+    is false; ``page.evaluate`` runs over the DevTools protocol, outside the page's CSP.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page never satisfied {predicate} within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def browser_missing() -> str | None:
@@ -43,10 +58,10 @@ def upload_study(url: str, files: list, screenshot: Path | None = None, width: i
             requests = []
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url + "/")
-            page.wait_for_function("document.getElementById('model-name').textContent !== '\u2026'")
+            wait_until(page, "() => document.getElementById('model-name').textContent !== '\u2026'")
             page.set_input_files("#files", [str(f) for f in files])
             page.wait_for_selector("#result", state="visible", timeout=30_000)
-            page.wait_for_function("[...document.querySelectorAll('img.cam')].every(i => i.complete)")
+            wait_until(page, "() => [...document.querySelectorAll('img.cam')].every(i => i.complete)")
             out = {
                 "model_name": page.text_content("#model-name"),
                 "model_version": page.text_content("#model-version"),
@@ -94,7 +109,7 @@ def token_flow(url: str, token: str, files: list) -> dict:
             before = page.text_content("#model-name")
             page.fill("#token", token)
             page.click("#token-save")
-            page.wait_for_function("document.getElementById('model-name').textContent !== '\u2026'")
+            wait_until(page, "() => document.getElementById('model-name').textContent !== '\u2026'")
             page.set_input_files("#files", [str(f) for f in files])
             page.wait_for_selector("#result", state="visible", timeout=30_000)
             return {"before": before, "model_name": page.text_content("#model-name"),

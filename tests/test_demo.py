@@ -1,16 +1,17 @@
-"""End to end: `murakit demo --quick` runs every stage and a second run redoes nothing."""
+"""End to end: `murakit demo --quick` runs every stage and a second run redoes nothing.
+
+The first run is the session's shared ``quick_demo`` (tests/conftest.py).
+"""
 
 import json
 
 import pytest
-
-from murakit.cli import main
+from _demofix import run_murakit
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["demo", "--quick", "--run", str(run)]) == 0
+def test_quick_demo_end_to_end_and_rerun(quick_demo):
+    run = quick_demo.run
     report = json.loads((run / "report" / "report.json").read_text())
     assert {"baseline", "cnn", "cnn_onnx"} <= set(report["models"])
     try:
@@ -41,9 +42,12 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
     for f in ("report.md", "roc.png", "confusion.png", "kappa_by_part.png", "latency_vs_auroc.png"):
         assert (run / "report" / f).stat().st_size > 0, f
     assert (run / "explore" / "summary.json").exists()
-    first = capsys.readouterr().out
+    first = quick_demo.stdout
     assert "Report:" in first
+    verify_hint = next(line.split()[1] for line in first.splitlines() if line.strip().startswith("edge-verify "))
+    assert (quick_demo.root / verify_hint).is_file()  # the INT8 model only when export kept it
     mtimes = {p: p.stat().st_mtime for p in run.rglob("*") if p.is_file()}
-    assert main(["demo", "--quick", "--run", str(run)]) == 0
+    rerun = run_murakit(quick_demo.root, "demo", "--quick", "--run", "runs/default")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     changed = [str(p) for p, t in mtimes.items() if p.exists() and p.stat().st_mtime != t]
     assert changed == []

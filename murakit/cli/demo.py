@@ -20,7 +20,8 @@ def run(args) -> int:
     print(f"Report: {report}  (plots beside it)")
     print("Next, try:")
     print(f"  edge-predict {data}/MURA-v1.1/valid/XR_WRIST/*/*/image1.png --model {layout.exported('cnn')} --json")
-    print(f"  edge-verify {layout.exported('cnn.int8')}")
+    shipped = layout.exported("cnn.int8")  # written only when INT8 passed the gate and was faster
+    print(f"  edge-verify {shipped if shipped.exists() else layout.exported('cnn')}")
     print(f"  murakit explain {data}/MURA-v1.1/valid/XR_HAND/*/*/image1.png --run {layout.root}")
     print(f"  murakit bench --run {layout.root} --force")
     return 0
