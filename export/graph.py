@@ -87,8 +87,8 @@ def fuse_hard_activations(model) -> dict:
     (MobileNetV3); tf2onnx keeps them as Add, Clip, Mul (, Mul) on every activation. onnxruntime
     cannot keep those in its blocked NCHWc layout, so each one cost four passes over the tensor
     plus two layout reorders; as single ops it fuses them into the preceding convolution. On
-    MobileNetV3-Small at 224 px that took onnxruntime from 1.3-1.5x TFLite's time to 0.9x
-    (docs/performance.md). Exact: the same arithmetic. Rewrites in place.
+    MobileNetV3-Small at 224 px that took onnxruntime from 1.2-1.5x TFLite's time to 0.9x with
+    one thread (with two threads it stays at 1.1-1.4x; docs/performance.md). Exact: the same arithmetic. Rewrites in place.
 
     Returns
     -------

@@ -10,7 +10,8 @@ Why these candidates (measured on a 2-core Xeon with AVX-512 VNNI and AMX, onnxr
 docs/performance.md has the figures):
 
 * activations uint8, weights int8 (U8S8) on x86: the VNNI/AMX integer GEMM path. S8S8 ran
-  2.5-3.5x slower than float and U8U8 1.4-2x; on Arm, S8S8 is the dot-product (SDOT) path.
+  2.5-3.5x slower than float on the small CNNs (0.85x on DenseNet-169, still behind U8S8's 0.5x)
+  and U8U8 1.4-2x; on Arm, S8S8 is the dot-product (SDOT) path.
 * ``reduce_range`` (7-bit weights) only on x86 without VNNI, where the AVX2 ``vpmaddubsw`` path
   saturates 16-bit sums; with VNNI it costs accuracy and buys nothing.
 * QDQ and QOperator both: which one wins differs by model (QOperator's Gemm and
