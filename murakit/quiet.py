@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import sys
 import threading
 import warnings
@@ -39,8 +40,6 @@ def _forward(read_fd: int, write_fd: int, stop: threading.Event) -> None:
     command started may outlive it holding the pipe's write end (multiprocessing's resource
     tracker lives until the interpreter exits), so EOF alone could come seconds late or never.
     """
-    import select
-
     pending = b""
     with os.fdopen(read_fd, "rb", buffering=0) as src:
         while True:

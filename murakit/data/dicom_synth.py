@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from murakit.data.synth.write import remove_dead_temps
 from murakit.errors import MurakitError
 
 GENERATOR = "murakit.synth.dicom"
@@ -143,17 +144,6 @@ def _copy_tables(src: Path, dst: Path) -> None:
             (dst / f).write_text(text.replace(".png\n", ".dcm\n").replace(".png,", ".dcm,"))
 
 
-def _remove_stale(out_dir: Path) -> None:
-    """Delete PNG staging trees left by killed runs (their process no longer exists)."""
-    for tmp in out_dir.glob(".murakit-synth-png-*"):
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progress: bool = True,
                    force: bool = False) -> tuple:
     """Write the synthetic set as DICOM into ``out_dir/MURA-v1.1``.
@@ -185,7 +175,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
         raise MurakitError(f"{target} already exists and is not the DICOM synthetic set for --studies "
                            f"{n_studies} --seed {seed}; use --force to replace it")
     workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-    _remove_stale(out_dir)
+    remove_dead_temps(out_dir, ".murakit-synth-png-*")
     png_root = out_dir / f".murakit-synth-png-{os.getpid()}"
     try:
         src = synth.generate(png_root, n_studies=n_studies, seed=seed, workers=workers, progress=progress,

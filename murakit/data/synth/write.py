@@ -118,15 +118,17 @@ def _write_tables(mura: Path, plans: list[StudyPlan], rows: list[list[tuple]]) -
     return counts
 
 
-def _remove_stale_temps(out_dir: Path) -> None:
-    """Delete temp trees left by killed runs (their process no longer exists)."""
-    for tmp in [*out_dir.glob(".MURA-v1.1.tmp-*"), *out_dir.glob(".MURA-v1.1.old-*")]:
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
+def remove_dead_temps(out_dir: Path, *patterns: str) -> None:
+    """Delete temp trees named ``<prefix>-<pid>`` (glob ``patterns``) left by killed runs: those
+    whose process no longer exists."""
+    for pattern in patterns:
+        for tmp in out_dir.glob(pattern):
+            try:
+                os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+            except (ValueError, ProcessLookupError):
+                shutil.rmtree(tmp, ignore_errors=True)
+            except PermissionError:
+                pass
 
 
 def _render_all(plans, seed, mura_dir: Path, workers: int, progress: bool, settings) -> list:
@@ -200,7 +202,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
         raise MurakitError(f"{target} already exists and was not generated with "
                            f"{describe(settings, seed)}; use --force to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out_dir)
+    remove_dead_temps(out_dir, ".MURA-v1.1.tmp-*", ".MURA-v1.1.old-*")
     plans = plan_studies(settings.studies, seed, settings)
     workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
     with atomic_dir(target) as tmp:  # a half-written tree never sits at OUT/MURA-v1.1
