@@ -1,7 +1,7 @@
 """Writing: render every study (in any order, by any number of processes) into a MURA-v1.1 tree.
 
 Randomness comes from ``SeedSequence([seed, study_index + 1])``, so studies can be rendered in
-any order, by any number of processes, and give byte-identical files. The tree is built under
+any order, by any number of processes, on any x86-64 CPU, and give byte-identical files. The tree is built under
 a temporary name and renamed into place whole; ``synth.json`` records the generator version,
 the seed and the settings, so an identical request is a no-op.
 """
@@ -185,7 +185,8 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     n_studies : int, optional
         Number of studies (>= 1); overrides ``settings.studies`` (default 1500, ~4100 images).
     seed : int
-        Same seed and settings -> byte-identical files.
+        Same seed and settings -> byte-identical files, on any x86-64 CPU (the rendering uses
+        only operations whose results IEEE 754 fixes, see ``murakit.data.synth.exact``).
     workers : int or None
         Processes (default: min(2, CPU count)); the output does not depend on it.
     progress : bool
