@@ -12,9 +12,13 @@ numpy picks. They work in float32, the precision of the OpenCV calls they replac
 polynomials' errors (< 2e-9) sit below it, and the 8- and 16-bit output far below that.
 
 They imitate those OpenCV calls (same kernels, borders and interpolation formulas; they agree
-with them within 2e-7 on random images, see ``tests/test_synth.py``), not their exact bits:
-the generator's pixels changed once, in version 8. Measured cost: the rendering takes about
-1.6x the CPU time of the OpenCV version (``docs/`` has the figure).
+with them to float32 rounding, < 2e-7 on random [0, 1) images, ``tests/test_synth.py``), not
+their exact bits:
+the generator's pixels changed once, in version 8 (by at most one grey level, in ~0.01% of
+the pixels). The price, measured with ``benchmarks/bench_synth.py --studies 400 --workers 2``
+on this project's 2-core Intel Xeon under load, three runs each: 13.1 CPU-ms per image
+against version 7's 7.7 (1.7x; about 20 CPU-s more for the default 4,100 images, ~1% of the
+demo). Chosen over speed: a seed that names the data on every CPU is what the generator is for.
 """
 from __future__ import annotations
 
