@@ -302,8 +302,8 @@ def synthesize(out="data/synth", studies: int | None = None, seed: int = 0, forc
         Number of studies (>= 1); default 1,500 (~4,100 images), as ``murakit synth``.
         About 2.75 views per study; 20% of the studies form MURA's ``valid`` (the test split).
     seed : int
-        Same ``studies`` and ``seed`` give byte-identical files; an existing tree made with
-        them is reused as it is.
+        Same ``studies`` and ``seed`` give byte-identical files, on any x86-64 CPU; an
+        existing tree made with them (and this generator version) is reused as it is.
     force : bool
         Replace an existing tree made with other parameters.
     verbose : bool

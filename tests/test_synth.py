@@ -230,10 +230,11 @@ def test_plan_matches_mura_proportions_and_valid_share():
     assert len(set(dirs)) == len(dirs)
 
 
-# Digest of `generate(OUT, n_studies=12, seed=0)` as written by generator version 7 before the
-# generator became a package with settings (murakit/synth.py at commit 6bab321): decoded
-# pixels (not PNG bytes, which depend on the zlib build) + every CSV and junk file.
-V7_DIGEST_12_STUDIES_SEED_0 = "dbf80d8c168b5fb3f50ca9ee62ebb1fd4d6e9af25b6ffa1765a75e5bb0961c02"
+# Digest of `generate(OUT, n_studies=12, seed=0)` as written by generator version 8 (the first
+# whose pixels do not depend on the CPU: the same on an Intel Xeon with AVX-512 and, emulated,
+# on AVX2 and SSE only; see test_bytes_do_not_depend_on_the_instruction_set): decoded pixels
+# (not PNG bytes, which depend on the zlib build) + every CSV and junk file.
+V8_DIGEST_12_STUDIES_SEED_0 = "49cb598dc0544f27dcaaee8a18c9556296f77ff1bb924bffbd12e9a65b86afd0"
 
 
 def _digest(mura: Path) -> str:
@@ -251,11 +252,108 @@ def _digest(mura: Path) -> str:
     return h.hexdigest()
 
 
-def test_default_settings_reproduce_the_version_7_data():
+def test_default_settings_reproduce_the_version_8_data():
     """The settings' defaults are exactly the embedded default (else bump GENERATOR_VERSION)."""
-    assert synth.GENERATOR_VERSION == 7
-    root = Path(synth.generate(_tmp("v7"), n_studies=12, seed=0, workers=1, progress=False))
-    assert _digest(root) == V7_DIGEST_12_STUDIES_SEED_0
+    assert synth.GENERATOR_VERSION == 8
+    root = Path(synth.generate(_tmp("v8"), n_studies=12, seed=0, workers=1, progress=False))
+    assert _digest(root) == V8_DIGEST_12_STUDIES_SEED_0
+
+
+# Generate in a child whose every CPU-dispatched code path is off: OpenCV's optimisations and
+# its dispatched kernels (SSE4.1 ... AVX-512), numpy's dispatch targets above its baseline
+# (x86-64-v2: no AVX2, no AVX-512), OpenBLAS's kernels (Prescott) and glibc's FMA / AVX2 libm
+# variants. 16 studies, seed 14: all four findings, a ring, a cast, 8-bit grey, RGB and 16-bit.
+_CHILD = """
+import json, sys
+import cv2
+cv2.setUseOptimized(False)
+from numpy._core._multiarray_umath import __cpu_features__
+from murakit.data import synth
+synth.generate(sys.argv[1], n_studies=16, seed=14, workers=1, progress=False)
+print(json.dumps({"cv2_optimized": cv2.useOptimized(), "cv2_features": cv2.getCPUFeaturesLine(),
+                  "numpy_on": sorted(k for k, v in __cpu_features__.items() if v)}))
+"""
+
+
+def _no_simd_env() -> dict:
+    import os
+
+    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__
+
+    env = dict(os.environ)
+    env["NPY_DISABLE_CPU_FEATURES"] = " ".join(f for f in __cpu_dispatch__ if f not in __cpu_baseline__)
+    dispatched = [t[1:].rstrip("?") for t in cv2.getCPUFeaturesLine().split() if t.startswith("*")]
+    env["OPENCV_CPU_DISABLE"] = ",".join(dispatched)
+    env["OPENBLAS_CORETYPE"] = "Prescott"
+    tunable = "glibc.cpu.hwcaps=-AVX512F,-AVX2,-FMA"
+    env["GLIBC_TUNABLES"] = f"{env['GLIBC_TUNABLES']}:{tunable}" if env.get("GLIBC_TUNABLES") else tunable
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def test_bytes_do_not_depend_on_the_instruction_set(tmp_path):
+    """Same seed, same files with every SIMD path of OpenCV, numpy, OpenBLAS and libm switched off.
+
+    Generator version 7 failed this (OpenCV's float blur / warp / resize and numpy's
+    transcendental functions change their last bits with the instruction set): 29 of 34 images
+    of the digest test differed between an AVX-512 and an AVX2 machine.
+    """
+    import subprocess
+    import sys
+
+    env = _no_simd_env()
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "plain")], env=env, check=False,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "unknown CPU feature" not in child.stderr
+    seen = json.loads(child.stdout.strip().splitlines()[-1])
+    assert seen["cv2_optimized"] is False
+    assert all(t.endswith("?") for t in seen["cv2_features"].split() if t.startswith("*"))
+    assert not set(env["NPY_DISABLE_CPU_FEATURES"].split()) & set(seen["numpy_on"])  # really off
+
+    fast = synth.generate(tmp_path / "fast", n_studies=16, seed=14, workers=1, progress=False)
+    plain = tmp_path / "plain" / "MURA-v1.1"
+    names = sorted(p.relative_to(fast) for p in fast.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(plain) for p in plain.rglob("*") if p.is_file())
+    differ = [str(n) for n in names if (fast / n).read_bytes() != (plain / n).read_bytes()]
+    assert not differ, f"{len(differ)} of {len(names)} files differ, e.g. {differ[:3]}"
+
+
+def test_exact_operations_match_opencv_and_numpy():
+    """The CPU-independent replacements compute what the OpenCV / numpy calls they replace do
+    (within float32 rounding), so version 8 looks like version 7."""
+    from murakit.data.synth import exact
+
+    rng = np.random.default_rng(0)
+    img = rng.random((61, 47)).astype(np.float32)
+    for sigma in (0.5, 0.7, 1.2, 2.6):
+        np.testing.assert_allclose(exact.gaussian_blur(img, sigma),
+                                   cv2.GaussianBlur(img, (0, 0), sigma), atol=1e-6)
+    for size, cubic, flag in (((120, 90), False, cv2.INTER_LINEAR), ((200, 150), True, cv2.INTER_CUBIC)):
+        np.testing.assert_allclose(exact.resize(img, size, cubic),
+                                   cv2.resize(img, size, interpolation=flag), atol=1e-6)
+    m = cv2.getRotationMatrix2D((20.5, 30.0), 23.0, 1.3)
+    m[:, 2] += (4.25, -7.5)
+    np.testing.assert_allclose(exact.warp_affine(img, m, (80, 70)),
+                               cv2.warpAffine(img, m, (80, 70), flags=cv2.INTER_LINEAR), atol=1e-5)
+    x = np.linspace(-20, 0, 10001, dtype=np.float32)
+    np.testing.assert_allclose(exact.exp(x), np.exp(x.astype(np.float64)), rtol=3e-7)
+    u = np.linspace(0, 1, 10001, dtype=np.float32)
+    for g in (0.7, 1.5):
+        np.testing.assert_allclose(exact.power(u, g), u.astype(np.float64) ** g, atol=3e-7)
+    t = np.arange(1100) * 0.9
+    np.testing.assert_allclose(exact.sin(t), np.sin(t), atol=1e-15)
+
+
+def test_a_tree_of_another_generator_version_is_named_in_the_refusal(tmp_path):
+    root = synth.generate(tmp_path, n_studies=2, seed=1, workers=1, progress=False)
+    meta = json.loads((root / "synth.json").read_text())
+    meta["version"] = synth.GENERATOR_VERSION - 1
+    (root / "synth.json").write_text(json.dumps(meta))
+    assert not synth.existing_matches(tmp_path, 2, 1)
+    with pytest.raises(MurakitError, match=rf"version {synth.GENERATOR_VERSION}; it holds version "
+                                           rf"{synth.GENERATOR_VERSION - 1}\).*--force"):
+        synth.generate(tmp_path, n_studies=2, seed=1, workers=1, progress=False)
 
 
 def _tmp(name: str) -> Path:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from murakit.data.synth import exact
+
 DESIGN = 320             # anatomy is laid out in a DESIGN x DESIGN frame (px) ...
 MARGIN = 40              # ... drawn with this margin, so poses rarely show the canvas edge
 CANVAS = DESIGN + 2 * MARGIN
@@ -69,7 +71,7 @@ def _carpals(a, cx: float, y: float, sp: float, k: float, n_rows: int = 2) -> li
 def _finger(a, base, direction, lengths, hws, gap: float, flex: float) -> list:
     """A chain of phalanges starting at ``base`` along ``direction`` (bent by ``flex``)."""
     bones, p = [], np.asarray(base, float)
-    d = np.asarray(direction, float) / np.linalg.norm(direction)
+    d = np.asarray(direction, float) / math.hypot(*direction)
     for i, (ln, hw) in enumerate(zip(lengths, hws)):
         d = rot(d, flex * (i > 0))
         p = p + d * gap
@@ -240,14 +242,14 @@ def line(img, p, q, value, width, origin) -> None:
     """A line of (sub-pixel) ``width`` drawn as a filled quad."""
     p, q = np.asarray(p, float), np.asarray(q, float)
     d = q - p
-    n = np.array([-d[1], d[0]]) / max(np.linalg.norm(d), 1e-6) * max(width, 0.8) / 2
+    n = np.array([-d[1], d[0]]) / max(math.hypot(*d), 1e-6) * max(width, 0.8) / 2
     cv2.fillConvexPoly(img, fixed_point([p + n, q + n, q - n, p - n], origin), float(value),
                        cv2.LINE_8, 4)
 
 
 def axis(b: Bone):
     p0, p1 = np.asarray(b.p0, float), np.asarray(b.p1, float)
-    u = (p1 - p0) / max(np.linalg.norm(p1 - p0), 1e-6)
+    u = (p1 - p0) / max(math.hypot(*(p1 - p0)), 1e-6)
     return p0, p1, u, np.array([-u[1], u[0]])
 
 
@@ -307,12 +309,10 @@ def soft_tissue(bones, size: int, cast: bool) -> np.ndarray:
         elif b.dens >= 0.9:
             line(m, np.divide(b.p0, q), np.divide(b.p1, q), 1.0,
                   2 * (max(b.hw * 1.8, b.r0, b.r1) + 10) / q, o)
-    m = cv2.resize(cv2.GaussianBlur(m, (0, 0), 6 / q), (size, size),
-                   interpolation=cv2.INTER_LINEAR)
+    m = exact.resize(exact.gaussian_blur(m, 6 / q), (size, size))
     if cast:  # plaster: a wider faint shell with a mesh texture
-        shell = cv2.GaussianBlur(cv2.dilate((m > 0.3).astype(np.float32), np.ones((15, 15))),
-                                 (0, 0), 2)
-        yy, xx = np.mgrid[0:size, 0:size]
-        mesh = 1 + 0.25 * np.sin(xx * 0.9) * np.sin(yy * 0.9)
+        shell = exact.gaussian_blur(cv2.dilate((m > 0.3).astype(np.float32), np.ones((15, 15))), 2)
+        wave = exact.sin(np.arange(size) * 0.9)
+        mesh = 1 + (0.25 * wave)[None, :] * wave[:, None]
         m = m + 0.45 * shell * mesh.astype(np.float32)
     return m

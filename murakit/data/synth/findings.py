@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from murakit.data.synth import exact
 from murakit.data.synth.anatomy import BUILDERS, Bone, axis, ellipse, line, rot, visible_span
 from murakit.data.synth.plan import StudyPlan
 from murakit.data.synth.settings import DEFAULT, FINDINGS, SynthSettings
@@ -109,7 +110,7 @@ def fracture(roi, origin, b: Bone, t: float, p: dict) -> np.ndarray:
     distal = roi * (dist > 0)
     warp = cv2.getRotationMatrix2D((float(fp[0]), float(fp[1])), float(p["ang"]), 1.0)
     warp[:, 2] += n * p["disp"] * b.hw + u * p["along"]
-    moved = cv2.warpAffine(distal, warp, (roi.shape[1], roi.shape[0]), flags=cv2.INTER_LINEAR)
+    moved = exact.warp_affine(distal, warp, (roi.shape[1], roi.shape[0]))
     out = roi * (dist <= 0) + moved
     gap = np.clip(np.abs(dist) / (p["gap"] / 2), 0, 1) ** 2  # 0 on the fracture line, 1 away
     if p["contrast"] != 1.0:  # shallower gap; skipped at 1.0 so the default pixels stay exact
@@ -128,7 +129,7 @@ def lytic(roi, origin, b: Bone, t: float, p: dict) -> np.ndarray:
     ang = math.degrees(math.atan2(u[1], u[0]))
     mask = np.zeros_like(roi)
     ellipse(mask, c, ax, ang, 1.0, origin)
-    mask = cv2.GaussianBlur(mask, (0, 0), 1.2)
+    mask = exact.gaussian_blur(mask, 1.2)
     inside = (roi > 0.05).astype(np.float32)
     if p["rim"]:
         rim = np.zeros_like(roi)
@@ -141,7 +142,7 @@ def lytic(roi, origin, b: Bone, t: float, p: dict) -> np.ndarray:
 def periosteal(roi, origin, b: Bone, t: float, p: dict) -> np.ndarray:
     """Thin bright lamellae parallel to the cortex over a segment of the shaft."""
     p0, p1, u, n = axis(b)
-    ln = np.linalg.norm(p1 - p0)
+    ln = math.hypot(*(p1 - p0))
     c = p0 + t * (p1 - p0)
     hw = b.hw * (1 + (b.taper - 1) * t)
     a, z = c - u * p["half"] * ln, c + u * p["half"] * ln
@@ -151,7 +152,7 @@ def periosteal(roi, origin, b: Bone, t: float, p: dict) -> np.ndarray:
         # fusiform cloud of new bone hugging the cortex, then lamellae further out
         cloud = np.zeros_like(roi)
         ellipse(cloud, c + n * s * hw, (p["half"] * ln, p["bulge"] * hw + 1.5), ang, 1.0, origin)
-        roi += cv2.GaussianBlur(cloud, (0, 0), 1.0) * (p["value"] * 0.7)
+        roi += exact.gaussian_blur(cloud, 1.0) * (p["value"] * 0.7)
         for j in range(p["layers"]):
             off = n * s * (hw + p["bulge"] * hw + 2.2 + 2.4 * j)
             line(roi, a + off + u * 3 * j, z + off - u * 3 * j, p["value"] / (1 + 0.3 * j),
@@ -162,7 +163,7 @@ def periosteal(roi, origin, b: Bone, t: float, p: dict) -> np.ndarray:
 def hardware(metal, b: Bone, t: float, p: dict) -> np.ndarray:
     """Very bright metal: a plate with screws, loose screws, or K-wires; returns bbox."""
     p0, p1, u, n = axis(b)
-    ln = np.linalg.norm(p1 - p0)
+    ln = math.hypot(*(p1 - p0))
     c = p0 + t * (p1 - p0)
     hw = b.hw
     k = p["contrast"]  # metal density

@@ -13,6 +13,7 @@ import math
 import cv2
 import numpy as np
 
+from murakit.data.synth import exact
 from murakit.data.synth.anatomy import BUILDERS, CANVAS, Bone, draw_bone, paste, roi_origin, soft_tissue, to_canvas
 from murakit.data.synth.findings import DRAW_IN_BONE, StudySpec, confound_bone, hardware, ring
 from murakit.data.synth.settings import DEFAULT, SynthSettings
@@ -34,7 +35,7 @@ def _bank(rng, kind: str, h: int, w: int) -> np.ndarray:
             field_ = g.standard_normal((1024, 1024), dtype=np.float32)
         else:
             small = g.standard_normal((171, 171), dtype=np.float32)
-            field_ = cv2.resize(small, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+            field_ = exact.resize(small, (1024, 1024), cubic=True)
         _BANKS[kind] = field_
     f = _BANKS[kind].T if rng.random() < 0.5 else _BANKS[kind]
     y, x = rng.integers(0, 1024 - h + 1), rng.integers(0, 1024 - w + 1)
@@ -76,11 +77,11 @@ def render_canvas(part: str, spec: StudySpec, view: int, proj: float, flex: floa
         bbox = hardware(metal, bones[spec.bone], spec.t, spec.params)
     if spec.ring:
         ring(metal, bones)
-    bone_layer = cv2.GaussianBlur(bone_layer * _texture(rng, CANVAS), (0, 0), 0.7)
+    bone_layer = exact.gaussian_blur(bone_layer * _texture(rng, CANVAS), 0.7)
     tissue = soft_tissue(bones, CANVAS, spec.cast) * spec.shades[3]
     att = tissue + bone_layer
     if spec.ring or (show and spec.finding == "hardware"):
-        att += cv2.GaussianBlur(metal, (0, 0), 0.5)
+        att += exact.gaussian_blur(metal, 0.5)
     return att, bbox
 
 
@@ -100,19 +101,27 @@ def _pose(rng, h: int, w: int, focus) -> np.ndarray:
     flip = rng.choice([-1.0, 1.0])
     t = math.radians(angle)
     r = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) * scale
-    lin = r @ np.diag([flip, 1.0])
+    lin = r * np.array([flip, 1.0])  # r @ diag(flip, 1)
     shift = np.array([w, h]) * (0.5 + rng.uniform(-0.08, 0.08, 2))
-    m = np.hstack([lin, (shift - lin @ np.array([CANVAS / 2] * 2))[:, None]])
+    m = np.hstack([lin, (shift - _apply(lin, np.array([CANVAS / 2] * 2)))[:, None]])
     if focus is not None:  # slide the image so that the finding stays well inside
-        f = m[:, :2] @ focus + m[:, 2]
+        f = _apply(m[:, :2], np.asarray(focus, float)) + m[:, 2]
         lo, hi = np.array([w, h]) * 0.2, np.array([w, h]) * 0.8
         m[:, 2] += np.clip(f, lo, hi) - f
     return m
 
 
+def _apply(a: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``a @ p`` for a 2x2 ``a`` and points ``p`` (2,) or (n, 2), as element-wise products and
+    one sum each: BLAS's matrix product may fuse multiply-adds on one CPU and not another."""
+    p = np.asarray(p, float)
+    return np.stack([a[0, 0] * p[..., 0] + a[0, 1] * p[..., 1],
+                     a[1, 0] * p[..., 0] + a[1, 1] * p[..., 1]], axis=-1)
+
+
 def _map_box(m: np.ndarray, box, h: int, w: int):
     corners = np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]])
-    q = corners @ m[:, :2].T + m[:, 2]
+    q = _apply(m[:, :2], corners) + m[:, 2]
     x0, y0 = np.clip(np.floor(q.min(0)), 0, [w - 1, h - 1]).astype(int)
     x1, y1 = np.clip(np.ceil(q.max(0)), 0, [w - 1, h - 1]).astype(int)
     return int(x0), int(y0), int(x1), int(y1)
@@ -154,9 +163,9 @@ def _expose(att, rng, s: SynthSettings) -> np.ndarray:
     """
     h, w = att.shape
     bad = s.bad_exposure / 0.4  # the thresholds below are the default's (0.4) shares
-    img = 1 - cv2.exp(att * -rng.uniform(0.9, 1.6))
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.3) * max(h, w) / 512)
-    img = cv2.pow(np.maximum(img, 0), rng.uniform(0.7, 1.5))
+    img = 1 - exact.exp(att * -rng.uniform(0.9, 1.6))
+    img = exact.gaussian_blur(img, rng.uniform(0.4, 1.3) * max(h, w) / 512)
+    img = exact.power(np.maximum(img, 0), rng.uniform(0.7, 1.5))
     kind = rng.random()
     if kind < 0.1 * bad:    # washed out: tiny spread
         gain, offset = rng.uniform(0.08, 0.2), rng.uniform(0.2, 0.6)
@@ -206,7 +215,7 @@ def render_view(part: str, spec: StudySpec, view: int, rng: np.random.Generator,
     h, w = _output_size(rng, settings)
     focus = None if box is None else (box[:2] + box[2:]) / 2
     m = _pose(rng, h, w, focus)
-    out = cv2.warpAffine(att, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    out = exact.warp_affine(att, m, (w, h))
     if rng.random() < 0.07:
         _collimate(out, rng)
     if rng.random() < settings.marker_prob:

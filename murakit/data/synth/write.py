@@ -1,7 +1,7 @@
 """Writing: render every study (in any order, by any number of processes) into a MURA-v1.1 tree.
 
 Randomness comes from ``SeedSequence([seed, study_index + 1])``, so studies can be rendered in
-any order, by any number of processes, and give byte-identical files. The tree is built under
+any order, by any number of processes, on any x86-64 CPU, and give byte-identical files. The tree is built under
 a temporary name and renamed into place whole; ``synth.json`` records the generator version,
 the seed and the settings, so an identical request is a no-op.
 """
@@ -23,7 +23,9 @@ from murakit.data.synth.render import render_view
 from murakit.data.synth.settings import DEFAULT, SynthSettings
 from murakit.errors import MurakitError
 
-GENERATOR_VERSION = 7  # bump whenever the pixels or CSVs of a given seed change
+GENERATOR_VERSION = 8  # bump whenever the pixels or CSVs of a given seed change
+# 8: rendering from CPU-independent operations (murakit.data.synth.exact), the same bytes on
+#    any x86-64 CPU; 7's float OpenCV / numpy calls gave other pixels on AVX2 than on AVX-512
 
 
 ANNOTATION_HEADER = "path,inverted,finding,x0,y0,x1,y1"
@@ -93,6 +95,17 @@ def existing_matches(out_dir, n_studies=None, seed: int = 0, settings: SynthSett
     if "settings" not in stored and stored.get("n_studies") == want["n_studies"]:
         stored["settings"] = SynthSettings(studies=stored["n_studies"]).to_dict()  # written before settings existed
     return {k: stored.get(k) for k in want} == want and stored.get("complete") is True
+
+
+def _older(mura: Path) -> str:
+    """`` by this generator (version N)`` when ``mura`` was written by another generator version."""
+    try:
+        version = json.loads((mura / "synth.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if version is None or version == GENERATOR_VERSION:
+        return ""
+    return f" by this generator (version {GENERATOR_VERSION}; it holds version {version})"
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
@@ -172,7 +185,8 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     n_studies : int, optional
         Number of studies (>= 1); overrides ``settings.studies`` (default 1500, ~4100 images).
     seed : int
-        Same seed and settings -> byte-identical files.
+        Same seed and settings -> byte-identical files, on any x86-64 CPU (the rendering uses
+        only operations whose results IEEE 754 fixes, see ``murakit.data.synth.exact``).
     workers : int or None
         Processes (default: min(2, CPU count)); the output does not depend on it.
     progress : bool
@@ -200,7 +214,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
         return target
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and was not generated with "
-                           f"{describe(settings, seed)}; use --force to replace it")
+                           f"{describe(settings, seed)}{_older(target)}; use --force to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out_dir, ".MURA-v1.1.tmp-*", ".MURA-v1.1.old-*")
     plans = plan_studies(settings.studies, seed, settings)
