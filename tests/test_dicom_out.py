@@ -170,7 +170,8 @@ def test_murakit_score_dicom_out_matches_the_studies_table(synth_dicom, tiny_cnn
     assert main(["score", str(synth_dicom / "valid"), "--model", str(tiny_cnn), "--out", str(tmp_path / "s"),
                  "--workers", "1", "--no-progress", "--dicom-out", str(out)]) == 0
     capsys.readouterr()
-    studies = {r["study"]: float(r["probability"]) for r in csv.DictReader(open(tmp_path / "s" / "studies.csv"))}
+    with open(tmp_path / "s" / "studies.csv", newline="") as f:
+        studies = {r["study"]: float(r["probability"]) for r in csv.DictReader(f)}
     srs = objects(out)["SR"]
     assert len(srs) == len(studies) > 0
     for f, ds in srs:
