@@ -1,0 +1,292 @@
+"""The DICOM node against a real PACS: Orthanc (Debian's orthanc + orthanc-dicomweb) on loopback.
+
+The workflow a hospital runs: a study is uploaded to Orthanc, Orthanc sends it to murakit's
+node (C-STORE), the node scores it once the study is quiet and stores a TID 1500 SR back into
+the same study - by C-STORE, or by STOW-RS into Orthanc's DICOMweb plugin. The SR's probability
+is the one ``edge-predict --json`` gives for the same files. Then what a node must survive: an
+unknown AE title, a non-image SOP class, oversized images, a 16-view study interleaved with
+another, and the PACS going away while results wait (spooled, delivered once when it is back,
+also across a restart of the node).
+
+Orthanc or the plugin missing: skipped here, failed in CI (``MURAKIT_REQUIRE_PACS=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+import pydicom
+import pytest
+
+from tests._pacsfix import Orthanc, dciodvfy, free_port, wait_for
+from tests._servefix import Server
+
+QUIET = "0.5"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from tests._edgefix import cnn_model
+
+    return cnn_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from murakit.data.dicom_synth import generate_dicom
+
+    root, _ = generate_dicom(tmp_path_factory.mktemp("synth"), n_studies=4, seed=23, workers=1, progress=False)
+    return sorted(d for d in root.glob("*/XR_*/patient*/study*"))
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, model):
+    """Orthanc plus two murakit nodes it knows: "murakit" returns results by C-STORE,
+    "murakitweb" by STOW-RS into Orthanc's DICOMweb plugin."""
+    ports = {"murakit": free_port(), "murakitweb": free_port()}
+    root = tmp_path_factory.mktemp("pacs")
+    orthanc = Orthanc(root / "orthanc", {"murakit": ["MURAKIT", "127.0.0.1", ports["murakit"]],
+                                         "murakitweb": ["MURAKITWEB", "127.0.0.1", ports["murakitweb"]]}).start()
+    nodes = {}
+    try:
+        common = ["--study-quiet-s", QUIET, "--dicom-allow", "ORTHANC,TESTSCU", "--retry-base-s", "0.2",
+                  "--max-pixels", "300000"]
+        nodes["murakit"] = Server(model, "--dicom-port", ports["murakit"], "--ae-title", "MURAKIT",
+                                  "--dicom-dest", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--dicom-cam",
+                                  "--spool", root / "spool-dimse", *common)
+        nodes["murakitweb"] = Server(model, "--dicom-port", ports["murakitweb"], "--ae-title", "MURAKITWEB",
+                                     "--stow-url", f"{orthanc.url}/dicom-web", "--spool", root / "spool-stow", *common)
+        yield orthanc, nodes, ports
+    finally:
+        for n in nodes.values():
+            n.stop()
+        orthanc.stop()
+
+
+def metrics(server) -> dict:
+    """{sample name with labels: value} of the node's counters."""
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(edge_serve_dicom\S*) (\S+)$", text, re.MULTILINE)}
+
+
+def total(server, prefix: str) -> float:
+    return sum(v for k, v in metrics(server).items() if k.startswith(prefix))
+
+
+def edge_predict_json(paths, model, capsys) -> dict:
+    """``edge-predict --json`` on the files (one study): its answer."""
+    from edge.cli import predict_main
+
+    folder = paths[0].parent
+    assert predict_main([str(folder), "--model", str(model), "--json"]) == 0
+    (answer,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert answer["n_views"] == len(paths)
+    return answer
+
+
+def srs_in(orthanc, study_uid: str) -> list:
+    """The SR instances Orthanc holds in the study, read back with pydicom."""
+    import io
+
+    series = orthanc.post("/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study_uid,
+                                                                        "Modality": "SR"}})
+    out = []
+    for s in series:
+        for inst in orthanc.get(f"/series/{s}/instances"):
+            out.append(pydicom.dcmread(io.BytesIO(orthanc.instance_file(inst["ID"]))))
+    return out
+
+
+def sr_probability(ds) -> tuple:
+    """(study probability, number of view groups) from an SR, read with highdicom."""
+    import highdicom as hd
+
+    groups = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
+    study = next(g for g in groups if g.tracking_identifier == "study")
+    p = next(m.value for m in study.get_measurements() if m.name.value == "122157")
+    return p, sum(g.tracking_identifier.startswith("view") for g in groups)
+
+
+def scu(port: int, ae_title: str = "TESTSCU", called: str = "MURAKIT", classes=()):
+    """An association from a test SCU to a node (pynetdicom)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    for uid in classes:
+        ae.add_requested_context(uid, ["1.2.840.10008.1.2.1"])
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+def _roundtrip(orthanc, modality: str, files, model, capsys, tmp_path) -> None:
+    ids = orthanc.upload(files)
+    study = orthanc.get(f"/instances/{ids[0]}/study")
+    uid = study["MainDicomTags"]["StudyInstanceUID"]
+    job = orthanc.post(f"/modalities/{modality}/store", {"Resources": [study["ID"]], "Synchronous": True})
+    assert job["InstancesCount"] == len(files) and job["FailedInstancesCount"] == 0
+    (sr,) = wait_for(lambda: srs_in(orthanc, uid), 30, f"the SR of {modality}'s study in Orthanc")
+    answer = edge_predict_json(files, model, capsys)
+    p, n_views = sr_probability(sr)
+    assert p == pytest.approx(answer["probability"], abs=1e-12) and n_views == len(files)
+    assert sr.StudyInstanceUID == uid and sr.PatientID == pydicom.dcmread(files[0]).PatientID
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert dciodvfy(tmp_path / "sr.dcm") == []
+
+
+def test_orthanc_sends_a_study_and_gets_the_sr_back_by_c_store(pacs, synth, model, capsys, tmp_path):
+    orthanc, nodes, _ = pacs
+    files = sorted(synth[0].glob("image*.dcm"))
+    _roundtrip(orthanc, "murakit", files, model, capsys, tmp_path)
+    m = metrics(nodes["murakit"])
+    assert m["edge_serve_dicom_received_total"] >= len(files) and m["edge_serve_dicom_scored_total"] >= 1
+    uid = pydicom.dcmread(files[0]).StudyInstanceUID  # --dicom-cam: one SC per view in the same study
+    wait_for(lambda: len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+        "StudyInstanceUID": uid, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}})) == len(files), 20, "the CAM SCs")
+
+
+def test_orthanc_gets_the_sr_by_stow_rs_into_dicomweb(pacs, synth, model, capsys, tmp_path):
+    orthanc, nodes, _ = pacs
+    files = sorted(synth[1].glob("image*.dcm"))
+    _roundtrip(orthanc, "murakitweb", files, model, capsys, tmp_path)
+    assert total(nodes["murakitweb"], "edge_serve_dicom_sent_total") >= 1
+    # Orthanc's DICOMweb side sees it too (QIDO-RS)
+    uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    found = orthanc.get(f"/dicom-web/studies/{uid}/series?Modality=SR")
+    assert len(found) == 1
+
+
+def _dx(study: int, k: int, size=(64, 64), seed=0):
+    from murakit.data.dicom_write import DicomStyle, make_dataset
+    from tests._edgefix import radiograph
+
+    pic = radiograph(*size, seed=seed + k)  # uint8 (h, w)
+    return make_dataset(pic, DicomStyle(bits_stored=12), study_uid=f"1.2.826.0.1.77.{study}",
+                        series_uid=f"1.2.826.0.1.77.{study}.1", sop_uid=f"1.2.826.0.1.77.{study}.1.{k}",
+                        body_part="WRIST", laterality="L")
+
+
+def test_the_node_refuses_unknown_callers_non_images_and_oversized_images(pacs, tmp_path):
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, DigitalXRayImageStorageForPresentation
+
+    _, nodes, ports = pacs
+    node = nodes["murakit"]
+    stranger = scu(ports["murakit"], ae_title="STRANGER")
+    assert stranger.is_rejected
+    wrong_called = scu(ports["murakit"], called="NOTMURAKIT")
+    assert wrong_called.is_rejected
+    assoc = scu(ports["murakit"], classes=[Comprehensive3DSRStorage, DigitalXRayImageStorageForPresentation])
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        before = metrics(node)
+        sr = pydicom.dcmread(_an_sr(tmp_path))
+        assert assoc.send_c_store(sr).Status == 0x0122  # SOP class not supported
+        big = _dx(90, 1, size=(600, 600))  # 360,000 pixels > --max-pixels 300000
+        assert assoc.send_c_store(big).Status == 0xA700
+        after = metrics(node)
+    finally:
+        assoc.release()
+    assert after['edge_serve_dicom_refused_total{reason="sop_class"}'] == \
+        before.get('edge_serve_dicom_refused_total{reason="sop_class"}', 0) + 1
+    assert after['edge_serve_dicom_refused_total{reason="too_many_pixels"}'] >= 1
+    assert after["edge_serve_dicom_received_total"] == before["edge_serve_dicom_received_total"]
+
+
+def _an_sr(tmp_path):
+    """A valid SR file to offer the node (written by murakit itself from a tiny study)."""
+    from edge.pacs.results import write_study_results
+    from tests._edgefix import card
+
+    ds = _dx(91, 1)
+    path = tmp_path / "v.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    from edge.preprocess import PreprocessConfig
+
+    answer = {"path": str(path), "type": "image", "probability": 0.3, "label": "normal", "threshold": 0.5,
+              "study_uid": ds.StudyInstanceUID, "sop_uid": ds.SOPInstanceUID}
+    (sr,) = write_study_results(answer, card("cnn", PreprocessConfig(size=32)), tmp_path / "out")
+    return sr
+
+
+def test_a_16_view_study_interleaved_with_another_gives_two_srs(pacs, model, capsys, tmp_path):
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    orthanc, _, ports = pacs
+    big = [_dx(92, k, seed=10) for k in range(1, 17)]
+    small = [_dx(93, k, seed=40) for k in range(1, 4)]
+    order = [ds for pair in zip(big, small + [None] * 13) for ds in pair if ds is not None]
+    assoc = scu(ports["murakit"], classes=[DigitalXRayImageStorageForPresentation])
+    try:
+        assert all(assoc.send_c_store(ds).Status == 0 for ds in order)
+    finally:
+        assoc.release()
+    for views, name in ((big, "big"), (small, "small")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for ds in views:
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        (sr,) = wait_for(lambda v=views: srs_in(orthanc, v[0].StudyInstanceUID), 30, f"the {name} study's SR")
+        p, n_views = sr_probability(sr)
+        answer = edge_predict_json(sorted(folder.glob("*.dcm")), model, capsys)
+        assert n_views == len(views) and p == pytest.approx(answer["probability"], abs=1e-12)
+
+
+def test_results_wait_in_the_spool_while_orthanc_is_down_and_arrive_once(tmp_path, model):
+    """Orthanc stops; a study arrives; the SR fails to send and stays spooled; the node is
+    restarted (the spool survives); Orthanc returns; the SR is delivered exactly once."""
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"murakit": ["MURAKIT", "127.0.0.1", node_port]}).start()
+    spool = tmp_path / "spool"
+    args = ["--dicom-port", node_port, "--dicom-dest", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--spool", spool,
+            "--study-quiet-s", QUIET, "--retry-base-s", "0.2", "--retry-max-s", "0.5", "--dicom-allow", "TESTSCU"]
+    views = [_dx(94, k, seed=70) for k in range(1, 4)]
+    node = Server(model, *args)
+    try:
+        orthanc.stop()
+        assoc = scu(node_port, classes=[DigitalXRayImageStorageForPresentation])
+        assert all(assoc.send_c_store(ds).Status == 0 for ds in views)
+        assoc.release()
+        wait_for(lambda: total(node, "edge_serve_dicom_failed_total") >= 2, 20, "failed sends while Orthanc is down")
+        assert total(node, "edge_serve_dicom_retried_total") >= 1 and total(node, "edge_serve_dicom_sent_total") == 0
+        assert metrics(node)["edge_serve_dicom_spool_pending"] == 1
+    finally:
+        assert node.stop() == 0
+    assert len(list((spool / "out").glob("*/*.dcm"))) == 1  # survived the shutdown
+    node = Server(model, *args)
+    try:
+        orthanc.start()
+        (sr,) = wait_for(lambda: srs_in(orthanc, views[0].StudyInstanceUID), 30, "the spooled SR after Orthanc returned")
+        wait_for(lambda: total(node, "edge_serve_dicom_sent_total") == 1, 10, "the send to be counted")
+        assert not list((spool / "out").glob("*/*.dcm"))
+        import time
+
+        time.sleep(1.0)  # several retry periods: nothing is sent again
+        assert total(node, "edge_serve_dicom_sent_total") == 1
+        assert len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+            "StudyInstanceUID": views[0].StudyInstanceUID, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.88.34"}})) == 1
+        assert sr_probability(sr)[1] == 3
+        assert "Traceback" not in "\n".join(node.lines)
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
+    from edge.serve.cli import main
+
+    cases = [(["--dicom-port", "0"], "--dicom-port needs --spool"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s")], "needs somewhere to send results"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "nonsense"], "AET@HOST:PORT"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "A@h:1", "--host", "0.0.0.0",
+               "--token-file", __file__], "--dicom-allow")]
+    for argv, message in cases:
+        assert main(["--model", str(model), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
