@@ -96,9 +96,11 @@ class Orthanc:
         self.stop()
         raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM and wait (Orthanc takes ~3 s to stop its HTTP server); ``kill``: SIGKILL at
+        once, for a final teardown whose storage is thrown away."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            (self.proc.kill if kill else self.proc.terminate)()
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

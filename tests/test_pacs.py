@@ -62,8 +62,10 @@ def pacs(tmp_path_factory, model):
         yield orthanc, nodes, ports
     finally:
         for n in nodes.values():
+            n.terminate()  # both drain at once
+        for n in nodes.values():
             n.stop()
-        orthanc.stop()
+        orthanc.stop(kill=True)
 
 
 def metrics(server) -> dict:
@@ -275,7 +277,7 @@ def test_results_wait_in_the_spool_while_orthanc_is_down_and_arrive_once(tmp_pat
         assert "Traceback" not in "\n".join(node.lines)
     finally:
         node.stop()
-        orthanc.stop()
+        orthanc.stop(kill=True)
 
 
 def test_bad_node_settings_are_one_line(model, tmp_path, capsys):

@@ -19,11 +19,13 @@ EXTRA_HINT = "pip install 'murakit[pacs]'"
 
 
 def require(*modules: str) -> None:
-    """Import ``modules`` or raise one :class:`EdgeError` line naming the extra to install."""
-    import importlib
+    """Raise one :class:`EdgeError` line naming the extra when a module is not installed.
+
+    Only looked up, not imported: highdicom takes a second or two to import, which the
+    first result pays instead of every start-up.
+    """
+    import importlib.util
 
     for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
+        if importlib.util.find_spec(name) is None:
             raise EdgeError(f"DICOM results need the pacs extra ({name} is missing): {EXTRA_HINT}") from None
