@@ -17,6 +17,21 @@ from edge.errors import EdgeError, first_line
 PROG = "murakit score"
 
 
+def _gate(row: dict) -> dict:
+    """The row's gate verdict as the answer's ``gate`` dict: a ``gate`` column (dict or JSON
+    text) or flat ``gate_score`` / ``gate_threshold`` / ``gate_passed`` columns; {} when absent."""
+    import json
+
+    gate = row.get("gate")
+    if isinstance(gate, str) and gate.startswith("{"):
+        gate = json.loads(gate)
+    if not isinstance(gate, dict) and row.get("gate_passed") not in (None, ""):
+        passed = row["gate_passed"]
+        gate = {"score": row.get("gate_score"), "threshold": row.get("gate_threshold"),
+                "passed": passed if isinstance(passed, bool) else str(passed).lower() in ("true", "1")}
+    return {"gate": gate} if isinstance(gate, dict) else {}
+
+
 def _answers(images: list, studies: list, threshold: float) -> tuple:
     """(DICOM study answers, number of studies that are not DICOM)."""
     from edge.predictor import dicom_info
@@ -31,10 +46,8 @@ def _answers(images: list, studies: list, threshold: float) -> tuple:
         if not rows or any(i is None or i.study_uid != str(s["study"]) or not i.sop_uid for i in infos):
             plain += 1
             continue
-        extra = [k for k in ("operating_point", "gate") if k in rows[0]]
         views = [{"path": r["path"], "probability": float(r["probability"]), "study_uid": i.study_uid,
-                  "sop_uid": i.sop_uid, **{k: r[k] for k in extra if r.get(k) not in (None, "")}}
-                 for r, i in zip(rows, infos)]
+                  "sop_uid": i.sop_uid, **_gate(r)} for r, i in zip(rows, infos)]
         answer = {"path": str(s["study"]), "type": "study", "study_uid": str(s["study"]),
                   "probability": float(s["probability"]), "label": s["label"], "threshold": float(threshold),
                   "n_views": len(views), "views": views}
