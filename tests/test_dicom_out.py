@@ -177,3 +177,12 @@ def test_murakit_score_dicom_out_matches_the_studies_table(synth_dicom, tiny_cnn
     for f, ds in srs:
         assert dciodvfy(f) == []
         assert sr_groups(f)["study"][1] == pytest.approx(studies[ds.StudyInstanceUID], abs=1e-12)
+
+
+def test_score_rows_gate_columns_become_the_answer_gate():
+    from murakit.scoring.dicom_out import _gate
+
+    assert _gate({"gate_passed": "True", "gate_score": 0.1, "gate_threshold": 0.2}) == {
+        "gate": {"score": 0.1, "threshold": 0.2, "passed": True}}
+    assert _gate({"gate": '{"score": 1, "threshold": 2, "passed": false}'})["gate"]["passed"] is False
+    assert _gate({"path": "x"}) == {}
