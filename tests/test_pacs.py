@@ -292,3 +292,50 @@ def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
         assert main(["--model", str(model), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_the_node_bounds_bytes_and_its_spool_in_process(model, tmp_path):
+    """No Orthanc needed: the node's own bounds. An instance over the byte bound gets A700; an
+    association streaming far more is aborted before the data set is assembled; a full spool
+    refuses with A700 and nothing is written outside it."""
+    from prometheus_client import CollectorRegistry
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    from edge.pacs.node import DicomNode, NodeOptions
+    from edge.predictor import Predictor
+
+    def node(**kw):
+        opts = NodeOptions(port=free_port(), spool=tmp_path / f"spool{len(kw)}", dest=(), stow_url="http://127.0.0.1:9",
+                           quiet_s=60, max_pixels=10**8, **kw)
+        registry = CollectorRegistry()
+        n = DicomNode(Predictor(model), opts, registry)
+        n.count = lambda name, **labels: registry.get_sample_value(f"edge_serve_dicom_{name}_total", labels)
+        return n, n.start()[1]
+
+    def send(port, ds):
+        assoc = scu(port, called="MURAKIT", classes=[DigitalXRayImageStorageForPresentation])
+        try:
+            status = assoc.send_c_store(ds)
+            return (int(status.Status) if "Status" in status else None), assoc.is_aborted
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    bounded, port = node(max_bytes=10_000)
+    try:
+        assert send(port, _dx(95, 1, size=(100, 100))) == (0xA700, False)  # 20 KB > 10 KB
+        status, _ = send(port, _dx(95, 2, size=(1100, 1100)))  # 2.4 MB: aborted while streaming
+        assert status is None and bounded.count("refused", reason="too_large") == 2
+        assert not list(bounded.spool.root.rglob("*.dcm"))
+    finally:
+        bounded.stop()
+    small, port = node(spool_max_bytes=30_000, allow=("TESTSCU",))
+    try:
+        assert send(port, _dx(96, 1, size=(100, 100)))[0] == 0
+        assert send(port, _dx(96, 2, size=(100, 100)))[0] == 0xA700  # the spool holds 30 KB at most
+        assert small.count("refused", reason="spool_full") == 1 and small.count("received") == 1
+        assert len(list(small.spool.root.rglob("*.dcm"))) == 1
+        files = {p for p in tmp_path.rglob("*") if p.is_file()}
+        assert all(small.spool.root in p.parents or bounded.spool.root in p.parents for p in files)
+    finally:
+        small.stop()

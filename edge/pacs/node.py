@@ -5,8 +5,8 @@ For Presentation and For Processing images; any other storage SOP class is negot
 refused with status 0122 (SOP class not supported), so the sender learns why. Calling AE
 titles outside ``--dicom-allow`` are rejected at association; the called AE title must be
 ``--ae-title``. Each instance is bounded like an HTTP upload (``--max-body-mb`` bytes,
-``--max-pixels`` pixels; beyond: status A700) and goes to the spool, the only place the node
-writes (:mod:`edge.pacs.spool`).
+``--max-pixels`` pixels; beyond: status A700; an association streaming far more is aborted
+mid-transfer) and goes to the spool, the only place the node writes (:mod:`edge.pacs.spool`).
 
 Scoring: a study is complete once ``--study-quiet-s`` seconds passed without a new instance of
 it. Its views are scored together (the MURA protocol, as ``edge-predict STUDY`` does) and the
@@ -51,6 +51,7 @@ SUCCESS, REFUSED_CLASS, OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0x00
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
 TICK_S = 0.1
+ABORT_SLACK = 1024 * 1024  # bytes beyond --max-body-mb an association may send before it is aborted
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class DicomNode:
         self.stopping = threading.Event()
         self.threads: list = []
         self.server = None
+        self.inbound: dict = {}  # association -> bytes received since its last C-STORE
         self.metrics.pending.set(self.spool.n_pending())
 
     # ------------------------------------------------------------ lifecycle
@@ -168,7 +170,8 @@ class DicomNode:
         ae.maximum_associations = 8
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 30
         _support_storage(ae)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
+                    (evt.EVT_DATA_RECV, self._on_data), (evt.EVT_CONN_CLOSE, lambda e: self.inbound.pop(e.assoc, None))]
         try:
             self.server = ae.start_server((self.options.host, self.options.port), block=False, evt_handlers=handlers)
         except OSError as e:
@@ -208,8 +211,22 @@ class DicomNode:
         self.metrics.refused.labels(reason).inc()
         return status
 
+    def _on_data(self, event) -> None:
+        """Every PDU: an association sending far more than one instance's byte bound before its
+        C-STORE completes is aborted, so no peer can make the node buffer an unbounded data set
+        (pynetdicom assembles the whole data set in memory before the C-STORE handler runs)."""
+        n = self.inbound.get(event.assoc, 0) + len(event.data)
+        self.inbound[event.assoc] = n
+        if n > self.options.max_bytes + ABORT_SLACK:
+            self.inbound[event.assoc] = -(1 << 62)  # abort once
+            self.metrics.refused.labels("too_large").inc()
+            log.warning("DICOM node: aborted an association sending more than %d bytes for one instance",
+                        self.options.max_bytes)
+            event.assoc.abort(block=False)
+
     def _on_store(self, event) -> int:
         """C-STORE: check class, size, pixels and UIDs; spool; never raise (status instead)."""
+        self.inbound[event.assoc] = 0
         sop_class = str(event.request.AffectedSOPClassUID)
         if sop_class not in ACCEPTED_CLASSES:
             log.warning("DICOM node: refused a %s instance (not CR/DX)", _class_name(sop_class))
