@@ -288,10 +288,19 @@ def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
              (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "nonsense"], "AET@HOST:PORT"),
              (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "A@h:1", "--host", "0.0.0.0",
                "--token-file", __file__], "--dicom-allow")]
-    for argv, message in cases:
-        assert main(["--model", str(model), *argv]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], err
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append((["--port", "0", "--dicom-port", str(busy.getsockname()[1]), "--spool", str(tmp_path / "s"),
+                       "--dicom-dest", "A@127.0.0.1:1"], "cannot listen for DICOM"))
+        for argv, message in cases:
+            assert main(["--model", str(model), *argv]) == 2
+            out = capsys.readouterr()
+            err = out.err.strip().splitlines()
+            assert len(err) == 1 and message in err[0], err
+            assert "serving" not in out.out
 
 
 def test_the_node_bounds_bytes_and_its_spool_in_process(model, tmp_path):

@@ -155,6 +155,7 @@ class DicomNode:
         self.threads: list = []
         self.server = None
         self.inbound: dict = {}  # association -> bytes received since its last C-STORE
+        self.banner = ""  # what edge-serve prints once the node listens
         self.metrics.pending.set(self.spool.n_pending())
 
     # ------------------------------------------------------------ lifecycle

@@ -50,8 +50,9 @@ def _server_class():
 def serve(predictor, limits, token, sock, access_log: bool = False, node=None) -> int:
     """Serve until SIGTERM/SIGINT on the listening socket ``sock``; returns the exit code.
 
-    ``node`` (:class:`edge.pacs.node.NodeOptions`) adds the DICOM node, started after the HTTP
-    service printed its URL and stopped after it drained.
+    ``node`` (:class:`edge.pacs.node.NodeOptions`) adds the DICOM node: bound before the HTTP
+    service announces its URL (a busy DICOM port is exit 2, not a half-started service) and
+    stopped after the HTTP side drained.
     """
     import uvicorn
 
@@ -66,11 +67,13 @@ def serve(predictor, limits, token, sock, access_log: bool = False, node=None) -
     server = _server_class()(config)
     server.service = app.state.service
     url_host = f"[{host}]" if ":" in host else host
-    print(f"edge-serve: serving {predictor.model_path.name} ({predictor.kind}) on http://{url_host}:{port}/",
-          flush=True)
     dicom = _start_node(predictor, node, app.state.service.metrics.registry) if node is not None else None
     if dicom is False:
         return 2
+    print(f"edge-serve: serving {predictor.model_path.name} ({predictor.kind}) on http://{url_host}:{port}/",
+          flush=True)
+    if dicom:
+        print(dicom.banner, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
@@ -94,5 +97,5 @@ def _start_node(predictor, options, registry):
         return False
     sends = [f"C-STORE {d.ae_title}@{d.host}:{d.port}" for d in options.dest] + \
         (["STOW-RS " + options.stow_url] if options.stow_url else [])
-    print(f"edge-serve: DICOM node {options.ae_title} on {host}:{port} (results by {', '.join(sends)})", flush=True)
+    node.banner = f"edge-serve: DICOM node {options.ae_title} on {host}:{port} (results by {', '.join(sends)})"
     return node
