@@ -186,3 +186,25 @@ def test_score_rows_gate_columns_become_the_answer_gate():
         "gate": {"score": 0.1, "threshold": 0.2, "passed": True}}
     assert _gate({"gate": '{"score": 1, "threshold": 2, "passed": false}'})["gate"]["passed"] is False
     assert _gate({"path": "x"}) == {}
+
+
+def test_a_source_without_its_type2_attributes_still_gives_a_valid_sr(tmp_path):
+    """PACS exports omit Type 2 attributes; the SR gets them empty (not invented) and stays valid."""
+    import numpy as np
+
+    from edge.pacs.results import write_study_results
+    from edge.preprocess import PreprocessConfig
+    from murakit.data.dicom_write import TYPE2_EMPTY, DicomStyle, make_dataset
+    from tests._edgefix import card
+
+    ds = make_dataset(np.zeros((40, 40), np.uint8), DicomStyle(), study_uid="1.2.3", series_uid="1.2.3.4",
+                      sop_uid="1.2.3.4.5")
+    for keyword in TYPE2_EMPTY:
+        delattr(ds, keyword)
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    answer = {"path": str(tmp_path / "a.dcm"), "type": "image", "probability": 0.7, "threshold": 0.5,
+              "label": "abnormal", "study_uid": "1.2.3", "sop_uid": "1.2.3.4.5"}
+    (path,) = write_study_results(answer, card("cnn", PreprocessConfig(size=32)), tmp_path / "o")
+    assert dciodvfy(path) == []
+    sr = pydicom.dcmread(path)
+    assert sr.PatientID == "" and sr.PatientBirthDate == "" and sr_groups(path)["study"][:3] == ("Abnormal", 0.7, 0.5)

@@ -286,9 +286,10 @@ class DicomNode:
             objects = study_results(result.to_dict(), self.predictor.card, overlays=overlays)
             for ds in objects:
                 self.spool.add_result(list(self.options.destinations), ds.SOPInstanceUID, _encode(ds))
-        except EdgeError as e:
+        except Exception as e:  # noqa: BLE001  one study the model or highdicom cannot take must not stop the node
+            why = _no_path(e, folder) if isinstance(e, EdgeError) else f"unexpected {type(e).__name__}"
             self.metrics.failed.labels("score").inc()
-            log.error("DICOM node: study %s (%d views) not scored: %s", uid, len(views), _no_path(e, folder))
+            log.error("DICOM node: study %s (%d views) not scored: %s", uid, len(views), why)
             self.spool.release(folder)
             return
         self.spool.release(folder)

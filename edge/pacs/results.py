@@ -273,6 +273,20 @@ def build_cam_sc(source, overlay_bgr: np.ndarray, card, key: str, index: int):
     return sc
 
 
+# Type 2 attributes of the patient and study modules the SR copies from its source: a source
+# that omits one (non-conformant, but PACS exports do) lends an empty value, never an invented one.
+COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def complete_type2(ds):
+    """``ds`` with the copied Type 2 attributes present (empty where the source lacks them)."""
+    for keyword in COPIED_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
 # ---------------------------------------------------------------- files
 def read_sources(answer: dict) -> list:
     """The source headers of an answer's views (pydicom, no pixels), in view order."""
@@ -281,7 +295,7 @@ def read_sources(answer: dict) -> list:
     out = []
     for v in answer_views(answer):
         try:
-            out.append(pydicom.dcmread(v["path"], stop_before_pixels=True))
+            out.append(complete_type2(pydicom.dcmread(v["path"], stop_before_pixels=True)))
         except Exception:  # noqa: BLE001  pydicom raises many types; its messages may quote values
             raise EdgeError(f"{v['path']}: cannot re-read the DICOM header for the SR") from None
     return out
