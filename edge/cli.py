@@ -257,7 +257,10 @@ def _write_dicom_results(args, predictor, result, views, want_cam: bool) -> None
         print(f"edge-predict: note: {result.path}: {NOT_DICOM}", file=sys.stderr)
         return
     overlays = [overlay(v.image, v.cam) for v in views] if want_cam and args.dicom_cam else None
-    write_study_results(answer, predictor.card, args.dicom_out, overlays)
+    paths = write_study_results(answer, predictor.card, args.dicom_out, overlays)
+    if not args.json:
+        for path in paths:
+            print(f"  dicom: {path}")
 
 
 def predict_main(argv=None) -> int:

@@ -324,9 +324,9 @@ def write_datasets(datasets: list, out_dir) -> list:
     paths = []
     for ds in datasets:
         folder = Path(out_dir) / str(ds.StudyInstanceUID)
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
         except OSError as e:
