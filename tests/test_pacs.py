@@ -144,6 +144,9 @@ def test_orthanc_sends_a_study_and_gets_the_sr_back_by_c_store(pacs, synth, mode
     orthanc, nodes, _ = pacs
     files = sorted(synth[0].glob("image*.dcm"))
     _roundtrip(orthanc, "murakit", files, model, capsys, tmp_path)
+    source = pydicom.dcmread(files[0])
+    log = "\n".join(nodes["murakit"].lines)
+    assert "scored (" in log and str(source.PatientID) not in log and "SYNTHETIC" not in log  # no patient value
     m = metrics(nodes["murakit"])
     assert m["edge_serve_dicom_received_total"] >= len(files) and m["edge_serve_dicom_scored_total"] >= 1
     uid = pydicom.dcmread(files[0]).StudyInstanceUID  # --dicom-cam: one SC per view in the same study
