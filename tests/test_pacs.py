@@ -290,7 +290,11 @@ def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
              (["--dicom-port", "0", "--spool", str(tmp_path / "s")], "needs somewhere to send results"),
              (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "nonsense"], "AET@HOST:PORT"),
              (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "A@h:1", "--host", "0.0.0.0",
-               "--token-file", __file__], "--dicom-allow")]
+               "--token-file", __file__], "--dicom-allow"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--stow-url", "http://127.0.0.1:9/dicom-web",
+               "--stow-token-file", str(tmp_path / "short")], "at least 16 characters"),
+             (["--dicom-port", "0", "--spool", __file__, "--dicom-dest", "A@h:1"], "not a folder")]
+    (tmp_path / "short").write_text("abc\n")
     import socket
 
     with socket.socket() as busy:
