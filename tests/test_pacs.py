@@ -355,3 +355,54 @@ def test_the_node_bounds_bytes_and_its_spool_in_process(model, tmp_path):
         assert all(small.spool.root in p.parents or bounded.spool.root in p.parents for p in files)
     finally:
         small.stop()
+
+
+def test_stow_rs_sends_the_bearer_token_retries_a_503_and_posts_once_more_only(model, tmp_path):
+    """A recording DICOMweb endpoint: the token from --stow-token-file is sent, a 503 is retried,
+    and after the 200 nothing is posted again (exactly two POSTs for one SR)."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CollectorRegistry
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    from edge.pacs.node import DicomNode, NodeOptions
+    from edge.predictor import Predictor
+
+    posts = []
+
+    class Stow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.path, self.headers["Authorization"], self.headers["Content-Type"], len(body)))
+            self.send_response(503 if len(posts) == 1 else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Stow)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    token = "t0ken-from-a-file-0123456789"
+    registry = CollectorRegistry()
+    opts = NodeOptions(port=free_port(), spool=tmp_path / "spool", stow_url=f"http://127.0.0.1:{web.server_port}/dicom-web",
+                       stow_token=token, quiet_s=0.2, retry_base_s=0.2, retry_max_s=0.4)
+    node = DicomNode(Predictor(model), opts, registry)
+    port = node.start()[1]
+    try:
+        assoc = scu(port, called="MURAKIT", classes=[DigitalXRayImageStorageForPresentation])
+        assert all(assoc.send_c_store(_dx(97, k)).Status == 0 for k in (1, 2))
+        assoc.release()
+        wait_for(lambda: registry.get_sample_value("edge_serve_dicom_sent_total", {"destination": "stow"}) == 1,
+                 20, "the SR to be posted")
+        time.sleep(1.0)  # a few retry periods: no further POST
+        assert len(posts) == 2 and all(p[0] == "/dicom-web/studies" and p[1] == f"Bearer {token}" for p in posts)
+        assert posts[0][2].startswith("multipart/related") and "application/dicom" in posts[0][2]
+        assert registry.get_sample_value("edge_serve_dicom_retried_total", {"destination": "stow"}) == 1
+        assert registry.get_sample_value("edge_serve_dicom_failed_total", {"stage": "send"}) == 1
+        assert not list((tmp_path / "spool" / "out").glob("*/*"))
+    finally:
+        node.stop()
+        web.shutdown()

@@ -366,6 +366,7 @@ class DicomNode:
         session.trust_env = False  # no proxy from the environment: the URL is the PACS
         headers = {"Authorization": f"Bearer {self.options.stow_token}"} if self.options.stow_token else None
         client = DICOMwebClient(self.options.stow_url, session=session, headers=headers, timeout=30)
+        client.set_http_retry_params(retry=False)  # the spool retries: counted, persisted, with its own backoff
         out = []
         for path in paths:
             try:
