@@ -314,19 +314,13 @@ def test_the_node_bounds_bytes_and_its_spool_in_process(model, tmp_path):
     """No Orthanc needed: the node's own bounds. An instance over the byte bound gets A700; an
     association streaming far more is aborted before the data set is assembled; a full spool
     refuses with A700 and nothing is written outside it."""
-    from prometheus_client import CollectorRegistry
     from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 
-    from edge.pacs.node import DicomNode, NodeOptions
-    from edge.predictor import Predictor
-
     def node(**kw):
-        opts = NodeOptions(port=free_port(), spool=tmp_path / f"spool{len(kw)}", dest=(), stow_url="http://127.0.0.1:9",
-                           quiet_s=60, max_pixels=10**8, **kw)
-        registry = CollectorRegistry()
-        n = DicomNode(Predictor(model), opts, registry)
-        n.count = lambda name, **labels: registry.get_sample_value(f"edge_serve_dicom_{name}_total", labels)
-        return n, n.start()[1]
+        n, port, count = in_process_node(model, tmp_path / f"spool{len(kw)}", stow_url="http://127.0.0.1:9",
+                                         quiet_s=60, max_pixels=10**8, **kw)
+        n.count = count
+        return n, port
 
     def send(port, ds):
         assoc = scu(port, called="MURAKIT", classes=[DigitalXRayImageStorageForPresentation])
@@ -357,52 +351,99 @@ def test_the_node_bounds_bytes_and_its_spool_in_process(model, tmp_path):
         small.stop()
 
 
-def test_stow_rs_sends_the_bearer_token_retries_a_503_and_posts_once_more_only(model, tmp_path):
-    """A recording DICOMweb endpoint: the token from --stow-token-file is sent, a 503 is retried,
-    and after the 200 nothing is posted again (exactly two POSTs for one SR)."""
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class RecordingStow:
+    """A DICOMweb endpoint on loopback that records each POST and answers 503 to the first
+    ``fail_first`` of them, 200 afterwards."""
 
+    def __init__(self, fail_first: int = 0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        posts = self.posts = []
+
+        class Stow(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                posts.append((self.path, self.headers["Authorization"], self.headers["Content-Type"], len(body)))
+                self.send_response(503 if len(posts) <= fail_first else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Stow)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def in_process_node(model, spool, **options):
+    """A DicomNode in this process (own Prometheus registry); returns (node, port, count)."""
     from prometheus_client import CollectorRegistry
-    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 
     from edge.pacs.node import DicomNode, NodeOptions
     from edge.predictor import Predictor
 
-    posts = []
-
-    class Stow(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            posts.append((self.path, self.headers["Authorization"], self.headers["Content-Type"], len(body)))
-            self.send_response(503 if len(posts) == 1 else 200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    web = ThreadingHTTPServer(("127.0.0.1", 0), Stow)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    token = "t0ken-from-a-file-0123456789"
     registry = CollectorRegistry()
-    opts = NodeOptions(port=free_port(), spool=tmp_path / "spool", stow_url=f"http://127.0.0.1:{web.server_port}/dicom-web",
-                       stow_token=token, quiet_s=0.2, retry_base_s=0.2, retry_max_s=0.4)
-    node = DicomNode(Predictor(model), opts, registry)
+    node = DicomNode(Predictor(model), NodeOptions(port=free_port(), spool=spool, **options), registry)
     port = node.start()[1]
+
+    def count(name, **labels):
+        return registry.get_sample_value(f"edge_serve_dicom_{name}_total", labels) or 0
+
+    return node, port, count
+
+
+def test_stow_rs_sends_the_bearer_token_retries_a_503_and_posts_once_more_only(model, tmp_path):
+    """A recording DICOMweb endpoint: the token from --stow-token-file is sent, a 503 is retried,
+    and after the 200 nothing is posted again (exactly two POSTs for one SR)."""
+    import time
+
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    web = RecordingStow(fail_first=1)
+    token = "t0ken-from-a-file-0123456789"
+    node, port, count = in_process_node(model, tmp_path / "spool", stow_url=web.url, stow_token=token, quiet_s=0.2,
+                                        retry_base_s=0.2, retry_max_s=0.4)
     try:
         assoc = scu(port, called="MURAKIT", classes=[DigitalXRayImageStorageForPresentation])
         assert all(assoc.send_c_store(_dx(97, k)).Status == 0 for k in (1, 2))
         assoc.release()
-        wait_for(lambda: registry.get_sample_value("edge_serve_dicom_sent_total", {"destination": "stow"}) == 1,
-                 20, "the SR to be posted")
+        wait_for(lambda: count("sent", destination="stow") == 1, 20, "the SR to be posted")
         time.sleep(1.0)  # a few retry periods: no further POST
+        posts = web.posts
         assert len(posts) == 2 and all(p[0] == "/dicom-web/studies" and p[1] == f"Bearer {token}" for p in posts)
         assert posts[0][2].startswith("multipart/related") and "application/dicom" in posts[0][2]
-        assert registry.get_sample_value("edge_serve_dicom_retried_total", {"destination": "stow"}) == 1
-        assert registry.get_sample_value("edge_serve_dicom_failed_total", {"stage": "send"}) == 1
+        assert count("retried", destination="stow") == 1 and count("failed", stage="send") == 1
         assert not list((tmp_path / "spool" / "out").glob("*/*"))
     finally:
         node.stop()
-        web.shutdown()
+        web.close()
+
+
+def test_received_studies_survive_a_restart_of_the_node(model, tmp_path):
+    """Instances received but not yet scored (the study still waiting for its quiet period) are
+    scored by the next node on the same spool."""
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    web = RecordingStow()
+    first, port, _ = in_process_node(model, tmp_path / "spool", stow_url=web.url, quiet_s=3600)
+    try:
+        assoc = scu(port, called="MURAKIT", classes=[DigitalXRayImageStorageForPresentation])
+        assert all(assoc.send_c_store(_dx(98, k)).Status == 0 for k in (1, 2, 3))
+        assoc.release()
+    finally:
+        first.stop()
+    assert len(list((tmp_path / "spool" / "incoming").glob("*/*.dcm"))) == 3 and not web.posts
+    second, _, count = in_process_node(model, tmp_path / "spool", stow_url=web.url, quiet_s=0.2)
+    try:
+        wait_for(lambda: count("sent", destination="stow") == 1, 20, "the restarted node to send the SR")
+        assert count("scored") == 1 and len(web.posts) == 1
+        assert not list((tmp_path / "spool").rglob("*.dcm"))
+    finally:
+        second.stop()
+        web.close()
