@@ -51,6 +51,7 @@ SUCCESS, REFUSED_CLASS, OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0x00
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
 TICK_S = 0.1
+MAX_SEND_BATCH = 64  # results per association / sending round
 ABORT_SLACK = 1024 * 1024  # bytes beyond --max-body-mb an association may send before it is aborted
 
 
@@ -303,30 +304,43 @@ class DicomNode:
 
     # ------------------------------------------------------------ out
     def _send_loop(self, dest: str) -> None:
+        """Send what is due, oldest first. Each result's retry time is read from the spool once
+        and then kept in memory, so thousands of results waiting for a PACS that is down cost a
+        directory listing per tick, not thousands of file reads."""
+        due_at: dict = {}
         while not self.stopping.wait(TICK_S):
             now = time.time()
-            due = [p for p in self.spool.pending(dest) if float(self.spool.state(p).get("next", 0)) <= now]
+            pending = self.spool.pending(dest)
+            due_at = {p: due_at[p] if p in due_at else float(self.spool.state(p).get("next", 0)) for p in pending}
+            due = [p for p in pending if due_at[p] <= now][:MAX_SEND_BATCH]
             if due:
-                self._send(dest, due)
+                for path, next_time in self._send(dest, due).items():
+                    due_at[path] = next_time
 
     def _backoff(self, attempts: int) -> float:
         return min(self.options.retry_max_s, self.options.retry_base_s * 2 ** max(0, attempts - 1))
 
-    def _send(self, dest: str, paths: list) -> None:
+    def _send(self, dest: str, paths: list) -> dict:
+        """Send ``paths`` to ``dest``; returns {path: next attempt time} of those that failed."""
+        states = {p: self.spool.state(p) for p in paths}
         for p in paths:
-            if self.spool.state(p).get("attempts", 0):
+            if states[p].get("attempts", 0):
                 self.metrics.retried.labels(dest).inc()
         sender = self._stow if dest == "stow" else self._cstore
+        retry = {}
         for path, error in zip(paths, sender(dest, paths)):
             if error is None:
                 self.spool.delivered(path)
                 self.metrics.sent.labels(dest).inc()
-            else:
-                attempts = self.spool.failed(path, self._backoff(self.spool.state(path).get("attempts", 0) + 1), error)
-                self.metrics.failed.labels("send").inc()
-                log.warning("DICOM node: sending a result to %s failed (attempt %d: %s); retrying in %.0f s",
-                            dest, attempts, error, self._backoff(attempts))
+                continue
+            wait = self._backoff(int(states[path].get("attempts", 0)) + 1)
+            attempts = self.spool.failed(path, wait, error)
+            retry[path] = time.time() + wait
+            self.metrics.failed.labels("send").inc()
+            log.warning("DICOM node: sending a result to %s failed (attempt %d: %s); retrying in %.1f s",
+                        dest, attempts, error, wait)
         self.metrics.pending.set(self.spool.n_pending())
+        return retry
 
     def _cstore(self, dest: str, paths: list) -> list:
         """One association for the batch; per file None (sent) or the error text."""
