@@ -293,14 +293,19 @@ def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
                "--token-file", __file__], "--dicom-allow"),
              (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--stow-url", "http://127.0.0.1:9/dicom-web",
                "--stow-token-file", str(tmp_path / "short")], "at least 16 characters"),
-             (["--dicom-port", "0", "--spool", __file__, "--dicom-dest", "A@h:1"], "not a folder")]
+             (["--dicom-port", "0", "--spool", __file__, "--dicom-dest", "A@h:1"], "not a folder"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--stow-url", "ftp://x"], "--stow-url must be"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "A@h:1", "--study-quiet-s", "nan"],
+              "--study-quiet-s"),
+             (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "A@h:1", "--max-body-mb", "nan"],
+              "--max-body-mb")]
     (tmp_path / "short").write_text("abc\n")
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        cases.append((["--port", "0", "--dicom-port", str(busy.getsockname()[1]), "--spool", str(tmp_path / "s"),
+        cases.append((["--port", "0", "--dicom-port", str(busy.getsockname()[1]), "--spool", str(tmp_path / "busy"),
                        "--dicom-dest", "A@127.0.0.1:1"], "cannot listen for DICOM"))
         for argv, message in cases:
             assert main(["--model", str(model), *argv]) == 2
@@ -308,6 +313,7 @@ def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
             err = out.err.strip().splitlines()
             assert len(err) == 1 and message in err[0], err
             assert "serving" not in out.out
+    assert not (tmp_path / "s").exists()  # refused settings leave no spool folder behind
 
 
 def test_the_node_bounds_bytes_and_its_spool_in_process(model, tmp_path):

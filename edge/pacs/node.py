@@ -99,6 +99,8 @@ class NodeOptions:
             raise EdgeError(f"--ae-title must have 1-16 characters, got {self.ae_title!r}")
         if not self.dest and not self.stow_url:
             raise EdgeError("--dicom-port needs somewhere to send results: --dicom-dest AET@HOST:PORT and/or --stow-url URL")
+        if self.stow_url is not None and not self.stow_url.startswith(("http://", "https://")):
+            raise EdgeError(f"--stow-url must be an http:// or https:// DICOMweb base URL, got {self.stow_url!r}")
         if not 0.05 <= self.quiet_s <= 3600:
             raise EdgeError(f"--study-quiet-s must be in [0.05, 3600], got {self.quiet_s}")
         if not 0.01 <= self.retry_base_s <= self.retry_max_s <= 86400:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import socket
 import sys
 
@@ -87,22 +88,24 @@ def node_options(args):
     from edge.serve.limits import is_loopback
 
     require("pydicom", "highdicom", "pynetdicom", *(["dicomweb_client"] if args.stow_url else []))
+    limits = limits_from(args)  # the HTTP bounds, checked, are the node's too
     if not 0 <= args.dicom_port <= 65535:
         raise ServeError(f"--dicom-port must be in [0, 65535], got {args.dicom_port}")
     if not args.spool:
         raise ServeError("--dicom-port needs --spool DIR (received studies and unsent results live there)")
-    spool_error(args.spool)
     allow = tuple(a.strip() for item in args.dicom_allow for a in item.split(",") if a.strip())
     if not is_loopback(args.host) and not allow and not args.insecure:
         raise ServeError(f"--host {args.host} exposes the DICOM node: give --dicom-allow AET (or --insecure)")
-    if not 64 <= args.spool_max_mb * MB:
-        raise ServeError(f"--spool-max-mb must be positive, got {args.spool_max_mb}")
-    return NodeOptions(port=args.dicom_port, spool=args.spool, host=args.host, ae_title=args.ae_title, allow=allow,
-                       quiet_s=args.study_quiet_s, dest=tuple(Destination.parse(d) for d in args.dicom_dest),
-                       stow_url=args.stow_url, stow_token=read_token(args.stow_token_file) if args.stow_token_file
-                       else None, cam=args.dicom_cam, max_bytes=int(args.max_body_mb * MB),
-                       max_pixels=args.max_pixels, spool_max_bytes=int(args.spool_max_mb * MB),
-                       retry_base_s=args.retry_base_s, retry_max_s=args.retry_max_s)
+    if not 1 <= args.spool_max_mb <= 2**30:
+        raise ServeError(f"--spool-max-mb must be in [1, 2^30], got {args.spool_max_mb}")
+    options = NodeOptions(
+        port=args.dicom_port, spool=args.spool, host=args.host, ae_title=args.ae_title, allow=allow,
+        quiet_s=args.study_quiet_s, dest=tuple(Destination.parse(d) for d in args.dicom_dest), stow_url=args.stow_url,
+        stow_token=read_token(args.stow_token_file) if args.stow_token_file else None, cam=args.dicom_cam,
+        max_bytes=limits.max_body_bytes, max_pixels=limits.max_pixels, spool_max_bytes=int(args.spool_max_mb * MB),
+        retry_base_s=args.retry_base_s, retry_max_s=args.retry_max_s)
+    spool_error(args.spool)  # last: a refused setting leaves no folder behind
+    return options
 
 
 def missing_extra() -> list:
@@ -111,7 +114,9 @@ def missing_extra() -> list:
 
 
 def limits_from(args) -> Limits:
-    return Limits(max_body_bytes=int(args.max_body_mb * MB), max_files=args.max_files, max_pixels=args.max_pixels,
+    body = args.max_body_mb * MB  # NaN / inf stay floats, which Limits refuses in one line
+    return Limits(max_body_bytes=int(body) if math.isfinite(body) else body, max_files=args.max_files,
+                  max_pixels=args.max_pixels,
                   max_inflight=args.max_inflight, timeout_s=args.timeout, max_batch=args.max_batch,
                   max_wait_ms=args.max_wait_ms, batching=not args.no_batching, workers=args.workers)
 
