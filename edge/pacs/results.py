@@ -56,7 +56,7 @@ CODES = {
     "report": ("126000", "DCM", "Imaging Measurement Report"),
     "procedure": ("168537006", "SCT", "Plain radiography"),
     "device": ("121007", "DCM", "Device"),
-    "finding": ("121071", "DCM", "Finding"),
+    "finding": ("121071", "DCM", "Finding"),  # the concept name highdicom gives TID 1501's finding type
     "abnormal": ("263654008", "SCT", "Abnormal"),
     "normal": ("17621005", "SCT", "Normal"),
     "present": ("52101004", "SCT", "Present"),
