@@ -84,6 +84,12 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         "file is never overwritten: the new overlay gets the next free _2, _3, ... name")
     p.add_argument("--threads", type=threads_arg,
                    help=f"onnxruntime intra-op threads, 1..{max_threads()} (default: all cores)")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write, per DICOM study, a TID 1500 Structured Report of the result into "
+                        "DIR/<StudyInstanceUID>/ (same study as the source, a new series; needs the pacs extra)")
+    p.add_argument("--dicom-cam", action="store_true",
+                   help="with --dicom-out: also one Secondary Capture per view with the CAM overlay "
+                        "(CNN models; derived, marked NOT FOR DIAGNOSTIC USE)")
     p.add_argument("--strict-part", action="store_true",
                    help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
                         "(default: score them with a warning)")
@@ -229,6 +235,34 @@ def _quiet_closed_streams() -> None:
     os.close(devnull)
 
 
+def _check_dicom_out(args) -> None:
+    """--dicom-out / --dicom-cam usable here: a folder, and the pacs extra installed."""
+    if args.dicom_cam and not args.dicom_out:
+        raise EdgeError("--dicom-cam needs --dicom-out DIR (the Secondary Captures go there)")
+    if args.dicom_out:
+        if Path(args.dicom_out).exists() and not Path(args.dicom_out).is_dir():
+            raise EdgeError(f"--dicom-out {args.dicom_out}: exists and is not a folder")
+        from edge.pacs import require
+
+        require("pydicom", "highdicom")
+
+
+def _write_dicom_results(args, predictor, result, views, want_cam: bool) -> None:
+    """The study's SR (and, with --dicom-cam, its CAM Secondary Captures) into --dicom-out."""
+    from edge.cam import overlay
+    from edge.pacs.results import NOT_DICOM, is_dicom_answer, write_study_results
+
+    answer = result.to_dict()
+    if not is_dicom_answer(answer):  # PNG/JPEG: the answer stands, the SR cannot exist
+        print(f"edge-predict: note: {result.path}: {NOT_DICOM}", file=sys.stderr)
+        return
+    overlays = [overlay(v.image, v.cam) for v in views] if want_cam and args.dicom_cam else None
+    paths = write_study_results(answer, predictor.card, args.dicom_out, overlays)
+    if not args.json:
+        for path in paths:
+            print(f"  dicom: {path}")
+
+
 def predict_main(argv=None) -> int:
     """Entry point of ``edge-predict``; returns the exit code."""
     args = build_predict_parser().parse_args(argv)
@@ -249,11 +283,15 @@ def _predict(args) -> int:
         _err(prog, f"--cam {args.cam}: exists and is not a folder")
         return 2
     try:
+        _check_dicom_out(args)
         predictor = Predictor(args.model or default_model(), threads=args.threads)
     except EdgeError as e:
         _err(prog, str(e))
         return 2
-    want_cam = bool(args.cam) and predictor.has_cam
+    want_cam = bool(args.cam or args.dicom_cam) and predictor.has_cam
+    if args.dicom_cam and not predictor.has_cam:
+        print(f"{prog}: note: CAM is not available for {predictor.kind} models; no Secondary Captures written",
+              file=sys.stderr)
     if args.cam and not predictor.has_cam:
         print(f"{prog}: note: CAM is not available for {predictor.kind} models; no overlays written",
               file=sys.stderr)
@@ -269,9 +307,11 @@ def _predict(args) -> int:
             try:
                 result, views = job()
                 _check_parts(result, views, args.strict_part, prog)
-                cams = [_write_cam(Path(args.cam), v) for v in views] if want_cam else []
+                cams = [_write_cam(Path(args.cam), v) for v in views] if want_cam and args.cam else []
                 _report(result, views, args.json, cams)
                 sys.stdout.flush()
+                if args.dicom_out:
+                    _write_dicom_results(args, predictor, result, views, want_cam)
             except BrokenPipeError:
                 raise
             except EdgeError as e:

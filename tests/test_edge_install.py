@@ -86,6 +86,11 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
         f"edge-predict: error: {dcm}: is a DICOM file; reading DICOM needs the dicom extra: "
         "pip install 'murakit[dicom]'")]
 
+    # DICOM results need the pacs extra: one line naming it, nothing written
+    sr = _run([bindir / "edge-predict", image, "--model", "model.onnx", "--dicom-out", "sr"], work, check=False)
+    assert sr.returncode == 2 and sr.stdout == "" and not (work / "sr").exists()
+    assert sr.stderr.strip().splitlines() == [sr.stderr.strip()] and "pip install 'murakit[pacs]'" in sr.stderr
+
     bad = _run([bindir / "edge-predict", "missing.png", "--model", "model.onnx"], work, check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("edge-predict: error:")
     assert "Traceback" not in bad.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import socket
 import sys
 
@@ -48,7 +49,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch (default %(default)g)")
     p.add_argument("--no-batching", action="store_true", help="one onnxruntime call per request")
     p.add_argument("--access-log", action="store_true", help="log every request (stdout)")
+    add_dicom_arguments(p)
     return p
+
+
+def add_dicom_arguments(p) -> None:
+    """The DICOM node's flags (edge.pacs.node; the pacs extra)."""
+    g = p.add_argument_group("DICOM node", "with --dicom-port, this process is also a C-STORE SCP: studies in, "
+                             "TID 1500 SR (and CAM SC) results out by C-STORE and/or STOW-RS")
+    g.add_argument("--dicom-port", type=int, help="TCP port of the C-STORE SCP (bound on --host; 0 = any free port)")
+    g.add_argument("--ae-title", default="MURAKIT", help="the node's AE title (default %(default)s)")
+    g.add_argument("--dicom-allow", action="append", default=[], metavar="AET",
+                   help="calling AE titles allowed to associate (repeat or comma-separate); required when --host "
+                        "is not loopback")
+    g.add_argument("--study-quiet-s", type=float, default=10.0,
+                   help="a study is complete after this many seconds without a new instance (default %(default)g)")
+    g.add_argument("--dicom-dest", action="append", default=[], metavar="AET@HOST:PORT",
+                   help="send results by C-STORE to this peer (repeatable)")
+    g.add_argument("--stow-url", help="send results by STOW-RS to this DICOMweb base URL (e.g. http://pacs/dicom-web)")
+    g.add_argument("--stow-token-file", help="file holding the bearer token for --stow-url")
+    g.add_argument("--spool", metavar="DIR",
+                   help="the node's spool: received instances and results not yet sent; survives a restart")
+    g.add_argument("--spool-max-mb", type=float, default=2048,
+                   help="spool size beyond which instances are refused with status A700 (default %(default)g)")
+    g.add_argument("--dicom-cam", action="store_true", help="also send one CAM Secondary Capture per view")
+    g.add_argument("--retry-base-s", type=float, default=2.0,
+                   help="first retry delay of a failed send; doubles per attempt (default %(default)g)")
+    g.add_argument("--retry-max-s", type=float, default=300.0, help="longest retry delay (default %(default)g)")
+
+
+def node_options(args):
+    """NodeOptions from the flags, or None without --dicom-port (EdgeError for bad values)."""
+    if args.dicom_port is None:
+        return None
+    from edge.pacs import require
+    from edge.pacs.node import Destination, NodeOptions
+    from edge.pacs.spool import spool_error
+    from edge.serve.limits import is_loopback
+
+    require("pydicom", "highdicom", "pynetdicom", *(["dicomweb_client"] if args.stow_url else []))
+    limits = limits_from(args)  # the HTTP bounds, checked, are the node's too
+    if not 0 <= args.dicom_port <= 65535:
+        raise ServeError(f"--dicom-port must be in [0, 65535], got {args.dicom_port}")
+    if not args.spool:
+        raise ServeError("--dicom-port needs --spool DIR (received studies and unsent results live there)")
+    allow = tuple(a.strip() for item in args.dicom_allow for a in item.split(",") if a.strip())
+    if not is_loopback(args.host) and not allow and not args.insecure:
+        raise ServeError(f"--host {args.host} exposes the DICOM node: give --dicom-allow AET (or --insecure)")
+    if not 1 <= args.spool_max_mb <= 2**30:
+        raise ServeError(f"--spool-max-mb must be in [1, 2^30], got {args.spool_max_mb}")
+    options = NodeOptions(
+        port=args.dicom_port, spool=args.spool, host=args.host, ae_title=args.ae_title, allow=allow,
+        quiet_s=args.study_quiet_s, dest=tuple(Destination.parse(d) for d in args.dicom_dest), stow_url=args.stow_url,
+        stow_token=read_token(args.stow_token_file) if args.stow_token_file else None, cam=args.dicom_cam,
+        max_bytes=limits.max_body_bytes, max_pixels=limits.max_pixels, spool_max_bytes=int(args.spool_max_mb * MB),
+        retry_base_s=args.retry_base_s, retry_max_s=args.retry_max_s)
+    spool_error(args.spool)  # last: a refused setting leaves no folder behind
+    return options
 
 
 def missing_extra() -> list:
@@ -57,7 +114,9 @@ def missing_extra() -> list:
 
 
 def limits_from(args) -> Limits:
-    return Limits(max_body_bytes=int(args.max_body_mb * MB), max_files=args.max_files, max_pixels=args.max_pixels,
+    body = args.max_body_mb * MB  # NaN / inf stay floats, which Limits refuses in one line
+    return Limits(max_body_bytes=int(body) if math.isfinite(body) else body, max_files=args.max_files,
+                  max_pixels=args.max_pixels,
                   max_inflight=args.max_inflight, timeout_s=args.timeout, max_batch=args.max_batch,
                   max_wait_ms=args.max_wait_ms, batching=not args.no_batching, workers=args.workers)
 
@@ -114,13 +173,14 @@ def main(argv=None) -> int:
               "pip install 'murakit[serve]'", file=sys.stderr)
         return 2
     try:
+        node = node_options(args)
         predictor, limits, token, sock = prepare(args)
     except EdgeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     from edge.serve.run import serve
 
-    return serve(predictor, limits, token, sock, access_log=args.access_log)
+    return serve(predictor, limits, token, sock, access_log=args.access_log, node=node)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,13 @@ def _server_class():
     return Server
 
 
-def serve(predictor, limits, token, sock, access_log: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT on the listening socket ``sock``; returns the exit code."""
+def serve(predictor, limits, token, sock, access_log: bool = False, node=None) -> int:
+    """Serve until SIGTERM/SIGINT on the listening socket ``sock``; returns the exit code.
+
+    ``node`` (:class:`edge.pacs.node.NodeOptions`) adds the DICOM node: bound before the HTTP
+    service announces its URL (a busy DICOM port is exit 2, not a half-started service) and
+    stopped after the HTTP side drained.
+    """
     import uvicorn
 
     from edge.serve.app import create_app
@@ -62,7 +67,35 @@ def serve(predictor, limits, token, sock, access_log: bool = False) -> int:
     server = _server_class()(config)
     server.service = app.state.service
     url_host = f"[{host}]" if ":" in host else host
+    dicom = _start_node(predictor, node, app.state.service.metrics.registry) if node is not None else None
+    if dicom is False:
+        return 2
     print(f"edge-serve: serving {predictor.model_path.name} ({predictor.kind}) on http://{url_host}:{port}/",
           flush=True)
-    server.run(sockets=[sock])
+    if dicom:
+        print(dicom.banner, flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if dicom:
+            dicom.stop()
     return 0
+
+
+def _start_node(predictor, options, registry):
+    """The DICOM node running, or False (after one stderr line) when it cannot listen."""
+    import sys
+
+    from edge.errors import EdgeError
+    from edge.pacs.node import DicomNode
+
+    try:
+        node = DicomNode(predictor, options, registry)
+        host, port = node.start()
+    except EdgeError as e:
+        print(f"edge-serve: error: {e}", file=sys.stderr)
+        return False
+    sends = [f"C-STORE {d.ae_title}@{d.host}:{d.port}" for d in options.dest] + \
+        (["STOW-RS " + options.stow_url] if options.stow_url else [])
+    node.banner = f"edge-serve: DICOM node {options.ae_title} on {host}:{port} (results by {', '.join(sends)})"
+    return node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from murakit.errors import MurakitError
 from murakit.scoring.run import DEFAULT_BATCH, ENGINES
 from murakit.scoring.tables import FORMATS
 
@@ -27,6 +28,11 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", nargs="?", const="auto", default=None, metavar="CSV",
                    help="then print the MURA protocol's metrics: labels from CSV (study,label), or, with no "
                         "CSV, from the *_labeled_studies.csv next to the data")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write, per DICOM study, a TID 1500 Structured Report of its result into "
+                        "DIR/<StudyInstanceUID>/ (same study, a new series; needs the pacs extra)")
+    p.add_argument("--dicom-cam", action="store_true",
+                   help="with --dicom-out: one CAM Secondary Capture per view too (CNN models; NOT FOR DIAGNOSTIC USE)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -36,6 +42,12 @@ def run(args) -> int:
     from murakit.scoring.evaluate import evaluate_folder, format_metrics
     from murakit.scoring.run import score
 
+    if args.dicom_cam and not args.dicom_out:
+        raise MurakitError("--dicom-cam needs --dicom-out DIR (the Secondary Captures go there)")
+    if args.dicom_out:
+        from edge.pacs import require
+
+        require("pydicom", "highdicom")
     s = score(args.inputs, args.model or default_model(), args.out, fmt=args.format, engine=args.engine,
               workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
               part_rows=args.part_rows)
@@ -45,7 +57,14 @@ def run(args) -> int:
         print(f"scored {s.n_scored_now} images in {s.seconds:.1f} s ({s.images_per_second:.0f} images/s)")
     else:
         print("nothing left to score: every image already has a result in the output folder")
+    failed_sr = 0
+    if args.dicom_out:
+        from murakit.scoring.dicom_out import write_dicom_results
+
+        n, failed_sr = write_dicom_results(s, args.format, args.model or default_model(), args.dicom_out,
+                                           cam=args.dicom_cam)
+        print(f"{n} DICOM result objects -> {args.dicom_out}")
     if args.labels:
         metrics, files = evaluate_folder(args.out, None if args.labels == "auto" else args.labels)
         print(f"labels: {', '.join(map(str, files))}\n{format_metrics(metrics)}")
-    return 1 if s.n_failed else 0
+    return 1 if s.n_failed or failed_sr else 0

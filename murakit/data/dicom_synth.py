@@ -7,7 +7,9 @@ rescale slope / intercept; a full-range LINEAR window, a SIGMOID window or no wi
 uncompressed explicit / implicit VR and, where this machine can read them back, RLE Lossless,
 JPEG-lossless and JPEG 2000 lossless (see :func:`murakit.data.dicom_write.random_style`).
 Each study gets its own StudyInstanceUID, each image a SOPInstanceUID (deterministic for a
-seed), and BodyPartExamined in one of several spellings (some absent). The CSVs name the
+seed), BodyPartExamined in one of several spellings (some absent) and a laterality drawn per
+study. Each file is a valid DX or CR object per ``dciodvfy``: the Type 2 patient and study
+attributes murakit cannot know are present and empty (see :mod:`murakit.data.dicom_write`). The CSVs name the
 ``.dcm`` files; AppleDouble ``._`` junk files are kept (renamed to ``._imageN.dcm``).
 
 A picture stored inverted in the PNG set stays inverted in the DICOM picture (after the header
@@ -30,7 +32,7 @@ from murakit.data.synth.write import remove_dead_temps
 from murakit.errors import MurakitError
 
 GENERATOR = "murakit.synth.dicom"
-FORMAT_VERSION = 1  # bump whenever the DICOM files of a given seed change
+FORMAT_VERSION = 2  # bump whenever the DICOM files of a given seed change
 # BodyPartExamined spellings per part (all map back through edge.dicom.map_body_part).
 SPELLINGS = {"ELBOW": ["ELBOW"], "FINGER": ["FINGER", "THUMB"], "FOREARM": ["FOREARM", "LOWER ARM"],
              "HAND": ["HAND"], "HUMERUS": ["HUMERUS", "UPPER ARM", "ARM"], "SHOULDER": ["SHOULDER"],
@@ -76,8 +78,9 @@ def convert_image(png: Path, dcm: Path, rel: str, seed: int, compressed: tuple) 
     study_dir, name = rel.rsplit("/", 1)
     part, patient = study_dir.split("/")[2][3:], study_dir.split("/")[3]
     spelling = None if rng.random() < NO_BODY_PART_PROB else str(rng.choice(SPELLINGS[part]))
+    laterality = "RL"[zlib.crc32(f"{seed}/{study_dir}".encode()) % 2]  # one side per study, drawn like the rest
     write_dicom(dcm, img, style, study_uid=_uid(seed, study_dir), series_uid=_uid(seed, study_dir, "series"),
-                sop_uid=_uid(seed, rel), body_part=spelling,
+                sop_uid=_uid(seed, rel), body_part=spelling, laterality=laterality,
                 tags={"PatientID": patient, "PatientName": f"SYNTHETIC^{patient.upper()}",
                       "SeriesNumber": 1, "InstanceNumber": int(name[5:].split(".")[0])})
     return style.syntax

@@ -9,6 +9,13 @@ JPEG-lossless SV1, JPEG 2000 lossless) and whether the file has the Part 10 prea
 LUT -> VOI -> MONOCHROME1 inversion) gives the picture back (up to an affine map, which the
 preprocessing's percentile stretch removes; a SIGMOID window gives a monotone remapping
 instead, as such files do in practice). Needs the ``dicom`` extra.
+
+Every file is a valid instance of its IOD as ``dciodvfy`` (dicom3tools) checks it: the DX
+For Presentation or CR image with its patient, study, series, equipment and image modules.
+Type 2 attributes the writer cannot know (patient birth date and sex, study date, accession
+number, referring physician, manufacturer, ...) are present and empty, as the standard
+allows; nothing about a patient is invented. A DX image's modality rescale is the identity
+(the DX IOD enumerates slope 1, intercept 0), so styles with other rescales are CR's.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class DicomStyle:
     preamble : bool
         False writes a bare data set (no 128-byte preamble, no ``DICM``, no file meta).
     modality : {"DX", "CR"}
+        DX is written as Digital X-Ray Image Storage - For Presentation: its rescale must be
+        None or the identity ``(1.0, 0.0)`` to be a valid DX object.
     """
 
     photometric: str = "MONOCHROME2"
@@ -122,8 +131,8 @@ def _pixel_module(ds, stored: np.ndarray, style: DicomStyle) -> None:
     ds.BitsStored = style.bits_stored
     ds.HighBit = style.bits_stored - 1
     ds.PixelRepresentation = int(style.signed)
-    if style.rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = (f"{v:g}" for v in style.rescale)
+    if style.rescale is not None or style.modality == "DX":  # DX: Type 1, slope 1 / intercept 0
+        ds.RescaleSlope, ds.RescaleIntercept = (f"{v:g}" for v in (style.rescale or (1.0, 0.0)))
         ds.RescaleType = "US"
     if style.window != "none":
         lo, hi = _modality_range(style)
@@ -136,8 +145,60 @@ def _pixel_module(ds, stored: np.ndarray, style: DicomStyle) -> None:
         ds.PresentationLUTShape = "INVERSE" if style.photometric == "MONOCHROME1" else "IDENTITY"
 
 
+# Type 2 attributes of the patient, study, series and equipment modules: present, empty when
+# unknown (PS3.5 7.4.3), never filled with made-up values.
+TYPE2_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "InstanceNumber",
+               "Manufacturer", "PatientOrientation")
+LATERALITIES = ("R", "L", "U", "B")
+# BodyPartExamined -> its SNOMED CT code for AnatomicRegionSequence (PS3.16 CID 4031 / Annex L):
+# a file with a known body part must code it too.
+ANATOMY = {"ELBOW": ("16953009", "Elbow joint"), "FINGER": ("7569003", "Finger"), "THUMB": ("76505004", "Thumb"),
+           "FOREARM": ("14975008", "Forearm"), "LOWER ARM": ("14975008", "Forearm"), "HAND": ("85562004", "Hand"),
+           "HUMERUS": ("85050009", "Humerus"), "UPPER ARM": ("40983000", "Upper arm"), "ARM": ("53120007", "Upper limb"),
+           "SHOULDER": ("16982005", "Shoulder"), "WRIST": ("74670003", "Wrist joint"),
+           "SCAPHOID": ("30518006", "Bone structure of scaphoid")}
+
+
+def _anatomy(body_part: str | None) -> list:
+    from pydicom.dataset import Dataset
+
+    if body_part not in ANATOMY:
+        return []
+    item = Dataset()
+    item.CodeValue, item.CodeMeaning = ANATOMY[body_part]
+    item.CodingSchemeDesignator = "SCT"
+    return [item]
+
+
+def _iod_modules(ds, style: DicomStyle, laterality: str, body_part: str | None) -> None:
+    """The attributes the CR / DX For Presentation IODs require beyond the pixels and UIDs."""
+    for keyword in TYPE2_EMPTY:
+        setattr(ds, keyword, None)
+    ds.BurnedInAnnotation = "NO"
+    if style.modality == "CR":
+        if body_part in ANATOMY:  # Type 3 in CR: one item or absent
+            ds.AnatomicRegionSequence = _anatomy(body_part)
+        ds.BodyPartExamined = None  # CR Series, Type 2 (the value, when known, is set by the caller)
+        ds.ViewPosition = None  # CR Series, Type 2
+        ds.Laterality = laterality  # General Series 2C: a paired part without Image Laterality
+        return
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageLaterality = laterality
+    ds.LossyImageCompression = "00"
+    ds.AnatomicRegionSequence = _anatomy(body_part)  # Type 2 in DX: empty only when unknown
+    # Sign -1: higher values mean less beam intensity (more attenuation: bone bright) in the
+    # stored MONOCHROME2 picture; MONOCHROME1 stores the complement.
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = -1 if style.photometric == "MONOCHROME2" else 1
+    ds.ImagerPixelSpacing = ["0.2", "0.2"]  # nominal: a drawn picture has no detector
+    ds.PatientOrientation = ["L", "F"]  # Type 1C for DX; nominal: the limb's long axis runs down the picture
+    ds.DetectorType = None
+    ds.AcquisitionContextSequence = []
+
+
 def make_dataset(picture: np.ndarray, style: DicomStyle = DicomStyle(), *, study_uid: str, series_uid: str,
-                 sop_uid: str, body_part: str | None = None, tags: dict | None = None):
+                 sop_uid: str, body_part: str | None = None, tags: dict | None = None, laterality: str = "U"):
     """A pydicom Dataset (uncompressed) that displays ``picture``.
 
     Parameters
@@ -148,7 +209,11 @@ def make_dataset(picture: np.ndarray, style: DicomStyle = DicomStyle(), *, study
     body_part : str, optional
         BodyPartExamined.
     tags : dict, optional
-        More elements by keyword (e.g. ``{"PatientID": "synth-00042"}``).
+        More elements by keyword (e.g. ``{"PatientID": "synth-00042"}``); they replace the
+        empty Type 2 values.
+    laterality : {"R", "L", "U", "B"}
+        ImageLaterality (DX) or Laterality (CR). The IODs have no "unknown": ``"U"``
+        (unpaired) is the default converters write when they do not know.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -164,6 +229,9 @@ def make_dataset(picture: np.ndarray, style: DicomStyle = DicomStyle(), *, study
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.Modality = style.modality
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    if laterality not in LATERALITIES:
+        raise ValueError(f"laterality must be one of {LATERALITIES}, got {laterality!r}")
+    _iod_modules(ds, style, laterality, body_part)
     if body_part is not None:
         ds.BodyPartExamined = body_part
     for keyword, value in (tags or {}).items():
@@ -234,6 +302,8 @@ def random_style(rng: np.random.Generator, compressed: tuple = (), shape=(512, 5
                                                   float(rng.choice([0.0, -1024.0, 100.0]))),
         window=str(rng.choice(WINDOWS, p=[0.55, 0.35, 0.10])),
         modality="DX" if rng.random() < 0.7 else "CR")
+    if style.modality == "DX":  # the DX For Presentation IOD: identity rescale, a VOI window
+        style = replace(style, rescale=None, window="full" if style.window == "none" else style.window)
     r = rng.random()
     if compressed and r < 0.35:
         style = replace(style, syntax=str(rng.choice(list(compressed))))
