@@ -9,7 +9,9 @@ round by round so both see the same machine load:
   generator costs little CPU); every answer is checked against the reference probability;
 * RSS of the batching server over 10,000 requests (growth after warm-up);
 * the fuzz classes of the hardening issue as uploads (hundreds of malformed files in a row),
-  then a correct upload, which must still get the reference probability.
+  then a correct upload, which must still get the reference probability;
+* the in-process floor: CPU per request of decoding, preprocessing and scoring the same upload
+  bytes in one plain loop (no HTTP), beside the server's CPU per request (target <= 1.5x).
 
 Usage::
 
@@ -259,6 +261,25 @@ def measure_inference_ceiling(model: Path, size: int, max_batch: int = 32, round
             "speedup": [a / b for a, b in zip(one, batched)]}
 
 
+def measure_floor(model: Path, png: bytes, calls: int = 200, rounds: int = 5) -> dict:
+    """The in-process floor of one request: the same upload bytes decoded (``load_array``),
+    preprocessed and scored at batch 1 by a Predictor with the server's defaults (1 thread),
+    no HTTP, no threads, no JSON. CPU ms per request (process time), median of ``rounds``."""
+    from edge.image import load_array
+    from edge.predictor import Predictor
+
+    pred = Predictor(model, threads=1)
+    per_call = []
+    for r in range(rounds + 1):  # round 0 warms caches
+        t0 = time.process_time()
+        for _ in range(calls):
+            arr, _ = load_array(png, pred.config.dicom_voi)
+            pred.run(pred.model_input(pred.preprocess(arr)))
+        if r:
+            per_call.append((time.process_time() - t0) * 1e3 / calls)
+    return {"cpu_ms_per_request": statistics.median(per_call), "rounds": per_call}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = Path(args.model)
@@ -276,10 +297,12 @@ def main(argv=None) -> int:
     from edge.predictor import Predictor
 
     ceiling = measure_inference_ceiling(model, Predictor(model).config.size)
+    floors = [measure_floor(model, png)["cpu_ms_per_request"]]
     with Server(model, *extra) as on, Server(model, "--no-batching", *extra) as off:
         reference = json.loads(load(on.port, [req], 1)["answers"][0][1])["probability"]
         results = measure_load({"batching": on, "no-batching": off}, req, reference, levels, args.requests,
                                args.rounds)
+        floors.append(measure_floor(model, png)["cpu_ms_per_request"])  # before and after: the load moves
         rss = measure_rss(on, req, reference, args.rss_requests) if args.rss_requests >= 2000 else None
         fuzz = measure_fuzz(on, png, req, reference, args.fuzz) if args.fuzz else None
 
@@ -289,9 +312,16 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['mode']:<12s} {r['c']:>3d} {r['rps_median']:10.1f} [{r['rps_min']:6.1f}, {r['rps_max']:6.1f}] "
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['mean_batch']:6.1f} {r['cpu_ms_per_req']:10.2f}")
+    floor = statistics.median(floors)
     figures = {"rows": rows, "max_abs_diff_vs_reference": results["max_abs_diff_vs_reference"], "rss": rss,
                "fuzz": fuzz, "image_bytes": len(png), "rounds": args.rounds, "process_per_call": process,
-               "inference_ceiling": ceiling}
+               "inference_ceiling": ceiling, "floor_cpu_ms": floors}
+    print(f"\nin-process floor (decode + preprocess + batch-1 inference of the same bytes): {floor:.2f} ms CPU "
+          f"per request (before / after the load: {floors[0]:.2f} / {floors[1]:.2f})")
+    for r in rows:
+        r["cpu_vs_floor"] = r["cpu_ms_per_req"] / floor
+        print(f"  server CPU / floor, {r['mode']:<11s} c={r['c']:<3d} {r['cpu_vs_floor']:.2f}x "
+              f"(target <= 1.5x at c=1 and 16)")
     if 16 in levels and 1 in levels:
         vs_c1 = ratios(results, 16, "no-batching", 1)
         vs_off = ratios(results, 16, "no-batching", 16)
