@@ -193,6 +193,14 @@ def openvino_fn(path, threads: int, x: np.ndarray, precision: str | None = "f32"
     return lambda: request.infer(feed)
 
 
+def openvino_default_precision() -> str:
+    """The CPU plugin's default inference precision on this CPU (bf16 with AMX / AVX-512 BF16)."""
+    import openvino as ov
+
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return getattr(hint, "get_type_name", lambda: str(hint))()
+
+
 def openvino_version() -> str | None:
     try:
         import openvino as ov
@@ -257,7 +265,8 @@ def ort_vs_openvino(paths: dict, size: int, rounds: int) -> dict:
             x = np.random.default_rng(b).random((b, size, size, 1), dtype=np.float32)
             ov32 = openvino_fn(paths["float"], threads, x)
             fns = {"openvino f32": ov32, "onnxruntime (exported)": ort_fn(paths["float"], threads, x),
-                   "openvino default precision": openvino_fn(paths["float"], threads, x, precision=None)}
+                   f"openvino default ({openvino_default_precision()})": openvino_fn(paths["float"], threads, x,
+                                                                                        precision=None)}
             diff = np.abs(np.asarray(ov32()["probability"]) - onnx_outputs(paths["float"], x)["probability"]).max()
             if diff > 1e-4:
                 print(f"  (OpenVINO f32 and onnxruntime differ by {diff:.2g} at batch {b}; timed anyway)")

@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--process-calls", type=int, default=10, help="edge-predict processes, one per image, for context")
     p.add_argument("--server-args", default="", help="extra edge-serve arguments for both servers")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--profile", action="store_true",
+                   help="also sample the batching server with py-spy at c=1 and c=16 (bench-only tool)")
     return p.parse_args(argv)
 
 
@@ -280,6 +282,67 @@ def measure_floor(model: Path, png: bytes, calls: int = 200, rounds: int = 5) ->
     return {"cpu_ms_per_request": statistics.median(per_call), "rounds": per_call}
 
 
+# py-spy frames that say where a request's CPU goes: a sample counts for the first group in this
+# order whose frame is anywhere on its stack (the work itself before the machinery around it)
+PROFILE_GROUPS = (
+    ("onnxruntime run", ("Predictor.run", "Session.run")),
+    ("PNG/JPEG decode", ("imdecode_captured", "decode (edge/image.py")),
+    ("DICOM read", ("read_dicom",)),
+    ("preprocess", ("preprocess_with_info", "model_input")),
+    ("multipart parse", ("parse_uploads",)),
+    ("body read", ("read_body",)),
+    ("JSON answer", ("JSONResponse", "render", "to_dict", "_respond")),
+    ("batcher", ("Batcher", "batcher.py")),
+    ("HTTP (uvicorn, starlette)", ("httptools_impl", "h11_impl", "starlette", "fastapi", "Guard.__call__")),
+    ("thread hand-off", ("run_in_executor", "_worker (concurrent/futures", "thread.py")),
+    ("event loop", ("run_forever", "_run_once", "uvloop")),
+)
+
+
+def _group(stack: str) -> str:
+    for name, keys in PROFILE_GROUPS:
+        if any(k in stack for k in keys):
+            return name
+    return "other"
+
+
+def profile_server(server: Server, req: bytes, concurrency: int, requests: int) -> dict | None:
+    """py-spy (bench-only, when installed) on the server while it answers ``requests`` at
+    ``concurrency``: {"groups": {group: share of samples}, "top": [(function, self share)]}."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    spy = shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy")
+                                     if (Path(sys.executable).parent / "py-spy").exists() else None)
+    if spy is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "raw.txt"
+        proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--rate", "500", "--format", "raw",
+                                 "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # py-spy attaches
+        load(server.port, [req] * requests, concurrency)
+        proc.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+        proc.wait(timeout=60)
+        lines = out.read_text().splitlines() if out.exists() else []
+    groups, leaves, total = collections.Counter(), collections.Counter(), 0
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        n = int(n)
+        total += n
+        frames = stack.split(";")
+        groups[_group(stack)] += n
+        leaves[frames[-1]] += n
+    if not total:
+        return None
+    return {"samples": total, "groups": {k: v / total for k, v in groups.most_common()},
+            "top": [(k, v / total) for k, v in leaves.most_common(12)]}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = Path(args.model)
@@ -303,6 +366,7 @@ def main(argv=None) -> int:
         results = measure_load({"batching": on, "no-batching": off}, req, reference, levels, args.requests,
                                args.rounds)
         floors.append(measure_floor(model, png)["cpu_ms_per_request"])  # before and after: the load moves
+        profiles = {c: profile_server(on, req, c, max(200, args.requests)) for c in (1, 16)} if args.profile else {}
         rss = measure_rss(on, req, reference, args.rss_requests) if args.rss_requests >= 2000 else None
         fuzz = measure_fuzz(on, png, req, reference, args.fuzz) if args.fuzz else None
 
@@ -353,6 +417,15 @@ def main(argv=None) -> int:
               f"{fuzz['correct_after']}; RSS {fuzz['rss_kib_before']:,} -> {fuzz['rss_kib_after']:,} KiB")
         for kind, v in fuzz["classes"].items():
             print(f"  {kind:<22s} {v['statuses']}  median {v['median_ms']:.1f} ms  max {v['max_ms']:.1f} ms")
+    for c, prof in profiles.items():
+        if prof is None:
+            print(f"\nprofile c={c}: py-spy not installed or not permitted (pip install py-spy)")
+            continue
+        figures[f"profile_c{c}"] = prof
+        print(f"\nwhere the batching server's samples go at c={c} (py-spy, {prof['samples']} samples, first "
+              f"group in priority order): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["groups"].items()))
+        for frame, share in prof["top"]:
+            print(f"  {100 * share:5.1f}%  {frame}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
