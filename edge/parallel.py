@@ -41,7 +41,7 @@ def usable_cores() -> int:
 def auto_workers(n_files: int) -> int:
     """Workers for ``n_files`` plain files when ``--workers`` is not given: the usable cores
     from :data:`AUTO_MIN_FILES` files on, else 1 (no pool)."""
-    return usable_cores() if n_files >= AUTO_MIN_FILES and usable_cores() > 1 else 1
+    return usable_cores() if n_files >= AUTO_MIN_FILES else 1
 
 
 def _init_worker() -> None:

@@ -171,7 +171,7 @@ def test_many_files_take_the_pool_by_default(models, study):
     from edge.parallel import AUTO_MIN_FILES, auto_workers, usable_cores
 
     assert auto_workers(1) == 1 and auto_workers(AUTO_MIN_FILES - 1) == 1
-    assert auto_workers(AUTO_MIN_FILES) == (usable_cores() if usable_cores() > 1 else 1)
+    assert auto_workers(AUTO_MIN_FILES) == usable_cores()
     proc = _cli(*([study[0], study[1]] * AUTO_MIN_FILES), "--model", models["cnn"], "--json")
     out, err = proc.communicate(timeout=120)
     rows = _without_timings(out)
