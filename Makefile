@@ -29,7 +29,9 @@ lint: $(STAMP)
 notebook: $(STAMP)
 	$(BIN)/python docs/run_notebook.py docs/walkthrough.ipynb --write --timings
 
+# the bench extra (OpenVINO) is installed for the benchmarks only, never by `make install`
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py --run runs/default
 
 # the full fuzz campaign (hostile models, golden sets, CLI values, data, interruptions,

@@ -11,6 +11,10 @@ round gives one median per model; a ratio is the median of the per-round ratios,
 * onnxruntime / TFLite float latency at batch 1 and 8, 1 and 2 threads, for the exported graph
   (hard-swish fused), tf2onnx's graph as converted, session optimisation level BASIC, an
   offline-optimised file, and thread-pool spinning off. Target: <= 1.0x.
+* onnxruntime / OpenVINO float32 (CPU plugin, static batch, 1 and 2 threads, batch 1 and 32),
+  and OpenVINO at its default precision (bf16 on AMX / AVX-512 BF16 CPUs), when the bench
+  extra is installed (``pip install 'murakit[bench]'``): every CPU that runs it re-measures
+  the device runtime against Intel's. ``--openvino-only`` runs just this comparison.
 * OpenCV DNN and Keras (compiled ``tf.function``) on the same inputs, for context.
 * ``--profile``: onnxruntime's per-op-type time of float vs the first INT8 recipe (why INT8
   does or does not pay), and of tf2onnx's graph before the hard-swish fusion.
@@ -55,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per comparison (default 7)")
     p.add_argument("--profile", action="store_true", help="also print onnxruntime per-op profiles")
     p.add_argument("--json", help="also write every figure to this JSON file")
+    p.add_argument("--openvino-only", action="store_true",
+                   help="only onnxruntime against OpenVINO (needs the bench extra: pip install 'murakit[bench]')")
     return p.parse_args(argv)
 
 
@@ -170,6 +176,39 @@ def opencv_fn(path, threads: int, x: np.ndarray):
     return run
 
 
+def openvino_fn(path, threads: int, x: np.ndarray, precision: str | None = "f32"):
+    """OpenVINO's CPU plugin on the same ONNX file, the batch fixed to ``x``'s (static shapes,
+    as a device would compile it). ``precision`` "f32" keeps float32 maths (the comparison with
+    onnxruntime); None leaves OpenVINO's default, which is bf16 on CPUs with AMX / AVX-512 BF16."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    feed = {0: np.ascontiguousarray(x)}
+    return lambda: request.infer(feed)
+
+
+def openvino_default_precision() -> str:
+    """The CPU plugin's default inference precision on this CPU (bf16 with AMX / AVX-512 BF16)."""
+    import openvino as ov
+
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return getattr(hint, "get_type_name", lambda: str(hint))()
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.get_version()
+
+
 def keras_fn(model, x: np.ndarray):
     import tensorflow as tf
 
@@ -211,6 +250,27 @@ def ort_vs_tflite(paths: dict, tfl: dict, size: int, rounds: int) -> dict:
                    "onnxruntime no spinning": ort_fn(paths["float"], threads, x, spin=False),
                    "tflite INT8": tflite_fn(tfl["tflite_int8"], threads, x)}
             out[f"threads_{threads}_batch_{b}"] = measure(fns, "tflite", rounds, b)
+    return out
+
+
+def ort_vs_openvino(paths: dict, size: int, rounds: int) -> dict:
+    """onnxruntime (the device runtime) / OpenVINO float32 at 1 and 2 threads, batch 1 and 32,
+    plus OpenVINO at its default precision (bf16 where the CPU has it) for context. Checks that
+    both runtimes give the same probabilities before timing."""
+    from export.cnn import onnx_outputs
+
+    out = {}
+    for threads in (1, 2):
+        for b in (1, 32):
+            x = np.random.default_rng(b).random((b, size, size, 1), dtype=np.float32)
+            ov32 = openvino_fn(paths["float"], threads, x)
+            fns = {"openvino f32": ov32, "onnxruntime (exported)": ort_fn(paths["float"], threads, x),
+                   f"openvino default ({openvino_default_precision()})": openvino_fn(paths["float"], threads, x,
+                                                                                        precision=None)}
+            diff = np.abs(np.asarray(ov32()["probability"]) - onnx_outputs(paths["float"], x)["probability"]).max()
+            if diff > 1e-4:
+                print(f"  (OpenVINO f32 and onnxruntime differ by {diff:.2g} at batch {b}; timed anyway)")
+            out[f"threads_{threads}_batch_{b}"] = measure(fns, "openvino f32", rounds, b)
     return out
 
 
@@ -367,12 +427,23 @@ def profile_table(profiles: dict, top: int = 12) -> str:
     return "\n".join(lines)
 
 
-def run_model(name, model, size, tmp, rounds, profile, rejected=True) -> dict:
+def _print_openvino(name: str, rows: dict | None) -> dict | None:
+    if rows is None:
+        print(f"\n{name}: OpenVINO not installed (pip install 'murakit[bench]'); no OpenVINO column")
+        return None
+    for key, r in rows.items():
+        print(table(f"\n{name}: / OpenVINO float32, {key.replace('_', ' ')}", r, "openvino f32"), flush=True)
+    return rows
+
+
+def run_model(name, model, size, tmp, rounds, profile, rejected=True, openvino_only=False) -> dict:
     from edge.cpu import cpu_info
     from export.quantize import candidate_recipes
 
     tag = name.split()[0]
     paths = export_variants(model, size, tmp, tag)
+    if openvino_only:
+        return {"size": size, "ort_vs_openvino": _print_openvino(name, ort_vs_openvino(paths, size, rounds))}
     int8 = int8_variants(paths["float"], size, tmp, tag, rejected)
     tfl = tflite_variants(model, size)
     r = {"size": size, "int8_vs_float": int8_vs_float(paths, int8, size, rounds),
@@ -386,6 +457,7 @@ def run_model(name, model, size, tmp, rounds, profile, rejected=True) -> dict:
               flush=True)
     for key, rows in r["context"].items():
         print(table(f"\n{name}: context, 2 threads, {key.replace('_', ' ')}", rows, "onnxruntime"), flush=True)
+    r["ort_vs_openvino"] = _print_openvino(name, ort_vs_openvino(paths, size, rounds) if openvino_version() else None)
     s = r["session_ms"]
     print(f"\n{name}: session creation {s['exported']:.0f} ms (exported file) vs {s['offline ALL file']:.0f} ms "
           "(offline ALL-level file, optimisations off)")
@@ -414,17 +486,22 @@ def main(argv=None) -> int:
 
     cpu = cpu_info()
     print(f"CPU: {describe(cpu)}; features: {', '.join(cpu['features']) or 'unknown'}")
-    print(f"onnxruntime {onnxruntime.__version__}, TensorFlow {tf.__version__}; {args.rounds} interleaved rounds; "
-          "ratios: median of per-round ratios [min, max]")
+    print(f"onnxruntime {onnxruntime.__version__}, TensorFlow {tf.__version__}, OpenVINO "
+          f"{openvino_version() or 'not installed'}; {args.rounds} interleaved rounds; "
+          f"ratios: median of per-round ratios [min, max]; load average {os.getloadavg()[0]:.1f}")
+    if args.openvino_only and not openvino_version():
+        print("bench_edge_runtimes: --openvino-only needs OpenVINO: pip install 'murakit[bench]'", file=sys.stderr)
+        return 2
     results = {"cpu": cpu, "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__,
-               "rounds": args.rounds, "models": {}}
+               "openvino": openvino_version(), "rounds": args.rounds, "models": {}}
     from murakit.quiet import quiet_frameworks
 
     with quiet_frameworks(), tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
         backbones = [b for b in args.backbones.split(",") if b]
         for k, (name, (model, size)) in enumerate(keras_models(args.run, backbones, args.backbone_size).items()):
-            results["models"][name] = run_model(name, model, size, Path(tmp), args.rounds, args.profile, k < 2)
-        if args.run and (Path(args.run) / "export" / "cnn.onnx").is_file():
+            results["models"][name] = run_model(name, model, size, Path(tmp), args.rounds, args.profile, k < 2,
+                                                args.openvino_only)
+        if args.run and not args.openvino_only and (Path(args.run) / "export" / "cnn.onnx").is_file():
             print(f"\nINT8 accuracy on {args.run}'s validation split (per recipe and calibration method):")
             results["int8_accuracy"] = int8_accuracy(args.run)
     if args.json:

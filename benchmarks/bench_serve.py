@@ -9,7 +9,9 @@ round by round so both see the same machine load:
   generator costs little CPU); every answer is checked against the reference probability;
 * RSS of the batching server over 10,000 requests (growth after warm-up);
 * the fuzz classes of the hardening issue as uploads (hundreds of malformed files in a row),
-  then a correct upload, which must still get the reference probability.
+  then a correct upload, which must still get the reference probability;
+* the in-process floor: CPU per request of decoding, preprocessing and scoring the same upload
+  bytes in one plain loop (no HTTP), beside the server's CPU per request (target <= 1.5x).
 
 Usage::
 
@@ -55,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--process-calls", type=int, default=10, help="edge-predict processes, one per image, for context")
     p.add_argument("--server-args", default="", help="extra edge-serve arguments for both servers")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--profile", action="store_true",
+                   help="also sample the batching server with py-spy at c=1 and c=16 (bench-only tool)")
     return p.parse_args(argv)
 
 
@@ -259,6 +263,86 @@ def measure_inference_ceiling(model: Path, size: int, max_batch: int = 32, round
             "speedup": [a / b for a, b in zip(one, batched)]}
 
 
+def measure_floor(model: Path, png: bytes, calls: int = 200, rounds: int = 5) -> dict:
+    """The in-process floor of one request: the same upload bytes decoded (``load_array``),
+    preprocessed and scored at batch 1 by a Predictor with the server's defaults (1 thread),
+    no HTTP, no threads, no JSON. CPU ms per request (process time), median of ``rounds``."""
+    from edge.image import load_array
+    from edge.predictor import Predictor
+
+    pred = Predictor(model, threads=1)
+    per_call = []
+    for r in range(rounds + 1):  # round 0 warms caches
+        t0 = time.process_time()
+        for _ in range(calls):
+            arr, _ = load_array(png, pred.config.dicom_voi)
+            pred.run(pred.model_input(pred.preprocess(arr)))
+        if r:
+            per_call.append((time.process_time() - t0) * 1e3 / calls)
+    return {"cpu_ms_per_request": statistics.median(per_call), "rounds": per_call}
+
+
+# py-spy frames that say where a request's CPU goes: a sample counts for the first group in this
+# order whose frame is anywhere on its stack (the work itself before the machinery around it)
+PROFILE_GROUPS = (
+    ("onnxruntime run", ("Predictor.run", "Session.run")),
+    ("PNG/JPEG decode", ("imdecode_captured", "decode (edge/image.py")),
+    ("DICOM read", ("read_dicom",)),
+    ("preprocess", ("preprocess_with_info", "model_input")),
+    ("multipart parse", ("parse_uploads",)),
+    ("body read", ("read_body",)),
+    ("JSON answer", ("JSONResponse", "render", "to_dict", "_respond")),
+    ("batcher", ("Batcher", "batcher.py")),
+    ("HTTP (uvicorn, starlette)", ("httptools_impl", "h11_impl", "starlette", "fastapi", "Guard.__call__")),
+    ("thread hand-off", ("run_in_executor", "_worker (concurrent/futures", "thread.py")),
+    ("event loop", ("run_forever", "_run_once", "uvloop")),
+)
+
+
+def _group(stack: str) -> str:
+    for name, keys in PROFILE_GROUPS:
+        if any(k in stack for k in keys):
+            return name
+    return "other"
+
+
+def profile_server(server: Server, req: bytes, concurrency: int, requests: int) -> dict | None:
+    """py-spy (bench-only, when installed) on the server while it answers ``requests`` at
+    ``concurrency``: {"groups": {group: share of samples}, "top": [(function, self share)]}."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    spy = shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy")
+                                     if (Path(sys.executable).parent / "py-spy").exists() else None)
+    if spy is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "raw.txt"
+        proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--rate", "500", "--format", "raw",
+                                 "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # py-spy attaches
+        load(server.port, [req] * requests, concurrency)
+        proc.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+        proc.wait(timeout=60)
+        lines = out.read_text().splitlines() if out.exists() else []
+    groups, leaves, total = collections.Counter(), collections.Counter(), 0
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        n = int(n)
+        total += n
+        frames = stack.split(";")
+        groups[_group(stack)] += n
+        leaves[frames[-1]] += n
+    if not total:
+        return None
+    return {"samples": total, "groups": {k: v / total for k, v in groups.most_common()},
+            "top": [(k, v / total) for k, v in leaves.most_common(12)]}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = Path(args.model)
@@ -276,10 +360,13 @@ def main(argv=None) -> int:
     from edge.predictor import Predictor
 
     ceiling = measure_inference_ceiling(model, Predictor(model).config.size)
+    floors = [measure_floor(model, png)["cpu_ms_per_request"]]
     with Server(model, *extra) as on, Server(model, "--no-batching", *extra) as off:
         reference = json.loads(load(on.port, [req], 1)["answers"][0][1])["probability"]
         results = measure_load({"batching": on, "no-batching": off}, req, reference, levels, args.requests,
                                args.rounds)
+        floors.append(measure_floor(model, png)["cpu_ms_per_request"])  # before and after: the load moves
+        profiles = {c: profile_server(on, req, c, max(200, args.requests)) for c in (1, 16)} if args.profile else {}
         rss = measure_rss(on, req, reference, args.rss_requests) if args.rss_requests >= 2000 else None
         fuzz = measure_fuzz(on, png, req, reference, args.fuzz) if args.fuzz else None
 
@@ -289,9 +376,16 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['mode']:<12s} {r['c']:>3d} {r['rps_median']:10.1f} [{r['rps_min']:6.1f}, {r['rps_max']:6.1f}] "
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['mean_batch']:6.1f} {r['cpu_ms_per_req']:10.2f}")
+    floor = statistics.median(floors)
     figures = {"rows": rows, "max_abs_diff_vs_reference": results["max_abs_diff_vs_reference"], "rss": rss,
                "fuzz": fuzz, "image_bytes": len(png), "rounds": args.rounds, "process_per_call": process,
-               "inference_ceiling": ceiling}
+               "inference_ceiling": ceiling, "floor_cpu_ms": floors}
+    print(f"\nin-process floor (decode + preprocess + batch-1 inference of the same bytes): {floor:.2f} ms CPU "
+          f"per request (before / after the load: {floors[0]:.2f} / {floors[1]:.2f})")
+    for r in rows:
+        r["cpu_vs_floor"] = r["cpu_ms_per_req"] / floor
+        print(f"  server CPU / floor, {r['mode']:<11s} c={r['c']:<3d} {r['cpu_vs_floor']:.2f}x "
+              f"(target <= 1.5x at c=1 and 16)")
     if 16 in levels and 1 in levels:
         vs_c1 = ratios(results, 16, "no-batching", 1)
         vs_off = ratios(results, 16, "no-batching", 16)
@@ -323,6 +417,15 @@ def main(argv=None) -> int:
               f"{fuzz['correct_after']}; RSS {fuzz['rss_kib_before']:,} -> {fuzz['rss_kib_after']:,} KiB")
         for kind, v in fuzz["classes"].items():
             print(f"  {kind:<22s} {v['statuses']}  median {v['median_ms']:.1f} ms  max {v['max_ms']:.1f} ms")
+    for c, prof in profiles.items():
+        if prof is None:
+            print(f"\nprofile c={c}: py-spy not installed or not permitted (pip install py-spy)")
+            continue
+        figures[f"profile_c{c}"] = prof
+        print(f"\nwhere the batching server's samples go at c={c} (py-spy, {prof['samples']} samples, first "
+              f"group in priority order): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["groups"].items()))
+        for frame, share in prof["top"]:
+            print(f"  {100 * share:5.1f}%  {frame}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0

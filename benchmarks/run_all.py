@@ -31,7 +31,7 @@ def main() -> int:
         ["bench_edge_runtimes.py", *run_args, "--profile"],
     ]
     if have_run:  # these need an exported model
-        jobs += [["bench_score.py", "--model", model, "--no-ray"], ["bench_serve.py", "--model", model]]
+        jobs += [["bench_score.py", "--model", model, "--no-ray"], ["bench_serve.py", "--model", model, "--profile"]]
     failed = 0
     for job in jobs:
         print(f"\n##### {' '.join(job)}", flush=True)

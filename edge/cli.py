@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from edge.errors import EdgeError
+from edge.parallel import AUTO_MIN_FILES
 from edge.predictor import StudyPrediction
 
 DEFAULT_MODEL = Path("runs") / "default" / "export" / "cnn.onnx"
@@ -48,6 +49,11 @@ def max_threads() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(256, 4 * cores))
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of ``--workers``: an integer in 1..:func:`max_threads`."""
+    return threads_arg(text)
 
 
 def threads_arg(text: str) -> int:
@@ -90,6 +96,10 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-cam", action="store_true",
                    help="with --dicom-out: also one Secondary Capture per view with the CAM overlay "
                         "(CNN models; derived, marked NOT FOR DIAGNOSTIC USE)")
+    p.add_argument("--workers", type=workers_arg,
+                   help="processes that decode and preprocess the image files ahead of the model, "
+                        f"1..{max_threads()} (default: all cores from {AUTO_MIN_FILES} files on, else 1); "
+                        "output and exit codes are the same for every value")
     p.add_argument("--strict-part", action="store_true",
                    help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
                         "(default: score them with a warning)")
@@ -170,13 +180,15 @@ def _text_line(pred, indent: str = "") -> str:
             f"preprocess {pred.preprocess_ms:.1f} ms  inference {pred.inference_ms:.1f} ms")
 
 
-def _jobs(predictor, src: str, want_cam: bool, prog: str) -> list:
+def _jobs(predictor, src: str, want_cam: bool, prog: str, prefetch=None) -> list:
     """One job per result: an image, or each study of a folder (DICOM views grouped by
     StudyInstanceUID). A job returns (result, [image predictions])."""
     from edge.predictor import study_groups
 
     def image():
         pred = predictor.predict(src, cam=want_cam)
+        if prefetch is not None and prefetch.last_ms is not None:
+            pred.preprocess_ms = prefetch.last_ms  # measured in the worker that did it
         return pred, [pred]
 
     def study(group):
@@ -276,18 +288,33 @@ def predict_main(argv=None) -> int:
 
 
 def _predict(args) -> int:
-    from edge.predictor import Predictor
+    import contextlib
+
+    from edge.parallel import Prefetcher, auto_workers, plain_files
 
     prog = "edge-predict"
     if args.cam and Path(args.cam).exists() and not Path(args.cam).is_dir():
         _err(prog, f"--cam {args.cam}: exists and is not a folder")
         return 2
+    files = plain_files(args.inputs)
+    workers = args.workers or auto_workers(len(files))
+    # the pool starts before the model opens: forked workers copy no inference threads
+    with Prefetcher(files, workers) if workers > 1 and len(files) > 1 else contextlib.nullcontext() as prefetch:
+        return _predict_all(args, prog, prefetch)
+
+
+def _predict_all(args, prog: str, prefetch) -> int:
+    from edge.predictor import Predictor
+
     try:
         _check_dicom_out(args)
         predictor = Predictor(args.model or default_model(), threads=args.threads)
     except EdgeError as e:
         _err(prog, str(e))
         return 2
+    if prefetch is not None:
+        prefetch.start(predictor.config, predictor.preprocess)
+        predictor.preprocess = prefetch.preprocess
     want_cam = bool(args.cam or args.dicom_cam) and predictor.has_cam
     if args.dicom_cam and not predictor.has_cam:
         print(f"{prog}: note: CAM is not available for {predictor.kind} models; no Secondary Captures written",
@@ -298,7 +325,7 @@ def _predict(args) -> int:
     failed = 0
     for src in args.inputs:
         try:
-            jobs = _jobs(predictor, src, want_cam, prog)
+            jobs = _jobs(predictor, src, want_cam, prog, prefetch)
         except EdgeError as e:
             failed += 1
             _err(prog, str(e))

@@ -523,7 +523,77 @@ def inverted_by_header(ds) -> bool:
     return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" or shape == "INVERSE"
 
 
-def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window"):
+def displayed_picture(stored: np.ndarray, ds, voi: str) -> np.ndarray:
+    """Stored values -> the displayed [0, 1] picture: modality LUT, VOI, then the header's
+    inversion, computed value by value in float (the reference that :func:`indexed_picture`
+    evaluates once per stored value instead of once per pixel)."""
+    values, _, _ = modality_values(stored, ds)
+    picture, _ = voi_picture(values, ds, voi)
+    if inverted_by_header(ds):
+        picture = np.float32(1.0) - picture
+    return picture
+
+
+@dataclass(frozen=True)
+class IndexedPicture:
+    """A displayed picture held as ``table[index]``: the stored words and the grey each word
+    gives, so the picture needs no float copy.
+
+    Attributes
+    ----------
+    index : ndarray of uint8 or uint16, shape (H, W)
+        The stored words (a view of the decoded pixels; signed words as their bit patterns).
+    table : ndarray of float32, shape (256,) or (65536,)
+        The grey of every word the image holds (0 for words it does not hold).
+    order : ndarray of int64
+        The words the image holds, sorted by grey (ties in word order).
+    counts : ndarray of int64, shape like ``table``
+        How many pixels hold each word.
+    """
+
+    index: np.ndarray
+    table: np.ndarray
+    order: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def shape(self) -> tuple:
+        return self.index.shape
+
+    def picture(self) -> np.ndarray:
+        """The float32 (H, W) picture itself (one gather)."""
+        from edge.preprocess import _lookup
+
+        return _lookup(self.table, self.index)
+
+
+def indexed_picture(stored: np.ndarray, ds, voi: str) -> IndexedPicture | None:
+    """:func:`displayed_picture` as an :class:`IndexedPicture`, or None (words wider than 16 bits).
+
+    A 16-bit radiograph holds at most 65,536 distinct stored values, and every step from
+    stored value to grey (modality LUT or rescale, VOI LUT or window, inversion) is a
+    function of the value alone; only the "full" VOI policy reads the image's own minimum
+    and maximum. So the greys are computed by :func:`displayed_picture` itself, once for
+    each stored value the image holds (its minimum and maximum are among them, so the
+    "full" range is the same): identical greys, and a 5 MP image costs one histogram
+    instead of several float passes. :mod:`edge.preprocess` reads its statistics off the
+    histogram and looks the stored words up once, for the 8-bit output.
+    """
+    from edge.preprocess import _hist
+
+    if stored.ndim != 2 or stored.dtype.kind not in "ui" or stored.dtype.itemsize > 2:
+        return None
+    codes = stored.view(np.dtype(f"u{stored.dtype.itemsize}"))
+    counts = _hist(codes, 1 << (8 * codes.dtype.itemsize))
+    present = np.flatnonzero(counts)
+    values = present.astype(codes.dtype).view(stored.dtype)[None]  # (1, K) stored values
+    greys = np.asarray(displayed_picture(values, ds, voi), dtype=np.float32)[0]
+    table = np.zeros(counts.size, np.float32)
+    table[present] = greys
+    return IndexedPicture(codes, table, present[np.argsort(greys, kind="stable")], counts)
+
+
+def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window", indexed: bool = False):
     """Decode DICOM bytes into the displayed picture and its non-identifying facts.
 
     Parameters
@@ -534,11 +604,14 @@ def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window"):
         Used in error messages (a path, never a DICOM value).
     voi : {"window", "full"}
         VOI policy (see the module docstring).
+    indexed : bool
+        Return the picture as an :class:`IndexedPicture` when the stored values allow one
+        (same greys, no float copy); otherwise, and whenever this is False, as an array.
 
     Returns
     -------
     picture : ndarray of float32, shape (H, W), values in [0, 1]; bone bright, air dark
-        when the header is honoured.
+        when the header is honoured (or an :class:`IndexedPicture` of it, see ``indexed``).
     info : DicomInfo
 
     Raises
@@ -548,6 +621,7 @@ def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window"):
     """
     if voi not in VOI_POLICIES:
         raise ValueError(f"voi must be one of {VOI_POLICIES}, got {voi!r}")
+    want_indexed = indexed
     pydicom = _pydicom(name)
     with _quiet(), _one_line(name):
         ds = _parse(pydicom, bytes(data), name)
@@ -555,15 +629,22 @@ def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window"):
         _check_image(ds, info, name)
         _check_decoder(ds, name)
         stored = stored_values(ds, name)
-        values, _, _ = modality_values(stored, ds)
-        picture, _ = voi_picture(values, ds, voi)
-        if inverted_by_header(ds):
-            picture = np.float32(1.0) - picture
+        indexed = indexed_picture(stored, ds, voi)  # None: words wider than 16 bits
+        picture = displayed_picture(stored, ds, voi) if indexed is None else None
+    if indexed is not None:
+        if not np.all(np.isfinite(indexed.table)):
+            raise ImageError(f"{name}: DICOM pixels are not finite after the modality / VOI LUT")
+        return (indexed if want_indexed else indexed.picture()), info
     if not np.all(np.isfinite(picture)):
         raise ImageError(f"{name}: DICOM pixels are not finite after the modality / VOI LUT")
     return np.ascontiguousarray(picture, dtype=np.float32), info
 
 
-def load_dicom(data: bytes, name: str = "<bytes>", voi: str = "window") -> np.ndarray:
-    """:func:`read_dicom` without the facts: float32 (H, W) in [0, 1]."""
-    return read_dicom(data, name, voi)[0]
+def load_dicom(data: bytes, name: str = "<bytes>", voi: str = "window", indexed: bool = False):
+    """:func:`read_dicom` without the facts: float32 (H, W) in [0, 1].
+
+    With ``indexed=True`` an :class:`IndexedPicture` is returned instead whenever the stored
+    values allow one (8/16-bit words, the common case), so :mod:`edge.preprocess` can take its
+    integer table path without a float copy of the picture.
+    """
+    return read_dicom(data, name, voi, indexed=indexed)[0]

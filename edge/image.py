@@ -416,7 +416,7 @@ def check_array(arr, name: str = "<array>") -> np.ndarray:
     return arr
 
 
-def load_array(src, dicom_voi: str = "window") -> tuple[np.ndarray, str]:
+def load_array(src, dicom_voi: str = "window", indexed: bool = False) -> tuple[np.ndarray, str]:
     """Load an image as its stored array, without converting its pixel type.
 
     Parameters
@@ -426,21 +426,34 @@ def load_array(src, dicom_voi: str = "window") -> tuple[np.ndarray, str]:
         shape (H, W) or (H, W, C).
     dicom_voi : {"window", "full"}
         VOI policy for DICOM input (``PreprocessConfig.dicom_voi``); ignored otherwise.
+    indexed : bool
+        DICOM input only: return an :class:`edge.dicom.IndexedPicture` (index image + grey
+        table, no float copy) when the file's stored values allow one; :mod:`edge.preprocess`
+        asks for it.
 
     Returns
     -------
     (ndarray, str)
-        The array (uint8/uint16 from PNG/JPEG; float32 in [0, 1] from DICOM; arrays are
-        returned as given, checked) and the name used in error messages.
+        The array (uint8/uint16 from PNG/JPEG; float32 in [0, 1] from DICOM, or its
+        IndexedPicture; arrays are returned as given, checked) and the name used in error
+        messages.
     """
     if isinstance(src, np.ndarray):
         return check_array(src), "<array>"
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return check_array(_from_bytes(bytes(src), "<bytes>", dicom_voi), "<bytes>"), "<bytes>"
+        return _checked(_from_bytes(bytes(src), "<bytes>", dicom_voi, indexed), "<bytes>"), "<bytes>"
     if isinstance(src, (str, os.PathLike)):
         name = str(src)
-        return check_array(_from_bytes(read_bytes(src), name, dicom_voi), name), name
+        return _checked(_from_bytes(read_bytes(src), name, dicom_voi, indexed), name), name
     raise ImageError(f"cannot load an image from {type(src).__name__}")
+
+
+def _checked(arr, name: str):
+    """:func:`check_array`; an IndexedPicture is checked through its index image (same shape)."""
+    if isinstance(arr, np.ndarray):
+        return check_array(arr, name)
+    check_array(arr.index, name)
+    return arr
 
 
 def to_grey(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
@@ -515,13 +528,14 @@ def load_image(src, dicom_voi: str = "window") -> np.ndarray:
     return to_grey(arr, name)
 
 
-def _from_bytes(data: bytes, name: str, dicom_voi: str) -> np.ndarray:
+def _from_bytes(data: bytes, name: str, dicom_voi: str, indexed: bool = False) -> np.ndarray:
     """Dispatch on content: DICOM to :mod:`edge.dicom` (float32 (H, W) in [0, 1], after its
-    modality LUT, VOI and MONOCHROME1 handling), anything else to :func:`decode`."""
+    modality LUT, VOI and MONOCHROME1 handling, or its IndexedPicture when ``indexed``),
+    anything else to :func:`decode`."""
     from edge.dicom import is_dicom, load_dicom  # imports pydicom only when a DICOM file comes
 
     if is_dicom(data):
-        return load_dicom(data, name, dicom_voi)
+        return load_dicom(data, name, dicom_voi, indexed=indexed)
     return decode(data, name)
 
 

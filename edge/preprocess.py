@@ -228,10 +228,13 @@ def _float_path(grey: np.ndarray, cfg: PreprocessConfig):
 class _Tables:
     """Grey value of every stored value, per column: ``body[v]`` everywhere except the columns
     in ``extra`` ({column: table}), where OpenCV's colour conversion rounds differently.
-    Every table maps value v strictly below value v + 1 (checked), which :func:`_kth` needs."""
+    Every table maps value v strictly below value v + 1 (checked), which :func:`_kth` needs,
+    unless ``order`` lists the values in grey order (a DICOM picture: MONOCHROME1, windows)."""
 
     body: np.ndarray
     extra: tuple = ()
+    order: np.ndarray | None = None  # values in grey order, when body is not increasing (DICOM)
+    counts: np.ndarray | None = None  # the whole image's value histogram, when already known
 
 
 def _ordered(tables) -> bool:
@@ -268,6 +271,10 @@ def _table_source(arr: np.ndarray):
     pixels, colour whose channels differ, 16-bit colour)."""
     import cv2
 
+    from edge.dicom import IndexedPicture
+
+    if isinstance(arr, IndexedPicture):  # DICOM: the greys the image holds, in order
+        return arr.index, _Tables(arr.table, order=arr.order, counts=arr.counts)
     if arr.dtype not in (np.uint8, np.uint16):
         return None
     if arr.ndim == 2:
@@ -327,7 +334,7 @@ def _compact(idx: np.ndarray, tables: _Tables):
     return _lookup(remap, idx), _Tables(squeeze(tables.body), tuple((x, squeeze(t)) for x, t in tables.extra))
 
 
-def _kth(parts, ks) -> list:
+def _kth(parts, ks, order=None) -> list:
     """Where the k-th smallest (0-based, for each k in ``ks``) grey of a pixel multiset lies.
 
     ``parts`` is [(counts, table)]: ``counts[v]`` pixels of stored value v whose grey is
@@ -337,7 +344,12 @@ def _kth(parts, ks) -> list:
     Returns
     -------
     list of (part index, value) pairs, one per k: the grey is ``parts[i][1][v]``.
+
+    ``order`` (one part only): the values in grey order, for a table that is not increasing.
     """
+    if order is not None:
+        picked = np.searchsorted(np.cumsum(parts[0][0][order]), ks, side="right")
+        return [(0, int(order[i])) for i in picked]
     if len(parts) == 1:  # one table: value order is grey order
         return [(0, int(v)) for v in np.searchsorted(np.cumsum(parts[0][0]), ks, side="right")]
     total = sum(c for c, _ in parts)
@@ -381,7 +393,7 @@ def _apply(tables: _Tables, idx: np.ndarray, cols: slice) -> np.ndarray:
 
 
 def _map(tables: _Tables, fn) -> _Tables:
-    return _Tables(fn(tables.body), tuple((x, fn(t)) for x, t in tables.extra))
+    return _Tables(fn(tables.body), tuple((x, fn(t)) for x, t in tables.extra), tables.order)
 
 
 def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
@@ -391,12 +403,15 @@ def _table_path(idx: np.ndarray, tables: _Tables, cfg: PreprocessConfig):
     per-pixel steps are computed once per stored value that occurs and looked up.
     """
     h, w = idx.shape
-    if idx.dtype == np.uint16:
+    if idx.dtype == np.uint16 and tables.order is None:
         idx, tables = _compact(idx, tables)
-    everything = _parts(idx, tables, slice(0, h), slice(0, w))
+    if tables.counts is not None:
+        everything = [(tables.counts, tables.body)]
+    else:
+        everything = _parts(idx, tables, slice(0, h), slice(0, w))
     greys = [t for _, t in everything]  # body, then the extra columns' tables
     ranks = _int_ranks([cfg.clip_low, cfg.clip_high], h * w)
-    lo, hi = _bounds(_levels(_pick(greys, _kth(everything, [r - 1 for r in ranks]))))
+    lo, hi = _bounds(_levels(_pick(greys, _kth(everything, [r - 1 for r in ranks], tables.order))))
     flat = _is_flat(lo, hi)
 
     def norm_of(grey):  # tables hold <= 65536 values; values that do not occur cost little
@@ -427,7 +442,7 @@ def _band_middle(idx: np.ndarray, tables: _Tables, everything: list, border: flo
                   ((slice(0, bh), all_cols), (slice(h - bh, h), all_cols), (mid, slice(0, bw)), (mid, slice(w - bw, w)))]
         band = [(sum(p[i][0] for p in strips), everything[i][1]) for i in range(len(everything))]
     n = int(sum(c.sum() for c, _ in band))
-    return _kth(band, [(n - 1) // 2, n // 2])
+    return _kth(band, [(n - 1) // 2, n // 2], tables.order)
 
 
 def _median_of_two(middle: np.ndarray) -> np.float32:
@@ -490,7 +505,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     """
     import cv2
 
-    arr, name = load_array(src, dicom_voi=cfg.dicom_voi)
+    arr, name = load_array(src, dicom_voi=cfg.dicom_voi, indexed=True)
     h, w = arr.shape[:2]
     if min(h, w) < 2:
         raise ImageError(f"image is {w}x{h}, too small to be a radiograph")

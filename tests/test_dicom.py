@@ -511,3 +511,63 @@ def test_load_image_refuses_unknown_voi_policy(tmp_path):
                                        if k != "dicom_voi"}).dicom_voi == "window"  # older models
     with pytest.raises(ImageError):
         read_dicom(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x40\x00", "junk.dcm")
+
+
+# ---------------------------------------------------------------- the lookup-table route
+_STYLES = {
+    "mono1-rescale-window": DicomStyle(photometric="MONOCHROME1", rescale=(1.0, -1024.0), window="full"),
+    "sigmoid-signed": DicomStyle(signed=True, rescale=(0.5, 100.0), window="sigmoid"),
+    "8-bit-no-window": DicomStyle(bits_stored=8, window="none"),
+    "12-bit-slope": DicomStyle(bits_stored=12, rescale=(2.5, -7.0), photometric="MONOCHROME1"),
+}
+
+
+@pytest.mark.parametrize("voi", ["window", "full"])
+@pytest.mark.parametrize("style", list(_STYLES))
+def test_lookup_table_route_equals_per_pixel_maths(tmp_path, style, voi):
+    """DICOM pixels take one integer gather through a table of the greys each stored value
+    gives (edge.dicom.indexed_picture); the picture and the preprocessed model input must be
+    bit-identical to the per-pixel float route (displayed_picture, then preprocess's float path)."""
+    from edge.dicom import IndexedPicture, _parse, _pydicom, displayed_picture, stored_values
+    from edge.preprocess import PreprocessConfig, preprocess_with_info
+
+    pic = radiograph(150, 122, 3)
+    path = write_dicom(tmp_path / "x.dcm", pic, _STYLES[style], **ids(1))
+    data = path.read_bytes()
+    ds = _parse(_pydicom("x"), data, "x")
+    reference = displayed_picture(stored_values(ds), ds, voi).astype(np.float32)
+    indexed = read_dicom(data, "x", voi, indexed=True)[0]
+    assert isinstance(indexed, IndexedPicture)
+    assert np.array_equal(np.sort(indexed.order), np.unique(indexed.index))  # every word held, once
+    assert np.all(np.diff(indexed.table[indexed.order]) >= 0)                # in grey order
+    assert np.array_equal(indexed.picture(), reference)
+    assert np.array_equal(read_dicom(data, "x", voi)[0], reference)
+    cfg = PreprocessConfig(size=64, dicom_voi=voi)
+    got, got_info = preprocess_with_info(path, cfg)
+    want, want_info = preprocess_with_info(reference, cfg)  # a float array: the float path
+    assert np.array_equal(got, want)
+    assert got_info == want_info
+
+
+def test_lut_sequences_take_the_lookup_table_route(tmp_path):
+    from pydicom.dataset import Dataset
+
+    from edge.dicom import IndexedPicture
+    from edge.preprocess import PreprocessConfig, preprocess_with_info
+
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 1024, (40, 30)).astype(np.uint16)
+    mlut, vlut = Dataset(), Dataset()
+    mlut.LUTDescriptor, mlut.ModalityLUTType = [1024, 0, 16], "US"
+    mlut.add_new("LUTData", "US", [int(v) for v in (1023 - np.arange(1024)) ** 1.5])  # not monotone up
+    vlut.LUTDescriptor = [4096, 0, 12]
+    vlut.add_new("LUTData", "OW", np.sqrt(np.arange(4096) * 4095).astype("<u2").tobytes())
+    for voi in ("window", "full"):
+        ds = _ds_with(stored, BitsStored=10, HighBit=9, ModalityLUTSequence=[mlut], VOILUTSequence=[vlut])
+        path = tmp_path / "x.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        indexed = read_dicom(path.read_bytes(), "x", voi, indexed=True)[0]
+        assert isinstance(indexed, IndexedPicture)
+        assert np.array_equal(indexed.picture(), read_dicom(path.read_bytes(), "x", voi)[0])
+        cfg = PreprocessConfig(dicom_voi=voi)
+        assert np.array_equal(preprocess_with_info(path, cfg)[0], preprocess_with_info(indexed.picture(), cfg)[0])

@@ -139,3 +139,42 @@ def test_cam_folder_that_is_a_file_is_one_line_exit_2(models, study, tmp_path, c
     assert predict_main([str(study[0]), "--model", str(models["cnn"]), "--cam", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a folder" in err[0]
+
+
+def _without_timings(stdout: bytes) -> list:
+    rows = [json.loads(line) for line in stdout.decode().splitlines()]
+    for row in rows:
+        for r in [row, *row.get("views", [])]:
+            assert r.pop("preprocess_ms", 0) >= 0 and r.pop("inference_ms", 0) >= 0
+    return rows
+
+
+@pytest.mark.parametrize("workers", ["2", "3"])
+def test_workers_change_neither_output_order_content_nor_exit_code(models, study, tmp_path, workers):
+    """--workers N preprocesses the files in N processes ahead of the model; every line (its
+    order, paths, probabilities to the last bit, labels), every error line and the exit code
+    are those of one process. The mix has good files, a repeat, a missing file, a file that is
+    not an image (refused inside a worker), a study folder (scored in the parent) between them."""
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not a png at all")
+    inputs = [study[0], study[1], tmp_path / "missing.png", study[0], bad, study[0].parent, study[2], study[1]]
+    runs = []
+    for w in ("1", workers):
+        proc = _cli(*inputs, "--model", models["cnn"], "--json", "--workers", w)
+        out, err = proc.communicate(timeout=120)
+        runs.append((_without_timings(out), err.decode(), proc.returncode))
+    assert runs[0] == runs[1]
+    assert runs[0][2] == 1 and len(runs[0][0]) == 6 and runs[0][1].count("edge-predict: error:") == 2
+
+
+def test_many_files_take_the_pool_by_default(models, study):
+    from edge.parallel import AUTO_MIN_FILES, auto_workers, usable_cores
+
+    assert auto_workers(1) == 1 and auto_workers(AUTO_MIN_FILES - 1) == 1
+    assert auto_workers(AUTO_MIN_FILES) == usable_cores()
+    proc = _cli(*([study[0], study[1]] * AUTO_MIN_FILES), "--model", models["cnn"], "--json")
+    out, err = proc.communicate(timeout=120)
+    rows = _without_timings(out)
+    assert proc.returncode == 0 and err == b""
+    assert [r["path"] for r in rows] == [str(p) for p in [study[0], study[1]] * AUTO_MIN_FILES]
+    assert len({r["probability"] for r in rows[::2]}) == 1
