@@ -38,12 +38,12 @@ fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_campaign.py
 
 # the edge runtime at pyproject.toml's lower bounds, in clean venvs cached in .venv-floors/
-# (docs/compatibility.md): the base install at every floor (`make test` runs this one too), the
-# same with the newest numpy pip picks, and the dicom + serve extras at their floors. Stdlib
-# only: needs no .venv.
+# (docs/compatibility.md): the base install at every floor, OpenCV's floor beside the newest
+# numpy and onnxruntime (`make test` runs these two too, tests/test_floors.py), and the dicom +
+# serve extras at their floors. Stdlib only: needs no .venv.
 floors:
 	$(PYTHON) benchmarks/floors.py
-	$(PYTHON) benchmarks/floors.py --free numpy
+	$(PYTHON) benchmarks/floors.py --free numpy --free onnxruntime
 	$(PYTHON) benchmarks/floors.py --extras dicom,serve
 
 clean:

@@ -158,15 +158,23 @@ def lowest_python() -> str:
     return sys.executable
 
 
-def _env() -> dict:
-    """The parent's environment minus what would leak the dev install into the floor venv."""
+def _env(offline: bool = False) -> dict:
+    """The parent's environment minus what would leak the dev install into the floor venv;
+    ``offline``: every HTTP(S) request goes to a closed port, so a library that downloads at
+    run time fails the check instead of passing on a machine that happens to be online
+    (pydicom 3.0.0 fetched its example files on ``import pydicom``)."""
     drop = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP", "MURAKIT_MODEL")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    env = {k: v for k, v in os.environ.items() if k not in drop and k.lower() not in ("no_proxy", "all_proxy")}
+    if offline:
+        for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            env[k] = "http://127.0.0.1:9"
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"  # edge-serve's own port stays reachable
+    return env
 
 
-def _run(cmd, cwd=None, timeout=RUN_TIMEOUT, env=None) -> subprocess.CompletedProcess:
+def _run(cmd, cwd=None, timeout=RUN_TIMEOUT, offline=True) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env or _env(), check=False)
+                          env=_env(offline), check=False)
 
 
 def _last_line(text: str) -> str:
@@ -188,12 +196,17 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def venv_for(python: str, lines, extras, cache: Path = CACHE, label: str = "") -> tuple:
-    """Build (or reuse) the venv for these constraints; returns ``(venv, build_seconds or None)``."""
+def venv_for(python: str, lines, extras, cache: Path = CACHE, label: str = "", outside=None) -> tuple:
+    """Build (or reuse) the venv for these constraints; returns ``(venv, build_seconds or None)``.
+
+    ``outside``: requirement names to install under the constraints first, then the project
+    with ``--no-deps``, so a version its ranges exclude (below a floor) can still be measured,
+    as on a device whose onnxruntime is pinned by its vendor.
+    """
     version = _run([python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]).stdout.strip()
     if not version:
         raise FloorError(f"{python}: not a working Python interpreter", 2)
-    key_text = json.dumps({"python": [python, version], "constraints": list(lines), "extras": sorted(extras),
+    key_text = json.dumps({"python": [python, version], "constraints": list(lines), "extras": sorted(extras), "outside": outside,
                            "pyproject": (ROOT / "pyproject.toml").read_text(), "root": str(ROOT)})
     key = hashlib.sha256(key_text.encode()).hexdigest()[:12]
     label = label or ("base" if not extras else "-".join(sorted(extras)))
@@ -213,11 +226,15 @@ def venv_for(python: str, lines, extras, cache: Path = CACHE, label: str = "") -
         cfile.write_text("".join(f"{ln}\n" for ln in lines))
         target = f"{ROOT}[{','.join(sorted(extras))}]" if extras else str(ROOT)
         # nice: the floor build shares the machine with other work; pip's wheel cache makes a rebuild cheap
-        cmd = ["nice", "-n", "10", venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
-               "--no-input", "-c", cfile, "-e", target]
+        pip = ["nice", "-n", "10", venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
+               "--no-input", "-c", cfile]
         if shutil.which("nice") is None:
-            cmd = cmd[3:]
-        out = _run(cmd, cwd=ROOT, timeout=INSTALL_TIMEOUT)
+            pip = pip[3:]
+        steps = [[*pip, *outside], [*pip, "--no-deps", "-e", target]] if outside else [[*pip, "-e", target]]
+        for cmd in steps:
+            out = _run(cmd, cwd=ROOT, timeout=INSTALL_TIMEOUT, offline=False)
+            if out.returncode != 0:
+                break
         if out.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             detail = [ln.strip() for ln in (out.stdout + out.stderr).splitlines()
@@ -276,6 +293,9 @@ def _predict(venv: Path, work: Path, source: Path, label: int, recorded: float, 
     return diff
 
 
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -286,7 +306,7 @@ def _serve_check(venv: Path, work: Path, image: Path, recorded: float) -> float:
     """edge-serve on 127.0.0.1: /healthz answers, POST /v1/predict gives the recorded probability."""
     port = _free_port()
     proc = subprocess.Popen([str(venv / "bin" / "edge-serve"), "--model", "model.onnx", "--port", str(port)],
-                            cwd=work, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=work, env=_env(offline=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -294,7 +314,7 @@ def _serve_check(venv: Path, work: Path, image: Path, recorded: float) -> float:
             if proc.poll() is not None:
                 raise FloorError(f"edge-serve exited {proc.returncode}: {_last_line(proc.stderr.read())}")
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
+                with _LOCAL.open(f"{base}/healthz", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -303,12 +323,12 @@ def _serve_check(venv: Path, work: Path, image: Path, recorded: float) -> float:
                 raise FloorError("edge-serve did not answer /healthz within 60 s")
             time.sleep(0.2)
         boundary = "floorsboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"source.png\"\r\n"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"source.png\"\r\n"
                 "Content-Type: image/png\r\n\r\n").encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         req = urllib.request.Request(f"{base}/v1/predict", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with _LOCAL.open(req, timeout=30) as r:
                 d = json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise FloorError(f"edge-serve POST /v1/predict: HTTP {e.code} {e.read()[:200]!r}") from None
@@ -373,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave NAME unpinned (pip picks the newest the others allow); repeatable")
     p.add_argument("--pin", action="append", default=[], metavar="NAME==VERSION",
                    help="pin NAME to VERSION instead of its floor (or in addition); repeatable")
+    p.add_argument("--outside-range", action="store_true",
+                   help="install the pins even where pyproject's ranges exclude them (the project itself with "
+                        "--no-deps): measures a version below a floor")
     p.add_argument("--python", help="interpreter of the venv (default: the lowest supported one found)")
     p.add_argument("--cache", default=str(CACHE), help="folder of the cached venvs (default .venv-floors/)")
     p.add_argument("--label", default="", help="name of the venv in the cache (default: the extras)")
@@ -391,7 +414,10 @@ def main(argv=None) -> int:
         lines = constraints(reqs, args.free, args.pin)
         label = args.label or "-".join(["base", *sorted(extras)] + [f"{normalize(n)}" for n in sorted(args.free)]
                                        + [p.replace("==", "-") for p in sorted(args.pin)])
-        venv, seconds = venv_for(python, lines, extras, Path(args.cache), label)
+        outside = sorted({parse_requirement(r)[0] + (f"; {parse_requirement(r)[3]}" if parse_requirement(r)[3] else "")
+                          for r in reqs}) if args.outside_range else None
+        venv, seconds = venv_for(python, lines, extras, Path(args.cache), label + ("-outside" if outside else ""),
+                                 outside)
         names = [parse_requirement(r)[0] for r in reqs] + list(REPORTED) + [parse_requirement(p)[0] for p in args.pin]
         versions = installed(venv, names)
         result = check(venv, extras)

@@ -30,9 +30,9 @@ NUMPY = ("numpy", ("numpy",), ">=1.24")
 OPENCV = ("cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
                   "opencv-contrib-python"), ">=4.10.0.84")
 ONNXRUNTIME = ("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
-               ">=1.19")
+               ">=1.18.1")
 RUNTIME = (NUMPY, OPENCV, ONNXRUNTIME)  # numpy first: OpenCV and onnxruntime fail when it does
-PYDICOM = ("pydicom", ("pydicom",), ">=3.0")  # the dicom extra; imported only when a DICOM file is read
+PYDICOM = ("pydicom", ("pydicom",), ">=3.0.1")  # the dicom extra; imported only when a DICOM file is read
 
 
 def installed_version(dists) -> tuple | None:
@@ -115,6 +115,27 @@ def _read(tmp) -> str:
     return tmp.read().decode("utf-8", "replace")
 
 
+_NUMPY_ABI = re.compile(r"compiled using NumPy (\S+) cannot be run in\s+NumPy (\S+)")
+
+
+def _why(error: BaseException, written: str = "") -> str:
+    """``Type: first line`` of the error, or of the first error in its chain that has a message;
+    for a bare error, what the import wrote. onnxruntime 1.17 under NumPy 2 raises a bare
+    ``ImportError`` after NumPy printed why (a module built for NumPy 1.x), so that is the line."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if str(e).strip():
+            return f"{type(e).__name__}: {first_line(e, 160)}"
+        e = e.__cause__ or e.__context__
+    abi = _NUMPY_ABI.search(written)
+    if abi:
+        return f"{type(error).__name__}: built for NumPy {abi.group(1)}, cannot run with NumPy {abi.group(2)}"
+    said = [ln.strip() for ln in written.splitlines() if ln.strip() and not ln[0].isspace()
+            and not ln.startswith(("Traceback", "  File"))]
+    return f"{type(error).__name__}: {said[0][:160]}" if said else type(error).__name__
+
+
 _CAPTURE = threading.Lock()  # one capture at a time: fd 2 is process-wide
 
 
@@ -153,7 +174,7 @@ def problem(module: str, dists, spec: str, hint: str = "", quiet: bool = True) -
         return None
     if found is None and isinstance(error, ModuleNotFoundError) and error.name == module:
         return f"{dists[0]} is not installed; murakit's edge runtime supports {want}: {hint}"
-    why = f"{type(error).__name__}: {first_line(error, 160)}"
+    why = _why(error, written)
     if found is None:
         return f"{module} cannot be imported ({why}); murakit's edge runtime supports {want}: {hint}"
     dist, version = found
