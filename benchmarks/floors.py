@@ -243,8 +243,9 @@ def venv_for(python: str, lines, extras, cache: Path = CACHE, label: str = "", o
                              2)
         seconds = time.perf_counter() - t0
         stamp.write_text(json.dumps({"build_seconds": round(seconds, 1), "constraints": list(lines)}))
-        for old in cache.glob(f"py{version}-{label}-*"):  # a stale key's venv: pyproject or pins changed
-            if old != venv:
+        stale = re.compile(rf"py{re.escape(version)}-{re.escape(label)}-[0-9a-f]{{12}}")
+        for old in cache.iterdir():  # this label's venv for a stale key: pyproject or pins changed
+            if old != venv and stale.fullmatch(old.name):
                 shutil.rmtree(old, ignore_errors=True)
         return venv, seconds
 
@@ -345,6 +346,31 @@ def _serve_check(venv: Path, work: Path, image: Path, recorded: float) -> float:
             proc.wait()
 
 
+def _scale_check(venv: Path, work: Path, manifest: dict, recorded: float) -> float:
+    """``murakit score --engine ray --format parquet`` over the fixture's PNG cases (a local Ray):
+    exit 0, one Parquet row per image, the recorded probability for the PNG case."""
+    pngs = [c["dir"] for c in manifest["cases"] if (work / "golden" / "model" / c["dir"] / "source.png").exists()]
+    inputs = work / "pngs"
+    for d in pngs:
+        (inputs / d).mkdir(parents=True)
+        shutil.copy2(work / "golden" / "model" / d / "source.png", inputs / d / "source.png")
+    out = _run([venv / "bin" / "murakit", "score", inputs, "--model", "model.onnx", "--out", "scored", "--engine",
+                "ray", "--format", "parquet", "--workers", "1", "--no-progress"], cwd=work, timeout=600)
+    if out.returncode != 0:
+        raise FloorError(f"murakit score --engine ray exited {out.returncode}: {_last_line(out.stderr)}")
+    code = ("import json, pyarrow.parquet as pq\n"
+            "t = pq.read_table('scored/images.parquet').to_pydict()\n"
+            "print(json.dumps(dict(zip(t['path'], t['probability']))))")
+    got = _run([venv / "bin" / "python", "-c", code], cwd=work)
+    if got.returncode != 0:
+        raise FloorError(f"cannot read scored/images.parquet: {_last_line(got.stderr)}")
+    rows = json.loads(got.stdout)
+    mine = [p for path, p in rows.items() if Path(path).parent.name == PNG_CASE]
+    if len(rows) != len(pngs) or len(mine) != 1 or abs(mine[0] - recorded) > 1e-4:
+        raise FloorError(f"murakit score --engine ray: unexpected rows {json.dumps(rows)[:200]}")
+    return abs(mine[0] - recorded)
+
+
 def check(venv: Path, extras=()) -> dict:
     """Run the fixture through the venv's installed commands; raises FloorError on any failure."""
     result = {}
@@ -373,6 +399,8 @@ def check(venv: Path, extras=()) -> dict:
                 raise FloorError(f"edge-verify (dicom extra): DICOM pipeline not checked: {_last_line(table.stdout)}")
         if "serve" in extras:
             result["serve_diff"] = _serve_check(venv, work, png, recorded)
+        if "scale" in extras:
+            result["scale_diff"] = _scale_check(venv, work, manifest, recorded)
     return result
 
 
