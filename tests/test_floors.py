@@ -158,10 +158,17 @@ def test_too_old_pydicom_names_its_version_and_the_range(monkeypatch):
         "pip install 'murakit[dicom]'")
 
 
-def test_working_imports_pass_through_and_keep_their_output(capfd):
+def test_working_imports_pass_through_and_keep_their_output(tmp_path, monkeypatch, capfd):
     assert deps.check() is None  # this venv's numpy, OpenCV and onnxruntime import
-    assert deps.problem("json", ("no-such-dist",), ">=1") is None
     assert capfd.readouterr().err == ""
+    # a package that imports fine but writes to stderr (Python- and C-level): captured, then passed on
+    (tmp_path / "chatty_floor_pkg.py").write_text("import os, sys\nsys.stderr.write('py says hi\\n')\n"
+                                                  "os.write(2, b'fd says hi\\n')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert deps.problem("chatty_floor_pkg", ("no-such-dist",), ">=1") is None
+    assert "chatty_floor_pkg" in sys.modules
+    err = capfd.readouterr().err
+    assert "py says hi" in err and "fd says hi" in err
 
 
 # ---------------------------------------------------------------- the floors, installed and run
