@@ -40,7 +40,7 @@ fuzz: $(STAMP)
 # the edge runtime at pyproject.toml's lower bounds, in clean venvs cached in .venv-floors/
 # (docs/compatibility.md): the base install at every floor, OpenCV's floor beside the newest
 # numpy and onnxruntime (`make test` runs these two too, tests/test_floors.py), and the dicom +
-# serve extras at their floors. Stdlib only: needs no .venv.
+# serve extras at their floors. Stdlib only (Python >= 3.11 for tomllib): needs no .venv.
 floors:
 	$(PYTHON) benchmarks/floors.py
 	$(PYTHON) benchmarks/floors.py --free numpy --free onnxruntime
