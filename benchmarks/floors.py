@@ -19,8 +19,8 @@ Usage (from the repository root)::
                                                           # one row of docs/compatibility.md
 
 Venvs are cached under ``.venv-floors/`` (git-ignored), keyed on the constraints, the extras,
-the interpreter and pyproject.toml; a second run with the same key only re-runs the checks
-(seconds, offline). The project is installed editable, so code changes need no rebuild.
+the interpreter and pyproject.toml's install tables; a second run with the same key only re-runs
+the checks (seconds, offline). The project is installed editable, so code changes need no rebuild.
 Exit codes: 0 pass, 1 a check failed, 2 the venv could not be built (a floor that does not
 exist or cannot be installed with the others). ``make floors`` runs the base and extras sets.
 """
@@ -196,6 +196,14 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _install_relevant() -> dict:
+    """What of pyproject.toml an install depends on ([project], [build-system], setuptools'
+    package lists): a comment or a lint setting changed there does not rebuild the venvs."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {"project": meta["project"], "build-system": meta.get("build-system"),
+            "setuptools": meta.get("tool", {}).get("setuptools")}
+
+
 def venv_for(python: str, lines, extras, cache: Path = CACHE, label: str = "", outside=None) -> tuple:
     """Build (or reuse) the venv for these constraints; returns ``(venv, build_seconds or None)``.
 
@@ -207,7 +215,7 @@ def venv_for(python: str, lines, extras, cache: Path = CACHE, label: str = "", o
     if not version:
         raise FloorError(f"{python}: not a working Python interpreter", 2)
     key_text = json.dumps({"python": [python, version], "constraints": list(lines), "extras": sorted(extras), "outside": outside,
-                           "pyproject": (ROOT / "pyproject.toml").read_text(), "root": str(ROOT)})
+                           "pyproject": _install_relevant(), "root": str(ROOT)})
     key = hashlib.sha256(key_text.encode()).hexdigest()[:12]
     label = label or ("base" if not extras else "-".join(sorted(extras)))
     venv = cache / f"py{version}-{label}-{key}"
