@@ -468,14 +468,15 @@ def main(argv=None) -> int:
         print(row(versions, result, error))
     else:
         built = f"built in {seconds:.0f} s" if seconds is not None else "cached venv"
+        what = ", ".join(["base", *extras] + [f"{n} free" for n in args.free] + args.pin)
         shown = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v)
         if error:
-            print(f"floors.py: FAIL ({', '.join(['base', *extras])}): {error}", file=sys.stderr)
+            print(f"floors.py: FAIL ({what}): {error}", file=sys.stderr)
             if shown:
                 print(f"  installed: {shown}", file=sys.stderr)
         else:
             worst = result["verify"]["worst"]
-            print(f"floors.py: PASS ({', '.join(['base', *extras])}; {built}): edge-predict and edge-verify "
+            print(f"floors.py: PASS ({what}; {built}): edge-predict and edge-verify "
                   f"{result['verify']['cases']}/{result['verify']['cases']}, max |diff| "
                   + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items())))
             print(f"  installed: {shown}")
