@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench notebook fuzz clean
+.PHONY: demo test install lint bench notebook fuzz floors clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,14 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_campaign.py
 
+# the edge runtime at pyproject.toml's lower bounds, in clean venvs cached in .venv-floors/
+# (docs/compatibility.md): the base install at every floor, OpenCV's floor beside the newest
+# numpy and onnxruntime (`make test` runs these two too, tests/test_floors.py), and the dicom +
+# serve extras at their floors. Stdlib only (Python >= 3.11 for tomllib): needs no .venv.
+floors:
+	$(PYTHON) benchmarks/floors.py
+	$(PYTHON) benchmarks/floors.py --free numpy --free onnxruntime
+	$(PYTHON) benchmarks/floors.py --extras dicom,serve
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-floors runs build *.egg-info

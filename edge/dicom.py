@@ -225,12 +225,13 @@ def _pydicom(name: str):
 
     if importlib.util.find_spec("pydicom") is None:
         raise ImageError(f"{name}: is a DICOM file; reading DICOM needs the dicom extra: {EXTRA_HINT}")
-    try:
-        import pydicom
-        import pydicom.pixels
-    except ImportError as e:  # installed but broken (e.g. a half-removed decoder plugin)
-        raise ImageError(f"{name}: pydicom is installed but cannot be imported ({type(e).__name__}); "
-                         f"reinstall it: {EXTRA_HINT}") from None
+    from edge.deps import PYDICOM, problem
+
+    # installed but broken or too old (pydicom.pixels is 3.0's): its version and the supported range
+    broken = problem("pydicom.pixels", PYDICOM[1], PYDICOM[2], hint=EXTRA_HINT, quiet=False)
+    if broken:
+        raise ImageError(f"{name}: {broken}")
+    import pydicom
     # pydicom reports odd-but-readable files through logging; our refusals are our own lines
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     return pydicom
