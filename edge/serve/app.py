@@ -2,8 +2,9 @@
 
 Imported only once the ``serve`` extra is known to be installed (see :mod:`edge.serve.cli`).
 
-Request path of ``POST /v1/predict``: admission (503 + Retry-After beyond ``max_inflight``)
--> bounded body read -> multipart parsed in memory -> each upload decoded and preprocessed on
+Request path of ``POST /v1/predict``: upload admission (503 + Retry-After beyond
+``max_uploading``) -> body read under the size limit and the upload-rate rule (408 and close
+when too slow) -> scoring admission (503 beyond ``max_inflight``) -> multipart parsed in memory -> each upload decoded and preprocessed on
 a worker thread (never on the event loop: decoding may block, e.g. on a lock) -> the views'
 model inputs join the batcher's next onnxruntime call -> JSON with the keys of
 ``edge-predict --json``. Every error is JSON ``{"error": "..."}``; nothing unexpected becomes a
@@ -149,7 +150,8 @@ class Service:
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="edge-serve-prep")
         self.batcher = None
-        self.inflight = 0  # admitted requests (touched only on the event loop thread)
+        self.inflight = 0  # requests being scored (touched only on the event loop thread)
+        self.uploading = 0  # requests still receiving their body
         self.preparing = 0  # admitted requests whose inputs have not reached the batcher yet
         self.ready = False
         self.draining = False
@@ -181,12 +183,28 @@ class Service:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def admit(self) -> None:
-        """Count a request in, or refuse it with 503 (not ready, shutting down, or full)."""
+    def _refuse_when_unavailable(self) -> None:
         if self.draining:
             raise ApiError(503, "the server is shutting down", {"Retry-After": "5", "Connection": "close"})
         if not self.ready:
             raise ApiError(503, "the model is still warming up", {"Retry-After": "1"})
+
+    def admit_upload(self) -> None:
+        """Count an upload in, or refuse it with 503 (not ready, shutting down, or full)."""
+        self._refuse_when_unavailable()
+        if self.uploading >= self.limits.max_uploading:
+            raise ApiError(503, f"busy: {self.uploading} uploads in progress (limit {self.limits.max_uploading})",
+                           {"Retry-After": "1"})
+        self.uploading += 1
+        self.metrics.uploading.set(self.uploading)
+
+    def release_upload(self) -> None:
+        self.uploading -= 1
+        self.metrics.uploading.set(self.uploading)
+
+    def admit(self) -> None:
+        """Count a received request in for scoring, or refuse it with 503 (an upload admitted
+        before a SIGTERM is still scored: draining lets requests in flight finish)."""
         if self.inflight >= self.limits.max_inflight:
             raise ApiError(503, f"busy: {self.inflight} requests in flight (limit {self.limits.max_inflight})",
                            {"Retry-After": "1"})
@@ -198,12 +216,21 @@ class Service:
         self.inflight -= 1
         self.metrics.inflight.set(self.inflight)
 
+    async def receive(self, request) -> bytearray:
+        """The body, under the uploading bound, the size limit and the upload-rate rule."""
+        self.admit_upload()
+        try:
+            return await read_body(request, self.limits.max_body_bytes, self.limits.allowed_upload_s)
+        finally:
+            self.release_upload()
+
     async def predict(self, request, want_cam: bool) -> dict:
-        """Admit, score within the per-request timeout, release."""
+        """Receive the body (uploading bound), then admit, score within the timeout, release."""
+        body = await self.receive(request)
         self.admit()
         prepared = _Once(self._prepared)
         try:
-            return await asyncio.wait_for(self._predict(request, want_cam, prepared), self.limits.timeout_s)
+            return await asyncio.wait_for(self._predict(request, body, want_cam, prepared), self.limits.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"no answer within the {self.limits.timeout_s:g} s request limit") from None
         finally:
@@ -213,8 +240,7 @@ class Service:
     def _prepared(self) -> None:
         self.preparing -= 1
 
-    async def _predict(self, request, want_cam: bool, prepared) -> dict:
-        body = await read_body(request, self.limits.max_body_bytes)
+    async def _predict(self, request, body: bytearray, want_cam: bool, prepared) -> dict:
         uploads = parse_uploads(body, request.headers.get("content-type", ""), self.limits.max_files)
         del body
         views = await self._prepare_all(uploads)

@@ -42,8 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-files", type=int, default=d.max_files, help="files (views) per request (default %(default)s)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per decoded image (default %(default)s)")
     p.add_argument("--max-inflight", type=int, default=d.max_inflight,
-                   help="requests admitted at once; beyond: 503 + Retry-After (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request, upload included (default %(default)g)")
+                   help="requests being scored at once; beyond: 503 + Retry-After (default %(default)s)")
+    p.add_argument("--max-uploading", type=int, default=d.max_uploading,
+                   help="requests still receiving their body at once; beyond: 503 + Retry-After (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds to send a request's headers; beyond: 408 and close (default %(default)g)")
+    p.add_argument("--min-upload-kbps", type=float, default=d.min_upload_kbps,
+                   help="lowest average upload rate in kilobits/s after the first --header-timeout seconds; "
+                        "beyond: 408 and close; 0 = off (default %(default)g)")
+    p.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
+                   help="seconds an idle kept-alive connection stays open (default %(default)g)")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="seconds for the upload (beyond: 408), then for scoring (beyond: 504) (default %(default)g)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per onnxruntime call (default %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch (default %(default)g)")
     p.add_argument("--no-batching", action="store_true", help="one onnxruntime call per request")
@@ -58,7 +68,9 @@ def missing_extra() -> list:
 
 def limits_from(args) -> Limits:
     return Limits(max_body_bytes=int(args.max_body_mb * MB), max_files=args.max_files, max_pixels=args.max_pixels,
-                  max_inflight=args.max_inflight, timeout_s=args.timeout, max_batch=args.max_batch,
+                  max_inflight=args.max_inflight, max_uploading=args.max_uploading,
+                  header_timeout_s=args.header_timeout, min_upload_kbps=args.min_upload_kbps,
+                  keep_alive_s=args.keep_alive, timeout_s=args.timeout, max_batch=args.max_batch,
                   max_wait_ms=args.max_wait_ms, batching=not args.no_batching, workers=args.workers)
 
 
