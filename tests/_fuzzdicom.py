@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -236,7 +237,7 @@ def value_mutation(rng: random.Random) -> tuple:
             ds.add_new(tag, "US", int(value))
         else:  # raw bytes: pydicom would refuse to hold "NaN" as an IS
             ds[tag] = _raw(tag, vr, value)
-        names.append(f"{keyword}={str(value)[:12]!s}".replace("/", "_").replace("\\", "|"))
+        names.append(f"{keyword}={re.sub(r'[^A-Za-z0-9.+-]', '_', str(value)[:12])}")
     return "value_" + "+".join(names), to_bytes(ds)
 
 

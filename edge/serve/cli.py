@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch (default %(default)g)")
     p.add_argument("--no-batching", action="store_true", help="one onnxruntime call per request")
     p.add_argument("--access-log", action="store_true", help="log every request (stdout)")
+    p.add_argument("--audit-log", metavar="FILE",
+                   help="append one JSON line per prediction request (inputs' SHA-256, model hash, answer; never a "
+                        "file name or patient value); a line that cannot be written makes the request a 503")
+    p.add_argument("--audit-max-mb", type=float, default=64, help="rotate the audit log at this size (default %(default)g)")
+    p.add_argument("--audit-backups", type=int, default=5, help="rotated audit logs kept (default %(default)s)")
     return p
 
 
@@ -91,15 +96,27 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def prepare(args):
-    """Check everything that can fail before serving; returns (predictor, limits, token, socket)."""
+    """Check everything that can fail before serving; returns (predictor, limits, token, socket, audit)."""
     from edge.predictor import Predictor
 
     limits = limits_from(args)
     check_bind(args.host, args.token_file, args.insecure)
     token = read_token(args.token_file) if args.token_file else None
+    audit = open_audit(args)
     predictor = Predictor(args.model or default_model(), threads=args.threads)
     warm_up(predictor, limits.max_batch)
-    return predictor, limits, token, listen(args.host, args.port)
+    return predictor, limits, token, listen(args.host, args.port), audit
+
+
+def open_audit(args):
+    """The audit log of ``--audit-log`` (None without it); refuses what it cannot keep."""
+    if not args.audit_log:
+        return None
+    from edge.serve.audit import AuditLog
+
+    if not (0.001 <= args.audit_max_mb <= 1e6) or not 0 <= args.audit_backups <= 1000:
+        raise ServeError("--audit-max-mb must be in [0.001, 1e6] and --audit-backups in [0, 1000]")
+    return AuditLog(args.audit_log, int(args.audit_max_mb * MB), args.audit_backups)
 
 
 def warm_up(predictor, max_batch: int) -> None:
@@ -126,13 +143,13 @@ def main(argv=None) -> int:
               "pip install 'murakit[serve]'", file=sys.stderr)
         return 2
     try:
-        predictor, limits, token, sock = prepare(args)
+        predictor, limits, token, sock, audit = prepare(args)
     except EdgeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     from edge.serve.run import serve
 
-    return serve(predictor, limits, token, sock, access_log=args.access_log)
+    return serve(predictor, limits, token, sock, access_log=args.access_log, audit=audit)
 
 
 if __name__ == "__main__":

@@ -127,13 +127,13 @@ def protocol_class(header_timeout_s: float):
     return Protocol
 
 
-def serve(predictor, limits, token, sock, access_log: bool = False) -> int:
+def serve(predictor, limits, token, sock, access_log: bool = False, audit=None) -> int:
     """Serve until SIGTERM/SIGINT on the listening socket ``sock``; returns the exit code."""
     import uvicorn
 
     from edge.serve.app import create_app
 
-    app = create_app(predictor, limits, token)
+    app = create_app(predictor, limits, token, audit)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_config=LOG_CONFIG, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=limits.timeout_s + 5, server_header=False,
