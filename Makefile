@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench notebook fuzz clean
+.PHONY: demo test install lint bench notebook fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(STAMP)
 # concurrency; ~20-40 min); `make test` runs its fast slice (tests/test_fuzz.py)
 fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_campaign.py
+
+# 10,000 requests (valid, malformed, stalled, oversized) against a real edge-serve at
+# concurrency 32 (~5 min); `make test` runs 500 of them (tests/test_serve_soak.py)
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak_serve.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
