@@ -119,6 +119,8 @@ def test_200_stalled_uploads_get_408_while_normal_requests_are_answered(server, 
     assert lat and all(code == 200 for _, code in lat), {c for _, c in lat}
     assert p99([t for t, _ in lat]) < 1.0, sorted(t for t, _ in lat)[-3:]
     assert rss_during - rss0 < 64 * 1024, (rss0, rss_during)  # KiB: partial bodies, not whole uploads
+    print(f"stalled uploads: {len(lat)} normal requests, p99 {1e3 * p99([t for t, _ in lat]):.0f} ms; all "
+          f"{STALLED} got 408 within {done:.2f} s (allowed {allowed:.2f} s); RSS +{(rss_during - rss0) / 1024:.1f} MiB")
     assert httpx.post(server.url + "/v1/predict", files=[("file", ("n.png", png))], timeout=30).status_code == 200
 
 
@@ -167,6 +169,9 @@ def test_200_connections_sending_headers_a_byte_at_a_time_get_408(server, files)
     assert lat and all(code == 200 for _, code in lat), {c for _, c in lat}
     assert p99([t for t, _ in lat]) < 1.0, sorted(t for t, _ in lat)[-3:]
     assert rss_during - rss0 < 32 * 1024, (rss0, rss_during)
+    print(f"byte-a-time headers: {len(lat)} normal requests, p99 {1e3 * p99([t for t, _ in lat]):.0f} ms; all "
+          f"{STALLED} got 408 within {took:.2f} s (header timeout {HEADER_TIMEOUT} s); "
+          f"RSS +{(rss_during - rss0) / 1024:.1f} MiB")
 
 
 def test_idle_keep_alive_connection_is_closed(server, files):
