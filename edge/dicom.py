@@ -301,7 +301,10 @@ def _read_deflated(src, name: str, header_only: bool):
     """The data set of a Deflated Explicit VR Little Endian file, inflated under the cap; None
     for any other transfer syntax (then pydicom reads the file itself)."""
     from pydicom.dataset import FileDataset
-    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
+
+    # _read_file_meta_info: pydicom's own reader of group 0002 from a file object (its public
+    # read_file_meta_info takes a path only); stable since pydicom 1
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
     with (io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")) as fp:
         preamble = read_preamble(fp, True)
@@ -309,9 +312,13 @@ def _read_deflated(src, name: str, header_only: bool):
         if str(meta.get("TransferSyntaxUID", "")).strip() != DEFLATED:
             return None
         inflated = _inflate(fp, name)
-    ds = read_dataset(inflated, False, True, stop_when=_at_pixel_data if header_only else None)
+    ds = read_dataset(inflated, False, True, stop_when=_at_pixels if header_only else None)
     return FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False,
                        is_little_endian=True)
+
+
+def _at_pixels(tag, vr, length) -> bool:
+    return tag in (0x7FE00008, 0x7FE00009, 0x7FE00010)  # FloatPixelData, DoubleFloatPixelData, PixelData
 
 
 def _inflate(fp, name: str):
