@@ -460,7 +460,8 @@ def check_header(ds, name: str = "<dicom>") -> None:
     """Refuse header values that break the standard and have no safe fallback (one line).
 
     Checked: HighBit within BitsStored - 1 .. BitsAllocated - 1 (C.7.6.3.1); RescaleSlope
-    finite and not 0, RescaleIntercept finite (C.11.1.1.2); every Modality / VOI LUT Sequence
+    finite and not 0, RescaleIntercept finite, and the stored range through them finite and not
+    one value in the working float type (C.11.1.1.2); every Modality / VOI LUT Sequence
     item's LUT Descriptor: three numbers, 8..16 bits, and LUT Data holding at least the
     entries it promises (C.11.1.1.1, C.11.2.1.1).
     """
@@ -478,11 +479,29 @@ def check_header(ds, name: str = "<dicom>") -> None:
                              f"than 0 (every pixel would map to the same value)")
         if intercept is not None and not np.isfinite(intercept):
             raise ImageError(f"{name}: DICOM RescaleIntercept is {_shown(intercept)}; it must be a finite number")
+        _check_rescaled_range(stored, int(ds.get("PixelRepresentation", 0)) == 1,
+                              1.0 if slope is None else slope, 0.0 if intercept is None else intercept, name)
     for keyword in ("ModalityLUTSequence", "VOILUTSequence"):
         for i, item in enumerate(ds.get(keyword) or []):
             why = _lut_problem(item)
             if why:
                 raise ImageError(f"{name}: DICOM {keyword} item {i + 1}: {why}")
+
+
+def _check_rescaled_range(bits: int, signed: bool, slope: float, intercept: float, name: str) -> None:
+    """The stored range through the rescale must stay finite and distinct in the working float
+    type (float32 up to 24 bits stored): 1e308 or a slope of 1e-300 would make the picture
+    infinite or one flat value, scored as if it were an image."""
+    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
+    kind = np.float64 if bits > 24 else np.float32
+    with np.errstate(over="ignore", under="ignore"):
+        a, b = kind(lo * slope + intercept), kind(hi * slope + intercept)
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise ImageError(f"{name}: DICOM RescaleSlope {slope:g} / RescaleIntercept {intercept:g} map the stored "
+                         f"values beyond the {np.dtype(kind).name} range")
+    if a == b and hi > lo:
+        raise ImageError(f"{name}: DICOM RescaleSlope {slope:g} / RescaleIntercept {intercept:g} map every stored "
+                         f"value to the same number")
 
 
 def _shown(x: float) -> str:

@@ -205,6 +205,8 @@ def rule_files() -> dict:
         "rule_rescale_slope_0": (with_(RescaleSlope="0"), (1,), "RescaleSlope"),
         "rule_rescale_slope_nan": (with_(RescaleSlope="NaN"), (1,), "RescaleSlope"),
         "rule_rescale_intercept_inf": (with_(RescaleIntercept="-inf"), (1,), "RescaleIntercept"),
+        "rule_rescale_intercept_1e308": (with_(RescaleIntercept="1e308"), (1,), "beyond the float32 range"),
+        "rule_rescale_slope_1e-300": (with_(RescaleSlope="1e-300"), (1,), "to the same number"),
         "rule_voi_lut_65535_holds_3": (with_(VOILUTSequence=[_lut([65535, 0, 16], 3)]), (1,), "65,535 entries"),
         "rule_voi_lut_40_bits": (with_(VOILUTSequence=[_lut([4096, 0, 40], 4096)]), (1,), "40-bit"),
         "rule_modality_lut_short": (with_(ModalityLUTSequence=[_lut([4096, 0, 16], 10)]), (1,), "4,096 entries"),

@@ -527,6 +527,8 @@ REFUSED_HEADERS = {
     "slope 0": ({"RescaleSlope": "0", "RescaleIntercept": "0"}, "RescaleSlope is 0"),
     "slope NaN": ({"RescaleSlope": "NaN", "RescaleIntercept": "0"}, "RescaleSlope is not a number"),
     "intercept inf": ({"RescaleSlope": "1", "RescaleIntercept": "inf"}, "RescaleIntercept is inf"),
+    "intercept beyond float32": ({"RescaleSlope": "1", "RescaleIntercept": "1e308"}, "beyond the float32 range"),
+    "slope that flattens": ({"RescaleSlope": "1e-300", "RescaleIntercept": "0"}, "to the same number"),
     "HighBit above BitsAllocated": ({"HighBit": 20}, "HighBit 20 is inconsistent"),
     "HighBit below BitsStored - 1": ({"BitsStored": 12, "HighBit": 4}, "HighBit 4 is inconsistent"),
     "BitsStored above BitsAllocated": ({"BitsStored": 20}, "BitsStored 20"),
