@@ -4,10 +4,11 @@ Imported only once the ``serve`` extra is known to be installed (see :mod:`edge.
 
 Request path of ``POST /v1/predict``: upload admission (503 + Retry-After beyond
 ``max_uploading``) -> body read under the size limit and the upload-rate rule (408 and close
-when too slow) -> scoring admission (503 beyond ``max_inflight``) -> multipart parsed in memory -> each upload decoded and preprocessed on
-a worker thread (never on the event loop: decoding may block, e.g. on a lock) -> the views'
-model inputs join the batcher's next onnxruntime call -> JSON with the keys of
-``edge-predict --json``. Every error is JSON ``{"error": "..."}``; nothing unexpected becomes a
+when too slow) -> scoring admission (503 beyond ``max_inflight``) -> multipart parsed in
+memory -> each upload decoded and preprocessed on a worker thread (never on the event loop:
+decoding may block, e.g. on a lock) -> the views' model inputs join the batcher's next
+onnxruntime call -> JSON with the keys of ``edge-predict --json`` -> with an audit log, its
+line written before the answer leaves (503 when it cannot be). Every error is JSON ``{"error": "..."}``; nothing unexpected becomes a
 traceback in a response or a log line.
 """
 
