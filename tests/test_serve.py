@@ -1,7 +1,8 @@
 """edge-serve: a real server process on a free 127.0.0.1 port, called over HTTP with httpx.
 
 Covers: parity with edge-predict (image and study, 1e-6), CAM overlays, every error status,
-503 + Retry-After beyond the in-flight limit, 504 after the request time limit, metrics,
+503 + Retry-After beyond the uploading limit (a stalled upload takes no scoring slot), 408 and
+close when an upload outlives the time limit, metrics,
 the model card and probes, the bind/token rule, SIGTERM (in-flight finishes, new connections
 refused, exit 0), a burst of malformed uploads followed by a correct answer, and the batcher
 and upload parser on their own.
