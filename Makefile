@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench notebook fuzz floors clean
+.PHONY: demo test install lint bench notebook fuzz soak floors clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --run runs/default
 
 # the full fuzz campaign (hostile models, golden sets, CLI values, data, interruptions,
-# concurrency; ~20-40 min); `make test` runs its fast slice (tests/test_fuzz.py)
+# concurrency, DICOM headers; ~25-45 min); `make test` runs its fast slice (tests/test_fuzz.py)
+# `make fuzz BEFORE=DIR` runs the same cases against another checkout first (before/after tables)
 fuzz: $(STAMP)
-	$(BIN)/python benchmarks/fuzz_campaign.py
+	$(BIN)/python benchmarks/fuzz_campaign.py $(if $(BEFORE),--before $(BEFORE))
+
+# 10,000 requests (valid, malformed, stalled, oversized) against a real edge-serve at
+# concurrency 32 (~1 min); `make test` runs 500 of them (tests/test_serve_soak.py)
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak_serve.py
 
 # the edge runtime at pyproject.toml's lower bounds, in clean venvs cached in .venv-floors/
 # (docs/compatibility.md): the base install at every floor, OpenCV's floor beside the newest

@@ -1,5 +1,5 @@
-"""The full fuzz campaign: hostile models, golden sets, CLI values, data, interruptions and
-concurrency, each case judged clean / traceback / hang / wrong / memory (see tests/_fuzz.py).
+"""The full fuzz campaign: hostile models, golden sets, CLI values, data, interruptions,
+concurrency and DICOM headers that lie (tests/_fuzzdicom.py), each case judged clean / traceback / hang / wrong / memory (see tests/_fuzz.py).
 
     python benchmarks/fuzz_campaign.py                       # this checkout
     python benchmarks/fuzz_campaign.py --before ../old-tree  # the same cases against another
@@ -7,7 +7,7 @@ concurrency, each case judged clean / traceback / hang / wrong / memory (see tes
 
 Cases are seeded (``--seed``): kill times, flipped bytes and sampled values repeat run to run.
 The interruption and concurrency classes train tiny models with TensorFlow and take minutes;
-``--classes models golden cli data`` runs the quick classes only. Exit code 0 when every case
+``--classes models golden cli data dicom`` runs the quick classes only. Exit code 0 when every case
 of the checkout under test is clean.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _fuzz import Runner, failures, run_case, table
 from _fuzzcases import Fixtures, all_cases
 
-CLASSES = ("models", "golden", "cli", "data", "interrupt", "concurrency")
+CLASSES = ("models", "golden", "cli", "data", "interrupt", "concurrency", "dicom")
 
 
 def campaign(tree: Path, work: Path, seed: int, classes, per_stage: int, label: str, only_fast: bool) -> list:

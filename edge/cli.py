@@ -208,6 +208,8 @@ def _check_parts(result, views, strict: bool, prog: str) -> None:
     from edge.dicom import part_warning
 
     for v in views:
+        for fallback in getattr(v.dicom, "fallbacks", ()):  # a header value broke the standard
+            print(f"{prog}: warning: {v.path}: {fallback}", file=sys.stderr)
         why = part_warning(v.dicom)
         if why and strict and v.dicom.body_part is not None and v.dicom.part is None:
             raise EdgeError(f"{v.path}: {why}; refused (--strict-part)")

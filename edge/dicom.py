@@ -21,7 +21,12 @@ been honoured is corrected like an inverted PNG).
 Refused with one clear line (:class:`edge.errors.ImageError`): multi-frame, colour (RGB, YBR,
 PALETTE COLOR), non-image objects (SR, RT, waveform, DICOMDIR, anything without pixel data),
 a compressed transfer syntax without an installed decoder (the line names the syntax and the
-package), truncated or corrupt files, and sizes above :data:`edge.image.MAX_PIXELS`.
+package), truncated or corrupt files, sizes above :data:`edge.image.MAX_PIXELS`, and headers
+whose declared sizes (Rows x Columns x SamplesPerPixel x BitsAllocated x frames) need more than
+:data:`edge.image.MEMORY_BUDGET` - checked before any pixel is decoded; a deflated data set is
+inflated under :data:`INFLATE_LIMIT`. Header values that break the standard are refused
+(:func:`check_header`) or, where viewers have a documented fallback, the fallback is taken and
+named (:func:`header_fallbacks`); docs/dicom.md lists every rule.
 
 Privacy: only non-identifying fields are ever read out (:class:`DicomInfo`: UIDs, SOP class,
 modality, body part, pixel format). Error lines never quote a library's message, because
@@ -79,6 +84,13 @@ _VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH S
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CS_RE = re.compile(r"^[A-Z0-9 _]{1,16}$")
 HEAD_BYTES = 132  # enough to recognise a file: 128-byte preamble + "DICM"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# A deflated data set may inflate to at most this: the largest pixel data the memory budget
+# admits (512 MiB / 20 bytes per pixel of working set = 26.8 M pixels, x 4 bytes = 107 MiB)
+# plus room for a header. A 0.5 MB deflate bomb would otherwise become > 1 GB before any check.
+INFLATE_LIMIT = 128 * 2**20
+# Elements larger than this stay in the file until read (only PixelData ever is).
+DEFER_BYTES = 1 << 20
 
 
 # ---------------------------------------------------------------- recognising DICOM
@@ -139,6 +151,10 @@ class DicomInfo:
     transfer_syntax : str
         Transfer syntax name.
     rows, columns, frames, bits_stored : int or None
+    fallbacks : tuple of str
+        Header values that break the standard but have a viewer's documented fallback, each
+        naming the fallback taken (an invalid window ignored: the full range is shown); see
+        :func:`header_fallbacks`. Printed as warnings, never part of a JSON answer.
     """
 
     study_uid: str | None
@@ -154,6 +170,7 @@ class DicomInfo:
     columns: int | None
     frames: int | None
     bits_stored: int | None
+    fallbacks: tuple = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,7 +232,8 @@ def _info(ds) -> DicomInfo:
         modality=_cs(ds.get("Modality")), body_part=body, part=map_body_part(body),
         photometric=_cs(ds.get("PhotometricInterpretation")), transfer_syntax=UID(ts).name if ts else "unknown",
         rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
-        frames=_int(ds.get("NumberOfFrames") or 1), bits_stored=_int(ds.get("BitsStored")))
+        frames=_int(ds.get("NumberOfFrames") or 1), bits_stored=_int(ds.get("BitsStored")),
+        fallbacks=header_fallbacks(ds))
 
 
 # ---------------------------------------------------------------- parsing
@@ -260,15 +278,77 @@ def _one_line(name: str):
 
 
 def _parse(pydicom, src, name: str, header_only: bool = False):
-    """pydicom Dataset from bytes or a path; any parse failure is one ImageError line."""
+    """pydicom Dataset from bytes or a path; any parse failure is one ImageError line.
+
+    Elements above :data:`DEFER_BYTES` (pixel data, a vendor's private blob) are left in the
+    file until read, so a huge element nobody asks for costs no memory. A deflated data set
+    is inflated here under :data:`INFLATE_LIMIT` (pydicom would inflate it without a bound).
+    """
     try:
-        ds = pydicom.dcmread(io.BytesIO(src) if isinstance(src, bytes) else str(src), force=True,
-                             stop_before_pixels=header_only)
+        ds = _read_deflated(src, name, header_only)
+        if ds is None:
+            ds = pydicom.dcmread(io.BytesIO(src) if isinstance(src, bytes) else str(src), force=True,
+                                 stop_before_pixels=header_only, defer_size=DEFER_BYTES)
         ds.get("Rows")  # touch the data set: a broken element raises here, not later
+    except ImageError:
+        raise
     except Exception as e:  # noqa: BLE001  pydicom raises many types; its messages may quote values
         raise ImageError(f"{name}: truncated or corrupt DICOM file ({type(e).__name__})") from None
     _ensure_transfer_syntax(ds)
     return ds
+
+
+def _read_deflated(src, name: str, header_only: bool):
+    """The data set of a Deflated Explicit VR Little Endian file, inflated under the cap; None
+    for any other transfer syntax (then pydicom reads the file itself)."""
+    from pydicom.dataset import FileDataset
+
+    # _read_file_meta_info: pydicom's own reader of group 0002 from a file object (its public
+    # read_file_meta_info takes a path only); stable since pydicom 1
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    with (io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")) as fp:
+        preamble = read_preamble(fp, True)
+        meta = _read_file_meta_info(fp)
+        if str(meta.get("TransferSyntaxUID", "")).strip() != DEFLATED:
+            return None
+        inflated = _inflate(fp, name)
+    ds = read_dataset(inflated, False, True, stop_when=_at_pixels if header_only else None)
+    return FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False,
+                       is_little_endian=True)
+
+
+def _at_pixels(tag, vr, length) -> bool:
+    return tag in (0x7FE00008, 0x7FE00009, 0x7FE00010)  # FloatPixelData, DoubleFloatPixelData, PixelData
+
+
+def _inflate(fp, name: str):
+    """Raw-deflate ``fp``'s rest into a DicomBytesIO (rewound), refusing as soon as the output
+    passes :data:`INFLATE_LIMIT`. Written in place: no second copy of the inflated bytes."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+
+    d, out, cap = zlib.decompressobj(-zlib.MAX_WBITS), DicomBytesIO(b""), INFLATE_LIMIT
+    try:
+        while chunk := fp.read(1 << 20):
+            while chunk:
+                # at most 4 MiB per call (max_length >= 1: 0 would mean unbounded)
+                out.write(d.decompress(chunk, min(4 << 20, cap + 1 - out.tell())))
+                _over_cap(out.tell(), cap, name)
+                chunk = d.unconsumed_tail
+        out.write(d.flush())
+        _over_cap(out.tell(), cap, name)
+    except zlib.error:
+        raise ImageError(f"{name}: corrupt deflated DICOM data set") from None
+    out.seek(0)
+    return out
+
+
+def _over_cap(size: int, cap: int, name: str) -> None:
+    if size > cap:
+        raise ImageError(f"{name}: deflated DICOM data set inflates past the {cap // 2**20} MiB limit "
+                         f"(a decompression bomb or a huge image)")
 
 
 def _ensure_transfer_syntax(ds) -> None:
@@ -342,8 +422,141 @@ def _check_image(ds, info: DicomInfo, name: str) -> None:
     stored = _int(ds.get("BitsStored", bits))
     if bits not in (1, 8, 16, 32) or stored is None or not 1 <= stored <= bits:
         raise ImageError(f"{name}: unsupported DICOM bit depth (BitsAllocated {bits}, BitsStored {stored})")
+    _check_declared_size(rows, cols, spp, bits, info.frames, name)
     if _int(ds.get("PixelRepresentation", 0)) not in (0, 1):
         raise ImageError(f"{name}: DICOM PixelRepresentation must be 0 or 1")
+    check_header(ds, name)
+
+
+def _check_declared_size(rows: int, cols: int, spp: int, bits: int, frames: int, name: str) -> None:
+    """The memory budget applied to the header's declared sizes, before any pixel is decoded."""
+    from edge.image import MEMORY_BUDGET, WORK_BYTES_PER_PIXEL
+
+    pixel_bytes = (rows * cols * spp * bits * frames + 7) // 8
+    need = pixel_bytes + WORK_BYTES_PER_PIXEL * rows * cols * spp * frames
+    if need > MEMORY_BUDGET:
+        raise ImageError(f"{name}: DICOM header declares {cols}x{rows} x {spp} sample(s) x {bits} bits x "
+                         f"{frames} frame(s), which needs about {need // 2**20:,} MiB, above the "
+                         f"{MEMORY_BUDGET // 2**20} MiB per-image budget")
+
+
+# ---------------------------------------------------------------- header value rules
+# The rules of PS3.3 that a header can break while still parsing. Each either refuses the
+# file (check_header: the values would make the picture meaningless) or, where viewers have a
+# documented fallback, takes it and says so (header_fallbacks). docs/dicom.md lists them.
+WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+def _float(value):
+    """A DS value (the first of several) as a float; None when absent, NaN when unparseable."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(_first(value))
+    except (TypeError, ValueError, IndexError):
+        return float("nan")
+
+
+def check_header(ds, name: str = "<dicom>") -> None:
+    """Refuse header values that break the standard and have no safe fallback (one line).
+
+    Checked: HighBit within BitsStored - 1 .. BitsAllocated - 1 (C.7.6.3.1); RescaleSlope
+    finite and not 0, RescaleIntercept finite, and the stored range through them finite and not
+    one value in the working float type (C.11.1.1.2); every Modality / VOI LUT Sequence
+    item's LUT Descriptor: three numbers, 8..16 bits, and LUT Data holding at least the
+    entries it promises (C.11.1.1.1, C.11.2.1.1).
+    """
+    bits, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+    high = ds.get("HighBit")
+    if high is not None and high != "":
+        h = _int(high)
+        if h is None or not stored - 1 <= h <= bits - 1:
+            raise ImageError(f"{name}: DICOM HighBit {h if h is not None else '?'} is inconsistent with "
+                             f"BitsStored {stored} and BitsAllocated {bits} (must be {stored - 1}..{bits - 1})")
+    if not ds.get("ModalityLUTSequence"):
+        slope, intercept = _float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))
+        if slope is not None and (not np.isfinite(slope) or slope == 0):
+            raise ImageError(f"{name}: DICOM RescaleSlope is {_shown(slope)}; it must be a finite number other "
+                             f"than 0 (every pixel would map to the same value)")
+        if intercept is not None and not np.isfinite(intercept):
+            raise ImageError(f"{name}: DICOM RescaleIntercept is {_shown(intercept)}; it must be a finite number")
+        _check_rescaled_range(stored, int(ds.get("PixelRepresentation", 0)) == 1,
+                              1.0 if slope is None else slope, 0.0 if intercept is None else intercept, name)
+    for keyword in ("ModalityLUTSequence", "VOILUTSequence"):
+        for i, item in enumerate(ds.get(keyword) or []):
+            why = _lut_problem(item)
+            if why:
+                raise ImageError(f"{name}: DICOM {keyword} item {i + 1}: {why}")
+
+
+def _check_rescaled_range(bits: int, signed: bool, slope: float, intercept: float, name: str) -> None:
+    """The stored range through the rescale must stay finite and distinct in the working float
+    type (float32 up to 24 bits stored): 1e308 or a slope of 1e-300 would make the picture
+    infinite or one flat value, scored as if it were an image."""
+    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
+    kind = np.float64 if bits > 24 else np.float32
+    with np.errstate(over="ignore", under="ignore"):
+        a, b = kind(lo * slope + intercept), kind(hi * slope + intercept)
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise ImageError(f"{name}: DICOM RescaleSlope {slope:g} / RescaleIntercept {intercept:g} map the stored "
+                         f"values beyond the {np.dtype(kind).name} range")
+    if a == b and hi > lo:
+        raise ImageError(f"{name}: DICOM RescaleSlope {slope:g} / RescaleIntercept {intercept:g} map every stored "
+                         f"value to the same number")
+
+
+def _shown(x: float) -> str:
+    return "not a number" if np.isnan(x) else f"{x:g}"
+
+
+def _lut_problem(item) -> str | None:
+    """Why a LUT sequence item breaks C.11.1.1.1 / C.11.2.1.1, or None."""
+    desc = item.get("LUTDescriptor")
+    values = list(desc) if hasattr(desc, "__len__") and not isinstance(desc, (str, bytes)) else [desc]
+    if desc is None or len(values) != 3 or any(_int(v) is None for v in values):
+        return "LUT Descriptor must hold three numbers (entries, first value mapped, bits)"
+    n, _, lut_bits = (int(v) for v in values)
+    n = n or 65536
+    if not 8 <= lut_bits <= 16:
+        return f"LUT Descriptor declares {lut_bits}-bit entries; the standard allows 8 to 16"
+    if "LUTData" not in item:
+        return "LUT Data is missing"
+    data = item["LUTData"].value
+    have = len(data) // 2 if isinstance(data, (bytes, bytearray)) else \
+        (len(data) if hasattr(data, "__len__") else int(data is not None))
+    if have < n:
+        return f"LUT Descriptor promises {n:,} entries but LUT Data holds {have:,}"
+    return None
+
+
+def header_fallbacks(ds) -> tuple:
+    """Header values that break the standard where viewers have a documented fallback: which
+    fallback :func:`read_dicom` takes, one sentence each (printed as warnings).
+
+    A window (WindowCenter / WindowWidth) that is not finite, or whose width is below 1 for
+    LINEAR or not above 0 for LINEAR_EXACT / SIGMOID (C.11.2.1.2), is ignored and the full
+    range is shown, as a viewer does; an unknown VOILUTFunction is taken as LINEAR, the
+    standard's default. Only a window that would be used (no VOI LUT Sequence) is judged.
+    """
+    seq = ds.get("VOILUTSequence")
+    if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]:
+        return ()
+    c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if c is None or w is None or c == "" or w == "":
+        return ()
+    center, width = _float(c), _float(w)
+    raw = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    out = []
+    func = raw if raw in WINDOW_FUNCTIONS else "LINEAR"
+    if raw != func:
+        out.append(f"VOILUTFunction {raw[:16]!r} is not LINEAR, LINEAR_EXACT or SIGMOID; LINEAR is used")
+    if not (np.isfinite(center) and np.isfinite(width)):
+        out.append("WindowCenter / WindowWidth is not a finite number; the window is ignored and the "
+                   "full range is shown")
+    elif not (width >= 1 if func == "LINEAR" else width > 0):
+        out.append(f"WindowWidth {width:g} is invalid for {func} (must be {'>= 1' if func == 'LINEAR' else '> 0'}); "
+                   f"the window is ignored and the full range is shown")
+    return tuple(out)
 
 
 def _check_decoder(ds, name: str):
@@ -468,11 +681,9 @@ def _window(ds):
     c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
     if c is None or w is None or c == "" or w == "":
         return None
-    try:
-        center, width = float(_first(c)), float(_first(w))
-    except (TypeError, ValueError, IndexError):
-        return None
+    center, width = _float(c), _float(w)
     func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    func = func if func in WINDOW_FUNCTIONS else "LINEAR"  # the standard's default term
     ok = np.isfinite(center) and np.isfinite(width) and (width >= 1 if func == "LINEAR" else width > 0)
     return (center, width, func) if ok else None
 

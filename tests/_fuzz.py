@@ -146,7 +146,7 @@ class Runner:
                              stdin=subprocess.DEVNULL, start_new_session=True,
                              preexec_fn=preexec)  # noqa: PLW1509
         return {"p": p, "out": out, "err": err, "t0": time.monotonic(), "argv": list(argv), "killed": False,
-                "hwm": 0.0, "parent_mb": _vm_mb("self", "VmRSS")}
+                "hwm": 0.0, "parent_mb": _vm_mb("self", "VmHWM")}
 
     @staticmethod
     def signal(handle, sig=signal.SIGKILL) -> None:
@@ -162,7 +162,8 @@ class Runner:
 
         ``wait4``'s ru_maxrss alone would not do: Linux carries the high-water mark of the forked
         copy of this (test) process into the exec'd child, so a child of a process that once held
-        850 MB reports at least 850 MB. It is used only when it exceeds this process's RSS.
+        850 MB reports at least 850 MB - even after this process gave the memory back. It is used
+        only when it exceeds this process's own high-water mark (VmHWM, not its current RSS).
         """
         p, timed_out, status, usage = handle["p"], False, None, None
         while True:
@@ -205,7 +206,7 @@ def _vm_mb(pid, field: str) -> float:
 
 
 def _peak_mb(handle, maxrss_mb: float) -> float:
-    inherited = handle["parent_mb"] * 1.05 + 16  # the fork's copy, and a margin for its growth
+    inherited = handle["parent_mb"] * 1.05 + 16  # the fork's copy of our peak, and a margin
     return max(handle["hwm"], maxrss_mb if maxrss_mb > inherited else 0.0)
 
 

@@ -743,11 +743,17 @@ def concurrency_cases(fx: Fixtures, seed: int) -> list:
     return cases
 
 
+def _dicom_cases(fx: Fixtures, seed: int) -> list:
+    from _fuzzdicom import dicom_cases  # pydicom and numpy, imported only for this class
+
+    return dicom_cases(fx, seed)
+
+
 def all_cases(fx: Fixtures, seed: int, classes=None, interrupts_per_stage: int = 4) -> list:
     """Every case of the requested classes (default all), in a stable order."""
     makers = {"models": model_cases, "golden": golden_cases, "cli": cli_cases, "data": data_cases,
               "interrupt": lambda f, s: interrupt_cases(f, s, interrupts_per_stage),
-              "concurrency": concurrency_cases}
+              "concurrency": concurrency_cases, "dicom": _dicom_cases}
     out = []
     for name, make in makers.items():
         if classes is None or name in classes:

@@ -571,3 +571,115 @@ def test_lut_sequences_take_the_lookup_table_route(tmp_path):
         assert np.array_equal(indexed.picture(), read_dicom(path.read_bytes(), "x", voi)[0])
         cfg = PreprocessConfig(dicom_voi=voi)
         assert np.array_equal(preprocess_with_info(path, cfg)[0], preprocess_with_info(indexed.picture(), cfg)[0])
+
+
+# ---------------------------------------------------------------- headers that lie (docs/dicom.md)
+def _lut_item(descriptor, data):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    item.add_new("LUTData", "US", data)
+    return item
+
+
+REFUSED_HEADERS = {
+    "slope 0": ({"RescaleSlope": "0", "RescaleIntercept": "0"}, "RescaleSlope is 0"),
+    "slope NaN": ({"RescaleSlope": "NaN", "RescaleIntercept": "0"}, "RescaleSlope is not a number"),
+    "intercept inf": ({"RescaleSlope": "1", "RescaleIntercept": "inf"}, "RescaleIntercept is inf"),
+    "intercept beyond float32": ({"RescaleSlope": "1", "RescaleIntercept": "1e308"}, "beyond the float32 range"),
+    "slope that flattens": ({"RescaleSlope": "1e-300", "RescaleIntercept": "0"}, "to the same number"),
+    "HighBit above BitsAllocated": ({"HighBit": 20}, "HighBit 20 is inconsistent"),
+    "HighBit below BitsStored - 1": ({"BitsStored": 12, "HighBit": 4}, "HighBit 4 is inconsistent"),
+    "BitsStored above BitsAllocated": ({"BitsStored": 20}, "BitsStored 20"),
+    "VOI LUT shorter than its descriptor": ({"VOILUTSequence": lambda: [_lut_item([65535, 0, 16], [1, 2, 3])]},
+                                            "promises 65,535 entries but LUT Data holds 3"),
+    "VOI LUT of 40 bits": ({"VOILUTSequence": lambda: [_lut_item([4, 0, 40], [1, 2, 3, 4])]}, "40-bit entries"),
+    "modality LUT of 2 values": ({"ModalityLUTSequence": lambda: [_lut_item([4, 0], [1, 2, 3, 4])]},
+                                 "three numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_HEADERS))
+def test_header_values_that_break_the_standard_are_one_line_and_exit_1(tmp_path, model, capsys, case):
+    elements, want = REFUSED_HEADERS[case]
+    ds = _ds_with(picture12(16, 16), **{k: v() if callable(v) else v for k, v in elements.items()})
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    assert want in _one_error(tmp_path / "x.dcm", model, capsys)
+
+
+@pytest.mark.parametrize("window,function,warning", [
+    (("2000", "0"), "LINEAR", "WindowWidth 0 is invalid for LINEAR (must be >= 1)"),
+    (("2000", "0.5"), "LINEAR", "WindowWidth 0.5 is invalid for LINEAR (must be >= 1)"),
+    (("2000", "-3"), "SIGMOID", "WindowWidth -3 is invalid for SIGMOID (must be > 0)"),
+    (("NaN", "400"), "LINEAR", "not a finite number"),
+    (("2000", "inf"), "LINEAR_EXACT", "not a finite number"),
+])
+def test_an_invalid_window_falls_back_to_the_full_range_with_a_warning(tmp_path, model, capsys, window,
+                                                                         function, warning):
+    stored = picture12(32, 32)
+    ds = _ds_with(stored, WindowCenter=window[0], WindowWidth=window[1], VOILUTFunction=function)
+    ds.save_as(tmp_path / "w.dcm", enforce_file_format=True)
+    full = _ds_with(stored)
+    assert np.array_equal(_read(ds, tmp_path, "window"), _read(full, tmp_path, "full"))
+    ds.save_as(tmp_path / "w.dcm", enforce_file_format=True)
+    code, out, err = run_cli([tmp_path / "w.dcm", "--model", model, "--json"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 0 and len(out.splitlines()) == 1 and len(lines) == 1
+    assert lines[0].startswith("edge-predict: warning: ") and warning in lines[0] and "full range" in lines[0]
+
+
+def test_a_valid_window_gives_no_warning(tmp_path, model, capsys):
+    ds = _ds_with(picture12(32, 32), WindowCenter="30000", WindowWidth="1")  # width 1 is the LINEAR minimum
+    ds.save_as(tmp_path / "ok.dcm", enforce_file_format=True)
+    code, _, err = run_cli([tmp_path / "ok.dcm", "--model", model], capsys)
+    assert code == 0 and err == ""
+
+
+def _deflated(ds, path):
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_deflated_files_read_and_a_deflate_bomb_is_refused_under_the_budget(tmp_path, model):
+    from _fuzzdicom import deflated_file
+
+    from edge.dicom import INFLATE_LIMIT
+
+    stored = picture12(48, 40)
+    ok = _deflated(_ds_with(stored), tmp_path / "ok.dcm")
+    assert np.array_equal(read_dicom(ok.read_bytes(), "ok", "full")[0], _read(_ds_with(stored), tmp_path, "full"))
+    # zeros compressed as a stream (~130 KB): this test process never holds the inflated bytes,
+    # which would raise its memory high-water mark for the subprocess measurements of other tests
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(deflated_file(_ds_with(stored), tail_zeros=INFLATE_LIMIT + 2**20))
+    assert path.stat().st_size < 2**20
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # /usr/bin/time's %M is this process's own peak; resource limits would only hide an overshoot
+    out = subprocess.run(["/usr/bin/time", "-f", "peak %M", sys.executable, "-m", "edge.cli", str(path),
+                          "--model", str(model)], capture_output=True, text=True, env=env, timeout=120, check=False)
+    lines = [ln for ln in out.stderr.strip().splitlines() if not ln.startswith("Command exited")]
+    assert out.returncode == 1 and "inflates past the 128 MiB limit" in lines[0] and len(lines) == 2
+    assert int(lines[1].split()[1]) * 1024 < 512 * 2**20  # the edge budget (was 1 GB before)
+
+
+def test_declared_sizes_are_checked_before_any_pixel_work(tmp_path, model, capsys):
+    """A header promising 6000 x 5000 pixels with 4 bytes of data: refused on the budget (the
+    declared size), not as a truncated file after decoding was attempted."""
+    ds = _ds_with(np.zeros((2, 2), np.uint16))
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 5000, 6000, 32, 32, 31
+    ds.save_as(tmp_path / "big.dcm", enforce_file_format=True)
+    assert "per-image budget" in _one_error(tmp_path / "big.dcm", model, capsys)
+
+
+def test_a_huge_private_element_is_never_loaded(tmp_path, model):
+    from _fuzzdicom import _big_private
+
+    _big_private(200 * 2**20)(tmp_path / "priv.dcm")  # a sparse file: written without the 200 MB in memory
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(["/usr/bin/time", "-f", "peak %M", sys.executable, "-m", "edge.cli", str(tmp_path / "priv.dcm"),
+                          "--model", str(model), "--json"], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1
+    assert int(out.stderr.split()[-1]) * 1024 < 512 * 2**20  # the file's 200 MB + no copy of the element

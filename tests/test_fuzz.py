@@ -22,7 +22,7 @@ def fuzz(tmp_path_factory):
     return runner, Fixtures(runner, root / "fixtures", seed=0), root
 
 
-@pytest.mark.parametrize("cls", ["models", "golden", "cli", "data", "concurrency"])
+@pytest.mark.parametrize("cls", ["models", "golden", "cli", "data", "concurrency", "dicom"])
 def test_fast_fuzz_slice(fuzz, cls):
     runner, fx, root = fuzz
     cases = [c for c in all_cases(fx, 0, [cls]) if c.fast]

@@ -1,7 +1,8 @@
 """edge-serve: a real server process on a free 127.0.0.1 port, called over HTTP with httpx.
 
 Covers: parity with edge-predict (image and study, 1e-6), CAM overlays, every error status,
-503 + Retry-After beyond the in-flight limit, 504 after the request time limit, metrics,
+503 + Retry-After beyond the uploading limit (a stalled upload takes no scoring slot), 408 and
+close when an upload outlives the time limit, metrics,
 the model card and probes, the bind/token rule, SIGTERM (in-flight finishes, new connections
 refused, exit 0), a burst of malformed uploads followed by a correct answer, and the batcher
 and upload parser on their own.
@@ -33,7 +34,8 @@ from edge.serve.uploads import ApiError, parse_uploads, safe_name
 TOL = 1e-6
 # small limits so that every bound can be hit with tiny inputs
 LIMITS = ["--threads", "1", "--workers", "1", "--max-body-mb", "0.25", "--max-files", "4",
-          "--max-pixels", "10000", "--max-inflight", "3", "--timeout", "3"]
+          "--max-pixels", "10000", "--max-inflight", "3", "--max-uploading", "3", "--min-upload-kbps", "0",
+          "--timeout", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +203,9 @@ def read_response(s):
     return resp.status, dict(resp.getheaders()), json.loads(resp.read())
 
 
-def inflight(server) -> float:
+def gauge(server, name="inflight") -> float:
     text = httpx.get(server.url + "/metrics").text
-    return float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("edge_serve_inflight_requests ")))
+    return float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith(f"edge_serve_{name}_requests ")))
 
 
 def wait_for(cond, timeout=10.0):
@@ -215,13 +217,14 @@ def wait_for(cond, timeout=10.0):
     return False
 
 
-def test_503_with_retry_after_beyond_the_inflight_limit(server, files):
+def test_503_with_retry_after_beyond_the_uploading_limit(server, files):
     parts = image_parts(files["images"][:1])
-    held = [start_upload(server.port, parts) for _ in range(3)]  # admitted, waiting for their bodies
+    held = [start_upload(server.port, parts) for _ in range(3)]  # uploading, waiting for their bodies
     try:
-        assert wait_for(lambda: inflight(server) == 3)
+        assert wait_for(lambda: gauge(server, "uploading") == 3)
+        assert gauge(server, "inflight") == 0  # a stalled upload takes no scoring slot
         r = post(server, parts)
-        assert "busy" in assert_json_error(r, 503)
+        assert "busy: 3 uploads" in assert_json_error(r, 503)
         assert int(r.headers["retry-after"]) >= 1
     finally:
         answers = []
@@ -233,12 +236,13 @@ def test_503_with_retry_after_beyond_the_inflight_limit(server, files):
     assert post(server, parts).status_code == 200
 
 
-def test_504_when_a_request_outlives_the_time_limit(server, files):
+def test_408_and_close_when_an_upload_outlives_the_time_limit(server, files):
     s, _ = start_upload(server.port, image_parts(files["images"][:1]))  # never finishes its body
     t0 = time.monotonic()
-    status, _, body = read_response(s)
+    status, headers, body = read_response(s)
+    assert status == 408 and "upload too slow" in body["error"] and 2.5 < time.monotonic() - t0 < 15
+    assert headers.get("connection") == "close" and s.recv(1) == b""  # closed by the server
     s.close()
-    assert status == 504 and "3 s" in body["error"] and 2.5 < time.monotonic() - t0 < 15
 
 
 # ------------------------------------------------------------------ model, probes, metrics, page
@@ -300,7 +304,7 @@ def test_burst_of_malformed_uploads_then_a_correct_answer(server, files, expecte
 def test_sigterm_finishes_inflight_requests_and_refuses_new_ones(files, expected):
     srv = Server(files["model"], "--threads", "1")
     s, rest = start_upload(srv.port, image_parts(files["images"][:1]))
-    assert wait_for(lambda: inflight(srv) == 1)
+    assert wait_for(lambda: gauge(srv, "uploading") == 1)
     srv.terminate()
 
     def refused():

@@ -2,11 +2,13 @@
 
 Imported only once the ``serve`` extra is known to be installed (see :mod:`edge.serve.cli`).
 
-Request path of ``POST /v1/predict``: admission (503 + Retry-After beyond ``max_inflight``)
--> bounded body read -> multipart parsed in memory -> each upload decoded and preprocessed on
-a worker thread (never on the event loop: decoding may block, e.g. on a lock) -> the views'
-model inputs join the batcher's next onnxruntime call -> JSON with the keys of
-``edge-predict --json``. Every error is JSON ``{"error": "..."}``; nothing unexpected becomes a
+Request path of ``POST /v1/predict``: upload admission (503 + Retry-After beyond
+``max_uploading``) -> body read under the size limit and the upload-rate rule (408 and close
+when too slow) -> scoring admission (503 beyond ``max_inflight``) -> multipart parsed in
+memory -> each upload decoded and preprocessed on a worker thread (never on the event loop:
+decoding may block, e.g. on a lock) -> the views' model inputs join the batcher's next
+onnxruntime call -> JSON with the keys of ``edge-predict --json`` -> with an audit log, its
+line written before the answer leaves (503 when it cannot be). Every error is JSON ``{"error": "..."}``; nothing unexpected becomes a
 traceback in a response or a log line.
 """
 
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from edge.dicom import DicomInfo, is_dicom, read_dicom_info
 from edge.errors import ImageError
 from edge.image import load_array
 from edge.predictor import Prediction, StudyPrediction, valid_probabilities
+from edge.serve.audit import audit_record, model_facts
 from edge.serve.batcher import Batcher
 from edge.serve.limits import Limits, token_matches
 from edge.serve.metrics import Metrics
@@ -140,16 +145,35 @@ class _Once:
             fn()
 
 
-class Service:
-    """What the routes share: predictor, limits, worker threads, batcher, counters, metrics."""
+@dataclass
+class Trail:
+    """What the audit line of one request needs beyond its answer."""
 
-    def __init__(self, predictor, limits: Limits, metrics: Metrics):
+    request_id: str
+    client: str | None
+    sha256: list
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Service:
+    """What the routes share: predictor, limits, worker threads, batcher, counters, metrics,
+    and the audit log (None when auditing is off)."""
+
+    def __init__(self, predictor, limits: Limits, metrics: Metrics, audit=None):
         self.predictor = predictor
         self.limits = limits
         self.metrics = metrics
+        self.audit = audit
+        self.audit_ok = True  # False after a line could not be written, until one can again
+        self.audit_pool = ThreadPoolExecutor(1, thread_name_prefix="edge-serve-audit") if audit else None
+        self.model = model_facts(predictor)
         self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="edge-serve-prep")
         self.batcher = None
-        self.inflight = 0  # admitted requests (touched only on the event loop thread)
+        self.inflight = 0  # requests being scored (touched only on the event loop thread)
+        self.uploading = 0  # requests still receiving their body
         self.preparing = 0  # admitted requests whose inputs have not reached the batcher yet
         self.ready = False
         self.draining = False
@@ -167,6 +191,25 @@ class Service:
         if self.batcher is not None:
             await self.batcher.stop()
         self.pool.shutdown(wait=True)
+        if self.audit is not None:
+            self.audit_pool.shutdown(wait=True)
+            self.audit.close()
+
+    async def record(self, trail: Trail, status: int, answer: dict | None) -> None:
+        """Write the request's audit line (when auditing is on), or refuse the answer with 503."""
+        if self.audit is None:
+            return
+        line = audit_record(request_id=trail.request_id, client=trail.client, endpoint="/v1/predict",
+                            status=status, model=self.model, upload_sha256=trail.sha256, answer=answer)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.audit_pool, self.audit.write, line)
+        except (OSError, ValueError) as e:  # ValueError: a value JSON cannot hold (NaN)
+            self.audit_ok = False
+            log.error("audit log %s cannot be written (%s); answering 503", self.audit.path,
+                      getattr(e, "strerror", None) or type(e).__name__)
+            raise ApiError(503, "the audit log cannot be written; no answer is given unaudited",
+                           {"Retry-After": "5", "X-Request-ID": trail.request_id}) from None
+        self.audit_ok = True
 
     async def warm_up(self) -> None:
         """One request's path end to end (PNG decode, worker, batcher, model) before ready."""
@@ -181,12 +224,28 @@ class Service:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def admit(self) -> None:
-        """Count a request in, or refuse it with 503 (not ready, shutting down, or full)."""
+    def _refuse_when_unavailable(self) -> None:
         if self.draining:
             raise ApiError(503, "the server is shutting down", {"Retry-After": "5", "Connection": "close"})
         if not self.ready:
             raise ApiError(503, "the model is still warming up", {"Retry-After": "1"})
+
+    def admit_upload(self) -> None:
+        """Count an upload in, or refuse it with 503 (not ready, shutting down, or full)."""
+        self._refuse_when_unavailable()
+        if self.uploading >= self.limits.max_uploading:
+            raise ApiError(503, f"busy: {self.uploading} uploads in progress (limit {self.limits.max_uploading})",
+                           {"Retry-After": "1"})
+        self.uploading += 1
+        self.metrics.uploading.set(self.uploading)
+
+    def release_upload(self) -> None:
+        self.uploading -= 1
+        self.metrics.uploading.set(self.uploading)
+
+    def admit(self) -> None:
+        """Count a received request in for scoring, or refuse it with 503 (an upload admitted
+        before a SIGTERM is still scored: draining lets requests in flight finish)."""
         if self.inflight >= self.limits.max_inflight:
             raise ApiError(503, f"busy: {self.inflight} requests in flight (limit {self.limits.max_inflight})",
                            {"Retry-After": "1"})
@@ -198,12 +257,22 @@ class Service:
         self.inflight -= 1
         self.metrics.inflight.set(self.inflight)
 
-    async def predict(self, request, want_cam: bool) -> dict:
-        """Admit, score within the per-request timeout, release."""
+    async def receive(self, request) -> bytearray:
+        """The body, under the uploading bound, the size limit and the upload-rate rule."""
+        self.admit_upload()
+        try:
+            return await read_body(request, self.limits.max_body_bytes, self.limits.allowed_upload_s)
+        finally:
+            self.release_upload()
+
+    async def predict(self, request, want_cam: bool, trail: Trail | None = None) -> dict:
+        """Receive the body (uploading bound), then admit, score within the timeout, release."""
+        body = await self.receive(request)
         self.admit()
         prepared = _Once(self._prepared)
         try:
-            return await asyncio.wait_for(self._predict(request, want_cam, prepared), self.limits.timeout_s)
+            return await asyncio.wait_for(self._predict(request, body, want_cam, prepared, trail),
+                                          self.limits.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"no answer within the {self.limits.timeout_s:g} s request limit") from None
         finally:
@@ -213,10 +282,11 @@ class Service:
     def _prepared(self) -> None:
         self.preparing -= 1
 
-    async def _predict(self, request, want_cam: bool, prepared) -> dict:
-        body = await read_body(request, self.limits.max_body_bytes)
+    async def _predict(self, request, body: bytearray, want_cam: bool, prepared, trail: Trail | None) -> dict:
         uploads = parse_uploads(body, request.headers.get("content-type", ""), self.limits.max_files)
         del body
+        if trail is not None and self.audit is not None:  # the exact inputs, for the audit line
+            trail.sha256 = await self._all(_sha256, [(u.data,) for u in uploads])
         views = await self._prepare_all(uploads)
         prepared()  # from here on this request no longer counts as one the batcher may wait for
         x = views[0].x if len(views) == 1 else np.concatenate([v.x for v in views])
@@ -256,7 +326,7 @@ class Service:
         return body
 
 
-def create_app(predictor, limits: Limits | None = None, token: str | None = None):
+def create_app(predictor, limits: Limits | None = None, token: str | None = None, audit=None):
     """The FastAPI application serving ``predictor``.
 
     Parameters
@@ -266,9 +336,12 @@ def create_app(predictor, limits: Limits | None = None, token: str | None = None
     token : str, optional
         When set, every path but ``/``, ``/healthz`` and ``/readyz`` needs
         ``Authorization: Bearer <token>``.
+    audit : edge.serve.audit.AuditLog, optional
+        When set, every ``POST /v1/predict`` answer is one line in it, written before the
+        answer leaves (503 when it cannot be).
     """
     metrics = Metrics()
-    service = Service(predictor, limits or Limits(), metrics)
+    service = Service(predictor, limits or Limits(), metrics, audit)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -290,7 +363,19 @@ def _add_routes(app, service: Service, metrics: Metrics) -> None:
     @app.post("/v1/predict")
     async def predict(request: Request):
         want_cam = request.query_params.get("cam", "0").lower() in ("1", "true", "yes")
-        return JSONResponse(await service.predict(request, want_cam))
+        client = request.client.host if request.client else None
+        trail = Trail(uuid.uuid4().hex, client, [])
+        try:
+            answer = await service.predict(request, want_cam, trail)
+        except ApiError as e:
+            await service.record(trail, e.status, None)
+            e.headers["X-Request-ID"] = trail.request_id
+            raise
+        except Exception:
+            await service.record(trail, 500, None)
+            raise
+        await service.record(trail, 200, answer)
+        return JSONResponse(answer, headers={"X-Request-ID": trail.request_id})
 
     @app.get("/v1/model")
     async def model():
@@ -302,9 +387,10 @@ def _add_routes(app, service: Service, metrics: Metrics) -> None:
 
     @app.get("/readyz")
     async def readyz():
-        if service.ready and not service.draining:
+        if service.ready and not service.draining and service.audit_ok:
             return JSONResponse({"status": "ready"})
-        why = "shutting down" if service.draining else "warming up"
+        why = "shutting down" if service.draining else "warming up" if not service.ready else \
+            "the audit log cannot be written"
         return JSONResponse({"error": f"not ready: {why}"}, 503, headers={"Retry-After": "1"})
 
     @app.get("/metrics")

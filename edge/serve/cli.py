@@ -43,13 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-files", type=int, default=d.max_files, help="files (views) per request (default %(default)s)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per decoded image (default %(default)s)")
     p.add_argument("--max-inflight", type=int, default=d.max_inflight,
-                   help="requests admitted at once; beyond: 503 + Retry-After (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request, upload included (default %(default)g)")
+                   help="requests being scored at once; beyond: 503 + Retry-After (default %(default)s)")
+    p.add_argument("--max-uploading", type=int, default=d.max_uploading,
+                   help="requests still receiving their body at once; beyond: 503 + Retry-After (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds to send a request's headers; beyond: 408 and close (default %(default)g)")
+    p.add_argument("--min-upload-kbps", type=float, default=d.min_upload_kbps,
+                   help="lowest average upload rate in kilobits/s after the first --header-timeout seconds; "
+                        "beyond: 408 and close; 0 = off (default %(default)g)")
+    p.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
+                   help="seconds an idle kept-alive connection stays open (default %(default)g)")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="seconds for the upload (beyond: 408), then for scoring (beyond: 504) (default %(default)g)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per onnxruntime call (default %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch (default %(default)g)")
     p.add_argument("--no-batching", action="store_true", help="one onnxruntime call per request")
     p.add_argument("--access-log", action="store_true", help="log every request (stdout)")
     add_dicom_arguments(p)
+    p.add_argument("--audit-log", metavar="FILE",
+                   help="append one JSON line per prediction request (inputs' SHA-256, model hash, answer; never a "
+                        "file name or patient value); a line that cannot be written makes the request a 503")
+    p.add_argument("--audit-max-mb", type=float, default=64, help="rotate the audit log at this size (default %(default)g)")
+    p.add_argument("--audit-backups", type=int, default=5, help="rotated audit logs kept (default %(default)s)")
     return p
 
 
@@ -117,7 +132,9 @@ def limits_from(args) -> Limits:
     body = args.max_body_mb * MB  # NaN / inf stay floats, which Limits refuses in one line
     return Limits(max_body_bytes=int(body) if math.isfinite(body) else body, max_files=args.max_files,
                   max_pixels=args.max_pixels,
-                  max_inflight=args.max_inflight, timeout_s=args.timeout, max_batch=args.max_batch,
+                  max_inflight=args.max_inflight, max_uploading=args.max_uploading,
+                  header_timeout_s=args.header_timeout, min_upload_kbps=args.min_upload_kbps,
+                  keep_alive_s=args.keep_alive, timeout_s=args.timeout, max_batch=args.max_batch,
                   max_wait_ms=args.max_wait_ms, batching=not args.no_batching, workers=args.workers)
 
 
@@ -138,15 +155,27 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def prepare(args):
-    """Check everything that can fail before serving; returns (predictor, limits, token, socket)."""
+    """Check everything that can fail before serving; returns (predictor, limits, token, socket, audit)."""
     from edge.predictor import Predictor
 
     limits = limits_from(args)
     check_bind(args.host, args.token_file, args.insecure)
     token = read_token(args.token_file) if args.token_file else None
+    audit = open_audit(args)
     predictor = Predictor(args.model or default_model(), threads=args.threads)
     warm_up(predictor, limits.max_batch)
-    return predictor, limits, token, listen(args.host, args.port)
+    return predictor, limits, token, listen(args.host, args.port), audit
+
+
+def open_audit(args):
+    """The audit log of ``--audit-log`` (None without it); refuses what it cannot keep."""
+    if not args.audit_log:
+        return None
+    from edge.serve.audit import AuditLog
+
+    if not (0.001 <= args.audit_max_mb <= 1e6) or not 0 <= args.audit_backups <= 1000:
+        raise ServeError("--audit-max-mb must be in [0.001, 1e6] and --audit-backups in [0, 1000]")
+    return AuditLog(args.audit_log, int(args.audit_max_mb * MB), args.audit_backups)
 
 
 def warm_up(predictor, max_batch: int) -> None:
@@ -174,13 +203,13 @@ def main(argv=None) -> int:
         return 2
     try:
         node = node_options(args)
-        predictor, limits, token, sock = prepare(args)
+        predictor, limits, token, sock, audit = prepare(args)
     except EdgeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     from edge.serve.run import serve
 
-    return serve(predictor, limits, token, sock, access_log=args.access_log, node=node)
+    return serve(predictor, limits, token, sock, access_log=args.access_log, node=node, audit=audit)
 
 
 if __name__ == "__main__":

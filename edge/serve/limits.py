@@ -1,8 +1,10 @@
 """The bounds of ``edge-serve`` and its bind rule (no web framework imported here).
 
 Every resource a request can consume has a limit: body bytes, files per request, pixels per
-image, requests admitted at once, seconds per request. Beyond the admission limit a request
-gets 503 with ``Retry-After`` instead of queueing in memory without end.
+image, connections uploading at once, requests scored at once, seconds for the headers, upload
+rate, seconds per request. Beyond an admission limit a request gets 503 with ``Retry-After``
+instead of queueing in memory without end; a client too slow to send its headers or its body
+gets 408 and its connection is closed, so stalled clients cannot hold the capacity scoring needs.
 """
 
 from __future__ import annotations
@@ -32,10 +34,23 @@ class Limits:
     max_pixels : int
         Most pixels (width x height) in one decoded image (413 beyond).
     max_inflight : int
-        Requests admitted at once, waiting ones included; beyond: 503 + Retry-After.
-        Worst-case body memory is ``max_inflight * max_body_bytes``.
+        Requests being scored at once (body received, being decoded, batched, answered);
+        beyond: 503 + Retry-After.
+    max_uploading : int
+        Requests still receiving their body at once (larger: a slow upload costs a socket and a
+        partial buffer, not a scoring slot); beyond: 503 + Retry-After. Worst-case body memory
+        is ``(max_uploading + max_inflight) * max_body_bytes``.
+    header_timeout_s : float
+        Seconds a connection has to send a request's complete headers (from its first byte, or
+        from the connection's opening); beyond: 408 and the connection is closed.
+    min_upload_kbps : float
+        Lowest average upload rate, in kilobits per second, once ``header_timeout_s`` of the
+        body's time has passed (the body may take ``header_timeout_s + bits / rate`` seconds);
+        beyond: 408 and close. 0 turns the rate rule off (``timeout_s`` still bounds the upload).
+    keep_alive_s : float
+        Seconds an idle kept-alive connection stays open between requests.
     timeout_s : float
-        Seconds from admission to response, body upload included (504 beyond).
+        Seconds for the upload (408 beyond), then again seconds for scoring (504 beyond).
     max_batch : int
         Most images in one onnxruntime call.
     max_wait_ms : float
@@ -51,11 +66,22 @@ class Limits:
     max_files: int = 16
     max_pixels: int = 36_000_000
     max_inflight: int = 32
+    max_uploading: int = 256
+    header_timeout_s: float = 5.0
+    min_upload_kbps: float = 64.0
+    keep_alive_s: float = 5.0
     timeout_s: float = 30.0
     max_batch: int = 32
     max_wait_ms: float = 5.0
     batching: bool = True
     workers: int = 2
+
+    def allowed_upload_s(self, received: int) -> float:
+        """Seconds a body may have taken once ``received`` bytes have arrived (rate rule and
+        ``timeout_s``, whichever is shorter)."""
+        if self.min_upload_kbps <= 0:
+            return self.timeout_s
+        return min(self.timeout_s, self.header_timeout_s + received * 8 / (self.min_upload_kbps * 1000))
 
     def __post_init__(self):
         for name, (flag, lo, hi) in _RANGES.items():
@@ -67,6 +93,8 @@ class Limits:
 # field -> (command-line flag, lowest, highest); NaN fails every comparison, so it is refused too
 _RANGES = {"max_body_bytes": ("--max-body-mb", 1024, 2**31), "max_files": ("--max-files", 1, 1024),
            "max_pixels": ("--max-pixels", 64, 10**9), "max_inflight": ("--max-inflight", 1, 10_000),
+           "max_uploading": ("--max-uploading", 1, 10_000), "header_timeout_s": ("--header-timeout", 0.1, 600),
+           "min_upload_kbps": ("--min-upload-kbps", 0, 10**7), "keep_alive_s": ("--keep-alive", 0.1, 3600),
            "timeout_s": ("--timeout", 0.1, 3600), "max_batch": ("--max-batch", 1, 1024),
            "max_wait_ms": ("--max-wait-ms", 0, 1000), "workers": ("--workers", 1, 64)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 ENDPOINTS = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics")
 ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               408: "client_too_slow",
                413: "too_large", 415: "wrong_type", 422: "missing_field", 500: "internal",
                503: "unavailable", 504: "timeout"}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -30,7 +31,9 @@ class Metrics:
         self.batch_size = Histogram("edge_serve_batch_images", "Images per onnxruntime call",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("edge_serve_images", "Images scored", registry=r)
-        self.inflight = Gauge("edge_serve_inflight_requests", "Prediction requests admitted now", registry=r)
+        self.inflight = Gauge("edge_serve_inflight_requests", "Prediction requests being scored now", registry=r)
+        self.uploading = Gauge("edge_serve_uploading_requests", "Prediction requests still receiving their body",
+                               registry=r)
 
     @staticmethod
     def endpoint(path: str) -> str:

@@ -21,7 +21,8 @@ class ApiError(Exception):
     Parameters
     ----------
     status : int
-        400 bad image, 413 too large, 415 wrong type, 422 missing field, 503 busy, 504 timeout.
+        400 bad image, 408 upload too slow, 413 too large, 415 wrong type, 422 missing field,
+        503 busy, 504 timeout.
     message : str
         One line for the client.
     headers : dict, optional
@@ -43,17 +44,44 @@ class Upload:
     data: bytes
 
 
-async def read_body(request, limit: int) -> bytearray:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+async def read_body(request, limit: int, allowed_s=None) -> bytearray:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes, and with 408
+    (connection closed) as soon as it arrives too slowly.
+
+    Parameters
+    ----------
+    allowed_s : callable, optional
+        ``allowed_s(received_bytes) -> seconds`` the body may have taken so far
+        (:meth:`edge.serve.limits.Limits.allowed_upload_s`); each wait for the next chunk
+        ends when that time is up. None: no time rule.
+    """
+    import asyncio
+
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {int(declared):,} bytes, above the {limit:,}-byte limit")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    loop = asyncio.get_running_loop()
+    t0, body = loop.time(), bytearray()
+    while True:
+        left = None if allowed_s is None else t0 + allowed_s(len(body)) - loop.time()
+        if left is not None and left <= 0:
+            raise _too_slow(len(body), loop.time() - t0)
+        try:
+            message = await asyncio.wait_for(request.receive(), left)
+        except asyncio.TimeoutError:
+            raise _too_slow(len(body), loop.time() - t0) from None
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "the client closed the connection before the body was complete")
+        body += message.get("body", b"")
         if len(body) > limit:
             raise ApiError(413, f"request body is above the {limit:,}-byte limit")
-    return body
+        if not message.get("more_body", False):
+            return body
+
+
+def _too_slow(received: int, seconds: float) -> ApiError:
+    return ApiError(408, f"upload too slow: {received:,} bytes in {seconds:.1f} s; the connection is closed",
+                    {"Connection": "close"})
 
 
 def safe_name(filename: str | None, index: int) -> str:
