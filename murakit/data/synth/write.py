@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge.atomic import atomic_dir
+from murakit import pools
 from murakit.data.synth.findings import study_spec
 from murakit.data.synth.plan import StudyPlan, check_n_studies, plan_studies
 from murakit.data.synth.render import render_view
@@ -137,20 +138,17 @@ def _render_all(plans, seed, mura_dir: Path, workers: int, progress: bool, setti
     jobs = [(p, seed, mura_dir, settings) for p in plans]
     bar = tqdm(total=len(plans), unit="study", desc="synth", disable=not progress)
     rows = []
-    if workers <= 1 or len(plans) < 8:
+    workers = pools.worker_count(workers if len(plans) >= 8 else 1)
+    if workers <= 1:
         for job in jobs:
             rows.append(render_study(*job))
             bar.update()
     else:
-        import multiprocessing as mp
-
-        # "spawn": forking a parent whose OpenCV thread pool is live can deadlock the child
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # spawn (murakit.pools): forking a parent whose OpenCV thread pool is live can deadlock the child
+        with pools.SpawnPool(workers, "synth") as pool:
             for r in pool.imap(_render_job, jobs, chunksize=4):  # ordered -> deterministic
                 rows.append(r)
                 bar.update()
-            pool.close()
-            pool.join()
     bar.close()
     return rows
 
