@@ -238,14 +238,17 @@ class Watch:
             failed, or :data:`START_ATTEMPTS` workers died at start-up.
         """
         worked = None
-        for p in self._new_deaths():
+        deaths = self._new_deaths()
+        # a SIGTERM is the executor stopping the rest of a broken pool, unless nothing else died
+        others = any(p.exitcode != -signal.SIGTERM or p.pid in self.ready for p in deaths)
+        for p in deaths:
             if p.pid in self.ready:
                 worked = worked or p
             elif p.exitcode == GUARD_EXIT:
                 self._stop(GUARD_FIX)
             elif p.pid in self.failed:
                 self._stop(f"a {self.what} worker process could not start: {self.failed[p.pid]}")
-            elif ignore_terminated and p.exitcode == -signal.SIGTERM:
+            elif ignore_terminated and others and p.exitcode == -signal.SIGTERM:
                 continue  # stopped by its broken pool, not a death of its own
             else:
                 self.start_deaths += 1

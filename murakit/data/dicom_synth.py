@@ -165,6 +165,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
     params = _params(n_studies, seed)
     if not force and _meta_matches(target, params):
         return target, {}
+    pools.refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and is not the DICOM synthetic set for --studies "
                            f"{n_studies} --seed {seed}; use --force to replace it")

@@ -196,6 +196,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     target = out_dir / "MURA-v1.1"
     if not force and existing_matches(out_dir, seed=seed, settings=settings):
         return target
+    pools.refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and was not generated with "
                            f"{describe(settings, seed)}; use --force to replace it")
