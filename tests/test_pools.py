@@ -199,3 +199,35 @@ def test_score_from_a_script_without_the_guard_stops_with_one_line(scoring, tmp_
     proc, _ = _run(["noguard.py"], tmp_path)
     assert proc.returncode == 1
     _one_error_line(proc.stderr, GUARD)
+
+
+RAY_DIES_STARTING = """
+import os, sys
+from murakit.errors import MurakitError
+from murakit.scoring import ray_engine, score
+
+class DiesStarting(ray_engine.Scorer):  # defined in __main__: Ray ships it by value to the actors
+    def __init__(self, model, threads=1):
+        os._exit(3)  # as a crash in onnxruntime's start-up would
+
+ray_engine.Scorer = DiesStarting
+try:
+    score([sys.argv[1]], sys.argv[2], "out", engine="ray", workers=1, batch_size=4, progress=False)
+except MurakitError as e:
+    print(e)
+"""
+
+
+@pytest.mark.slow
+def test_ray_actors_that_die_at_start_end_the_run(scoring, tmp_path):
+    """Ray Data restarted an actor whose process died in its constructor without end (measured:
+    still looping after 200 s); now a bounded number of restarts, then one MurakitError line."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (the scale extra)")
+    data, model = scoring
+    proc, seconds = _run(["-c", RAY_DIES_STARTING, str(data), str(model)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.fullmatch(r"the Ray engine failed \(ActorDiedError: [^\n]*\n", proc.stdout.splitlines(True)[-1])
+    assert seconds < TIMEOUT

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -72,6 +73,30 @@ def _quiet_ray_data(ray) -> None:
     ctx.enable_auto_log_stats = False
     for name in ("ray", "ray.data"):  # failures reach the user as one murakit line instead
         logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _bound_actor_starts(ray) -> dict:
+    """Actors that cannot start end the run after a bounded number of attempts (as the local
+    engine's workers, :mod:`murakit.pools`); returns the actors' extra remote arguments.
+
+    Ray Data creates its actors with ``max_restarts=-1``: an actor whose process dies in its
+    constructor (a crash, out of memory) was restarted without end (measured: a constructor
+    calling ``os._exit`` still looped after 200 s). Here each actor is restarted at most
+    ``START_ATTEMPTS - 1`` times, an exception in the constructor is never retried in place, and
+    ``START_ATTEMPTS - 1`` replaced actors in a row end the run (Ray Data's
+    ``max_consecutive_actor_init_deaths``; older Ray Data lacks it and fails at the first).
+    The restart bound travels as ``map_batches``' ``**ray_remote_args`` (deprecated in Ray 2.60,
+    with no named replacement yet): passed only while ``map_batches`` takes them.
+    """
+    import inspect
+
+    from murakit.pools import START_ATTEMPTS
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.actor_init_retry_on_errors = False
+    ctx.max_consecutive_actor_init_deaths = START_ATTEMPTS - 1
+    takes = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(ray.data.Dataset.map_batches).parameters.values())
+    return {"max_restarts": START_ATTEMPTS - 1, "max_task_retries": START_ATTEMPTS - 1} if takes else {}
 
 
 def preprocess_batch(batch: dict, config: dict) -> dict:
@@ -172,8 +197,10 @@ def run_ray(batches: list, model_path, workers: int, emit) -> None:
     items = [{"path": j.path, "study": j.study, "part": j.part} for b in batches for j in b]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // size, 8 * workers)))
     ds = ds.map_batches(preprocess_batch, batch_size=size, fn_kwargs={"config": config}, num_cpus=1)
-    ds = ds.map_batches(Scorer, batch_size=size, fn_constructor_kwargs={"model": read_model_bytes(model_path)},
-                        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+    with warnings.catch_warnings():  # the deprecation of **ray_remote_args (see _bound_actor_starts)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(Scorer, batch_size=size, fn_constructor_kwargs={"model": read_model_bytes(model_path)},
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, **_bound_actor_starts(ray))
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             emit(_rows(batch))
