@@ -253,10 +253,8 @@ class Watch:
             else:
                 self.start_deaths += 1
                 if self.start_deaths >= START_ATTEMPTS:
-                    script = getattr(sys.modules.get("__main__"), "__file__", None) is not None
-                    hint = '; if this is a script, are its calls under  if __name__ == "__main__":  ?' if script else ""
                     self._stop(f"{self.start_deaths} {self.what} worker processes died while starting "
-                               f"(the last: {_ended(p.exitcode)}){hint}")
+                               f"(the last: {_ended(p.exitcode)})")
         return worked
 
 

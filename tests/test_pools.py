@@ -42,6 +42,12 @@ PROBE = ("from murakit import pools\nstarted = []\n_init = pools.SpawnPool.__ini
 DIE_AT_START = "import os, sys\nif '--multiprocessing-fork' in sys.argv:\n    os._exit(7)\n"
 
 
+@pytest.fixture(autouse=True)
+def _keep_excepthook(monkeypatch):
+    """A pool that stops installs murakit's one-line hook in this process: undone after each test."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+
 def _env(tmp_path: Path, die_at_start: bool = False) -> dict:
     path = [str(ROOT)]
     if die_at_start:
@@ -88,6 +94,19 @@ def test_a_script_without_the_guard_stops_with_one_line_naming_the_fix(tmp_path)
     assert not [p for p in data.iterdir() if ".tmp-" in p.name]
 
 
+def test_prepare_in_a_script_without_the_guard_stops_at_its_lock(tmp_path):
+    # the data exist, so synthesize() is a no-op in the workers; prepare() is refused before its lock
+    (tmp_path / "make.py").write_text(GUARD + "\n" + textwrap.indent(SYNTH, "    "))
+    assert _run(["make.py"], tmp_path)[0].returncode == 0
+    (tmp_path / "noguard.py").write_text(SYNTH + "import murakit as mk\nfrom murakit.data import prepared\n"
+                                         "prepared.MIN_TASKS_FOR_POOL = 0\n"
+                                         "mk.prepare('data', run='run', size=32, workers=2)\n")
+    proc, _ = _run(["noguard.py"], tmp_path)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, GUARD)
+    assert not (tmp_path / "run" / "prepared" / "index.csv").exists()
+
+
 def test_a_python_m_module_without_the_guard_stops_the_same_way(tmp_path):
     (tmp_path / "noguard_mod.py").write_text(SYNTH)
     proc, _ = _run(["-m", "noguard_mod"], tmp_path)
@@ -110,11 +129,33 @@ def test_a_program_on_stdin_runs_in_process_after_one_notice(tmp_path):
     assert _tree(tmp_path / "a" / "data") == _tree(tmp_path / "b" / "data") != {}
 
 
-def test_python_c_keeps_its_workers(tmp_path):
+@pytest.mark.parametrize("how", ["-c", "-i"])
+def test_python_c_and_the_interactive_interpreter_keep_their_workers(tmp_path, how):
     # __main__ has no file: workers do not re-import it, the pool runs as usual
-    proc, _ = _run(["-c", PROBE + SYNTH + "assert started == [2]\n"], tmp_path)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    program = PROBE + SYNTH + "assert started == [2]\nprint('finished')\n"
+    proc, _ = _run(["-c", program] if how == "-c" else ["-i", "-q"], tmp_path, stdin=None if how == "-c" else program)
+    assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr
+    assert proc.stderr.replace(">>>", "").replace("...", "").strip() == "", proc.stderr  # the prompts only
     assert (tmp_path / "data" / "MURA-v1.1" / "synth.json").is_file()
+
+
+def test_a_jupyter_kernel_keeps_its_workers(tmp_path):
+    import importlib.util
+
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    spec = importlib.util.spec_from_file_location("run_notebook", ROOT / "docs" / "run_notebook.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)  # the kernel test_notebook.py uses: this venv's
+    cell = PROBE + SYNTH + "assert started == [2], started\n"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), str(tmp_path / "nb.ipynb"))
+    t0 = time.monotonic()
+    nb, _, _ = runner.execute(tmp_path / "nb.ipynb", workdir=tmp_path, timeout=TIMEOUT)
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error" or o.get("name") == "stderr"], outputs
+    assert (tmp_path / "data" / "MURA-v1.1" / "synth.json").is_file()
+    assert time.monotonic() - t0 < TIMEOUT
 
 
 def test_what_main_unreadable_says(tmp_path, monkeypatch):
