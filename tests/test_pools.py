@@ -274,7 +274,7 @@ from murakit.errors import MurakitError
 from murakit.scoring import ray_engine, score
 
 class DiesStarting(ray_engine.Scorer):  # defined in __main__: Ray ships it by value to the actors
-    def __init__(self, model, threads=1):
+    def __init__(self, model, config, threads=1):
         os._exit(3)  # as a crash in onnxruntime's start-up would
 
 ray_engine.Scorer = DiesStarting

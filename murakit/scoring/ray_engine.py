@@ -3,15 +3,18 @@
 Pipeline::
 
     job rows (path, study, part)
-      -> map_batches(preprocess_batch)        decode + the model's preprocessing (Ray tasks)
-      -> map_batches(Scorer, ActorPoolStrategy) onnxruntime, one session per actor, batches of B
+      -> map_batches(Scorer, ActorPoolStrategy)  per actor: decode + the model's preprocessing
+                                                 (preprocess_batch), then onnxruntime, one
+                                                 session per actor, batches of B
       -> rows streamed back to the driver, committed as parts exactly like the local engine
 
 The per-image work is :mod:`murakit.scoring.work`, the code the local engine runs, so both
 engines give the same probabilities. The model travels through Ray's object store (no shared
 model path needed); the images are read by path, so every node must see the same paths (a shared
-mount). Ray Data fuses the two map stages into the actors when their resources allow, so each
-actor decodes, preprocesses and scores its blocks without moving images between processes.
+mount). Each actor decodes, preprocesses and scores its blocks, so no image moves between
+processes. (Preprocessing was once a stage of Ray tasks that Ray Data fused into the actors;
+one stage is the same work, and lets the actors carry their own restart bound, which a task
+stage cannot: see :func:`_bound_actor_starts`.)
 
 Connection: ``RAY_ADDRESS`` when set (an existing cluster), otherwise a local Ray started for
 this run, bound to 127.0.0.1, without dashboard and with usage statistics off.
@@ -100,7 +103,7 @@ def _bound_actor_starts(ray) -> dict:
 
 
 def preprocess_batch(batch: dict, config: dict) -> dict:
-    """Ray task: decode + preprocess a batch of job rows.
+    """Actor side (:class:`Scorer`): decode + preprocess a batch of job rows.
 
     Returns columns ``path``, ``study``, ``part``, ``error`` ("" when decoded) and ``image``
     uint8 (N, S, S) (zeros where ``error`` is set).
@@ -121,17 +124,20 @@ def preprocess_batch(batch: dict, config: dict) -> dict:
 
 
 class Scorer:
-    """Ray actor: one onnxruntime session for its lifetime, batches of preprocessed images in.
+    """Ray actor: one onnxruntime session for its lifetime; batches of job rows in, each decoded
+    and preprocessed (:func:`preprocess_batch`) then scored, result rows out.
 
     Parameters
     ----------
     model : bytes
         The ONNX file's bytes, shipped with the actor's constructor (no shared model path).
+    config : dict
+        The model card's preprocessing (``PreprocessConfig.to_dict()``).
     threads : int
         onnxruntime intra-op threads of this actor.
     """
 
-    def __init__(self, model: bytes, threads: int = 1):
+    def __init__(self, model: bytes, config: dict, threads: int = 1):
         import tempfile
 
         from edge.predictor import Predictor
@@ -141,11 +147,13 @@ class Scorer:
             with open(path, "wb") as f:
                 f.write(model)
             self.predictor = Predictor(path, threads=threads)
+        self.config = config
 
     def __call__(self, batch: dict) -> dict:
         from murakit.scoring.inputs import Job
         from murakit.scoring.work import failure_row, score_images
 
+        batch = preprocess_batch(batch, self.config)
         ok = batch["error"] == ""
         jobs = [Job(str(p), str(s), str(t)) for p, s, t in zip(batch["path"], batch["study"], batch["part"])]
         scored = score_images(self.predictor, [j for j, good in zip(jobs, ok) if good], batch["image"][ok])
@@ -196,10 +204,10 @@ def run_ray(batches: list, model_path, workers: int, emit) -> None:
     size = len(batches[0])
     items = [{"path": j.path, "study": j.study, "part": j.part} for b in batches for j in b]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // size, 8 * workers)))
-    ds = ds.map_batches(preprocess_batch, batch_size=size, fn_kwargs={"config": config}, num_cpus=1)
     with warnings.catch_warnings():  # the deprecation of **ray_remote_args (see _bound_actor_starts)
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(Scorer, batch_size=size, fn_constructor_kwargs={"model": read_model_bytes(model_path)},
+        ds = ds.map_batches(Scorer, batch_size=size,
+                            fn_constructor_kwargs={"model": read_model_bytes(model_path), "config": config},
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, **_bound_actor_starts(ray))
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
