@@ -273,22 +273,28 @@ import os, sys
 from murakit.errors import MurakitError
 from murakit.scoring import ray_engine, score
 
-class DiesStarting(ray_engine.Scorer):  # defined in __main__: Ray ships it by value to the actors
+class RaisesStarting(ray_engine.Scorer):  # defined in __main__: Ray ships it by value to the actors
+    def __init__(self, model, config, threads=1):
+        raise ValueError("no model here")
+
+class DiesStarting(ray_engine.Scorer):
     def __init__(self, model, config, threads=1):
         os._exit(3)  # as a crash in onnxruntime's start-up would
 
-ray_engine.Scorer = DiesStarting
-try:
-    score([sys.argv[1]], sys.argv[2], "out", engine="ray", workers=1, batch_size=4, progress=False)
-except MurakitError as e:
-    print(e)
+for n, scorer in enumerate([RaisesStarting, DiesStarting]):
+    ray_engine.Scorer = scorer
+    try:
+        score([sys.argv[1]], sys.argv[2], f"out{n}", engine="ray", workers=1, batch_size=4, progress=False)
+    except MurakitError as e:
+        print(e)
 """
 
 
 @pytest.mark.slow
 def test_ray_actors_that_die_at_start_end_the_run(scoring, tmp_path):
     """Ray Data restarted an actor whose process died in its constructor without end (measured:
-    still looping after 200 s); now a bounded number of restarts, then one MurakitError line."""
+    still looping after 200 s); now a bounded number of restarts, then one MurakitError line. A
+    constructor that raises: one line with its exception."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
@@ -298,5 +304,8 @@ def test_ray_actors_that_die_at_start_end_the_run(scoring, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # (Ray's own raylet lines may come after it on stdout)
     ours = [ln for ln in proc.stdout.splitlines() if ln.startswith("the Ray engine failed")]
-    assert len(ours) == 1 and re.fullmatch(r"the Ray engine failed \(ActorDiedError: .*\); finished batches .*", ours[0])
+    assert len(ours) == 2, proc.stdout[-2000:]
+    assert ours[0] == ("the Ray engine failed (ActorDiedError: an actor could not start: ValueError: no model here); "
+                       "finished batches are saved: rerun to continue")
+    assert re.fullmatch(r"the Ray engine failed \(ActorDiedError: [^\x1b]*\); finished batches .*", ours[1])
     assert seconds < TIMEOUT

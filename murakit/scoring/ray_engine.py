@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -215,5 +216,16 @@ def run_ray(batches: list, model_path, workers: int, emit) -> None:
     except (MurakitError, EdgeError, OSError):
         raise
     except Exception as e:  # noqa: BLE001  Ray's own errors carry multi-line remote tracebacks
-        raise MurakitError(f"the Ray engine failed ({type(e).__name__}: {first_line(e)}); finished batches "
+        raise MurakitError(f"the Ray engine failed ({type(e).__name__}: {_reason(e)}); finished batches "
                            "are saved: rerun to continue") from None
+
+
+def _reason(error: Exception) -> str:
+    """One line for a Ray error: its first line without terminal colours; for an actor whose
+    constructor raised, that exception's own line (the last of the remote traceback)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    if "error raised in its creation task" in lines[0] and len(lines) > 1:
+        return f"an actor could not start: {first_line(Exception(lines[-1]))}"
+    return first_line(Exception(lines[0]))
