@@ -86,9 +86,12 @@ def _bound_actor_starts(ray) -> dict:
     Ray Data creates its actors with ``max_restarts=-1``: an actor whose process dies in its
     constructor (a crash, out of memory) was restarted without end (measured: a constructor
     calling ``os._exit`` still looped after 200 s). Here each actor is restarted at most
-    ``START_ATTEMPTS - 1`` times, an exception in the constructor is never retried in place, and
-    ``START_ATTEMPTS - 1`` replaced actors in a row end the run (Ray Data's
-    ``max_consecutive_actor_init_deaths``; older Ray Data lacks it and fails at the first).
+    ``START_ATTEMPTS - 1`` times (so a constructor that crashes runs ``START_ATTEMPTS`` times),
+    an exception in the constructor is never retried in place, and the first actor that is dead
+    for good ends the run (Ray Data's ``max_consecutive_actor_init_deaths`` = 0, its default,
+    set in case that changes). The same bound covers actors that die while working (a node
+    lost, out of memory): restarted twice, their tasks retried twice, then the run stops
+    (rerunning it resumes).
     The restart bound travels as ``map_batches``' ``**ray_remote_args`` (deprecated in Ray 2.60,
     with no named replacement yet): passed only while ``map_batches`` takes them.
     """
@@ -98,7 +101,7 @@ def _bound_actor_starts(ray) -> dict:
 
     ctx = ray.data.DataContext.get_current()
     ctx.actor_init_retry_on_errors = False
-    ctx.max_consecutive_actor_init_deaths = START_ATTEMPTS - 1
+    ctx.max_consecutive_actor_init_deaths = 0
     takes = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(ray.data.Dataset.map_batches).parameters.values())
     return {"max_restarts": START_ATTEMPTS - 1, "max_task_retries": START_ATTEMPTS - 1} if takes else {}
 
