@@ -317,9 +317,6 @@ def synthesize(out="data/synth", studies: int | None = None, seed: int = 0, forc
 
     n = synth.DEFAULT_STUDIES if studies is None else studies
     if force or not synth.existing_matches(out, n, seed):
-        from murakit.pools import refuse_in_worker_start
-
-        refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer
         synth.generate(out, n_studies=n, seed=seed, progress=verbose, force=force)
     return load_dataset(out)
 

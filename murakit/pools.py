@@ -122,8 +122,9 @@ def worker_count(workers: int) -> int:
         return workers
     if not _told_in_process:
         _told_in_process = True
-        print(f"murakit: {reason}, which worker processes cannot re-read: stages run in this process "
-              f'(save it as a .py file with the calls under  if __name__ == "__main__":  to use {workers} workers)',
+        fix = (f' (save it as a .py file with the calls under  if __name__ == "__main__":  to use {workers} workers)'
+               if "standard input" in reason else "")
+        print(f"murakit: {reason}, which worker processes cannot re-read: stages run in this process{fix}",
               file=sys.stderr, flush=True)
     return 1
 
@@ -220,7 +221,8 @@ class Watch:
         self.seen.update(p.pid for p in dead)
         return dead
 
-    def _stop(self, message: str):
+    def stop(self, message: str):
+        """Raise the stage's one-line error (one line too when a script leaves it uncaught)."""
         _one_line_uncaught()
         raise MurakitError(message)
 
@@ -245,15 +247,15 @@ class Watch:
             if p.pid in self.ready:
                 worked = worked or p
             elif p.exitcode == GUARD_EXIT:
-                self._stop(GUARD_FIX)
+                self.stop(GUARD_FIX)
             elif p.pid in self.failed:
-                self._stop(f"a {self.what} worker process could not start: {self.failed[p.pid]}")
+                self.stop(f"a {self.what} worker process could not start: {self.failed[p.pid]}")
             elif ignore_terminated and others and p.exitcode == -signal.SIGTERM:
                 continue  # stopped by its broken pool, not a death of its own
             else:
                 self.start_deaths += 1
                 if self.start_deaths >= START_ATTEMPTS:
-                    self._stop(f"{self.start_deaths} {self.what} worker processes died while starting "
+                    self.stop(f"{self.start_deaths} {self.what} worker processes died while starting "
                                f"(the last: {_ended(p.exitcode)})")
         return worked
 
@@ -310,8 +312,8 @@ class SpawnPool:
             except multiprocessing.TimeoutError:
                 dead = self.watch.check()
                 if dead is not None:
-                    raise MurakitError(f"a {self.watch.what} worker process died while working ({_ended(dead.exitcode)}: "
-                                       "out of memory, or killed); rerun the same call") from None
+                    self.watch.stop(f"a {self.watch.what} worker process died while working "
+                                    f"({_ended(dead.exitcode)}: out of memory, or killed); rerun the same call")
                 continue
             yield from done
 
