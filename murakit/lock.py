@@ -159,6 +159,9 @@ def stage_lock(run, writes: str, reads=(), create: bool = False):
     MurakitError
         The run folder is a file, cannot be created or is not writable.
     """
+    from murakit.pools import refuse_in_worker_start
+
+    refuse_in_worker_start()  # a worker re-running an unguarded script: no stage starts there
     layout = RunLayout(run)
     if not create and not layout.root.exists():
         yield layout

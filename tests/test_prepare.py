@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from _murafix import make_mura
 
 from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
+from murakit import pools
 from murakit.data import prepared as P
 from murakit.data.prepared import INDEX_COLUMNS, load_prepared, prepare
 from murakit.errors import MurakitError
@@ -181,8 +181,13 @@ def test_pool_and_worker_writes_match_inline(data, built, tmp_path, monkeypatch)
     monkeypatch.setattr(P, "MIN_TASKS_FOR_POOL", 0)  # use the pool even for 24 images
     ref = np.asarray(load_prepared(built[0]).images)
 
-    real_ctx, used = multiprocessing.get_context, []
-    monkeypatch.setattr(multiprocessing, "get_context", lambda m=None: used.append(m) or real_ctx(m))
+    real_init, used = pools.SpawnPool.__init__, []
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        used.append(self.watch.context.get_start_method())
+
+    monkeypatch.setattr(pools.SpawnPool, "__init__", init)
     res = _prepare(data, tmp_path / "pool", workers=2)
     assert used == ["spawn"]
     assert np.array_equal(np.asarray(load_prepared(tmp_path / "pool").images), ref)

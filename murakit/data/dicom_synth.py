@@ -18,6 +18,7 @@ is honoured), so ``synth_annotations.csv``'s ``inverted`` column still holds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from murakit import pools
 from murakit.data.synth.write import remove_dead_temps
 from murakit.errors import MurakitError
 
@@ -117,24 +119,16 @@ def _convert_tree(src: Path, dst: Path, seed: int, workers: int, progress: bool)
             for d in _study_dirs(src)]
     counts: dict = {}
     bar = tqdm(total=len(jobs), unit="study", desc="dicom", disable=not progress)
-    if workers <= 1 or len(jobs) < 8:
-        results = map(_convert_study, jobs)
-        pool = None
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap(_convert_study, jobs, chunksize=4)
-    try:
-        for used in results:
-            for s in used:
-                counts[s] = counts.get(s, 0) + 1
-            bar.update()
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    workers = pools.worker_count(workers if len(jobs) >= 8 else 1)
+    with pools.SpawnPool(workers, "dicom") if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap(_convert_study, jobs, chunksize=4) if pool else map(_convert_study, jobs)
+        try:
+            for used in results:
+                for s in used:
+                    counts[s] = counts.get(s, 0) + 1
+                bar.update()
+        finally:
+            bar.close()
     return counts
 
 
@@ -174,6 +168,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
     params = _params(n_studies, seed)
     if not force and _meta_matches(target, params):
         return target, {}
+    pools.refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and is not the DICOM synthetic set for --studies "
                            f"{n_studies} --seed {seed}; use --force to replace it")

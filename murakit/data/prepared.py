@@ -501,26 +501,27 @@ def _run_pool(tasks, cfg: PreprocessConfig, workers: int, images_path: Path, wor
     mm_path = str(images_path) if worker_writes else None
     if not tasks:
         return
-    if workers <= 1 or len(tasks) < MIN_TASKS_FOR_POOL:
+    from murakit import pools
+
+    workers = pools.worker_count(workers if len(tasks) >= MIN_TASKS_FOR_POOL else 1)
+    if workers <= 1:
         _init_worker(cfg.to_dict(), mm_path, in_pool=False)
         try:
             yield from map(process_one, tasks)
         finally:
             _MM = None  # drop this process's writable view of the cache
         return
-    import multiprocessing as mp
     import signal
     import threading
 
-    # spawn, not fork: the caller may have TensorFlow or other threads loaded.
-    ctx = mp.get_context("spawn")
+    # spawn (murakit.pools), not fork: the caller may have TensorFlow or other threads loaded.
     chunk = max(1, min(32, len(tasks) // (workers * 8)))
     # Workers are born ignoring Ctrl-C (an ignored signal stays ignored across exec, and Python
     # then installs no handler): one arriving while they import would print their tracebacks.
     main = threading.current_thread() is threading.main_thread()  # only it may set handlers
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(), mm_path, True))
+        pool = pools.SpawnPool(workers, "prepare", _init_worker, (cfg.to_dict(), mm_path, True))
     finally:
         if main:
             signal.signal(signal.SIGINT, handler)

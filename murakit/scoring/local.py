@@ -13,7 +13,6 @@ image would cross a pipe.
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -70,8 +69,13 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
     A worker process that dies (killed, out of memory, a crash inside a decoder) does not stop
     the run: the batches it and its siblings had in flight are scored again one image at a time
     in a fresh single-worker pool, so an image that kills its worker again is found and becomes a
-    failure row, and every other image gets its result.
+    failure row, and every other image gets its result. A worker that dies before it has loaded
+    the model is no image's fault: such deaths are counted, and the run stops with one line
+    (:class:`murakit.pools.Watch`) instead of starting workers without end.
     """
+    from murakit import pools
+
+    workers = pools.worker_count(workers)
     if workers == 1:
         _load(str(model_path))
         for batch in batches:
@@ -79,22 +83,26 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
         return
     for name in THREAD_VARIABLES:  # inherited by the spawned workers before they import numpy
         os.environ.setdefault(name, "1")
+    watch = pools.Watch("score")
     rest = list(batches)
     while rest:
-        lost, rest = _run_pool(rest, str(model_path), workers, emit)
-        _isolate([job for batch in lost for job in batch], str(model_path), emit)
+        lost, rest = _run_pool(rest, str(model_path), workers, emit, watch)
+        if lost:
+            watch.check(ignore_terminated=True)  # raises when workers cannot start
+        _isolate([job for batch in lost for job in batch], str(model_path), emit, watch)
 
 
-def _pool(model_path: str, workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(model_path,))
+def _pool(model_path: str, workers: int, watch) -> ProcessPoolExecutor:
+    """Spawn workers (``watch.context``) that report to ``watch`` once the model is loaded."""
+    init, args = watch.initializer(_init_worker, (model_path,))
+    return ProcessPoolExecutor(workers, mp_context=watch.context, initializer=init, initargs=args)
 
 
-def _run_pool(batches: list, model_path: str, workers: int, emit) -> tuple:
+def _run_pool(batches: list, model_path: str, workers: int, emit, watch) -> tuple:
     """Score ``batches`` with 2 batches per worker in flight (bounded memory), emitting results as
     they complete. Returns ([], []) when done, or (batches lost, batches not started) when a
     worker died (its batches, and every batch in flight whose result was not emitted yet)."""
-    pool, todo, pending, lost = _pool(model_path, workers), iter(batches), {}, []
+    pool, todo, pending, lost = _pool(model_path, workers, watch), iter(batches), {}, []
 
     def submit(batch):
         try:
@@ -123,22 +131,27 @@ def _run_pool(batches: list, model_path: str, workers: int, emit) -> tuple:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _isolate(jobs: list, model_path: str, emit) -> None:
+def _isolate(jobs: list, model_path: str, emit, watch) -> None:
     """Score the jobs that were in flight when a worker died, one image per task in a one-worker
-    pool: an image whose task kills the worker again is a failure row."""
+    pool: an image whose task kills the (started) worker again is a failure row; a worker that
+    dies before it started is counted by ``watch`` and the image tried again."""
     from murakit.scoring.work import failure_row
 
     if not jobs:
         return
-    pool = _pool(model_path, 1)
+    pool = _pool(model_path, 1, watch)
     try:
         for job in jobs:
-            try:
-                emit(pool.submit(_score_batch, [job]).result())
-            except BrokenProcessPool:
-                emit([failure_row(job, f"{job.path}: the worker process died while scoring this file "
-                                       "(a crash in a decoder, or out of memory)")])
-                pool.shutdown(wait=True)
-                pool = _pool(model_path, 1)
+            while True:
+                try:
+                    emit(pool.submit(_score_batch, [job]).result())
+                    break
+                except BrokenProcessPool:
+                    pool.shutdown(wait=True)
+                    pool = _pool(model_path, 1, watch)
+                    if watch.check(ignore_terminated=True) is not None:  # raises past the start-up bound
+                        emit([failure_row(job, f"{job.path}: the worker process died while scoring this file "
+                                               "(a crash in a decoder, or out of memory)")])
+                        break
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -3,15 +3,18 @@
 Pipeline::
 
     job rows (path, study, part)
-      -> map_batches(preprocess_batch)        decode + the model's preprocessing (Ray tasks)
-      -> map_batches(Scorer, ActorPoolStrategy) onnxruntime, one session per actor, batches of B
+      -> map_batches(Scorer, ActorPoolStrategy)  per actor: decode + the model's preprocessing
+                                                 (preprocess_batch), then onnxruntime, one
+                                                 session per actor, batches of B
       -> rows streamed back to the driver, committed as parts exactly like the local engine
 
 The per-image work is :mod:`murakit.scoring.work`, the code the local engine runs, so both
 engines give the same probabilities. The model travels through Ray's object store (no shared
 model path needed); the images are read by path, so every node must see the same paths (a shared
-mount). Ray Data fuses the two map stages into the actors when their resources allow, so each
-actor decodes, preprocesses and scores its blocks without moving images between processes.
+mount). Each actor decodes, preprocesses and scores its blocks, so no image moves between
+processes. (Preprocessing was once a stage of Ray tasks that Ray Data fused into the actors;
+one stage is the same work, and lets the actors carry their own restart bound, which a task
+stage cannot: see :func:`_bound_actor_starts`.)
 
 Connection: ``RAY_ADDRESS`` when set (an existing cluster), otherwise a local Ray started for
 this run, bound to 127.0.0.1, without dashboard and with usage statistics off.
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 
 import numpy as np
 
@@ -74,8 +79,35 @@ def _quiet_ray_data(ray) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _bound_actor_starts(ray) -> dict:
+    """Actors that cannot start end the run after a bounded number of attempts (as the local
+    engine's workers, :mod:`murakit.pools`); returns the actors' extra remote arguments.
+
+    Ray Data creates its actors with ``max_restarts=-1``: an actor whose process dies in its
+    constructor (a crash, out of memory) was restarted without end (measured: a constructor
+    calling ``os._exit`` still looped after 200 s). Here each actor is restarted at most
+    ``START_ATTEMPTS - 1`` times (so a constructor that crashes runs ``START_ATTEMPTS`` times),
+    an exception in the constructor is never retried in place, and the first actor that is dead
+    for good ends the run (Ray Data's ``max_consecutive_actor_init_deaths`` = 0, its default,
+    set in case that changes). The same bound covers actors that die while working (a node
+    lost, out of memory): restarted twice, their tasks retried twice, then the run stops
+    (rerunning it resumes).
+    The restart bound travels as ``map_batches``' ``**ray_remote_args`` (deprecated in Ray 2.60,
+    with no named replacement yet): passed only while ``map_batches`` takes them.
+    """
+    import inspect
+
+    from murakit.pools import START_ATTEMPTS
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.actor_init_retry_on_errors = False
+    ctx.max_consecutive_actor_init_deaths = 0
+    takes = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(ray.data.Dataset.map_batches).parameters.values())
+    return {"max_restarts": START_ATTEMPTS - 1, "max_task_retries": START_ATTEMPTS - 1} if takes else {}
+
+
 def preprocess_batch(batch: dict, config: dict) -> dict:
-    """Ray task: decode + preprocess a batch of job rows.
+    """Actor side (:class:`Scorer`): decode + preprocess a batch of job rows.
 
     Returns columns ``path``, ``study``, ``part``, ``error`` ("" when decoded) and ``image``
     uint8 (N, S, S) (zeros where ``error`` is set).
@@ -96,17 +128,20 @@ def preprocess_batch(batch: dict, config: dict) -> dict:
 
 
 class Scorer:
-    """Ray actor: one onnxruntime session for its lifetime, batches of preprocessed images in.
+    """Ray actor: one onnxruntime session for its lifetime; batches of job rows in, each decoded
+    and preprocessed (:func:`preprocess_batch`) then scored, result rows out.
 
     Parameters
     ----------
     model : bytes
         The ONNX file's bytes, shipped with the actor's constructor (no shared model path).
+    config : dict
+        The model card's preprocessing (``PreprocessConfig.to_dict()``).
     threads : int
         onnxruntime intra-op threads of this actor.
     """
 
-    def __init__(self, model: bytes, threads: int = 1):
+    def __init__(self, model: bytes, config: dict, threads: int = 1):
         import tempfile
 
         from edge.predictor import Predictor
@@ -116,11 +151,13 @@ class Scorer:
             with open(path, "wb") as f:
                 f.write(model)
             self.predictor = Predictor(path, threads=threads)
+        self.config = config
 
     def __call__(self, batch: dict) -> dict:
         from murakit.scoring.inputs import Job
         from murakit.scoring.work import failure_row, score_images
 
+        batch = preprocess_batch(batch, self.config)
         ok = batch["error"] == ""
         jobs = [Job(str(p), str(s), str(t)) for p, s, t in zip(batch["path"], batch["study"], batch["part"])]
         scored = score_images(self.predictor, [j for j, good in zip(jobs, ok) if good], batch["image"][ok])
@@ -171,14 +208,27 @@ def run_ray(batches: list, model_path, workers: int, emit) -> None:
     size = len(batches[0])
     items = [{"path": j.path, "study": j.study, "part": j.part} for b in batches for j in b]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // size, 8 * workers)))
-    ds = ds.map_batches(preprocess_batch, batch_size=size, fn_kwargs={"config": config}, num_cpus=1)
-    ds = ds.map_batches(Scorer, batch_size=size, fn_constructor_kwargs={"model": read_model_bytes(model_path)},
-                        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+    with warnings.catch_warnings():  # the deprecation of **ray_remote_args (see _bound_actor_starts)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(Scorer, batch_size=size,
+                            fn_constructor_kwargs={"model": read_model_bytes(model_path), "config": config},
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, **_bound_actor_starts(ray))
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             emit(_rows(batch))
     except (MurakitError, EdgeError, OSError):
         raise
     except Exception as e:  # noqa: BLE001  Ray's own errors carry multi-line remote tracebacks
-        raise MurakitError(f"the Ray engine failed ({type(e).__name__}: {first_line(e)}); finished batches "
+        raise MurakitError(f"the Ray engine failed ({type(e).__name__}: {_reason(e)}); finished batches "
                            "are saved: rerun to continue") from None
+
+
+def _reason(error: Exception) -> str:
+    """One line for a Ray error: its first line without terminal colours; for an actor whose
+    constructor raised, that exception's own line (the last of the remote traceback)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    if "error raised in its creation task" in lines[0] and len(lines) > 1:
+        return f"an actor could not start: {first_line(Exception(lines[-1]))}"
+    return first_line(Exception(lines[0]))

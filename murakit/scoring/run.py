@@ -81,8 +81,10 @@ def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: 
         Bad arguments, unusable model, unreadable inputs, an output folder of another job.
     """
     from edge.predictor import Predictor
+    from murakit.pools import refuse_in_worker_start
     from murakit.scoring.local import usable_cores
 
+    refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer of OUT
     workers = usable_cores() if workers is None else workers
     _check(fmt, engine, workers, batch_size, part_rows)
     require_format(fmt)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge.atomic import atomic_dir
+from murakit import pools
 from murakit.data.synth.findings import study_spec
 from murakit.data.synth.plan import StudyPlan, check_n_studies, plan_studies
 from murakit.data.synth.render import render_view
@@ -150,20 +151,17 @@ def _render_all(plans, seed, mura_dir: Path, workers: int, progress: bool, setti
     jobs = [(p, seed, mura_dir, settings) for p in plans]
     bar = tqdm(total=len(plans), unit="study", desc="synth", disable=not progress)
     rows = []
-    if workers <= 1 or len(plans) < 8:
+    workers = pools.worker_count(workers if len(plans) >= 8 else 1)
+    if workers <= 1:
         for job in jobs:
             rows.append(render_study(*job))
             bar.update()
     else:
-        import multiprocessing as mp
-
-        # "spawn": forking a parent whose OpenCV thread pool is live can deadlock the child
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # spawn (murakit.pools): forking a parent whose OpenCV thread pool is live can deadlock the child
+        with pools.SpawnPool(workers, "synth") as pool:
             for r in pool.imap(_render_job, jobs, chunksize=4):  # ordered -> deterministic
                 rows.append(r)
                 bar.update()
-            pool.close()
-            pool.join()
     bar.close()
     return rows
 
@@ -212,6 +210,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     target = out_dir / "MURA-v1.1"
     if not force and existing_matches(out_dir, seed=seed, settings=settings):
         return target
+    pools.refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and was not generated with "
                            f"{describe(settings, seed)}{_older(target)}; use --force to replace it")
