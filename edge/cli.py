@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge.errors import EdgeError
 from edge.predictor import StudyPrediction
+from edge.trust import GATE_MODES, NOT_A_RADIOGRAPH, refusal_text
 
 DEFAULT_MODEL = Path("runs") / "default" / "export" / "cnn.onnx"
 MODEL_ENV = "MURAKIT_MODEL"
@@ -84,6 +85,13 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         "file is never overwritten: the new overlay gets the next free _2, _3, ... name")
     p.add_argument("--threads", type=threads_arg,
                    help=f"onnxruntime intra-op threads, 1..{max_threads()} (default: all cores)")
+    p.add_argument("--gate", choices=GATE_MODES, default="refuse",
+                   help="the input gate (CNN models exported with one): refuse views that do not look like an "
+                        "upper-extremity radiograph (default; one stderr line each, exit 1), warn and score them "
+                        "anyway, or off")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="one of the model card's operating points (default: youden, the card's threshold; "
+                        "e.g. 'sensitivity>=0.90', 'specificity>=0.90', their '/part' variants)")
     p.add_argument("--strict-part", action="store_true",
                    help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
                         "(default: score them with a warning)")
@@ -160,8 +168,32 @@ def _write_cam(cam_dir: Path, pred) -> str:
 
 
 def _text_line(pred, indent: str = "") -> str:
+    if pred.refused:
+        return f"{indent}{pred.path}: not scored (input gate)"
     return (f"{indent}{pred.path}: {pred.label}  p={pred.probability:.4f}  threshold={pred.threshold:.4f}  "
             f"preprocess {pred.preprocess_ms:.1f} ms  inference {pred.inference_ms:.1f} ms")
+
+
+def _check_gate(result, views, prog: str) -> int:
+    """One stderr line per view the gate refused (``--gate refuse``) or flagged (``warn``);
+    returns how many were refused. A study keeps its other views; with none left it is refused."""
+    refused = 0
+    for v in views:
+        if v.gate is None or v.gate["passed"]:
+            continue
+        if v.refused:
+            refused += 1
+            _err(prog, refusal_text(v.path, v.gate))
+        else:
+            print(f"{prog}: warning: {v.path}: {NOT_A_RADIOGRAPH} (gate score {v.gate['score']:.3f} > "
+                  f"{v.gate['threshold']:.3f}); scored anyway (--gate warn)", file=sys.stderr)
+    if isinstance(result, StudyPrediction) and refused:
+        if result.probability is None:
+            _err(prog, f"{result.path}: study not scored: the input gate refused all of its {len(views)} views")
+        else:
+            print(f"{prog}: warning: {result.path}: study scored on {len(views) - refused} of its "
+                  f"{len(views)} views (the input gate refused {refused})", file=sys.stderr)
+    return refused
 
 
 def _jobs(predictor, src: str, want_cam: bool, prog: str) -> list:
@@ -208,10 +240,13 @@ def _report(result, views, as_json: bool, cam_paths: list) -> None:
         for v in views:
             print(_text_line(v, "  "))
         uid = f" [study {result.study_uid}]" if result.study_uid else ""
+        if result.probability is None:
+            print(f"{result.path}{uid} (study, {len(views)} views): not scored (input gate)")
+            return
         print(f"{result.path}{uid} (study, {len(views)} views, mean): {result.label}  p={result.probability:.4f}  "
               f"threshold={result.threshold:.4f}  preprocess {result.preprocess_ms:.1f} ms  "
               f"inference {result.inference_ms:.1f} ms")
-    else:
+    elif not result.refused:
         print(_text_line(result))
     for c in cam_paths:
         print(f"  cam: {c}")
@@ -249,7 +284,8 @@ def _predict(args) -> int:
         _err(prog, f"--cam {args.cam}: exists and is not a folder")
         return 2
     try:
-        predictor = Predictor(args.model or default_model(), threads=args.threads)
+        predictor = Predictor(args.model or default_model(), threads=args.threads, gate=args.gate,
+                              operating_point=args.operating_point)
     except EdgeError as e:
         _err(prog, str(e))
         return 2
@@ -269,7 +305,8 @@ def _predict(args) -> int:
             try:
                 result, views = job()
                 _check_parts(result, views, args.strict_part, prog)
-                cams = [_write_cam(Path(args.cam), v) for v in views] if want_cam else []
+                failed += 1 if _check_gate(result, views, prog) else 0
+                cams = [_write_cam(Path(args.cam), v) for v in views if v.cam is not None] if want_cam else []
                 _report(result, views, args.json, cams)
                 sys.stdout.flush()
             except BrokenPipeError:

@@ -1,8 +1,9 @@
-"""CNN (Keras CAM model) -> ONNX with named outputs ``probability`` and ``cam``, parity-checked.
+"""CNN (Keras CAM model) -> ONNX with named outputs ``probability``, ``cam`` (and ``gate``), parity-checked.
 
 tf2onnx 1.17 converts Keras 3 models when given an explicit ``input_signature``; Keras 3 models
 expose no stable ``output_names``, so the ONNX outputs are identified by rank (probability is
-(B, 1), the CAM is (B, h, w)) and renamed through Identity nodes.
+(B, 1), the CAM is (B, h, w), the input gate's score, when the model has one, is (B,)) and
+renamed through Identity nodes.
 """
 
 from __future__ import annotations
@@ -30,24 +31,21 @@ def keras_outputs(cam_model, x: np.ndarray, batch_size: int = 32) -> dict:
     dict
         ``{"probability": float32 (N, 1), "cam": float32 (N, h, w)}``
     """
-    parts = {"probability": [], "cam": []}
+    parts = {}
     for i in range(0, len(x), batch_size):
         outs = cam_model(np.asarray(x[i:i + batch_size], np.float32), training=False)
         for name, arr in _by_rank(list(outs.values()) if isinstance(outs, dict) else list(outs)).items():
-            parts[name].append(np.asarray(arr, np.float32))
+            parts.setdefault(name, []).append(np.asarray(arr, np.float32))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+RANK_NAMES = {1: "gate", 2: "probability", 3: "cam"}
+
+
 def _by_rank(arrays: list) -> dict:
-    """Name the two outputs by rank: (B, 1) -> probability, (B, h, w) -> cam."""
-    named = {}
-    for a in arrays:
-        rank = len(a.shape)
-        if rank == 2:
-            named["probability"] = a
-        elif rank == 3:
-            named["cam"] = a
-    if set(named) != {"probability", "cam"}:
+    """Name the outputs by rank: (B,) -> gate, (B, 1) -> probability, (B, h, w) -> cam."""
+    named = {RANK_NAMES[len(a.shape)]: a for a in arrays if len(a.shape) in RANK_NAMES}
+    if not {"probability", "cam"} <= set(named) or len(named) != len(arrays):
         raise ExportError(f"expected outputs of rank 2 (probability) and 3 (cam), got ranks "
                           f"{[len(a.shape) for a in arrays]}")
     return named
@@ -57,7 +55,8 @@ def to_onnx(cam_model, size: int, opset: int = OPSET, fuse: bool = True):
     """Convert a Keras CAM model to an ``onnx.ModelProto``.
 
     The input is ``image`` float32 (batch, size, size, 1) with a dynamic batch axis; the
-    outputs are ``probability`` (batch, 1) then ``cam`` (batch, h, w). ``fuse=False`` keeps
+    outputs are ``probability`` (batch, 1), ``cam`` (batch, h, w) and, for a model with an input
+    gate (``deep.gate.with_gate``), ``gate`` (batch,). ``fuse=False`` keeps
     tf2onnx's hard-swish subgraphs (benchmarks compare the two).
     """
     import tensorflow as tf
@@ -76,19 +75,19 @@ def to_onnx(cam_model, size: int, opset: int = OPSET, fuse: bool = True):
 
 
 def _rename_outputs(model, size: int) -> None:
-    """Rename the graph outputs to probability / cam (in that order) via Identity nodes."""
+    """Rename the graph outputs to probability / cam (/ gate) (in that order) via Identity nodes."""
     import onnx
 
     ranks = _output_ranks(model, size)
-    order = {2: "probability", 3: "cam"}
-    if sorted(ranks.values()) != [2, 3]:
-        raise ExportError(f"converted CNN has outputs of ranks {ranks}; expected one (B,1) and one (B,h,w)")
-    outputs = {order[ranks[o.name]]: o for o in model.graph.output}
+    if sorted(ranks.values()) not in ([2, 3], [1, 2, 3]):
+        raise ExportError(f"converted CNN has outputs of ranks {ranks}; expected one (B,1), one (B,h,w) "
+                          "and at most one (B,)")
+    outputs = {RANK_NAMES[ranks[o.name]]: o for o in model.graph.output}
     for new, out in outputs.items():
         if out.name != new:
             model.graph.node.append(onnx.helper.make_node("Identity", [out.name], [new], name=f"{new}_out"))
             out.name = new
-    ordered = [outputs["probability"], outputs["cam"]]
+    ordered = [outputs[n] for n in ("probability", "cam", "gate") if n in outputs]
     copies = [type(o)() for o in ordered]
     for c, o in zip(copies, ordered):
         c.CopyFrom(o)

@@ -2,7 +2,8 @@
 
 Writes ``RUN/export/``::
 
-    cnn.onnx              float CNN, outputs probability (B,1) and cam (B,h,w), its card inside
+    cnn.onnx              float CNN, outputs probability (B,1), cam (B,h,w) and gate (B,) (the input
+                          gate's score, fitted here: see fit_cnn_gate), its card inside
     cnn.int8.onnx         static INT8 CNN, only when its study AUROC on val drops <= 0.01 AND it is
                           faster than float on this machine at batch 1 and 32 (else absent: the
                           device uses cnn.onnx; export.json's "cnn.int8" says why)
@@ -159,9 +160,50 @@ def _gate_score(prep, positions):
     return score
 
 
+# ---------------------------------------------------------------- the input gate
+GATE_METHOD = "oe-logistic+mahalanobis"
+MAX_GATE_TRAIN = 4000  # training radiographs the gate is fitted on (sorted-path sample; enough for P ~ 500)
+
+
+def pooled_statistics(pooled, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """float64 (N, P): a ``deep.pooled_model`` on model inputs, in batches."""
+    parts = [np.asarray(pooled(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, pooled.output.shape[-1]))
+
+
+def ood_inputs(split: str, cfg) -> np.ndarray:
+    """float32 (N, S, S, 1): murakit's non-radiographs of ``split`` through THE preprocessing."""
+    from edge.preprocess import preprocess, to_model_input
+    from murakit.evaluation.ood import ood_images
+
+    return to_model_input(np.stack([preprocess(o.image, cfg) for o in ood_images(split)]))
+
+
+def fit_cnn_gate(model, prep, cfg, log) -> tuple:
+    """Fit the input gate of a trained CNN: training radiographs against murakit's "fit"
+    non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``).
+
+    Returns (params for ``deep.with_gate``, the card's ``gate`` dict).
+    """
+    import deep
+    from export.gate import fit_gate
+
+    pooled = deep.pooled_model(model)
+    train = first_by_path(prep, "train", MAX_GATE_TRAIN)
+    val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
+    params, info = fit_gate(pooled_statistics(pooled, cache_inputs(prep, train)),
+                            pooled_statistics(pooled, cache_inputs(prep, val)),
+                            pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model))
+    log(f"export: input gate fitted on {info['n_train']} training radiographs and {info['n_outliers']} "
+        f"non-radiographs: threshold {info['threshold']:.3f} refuses {info['val_refusal_rate']:.1%} of val "
+        f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs")
+    return params, {"method": GATE_METHOD, "output": "gate", "threshold": info["threshold"],
+                    "fit": {k: v for k, v in info.items() if k != "threshold"}}
+
+
 # ---------------------------------------------------------------- the three models
 def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, log) -> dict:
-    """Convert RUN/cnn/best.keras, check parity, publish cnn.onnx with its golden set."""
+    """Convert RUN/cnn/best.keras with its input gate, check parity, publish cnn.onnx with its golden set."""
     import deep
     from export.cnn import export_cnn
 
@@ -169,10 +211,11 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     size = int(model.inputs[0].shape[1])
     if size != card.preprocess.size:
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
-    proto, parity = export_cnn(deep.cam_model(model), size, golden_x)
+    params, gate = fit_cnn_gate(model, prep, card.preprocess, log)
+    proto, parity = export_cnn(deep.with_gate(deep.cam_model(model), model, params), size, golden_x)
     path = layout.exported("cnn")
-    card, outputs = publish(proto, card.replace(precision="float32"), path, layout.golden("cnn"), sources, infos,
-                            extra={"keras_parity": parity})
+    card, outputs = publish(proto, card.replace(precision="float32", gate=gate), path, layout.golden("cnn"),
+                            sources, infos, extra={"keras_parity": parity})
     log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB); Keras vs ONNX max |diff| "
         + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     return {"path": str(path), "bytes": path.stat().st_size, "keras_parity": parity,
