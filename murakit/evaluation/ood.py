@@ -147,7 +147,7 @@ def _dicom_frames(split: str) -> list:
                 elif ds.get("PhotometricInterpretation", "").startswith("YBR"):
                     from pydicom.pixels import convert_color_space
                     arr = convert_color_space(arr, ds.PhotometricInterpretation, "RGB")
-        except Exception:  # noqa: BLE001  a decoder missing on this machine: fewer images, not an error
+        except Exception:  # noqa: BLE001, S112  a decoder missing on this machine: fewer images, not an error
             continue
         frames = arr if (arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (3, 4))) else arr[None]
         frames = frames[:: max(1, len(frames) // 3)][:3]
