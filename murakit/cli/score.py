@@ -27,6 +27,12 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", nargs="?", const="auto", default=None, metavar="CSV",
                    help="then print the MURA protocol's metrics: labels from CSV (study,label), or, with no "
                         "CSV, from the *_labeled_studies.csv next to the data")
+    p.add_argument("--gate", choices=("refuse", "warn", "off"), default="refuse",
+                   help="the input gate: refuse images that do not look like an upper-extremity radiograph "
+                        "(default; failures.csv rows with reason 'gate'), warn (score them; gate_score says "
+                        "so), or off")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="one of the model card's operating points (default: youden)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -38,7 +44,7 @@ def run(args) -> int:
 
     s = score(args.inputs, args.model or default_model(), args.out, fmt=args.format, engine=args.engine,
               workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
-              part_rows=args.part_rows)
+              part_rows=args.part_rows, gate=args.gate, operating_point=args.operating_point)
     print(f"{s.n_images} images -> {s.images}\n{s.n_studies} studies -> {s.studies}\n"
           f"{s.n_failed} failures -> {s.failures}")
     if s.n_scored_now:
