@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch (default %(default)g)")
     p.add_argument("--no-batching", action="store_true", help="one onnxruntime call per request")
     p.add_argument("--access-log", action="store_true", help="log every request (stdout)")
+    p.add_argument("--gate", choices=("refuse", "warn", "off"), default="refuse",
+                   help="the input gate: answer 422 for an upload that does not look like an upper-extremity "
+                        "radiograph (default), warn (score it; its gate verdict says passed: false), or off")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="one of the model card's operating points (default: youden)")
     return p
 
 
@@ -85,7 +90,8 @@ def prepare(args):
     limits = limits_from(args)
     check_bind(args.host, args.token_file, args.insecure)
     token = read_token(args.token_file) if args.token_file else None
-    predictor = Predictor(args.model or default_model(), threads=args.threads)
+    predictor = Predictor(args.model or default_model(), threads=args.threads, gate=args.gate,
+                          operating_point=args.operating_point)
     warm_up(predictor, limits.max_batch)
     return predictor, limits, token, listen(args.host, args.port)
 
