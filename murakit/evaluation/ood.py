@@ -89,17 +89,17 @@ def variants(img: np.ndarray, n: int, rng: np.random.Generator) -> list:
 def _skimage(category: str, split: str) -> list:
     import os
 
-    import cv2
     import skimage.data
+    from PIL import Image
 
     base = os.path.dirname(skimage.data.__file__)
     out = []
     for fname in _SKIMAGE[category][split]:
-        img = cv2.imread(os.path.join(base, fname), cv2.IMREAD_UNCHANGED)
-        if img is None:
+        try:  # Pillow, not OpenCV: libpng would print a warning about an ICC profile on stderr
+            with Image.open(os.path.join(base, fname)) as im:
+                img = np.asarray(im.convert("L" if im.mode in ("L", "I", "I;16", "1", "P") else "RGB"))
+        except OSError:
             continue
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = img[:, :, :3]
         img = _to_u8(img)
         for k, v in enumerate(variants(img, _PER_SOURCE[category], _rng(split, fname))):
             out.append(OodImage(category, f"skimage/{fname}#{k}", v))
