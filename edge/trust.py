@@ -51,9 +51,12 @@ def refusal_text(path: str, gate: dict) -> str:
     return f"{path}: not scored: {NOT_A_RADIOGRAPH} (gate score {s} > {gate['threshold']:.3f})"
 
 
+_LOW, _HIGH = 2.2250738585072014e-308, 1.0 - 2.0 ** -53  # clip only 0 and 1: no ties made
+
+
 def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
+    p = min(max(float(p), _LOW), _HIGH)
+    return math.log(p) - math.log1p(-p)
 
 
 def calibrate(card, score: float, level: str) -> float:

@@ -21,33 +21,32 @@ MIN_PART_STUDIES = 10  # a part with fewer val studies (or one class only) uses 
 OPERATING_POINTS = ("youden", f"sensitivity>={TARGET:.2f}", f"specificity>={TARGET:.2f}")
 
 
+LOW, HIGH = np.finfo(np.float64).tiny, np.nextafter(1.0, 0.0)  # clip only 0 and 1: no ties made
+
+
 def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+    p = np.clip(np.asarray(p, np.float64), LOW, HIGH)
+    return np.log(p) - np.log1p(-p)
 
 
-def platt(labels, scores, l2: float = 1e-3, iters: int = 100) -> dict:
-    """Fit ``sigmoid(a * logit(score) + b)`` to binary labels by Newton's method.
+def platt(labels, scores, c: float = 1e4) -> dict:
+    """Fit ``sigmoid(a * logit(score) + b)`` to binary labels (logistic regression on the logit).
 
-    A tiny L2 penalty keeps a and b finite on separable data; ``a`` is kept > 0 (a calibrator
-    must not reverse the ranking: with a non-positive slope the identity, a = 1, b = 0, is used).
+    A weak L2 penalty (``1 / c``) keeps a and b finite on separable data; ``a`` must be > 0 (a
+    calibrator must not reverse the ranking: with a non-positive slope, or one class only, the
+    identity a = 1, b = 0 is used).
 
     Returns ``{"method": "platt", "a": float, "b": float}``.
     """
-    y = np.asarray(labels, np.float64)
-    x = _logit(scores)
-    w = np.array([1.0, 0.0])
-    X = np.column_stack([x, np.ones_like(x)])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -500, 500)))
-        grad = X.T @ (p - y) + l2 * w
-        hess = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    a, b = float(w[0]), float(w[1])
-    if not (math.isfinite(a) and math.isfinite(b)) or a <= 1e-6 or len(np.unique(y)) < 2:
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(labels).astype(int)
+    if len(np.unique(y)) < 2:
+        return {"method": "platt", "a": 1.0, "b": 0.0}
+    x = _logit(scores).reshape(-1, 1)
+    clf = LogisticRegression(C=c, max_iter=1000).fit(x, y)
+    a, b = float(clf.coef_[0, 0]), float(clf.intercept_[0])
+    if not (math.isfinite(a) and math.isfinite(b)) or a <= 1e-6:
         a, b = 1.0, 0.0
     return {"method": "platt", "a": a, "b": b}
 
@@ -55,7 +54,7 @@ def platt(labels, scores, l2: float = 1e-3, iters: int = 100) -> dict:
 def apply_platt(c: dict, scores) -> np.ndarray:
     """Calibrated probabilities (float64) of raw scores (numpy twin of ``edge.trust.calibrate``)."""
     z = c["a"] * _logit(scores) + c["b"]
-    return 1.0 / (1.0 + np.exp(-z))
+    return np.exp(-np.logaddexp(0.0, -z))
 
 
 def fit_calibration(labels, probs, studies) -> dict:
