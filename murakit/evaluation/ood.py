@@ -120,8 +120,9 @@ def _faces(split: str) -> list:
     path = os.path.join(os.path.dirname(skimage.data.__file__), "lfw_subset.npy")
     if not os.path.isfile(path):
         return []
-    faces = np.load(path)[(0 if split == "fit" else 1)::2][:20]
-    return [OodImage("photo", f"skimage/lfw_subset#{k}", _to_u8(f)) for k, f in enumerate(faces)]
+    first = 0 if split == "fit" else 1
+    faces = np.load(path)[first::2][:20]
+    return [OodImage("photo", f"skimage/lfw_subset.npy:row{first + 2 * k}", _to_u8(f)) for k, f in enumerate(faces)]
 
 
 def _dicom_frames(split: str) -> list:
