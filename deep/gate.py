@@ -10,7 +10,9 @@ film differs there). Two things are computed from them:
 - a logistic "not a radiograph" score over the standardised statistics and those log distances,
   fitted with outlier exposure (training radiographs against non-radiographs murakit has).
 
-The score is the logistic's logit: high means unlike a radiograph. All of it is Keras ops on
+The score is the logistic's logit: high means unlike a radiograph. The same statistics feed a
+linear softmax over the seven body parts (:class:`PartHead`, fitted on the training radiographs'
+parts): the model's own idea of which part it is looking at. All of it is Keras ops on
 constants added to the CNN's inference graph, so the exported ONNX file has a ``gate`` output
 (B,) and a device needs nothing else; the threshold lives in the model card. Which candidate
 statistics were measured and why this one: docs/trust.md.
@@ -93,8 +95,26 @@ class GateHead(layers.Layer):
         return keras.ops.reshape(keras.ops.matmul(x, self.coef), (-1,)) + self.intercept
 
 
-def with_gate(cam_model: keras.Model, model: keras.Model, params: dict) -> keras.Model:
-    """``cam_model`` (outputs [probability, cam]) plus a third output ``gate`` (B,).
+class PartHead(layers.Layer):
+    """(B, P) pooled statistics -> (B, K) body-part probabilities: softmax of a linear map of the
+    standardised statistics (``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,))."""
+
+    def __init__(self, params: dict, **kw):
+        super().__init__(name="part", **kw)
+        f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
+        self.x_mean = keras.ops.convert_to_tensor(f32["x_mean"])
+        self.x_scale = keras.ops.convert_to_tensor(f32["x_scale"])
+        self.coef = keras.ops.convert_to_tensor(f32["coef"])
+        self.intercept = keras.ops.convert_to_tensor(f32["intercept"])
+
+    def call(self, v):
+        z = keras.ops.matmul((v - self.x_mean) / self.x_scale, self.coef) + self.intercept
+        return keras.ops.softmax(z, axis=-1)
+
+
+def with_gate(cam_model: keras.Model, model: keras.Model, params: dict, part_params: dict | None = None) -> keras.Model:
+    """``cam_model`` (outputs [probability, cam]) plus ``gate`` (B,) and, with ``part_params``,
+    ``part`` (B, K) body-part probabilities, both read from the same pooled statistics.
 
     Parameters
     ----------
@@ -104,8 +124,11 @@ def with_gate(cam_model: keras.Model, model: keras.Model, params: dict) -> keras
         The trained CNN (its layers give the pooled statistics).
     params : dict
         Fitted constants of :class:`GateHead` (``export.gate.fit_gate``).
+    part_params : dict, optional
+        Fitted constants of :class:`PartHead` (``export.gate.fit_part_head``).
     """
-    parts = _pooled(model, gate_layers(model))
-    score = GateHead(params)(layers.Concatenate(name="gate_pooled")(parts))
-    prob, cam = cam_model.outputs
-    return keras.Model(cam_model.input, [prob, cam, score], name=f"{cam_model.name}_gate")
+    pooled = layers.Concatenate(name="gate_pooled")(_pooled(model, gate_layers(model)))
+    outputs = [*cam_model.outputs, GateHead(params)(pooled)]
+    if part_params is not None:
+        outputs.append(PartHead(part_params)(pooled))
+    return keras.Model(cam_model.input, outputs, name=f"{cam_model.name}_gate")

@@ -2,8 +2,8 @@
 
 One :class:`ModelCard` is written at training time beside the trained model
 (``RUN/cnn/card.json``, ``RUN/baseline/card.json``) and carried unchanged into every ONNX file
-made from it; only ``precision``, ``metrics``, ``weights_sha256`` and ``gate`` (fitted at export)
-describe the file itself.
+made from it; only ``precision``, ``metrics``, ``weights_sha256``, ``gate`` and ``part_labels`` (fitted
+at export) describe the file itself.
 It is the only source of preprocessing for anything that uses the model: export, verify,
 bench, explain, ``edge-predict`` and ``edge-serve`` read it, nothing builds metadata by hand.
 
@@ -14,7 +14,8 @@ wrong types, non-finite numbers, a threshold outside [0, 1], anything but two di
 names, a preprocessing or HOG config out of range -> one :class:`~edge.errors.ModelError`.
 
 Versions: format 2 added ``gate`` (the input gate's threshold, per file), ``calibration``
-(view and study calibrators) and ``operating_points``. A format-1 card (murakit before the
+(view and study calibrators), ``operating_points`` and ``part_labels`` (the body-part output's
+columns, per file). A format-1 card (murakit before the
 gate, e.g. tests/data/regression/model.onnx) still loads: those fields are None, and such a
 model answers every input with no gate verdict and uncalibrated probabilities.
 """
@@ -35,7 +36,7 @@ from edge.preprocess import PreprocessConfig
 
 CARD_FORMAT = 2
 READABLE_FORMATS = (1, 2)
-FORMAT_2_FIELDS = ("gate", "calibration", "operating_points")
+FORMAT_2_FIELDS = ("gate", "calibration", "operating_points", "part_labels")
 CALIBRATED = ("image", "study")
 PREFIX = "murakit."
 INPUT_OF_KIND = {"cnn": "image", "baseline": "hog"}
@@ -130,6 +131,8 @@ class ModelCard:
     operating_points : dict or None
         ``{NAME: {"threshold": t[, "thresholds_by_part": {PART: t}]}}``, thresholds on the raw
         study score, chosen on val; ``threshold`` above is the ``youden`` one.
+    part_labels : list of str or None
+        Names of the columns of the model's ``part`` output (body-part probabilities), per file.
     """
 
     kind: str
@@ -149,6 +152,7 @@ class ModelCard:
     gate: dict | None = None
     calibration: dict | None = None
     operating_points: dict | None = None
+    part_labels: list | None = None
 
     def __post_init__(self):
         try:
@@ -193,7 +197,13 @@ class ModelCard:
 
     def _validate_trust(self) -> None:
         """gate / calibration / operating_points: JSON objects of finite numbers with the shapes above."""
-        for name in FORMAT_2_FIELDS:
+        if self.part_labels is not None:
+            if not isinstance(self.part_labels, (list, tuple)) or len(self.part_labels) < 2:
+                raise ValueError(f"part_labels must be a list of >= 2 names, got {self.part_labels!r}")
+            object.__setattr__(self, "part_labels", [_short_str("each part label", x) for x in self.part_labels])
+            if len(set(self.part_labels)) != len(self.part_labels):
+                raise ValueError("part_labels must be distinct")
+        for name in ("gate", "calibration", "operating_points"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{name} must be a JSON object or null")
@@ -316,7 +326,7 @@ class ModelCard:
     def identity(self) -> dict:
         """The fields every file made from one trained model shares (all but the per-file ones)."""
         d = self.to_dict()
-        for per_file in ("precision", "metrics", "weights_sha256", "gate"):
+        for per_file in ("precision", "metrics", "weights_sha256", "gate", "part_labels"):
             d.pop(per_file)
         return d
 

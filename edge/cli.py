@@ -174,6 +174,14 @@ def _text_line(pred, indent: str = "") -> str:
             f"preprocess {pred.preprocess_ms:.1f} ms  inference {pred.inference_ms:.1f} ms")
 
 
+def _check_part_predicted(views, prog: str) -> None:
+    """Warn when the header or path names another body part than the model sees."""
+    for v in views:
+        if v.part and v.part_predicted and v.part != v.part_predicted and not v.refused:
+            print(f"{prog}: warning: {v.path}: the header/path says {v.part}, the model sees "
+                  f"{v.part_predicted} (p={v.part_probability:.2f})", file=sys.stderr)
+
+
 def _check_gate(result, views, prog: str) -> int:
     """One stderr line per view the gate refused (``--gate refuse``) or flagged (``warn``);
     returns how many were refused. A study keeps its other views; with none left it is refused."""
@@ -306,6 +314,7 @@ def _predict(args) -> int:
                 result, views = job()
                 _check_parts(result, views, args.strict_part, prog)
                 failed += 1 if _check_gate(result, views, prog) else 0
+                _check_part_predicted(views, prog)
                 cams = [_write_cam(Path(args.cam), v) for v in views if v.cam is not None] if want_cam else []
                 _report(result, views, args.json, cams)
                 sys.stdout.flush()

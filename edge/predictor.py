@@ -71,6 +71,10 @@ class Prediction:
     gate: dict | None = None
     operating_point: str = DEFAULT_OPERATING_POINT
     part: str | None = None
+    part_predicted: str | None = None
+    part_probability: float | None = None
+    part_probs: np.ndarray | None = field(default=None, repr=False)
+    part_labels: list | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.score is None and self.probability is not None and self.gate is None:
@@ -89,6 +93,8 @@ class Prediction:
         d.update(dicom_fields(self.dicom, view=True))
         if self.part and "part" not in d:
             d["part"] = self.part
+        if self.part_predicted is not None:
+            d.update(part_predicted=self.part_predicted, part_probability=round(self.part_probability, 6))
         return d
 
     def to_dict(self) -> dict:
@@ -132,9 +138,20 @@ class StudyPrediction:
     def inference_ms(self) -> float:
         return sum(v.inference_ms for v in self.views)
 
+    def part_prediction(self) -> dict:
+        """``part_predicted`` / ``part_probability`` of the study: the part of highest mean
+        probability over its scored views ({} when the model has no part head)."""
+        views = [v for v in self.views if v.part_probs is not None and not v.refused]
+        if not views:
+            return {}
+        mean = np.mean([v.part_probs for v in views], axis=0)
+        k = int(np.argmax(mean))
+        return {"part_predicted": views[0].part_labels[k], "part_probability": round(float(mean[k]), 6)}
+
     def to_dict(self) -> dict:
         ids = {"study_uid": self.study_uid} if self.study_uid else {}
         ids.update({"part": self.part} if self.part else {})
+        ids.update(self.part_prediction())
         return {"path": self.path, "type": "study", **ids, "probability": self.probability, "score": self.score,
                 "label": self.label, "threshold": self.threshold, "operating_point": self.operating_point,
                 "n_views": len([v for v in self.views if not v.refused]),
@@ -309,7 +326,8 @@ class Predictor:
         label at the operating point (a ModelError when the model's output is not in [0, 1])."""
         gate = gate_verdict(self.card, outputs["gate"][i]) if self.has_gate and self.gate_mode != "off" else None
         part = (dicom.part if dicom is not None and dicom.part else None) or part_from_path(path)
-        t = self.raw_threshold(part)
+        seen = self.part_of(outputs, i)
+        t = self.raw_threshold(part or seen.get("part_predicted"))
         shown = calibrate(self.card, t, "image")
         if gate is not None and not gate["passed"] and self.gate_mode == "refuse":
             return Prediction(path, None, None, shown, preprocess_ms, inference_ms, dicom=dicom, gate=gate,
@@ -317,13 +335,24 @@ class Predictor:
         raw = checked_probability(self.probabilities(outputs)[i], path if src is None else src)
         return Prediction(path, calibrate(self.card, raw, "image"), self.labels[int(raw > t)], shown,
                           preprocess_ms, inference_ms, dicom=dicom, score=raw, gate=gate,
-                          operating_point=self.operating_point, part=part)
+                          operating_point=self.operating_point, part=part, **seen)
+
+    def part_of(self, outputs: dict, i: int) -> dict:
+        """``part_predicted``, ``part_probability`` and ``part_probs`` of row ``i`` ({} without a part head)."""
+        if "part" not in outputs or not self.card.part_labels:
+            return {}
+        probs = np.asarray(outputs["part"][i], np.float64).reshape(-1)
+        if probs.shape != (len(self.card.part_labels),) or not np.all(np.isfinite(probs)):
+            return {}
+        k = int(np.argmax(probs))
+        return {"part_predicted": self.card.part_labels[k], "part_probability": float(probs[k]), "part_probs": probs,
+                "part_labels": self.card.part_labels}
 
     def study_answer(self, path: str, views: list, study_uid: str | None = None) -> StudyPrediction:
         """A study's answer from its views' answers: the mean raw score of the views the gate let
         through, calibrated by the study calibrator (None when every view was refused)."""
         result = StudyPrediction(path, None, None, 0.0, views, study_uid, operating_point=self.operating_point)
-        t = self.raw_threshold(result.part)
+        t = self.raw_threshold(result.part or result.part_prediction().get("part_predicted"))
         result.threshold = calibrate(self.card, t, "study")
         scored = [v.score for v in views if not v.refused]
         if scored:

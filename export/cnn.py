@@ -39,12 +39,22 @@ def keras_outputs(cam_model, x: np.ndarray, batch_size: int = 32) -> dict:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-RANK_NAMES = {1: "gate", 2: "probability", 3: "cam"}
+OUTPUT_ORDER = ("probability", "cam", "gate", "part")
+
+
+def output_name(shape) -> str | None:
+    """The name of a CNN output by its shape: (B,) gate, (B, 1) probability, (B, K>1) part
+    (body-part probabilities), (B, h, w) cam."""
+    if len(shape) == 1:
+        return "gate"
+    if len(shape) == 2:
+        return "probability" if shape[-1] == 1 else "part"
+    return "cam" if len(shape) == 3 else None
 
 
 def _by_rank(arrays: list) -> dict:
-    """Name the outputs by rank: (B,) -> gate, (B, 1) -> probability, (B, h, w) -> cam."""
-    named = {RANK_NAMES[len(a.shape)]: a for a in arrays if len(a.shape) in RANK_NAMES}
+    """Name the outputs by shape (:func:`output_name`)."""
+    named = {output_name(a.shape): a for a in arrays if output_name(a.shape)}
     if not {"probability", "cam"} <= set(named) or len(named) != len(arrays):
         raise ExportError(f"expected outputs of rank 2 (probability) and 3 (cam), got ranks "
                           f"{[len(a.shape) for a in arrays]}")
@@ -78,16 +88,17 @@ def _rename_outputs(model, size: int) -> None:
     """Rename the graph outputs to probability / cam (/ gate) (in that order) via Identity nodes."""
     import onnx
 
-    ranks = _output_ranks(model, size)
-    if sorted(ranks.values()) not in ([2, 3], [1, 2, 3]):
-        raise ExportError(f"converted CNN has outputs of ranks {ranks}; expected one (B,1), one (B,h,w) "
-                          "and at most one (B,)")
-    outputs = {RANK_NAMES[ranks[o.name]]: o for o in model.graph.output}
+    shapes = _output_shapes(model, size)
+    names = [output_name(s) for s in shapes.values()]
+    if not {"probability", "cam"} <= set(names) or None in names or len(set(names)) != len(names):
+        raise ExportError(f"converted CNN has outputs of shapes {shapes}; expected one (B,1), one (B,h,w) "
+                          "and at most one (B,) and one (B,K)")
+    outputs = {output_name(shapes[o.name]): o for o in model.graph.output}
     for new, out in outputs.items():
         if out.name != new:
             model.graph.node.append(onnx.helper.make_node("Identity", [out.name], [new], name=f"{new}_out"))
             out.name = new
-    ordered = [outputs[n] for n in ("probability", "cam", "gate") if n in outputs]
+    ordered = [outputs[n] for n in OUTPUT_ORDER if n in outputs]
     copies = [type(o)() for o in ordered]
     for c, o in zip(copies, ordered):
         c.CopyFrom(o)
@@ -95,13 +106,13 @@ def _rename_outputs(model, size: int) -> None:
     model.graph.output.extend(copies)
 
 
-def _output_ranks(model, size: int) -> dict:
-    """{output name: rank}, measured by running a zero image (shape info may be missing)."""
+def _output_shapes(model, size: int) -> dict:
+    """{output name: shape}, measured by running a zero image (shape info may be missing)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, size, size, 1), np.float32)})
-    return {o.name: a.ndim for o, a in zip(sess.get_outputs(), outs)}
+    return {o.name: a.shape for o, a in zip(sess.get_outputs(), outs)}
 
 
 def onnx_outputs(model_or_path, x: np.ndarray, batch_size: int = 32, threads: int | None = None) -> dict:

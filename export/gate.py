@@ -98,3 +98,32 @@ def _auroc(inlier: np.ndarray, outlier: np.ndarray) -> float:
         ranks[tie] = ranks[tie].mean()
     n0, n1 = len(inlier), len(outlier)
     return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
+def fit_part_head(train_v: np.ndarray, train_parts, val_v: np.ndarray, val_parts, seed: int = 0) -> tuple:
+    """A multinomial logistic regression from pooled statistics to the body part.
+
+    Returns
+    -------
+    params : dict of ndarray
+        For ``deep.gate.PartHead``: ``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,).
+    info : dict
+        ``labels`` (the K part names, sorted), ``val_accuracy``, ``n_train``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    labels = sorted(set(map(str, train_parts)))
+    if len(labels) < 2:
+        raise ExportError(f"the part head needs training images of >= 2 body parts, got {labels}")
+    y = np.searchsorted(labels, np.asarray(train_parts).astype(str))
+    mean, scale = train_v.mean(0), train_v.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    clf = LogisticRegression(C=LOGISTIC_C, max_iter=5000, random_state=seed).fit((train_v - mean) / scale, y)
+    params = {"x_mean": mean, "x_scale": scale, "coef": clf.coef_.T.astype(np.float64),
+              "intercept": clf.intercept_.astype(np.float64)}
+    if clf.coef_.shape[0] == 1:  # two classes: sklearn fits one column; the softmax needs both
+        params["coef"] = np.hstack([-clf.coef_.T / 2, clf.coef_.T / 2])
+        params["intercept"] = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
+    z = ((val_v - mean) / scale) @ params["coef"] + params["intercept"]
+    val_acc = float(np.mean(np.asarray(labels)[z.argmax(1)] == np.asarray(val_parts).astype(str))) if len(val_v) else None
+    return params, {"labels": labels, "val_accuracy": val_acc, "n_train": len(train_v)}

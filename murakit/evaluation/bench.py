@@ -275,12 +275,17 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     report["comparisons"] = json_safe(comparisons(labels, studies, probs, seed))
     if "cnn_onnx" in files:
         from edge.predictor import Predictor
-        from murakit.evaluation.trust import gate_metrics
+        from murakit.evaluation.trust import gate_metrics, part_accuracy
 
         progress("  input gate: test radiographs and murakit's OOD test set")
         gate = gate_metrics(Predictor(files["cnn_onnx"], threads=threads), images, seed=seed)
         if gate is not None:
             report["gate"] = json_safe(gate)
+        for name in ("cnn_onnx", "cnn_onnx_int8"):
+            if name in files:
+                pa = part_accuracy(Predictor(files[name], threads=threads), images, parts, studies, seed=seed)
+                if pa is not None:
+                    report["models"][name]["part_accuracy"] = json_safe(pa)
     report["int8_decision"] = json_safe(int8_decision(layout))
     report["cpu"] = cpu_info()
     report["threads"] = threads

@@ -146,6 +146,26 @@ def gate_metrics(predictor, test_u8: np.ndarray, n: int = 1000, seed: int = 0) -
             | {"all": float(np.mean(outlier > t))}, "method": predictor.card.gate.get("method")}
 
 
+def part_accuracy(predictor, u8: np.ndarray, parts, studies, n: int = N_RESAMPLES, seed: int = 0) -> dict | None:
+    """report.json's ``part_accuracy`` of a model with a body-part head: the share of test views
+    whose predicted part is the one their MURA path names, overall (with a 95% study bootstrap
+    interval) and per part. None without a part head."""
+    labels = predictor.card.part_labels
+    if not labels or "part" not in predictor.output_names:
+        return None
+    out = [np.asarray(predictor.run(predictor.model_input(u8[i:i + 64]))["part"]) for i in range(0, len(u8), 64)]
+    predicted = np.asarray(labels)[np.concatenate(out).argmax(1)] if out else np.zeros(0, str)
+    right = predicted == np.asarray(parts).astype(str)
+    _, members = _study_index(studies)
+    per_study = [(right[m].sum(), len(m)) for m in members]
+    hits, counts = np.array(per_study).T
+    idx = _resamples(len(members), n, seed)
+    boots = hits[idx].sum(1) / counts[idx].sum(1)
+    by_part = {str(q): float(right[np.asarray(parts) == q].mean()) for q in sorted(set(np.asarray(parts).astype(str)))}
+    return {"overall": float(right.mean()), "overall_ci": _interval(boots, LEVEL), "by_part": by_part,
+            "images": len(right)}
+
+
 def gate_scores(predictor, u8: np.ndarray, batch: int = 64) -> np.ndarray:
     """float64 (N,) gate scores of preprocessed uint8 (N, S, S) images."""
     out = [np.asarray(predictor.run(predictor.model_input(u8[i:i + batch]))["gate"], np.float64).reshape(-1)
@@ -226,6 +246,14 @@ def markdown_lines(report: dict) -> list:
             vs_text = "" if not vs else f"{vs['kappa_diff']:+.3f}{_ci_text(vs['ci'])}"
             lines.append(f"| {name} | {cell(op['overall'])} | "
                          + " | ".join(cell(op["by_part"][q]) for q in sorted(op["by_part"])) + f" | {vs_text} |")
+    pa = {k: m["part_accuracy"] for k, m in report["models"].items() if m.get("part_accuracy")}
+    if pa:
+        parts = sorted({q for v in pa.values() for q in v["by_part"]})
+        lines += ["", "## Body part (the model's part head vs the MURA path, test views)", "",
+                  "| model | overall [95% CI] | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+        for k, v in pa.items():
+            lines.append(f"| {k} | {v['overall']:.3f}{_ci_text(v['overall_ci'])} | "
+                         + " | ".join(f"{v['by_part'].get(q, float('nan')):.3f}" for q in parts) + " |")
     g = report.get("gate")
     if g:
         lines += ["", "## Input gate (CNN ONNX)", "",

@@ -2,8 +2,9 @@
 
 Writes ``RUN/export/``::
 
-    cnn.onnx              float CNN, outputs probability (B,1), cam (B,h,w) and gate (B,) (the input
-                          gate's score, fitted here: see fit_cnn_gate), its card inside
+    cnn.onnx              float CNN, outputs probability (B,1), cam (B,h,w), gate (B,) (the input
+                          gate's score) and part (B,7) (body-part probabilities), both fitted here
+                          (see fit_cnn_gate), its card inside
     cnn.int8.onnx         static INT8 CNN, only when its study AUROC on val drops <= 0.01 AND it is
                           faster than float on this machine at batch 1 and 32 (else absent: the
                           device uses cnn.onnx; export.json's "cnn.int8" says why)
@@ -181,24 +182,29 @@ def ood_inputs(split: str, cfg) -> np.ndarray:
 
 def fit_cnn_gate(model, prep, cfg, log) -> tuple:
     """Fit the input gate of a trained CNN: training radiographs against murakit's "fit"
-    non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``).
+    non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``); and the
+    body-part head on the same statistics of the training radiographs (``fit_part_head``).
 
-    Returns (params for ``deep.with_gate``, the card's ``gate`` dict).
+    Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``).
     """
     import deep
-    from export.gate import fit_gate
+    from export.gate import fit_gate, fit_part_head
 
     pooled = deep.pooled_model(model)
     train = first_by_path(prep, "train", MAX_GATE_TRAIN)
     val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
-    params, info = fit_gate(pooled_statistics(pooled, cache_inputs(prep, train)),
-                            pooled_statistics(pooled, cache_inputs(prep, val)),
-                            pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model))
+    train_v = pooled_statistics(pooled, cache_inputs(prep, train))
+    val_v = pooled_statistics(pooled, cache_inputs(prep, val))
+    params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model))
+    part_params, part = fit_part_head(train_v, prep.part[train], val_v, prep.part[val])
+    info["part_val_accuracy"] = part["val_accuracy"]
     log(f"export: input gate fitted on {info['n_train']} training radiographs and {info['n_outliers']} "
         f"non-radiographs: threshold {info['threshold']:.3f} refuses {info['val_refusal_rate']:.1%} of val "
-        f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs")
-    return params, {"method": GATE_METHOD, "output": "gate", "threshold": info["threshold"],
-                    "fit": {k: v for k, v in info.items() if k != "threshold"}}
+        f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs; body-part head: "
+        f"val accuracy {part['val_accuracy']:.3f} over {len(part['labels'])} parts")
+    gate = {"method": GATE_METHOD, "output": "gate", "threshold": info["threshold"],
+            "fit": {k: v for k, v in info.items() if k != "threshold"}}
+    return params, part_params, gate, part["labels"]
 
 
 # ---------------------------------------------------------------- the three models
@@ -211,11 +217,11 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     size = int(model.inputs[0].shape[1])
     if size != card.preprocess.size:
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
-    params, gate = fit_cnn_gate(model, prep, card.preprocess, log)
-    proto, parity = export_cnn(deep.with_gate(deep.cam_model(model), model, params), size, golden_x)
+    params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log)
+    proto, parity = export_cnn(deep.with_gate(deep.cam_model(model), model, params, part_params), size, golden_x)
     path = layout.exported("cnn")
-    card, outputs = publish(proto, card.replace(precision="float32", gate=gate), path, layout.golden("cnn"),
-                            sources, infos, extra={"keras_parity": parity})
+    card, outputs = publish(proto, card.replace(precision="float32", gate=gate, part_labels=part_labels), path,
+                            layout.golden("cnn"), sources, infos, extra={"keras_parity": parity})
     log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB); Keras vs ONNX max |diff| "
         + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     return {"path": str(path), "bytes": path.stat().st_size, "keras_parity": parity,
