@@ -15,7 +15,7 @@ from export.errors import ExportError
 REFUSAL_QUANTILE = 0.995
 SHRINKAGE = 1e-3  # added to each block covariance's eigenvalues, as a fraction of their mean
 LOGISTIC_C = 0.1
-MIN_IN, MIN_OUT = 20, 20
+MIN_IN, MIN_VAL, MIN_OUT = 20, 10, 20
 
 
 def whitening(x: np.ndarray) -> tuple:
@@ -64,9 +64,9 @@ def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_si
     """
     from sklearn.linear_model import LogisticRegression
 
-    if len(train_v) < MIN_IN or len(val_v) < MIN_IN or len(ood_v) < MIN_OUT:
-        raise ExportError(f"the gate needs >= {MIN_IN} training and validation radiographs and >= {MIN_OUT} "
-                          f"non-radiographs, got {len(train_v)}, {len(val_v)} and {len(ood_v)}")
+    if len(train_v) < MIN_IN or len(val_v) < MIN_VAL or len(ood_v) < MIN_OUT:
+        raise ExportError(f"the gate needs >= {MIN_IN} training and {MIN_VAL} validation radiographs and >= "
+                          f"{MIN_OUT} non-radiographs, got {len(train_v)}, {len(val_v)} and {len(ood_v)}")
     edges = np.cumsum([0, *block_sizes])
     params = {"blocks": np.column_stack([edges[:-1], edges[1:]]).astype(np.int64)}
     for k, (a, b) in enumerate(params["blocks"]):

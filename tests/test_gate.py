@@ -191,3 +191,32 @@ def test_bad_gate_mode_and_operating_point_are_one_line_errors(demo_model):
     with pytest.raises(ModelError, match="is not in this model's card") as e:
         Predictor(demo_model, operating_point="nonsense")
     assert "youden" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_answers_are_calibrated_name_the_part_and_follow_the_operating_point(quick_demo, demo_model, capsys):
+    from edge.cli import predict_main
+    from edge.predictor import Predictor
+    from edge.trust import calibrate
+
+    card = Predictor(demo_model).card
+    assert card.calibration and {"youden", "sensitivity>=0.90", "specificity>=0.90"} <= set(card.operating_points)
+    image = sorted((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*/image1.png"))[0]
+    assert predict_main(["--model", str(demo_model), "--json", str(image)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["probability"] == pytest.approx(calibrate(card, d["score"], "image"))
+    assert d["threshold"] == pytest.approx(calibrate(card, card.threshold, "image"))
+    assert d["operating_point"] == "youden" and d["gate"]["passed"] is True
+    assert d["part_predicted"] in card.part_labels and 0 < d["part_probability"] <= 1
+    assert d["label"] == card.labels[int(d["score"] > card.threshold)]
+    name = "sensitivity>=0.90"
+    assert predict_main(["--model", str(demo_model), "--json", "--operating-point", name, str(image)]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["operating_point"] == name and e["score"] == d["score"]
+    assert e["threshold"] == pytest.approx(calibrate(card, card.operating_points[name]["threshold"], "image"))
+    report = json.loads((quick_demo.run / "report" / "report.json").read_text())
+    m = report["models"]["cnn_onnx"]
+    for level in ("image", "study"):
+        lo, hi = m[level]["ece_ci"]
+        assert 0 <= m[level]["ece"] <= 1 and lo <= hi
+    assert set(m["operating_points"]) == set(card.operating_points)
+    assert 0 <= m["part_accuracy"]["overall"] <= 1 and set(m["part_accuracy"]["by_part"]) <= set(card.part_labels)

@@ -185,14 +185,21 @@ def fit_cnn_gate(model, prep, cfg, log) -> tuple:
     non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``); and the
     body-part head on the same statistics of the training radiographs (``fit_part_head``).
 
-    Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``).
+    Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``), or
+    four Nones when the run has too few radiographs to fit them (a toy run: the model is exported
+    without a gate or part head, and says so).
     """
     import deep
-    from export.gate import fit_gate, fit_part_head
+    from export.gate import MIN_IN, MIN_VAL, fit_gate, fit_part_head
 
     pooled = deep.pooled_model(model)
     train = first_by_path(prep, "train", MAX_GATE_TRAIN)
     val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
+    if len(train) < MIN_IN or len(val) < MIN_VAL or len(set(prep.part[train])) < 2:
+        log(f"export: NO input gate or part head: {len(train)} training and {len(val)} validation radiographs "
+            f"are too few to fit them (>= {MIN_IN} and >= {MIN_VAL}, two body parts); this model answers "
+            "every input")
+        return None, None, None, None
     train_v = pooled_statistics(pooled, cache_inputs(prep, train))
     val_v = pooled_statistics(pooled, cache_inputs(prep, val))
     params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model))
@@ -218,7 +225,9 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     if size != card.preprocess.size:
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
     params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log)
-    proto, parity = export_cnn(deep.with_gate(deep.cam_model(model), model, params, part_params), size, golden_x)
+    cam = deep.cam_model(model)
+    proto, parity = export_cnn(cam if params is None else deep.with_gate(cam, model, params, part_params), size,
+                               golden_x)
     path = layout.exported("cnn")
     card, outputs = publish(proto, card.replace(precision="float32", gate=gate, part_labels=part_labels), path,
                             layout.golden("cnn"), sources, infos, extra={"keras_parity": parity})
