@@ -257,10 +257,10 @@ class Service:
             body = p.study_answer(STUDY_NAME, preds, uid).to_dict()
             if refused:
                 body["warnings"] = [refusal_text(v.path, v.gate) for v in refused]
-        if cams is not None:
-            kept = [(v.u8, c) for v, c, a in zip(views, cams, preds) if not a.refused]
-            pngs = await self._all(cam_png, kept)
-            body["cam"] = pngs[0] if len(pngs) == 1 else pngs
+        if cams is not None:  # one per view; null for a refused view
+            kept = [i for i, a in enumerate(preds) if not a.refused]
+            pngs = dict(zip(kept, await self._all(cam_png, [(views[i].u8, cams[i]) for i in kept])))
+            body["cam"] = pngs[0] if len(preds) == 1 else [pngs.get(i) for i in range(len(preds))]
         return body
 
 
