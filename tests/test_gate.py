@@ -171,9 +171,8 @@ def test_score_writes_gate_failures_and_gate_scores(quick_demo, demo_model, tmp_
 
 
 def test_serve_answers_422_naming_the_refused_view(demo_model):
-    from _servefix import Server
-
     import httpx
+    from _servefix import Server
 
     with Server(demo_model) as srv:
         srv.wait_ready(60)
@@ -200,7 +199,7 @@ def test_answers_are_calibrated_name_the_part_and_follow_the_operating_point(qui
 
     card = Predictor(demo_model).card
     assert card.calibration and {"youden", "sensitivity>=0.90", "specificity>=0.90"} <= set(card.operating_points)
-    image = sorted((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*/image1.png"))[0]
+    image = min((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*/image1.png"))
     assert predict_main(["--model", str(demo_model), "--json", str(image)]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["probability"] == pytest.approx(calibrate(card, d["score"], "image"))
