@@ -275,7 +275,8 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
         log(_int8_refused_line(decision))
         return decision
     agreement = golden_agreement(float_golden, onnx_outputs(int8, golden_x))
-    card = float_card.replace(precision="int8", metrics=int8_metrics(decision, agreement))
+    card = float_card.replace(precision="int8", metrics=int8_metrics(decision, agreement),
+                              gate=int8_gate_card(float_card.gate, int8, cache_inputs(prep, val)))
     path = layout.exported("cnn.int8")
     publish(int8, card, path, layout.golden("cnn.int8"), sources, infos, extra={"int8_gate": decision})
     ratio = path.stat().st_size / float_path.stat().st_size
@@ -284,6 +285,20 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
         f"{decision['recipe']['name']}; latency vs float {speed}); val study AUROC {decision['float_auroc']:.4f} -> "
         f"{decision['int8_auroc']:.4f} (drop {decision['auroc_drop']:+.4f}), max |p diff| {decision['max_abs_diff']:.4f}")
     return {**decision, "path": str(path), "bytes": path.stat().st_size, "golden_agreement": agreement}
+
+
+def int8_gate_card(gate: dict | None, int8, val_x: np.ndarray) -> dict | None:
+    """The INT8 file's own gate threshold: quantization moves the gate's score, so the threshold
+    is chosen again, the same way (99.5th percentile of the val radiographs), on the INT8 model."""
+    from export.cnn import onnx_outputs
+    from export.gate import REFUSAL_QUANTILE
+
+    if gate is None:
+        return None
+    scores = np.asarray(onnx_outputs(int8, val_x)["gate"], np.float64)
+    threshold = float(np.quantile(scores, REFUSAL_QUANTILE))
+    return {**gate, "threshold": threshold,
+            "fit": {**gate.get("fit", {}), "int8_threshold_from_val": True, "float_threshold": gate["threshold"]}}
 
 
 def _ort_version() -> str:

@@ -44,6 +44,7 @@ class Summary:
     n_failed: int
     n_scored_now: int
     seconds: float
+    n_refused: int = 0  # of n_failed: refused by the input gate (failures.csv reason "gate")
 
     @property
     def images_per_second(self) -> float:
@@ -110,6 +111,10 @@ class ResultStore:
             raise MurakitError(f"{len(missing)} images have no result yet (e.g. {missing[0]}); "
                                "rerun the same command to finish")
         rows = [by_path[j.path] for j in jobs]
+        for r in rows:  # parts committed by a murakit before the gate lack its columns
+            r.setdefault("score", r["probability"])
+            r.setdefault("gate_score", None)
+            r.setdefault("reason", "error" if r["error"] else "")
         images = [r for r in rows if not r["error"]]
         failures = [r for r in rows if r["error"]]
         studies = study_rows(images, predictor)
@@ -117,7 +122,7 @@ class ResultStore:
         write_table(self.studies, studies, STUDY_COLUMNS, self.fmt)
         write_table(self.failures, failures, FAILURE_COLUMNS, "csv")
         return Summary(self.images, self.studies, self.failures, len(images), len(studies),
-                       len(failures), n_scored_now, seconds)
+                       len(failures), n_scored_now, seconds, sum(f.get("reason") == "gate" for f in failures))
 
 
 def study_rows(images: list, predictor) -> list:
