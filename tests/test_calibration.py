@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from edge.card import ModelCard
+from edge.card import FORMAT_2_FIELDS, ModelCard
 from edge.errors import ModelError
 from edge.preprocess import PreprocessConfig
 from edge.trust import calibrate, raw_threshold
@@ -111,9 +111,9 @@ def test_format_1_cards_still_load_and_format_2_round_trips():
                               "study": {"method": "platt", "a": 1.0, "b": 0.0}},
                  gate={"method": "m", "output": "gate", "threshold": 1.5, "fit": {"n": 3}})
     assert ModelCard.from_props(card.to_props()) == card
-    old = {k: v for k, v in card.to_dict().items() if k not in ("gate", "calibration", "operating_points")}
+    old = {k: v for k, v in card.to_dict().items() if k not in FORMAT_2_FIELDS}
     old["format"] = 1
     loaded = ModelCard.from_dict(old)
-    assert loaded.gate is None and loaded.calibration is None and loaded.operating_points is None
+    assert all(getattr(loaded, k) is None for k in FORMAT_2_FIELDS)
     with pytest.raises(ModelError, match="unknown fields"):
         ModelCard.from_dict({**old, "gate": None})  # a format-1 card with format-2 fields is malformed
