@@ -226,6 +226,8 @@ class ModelCard:
             if not isinstance(op, dict):
                 raise ValueError(f"operating point {name!r} must be a JSON object")
             _number(f"operating point {name!r} threshold", op.get("threshold"), 0.0, 1.0)
+            if not isinstance(op.get("default", False), bool):
+                raise ValueError(f"operating point {name!r} default must be true or false")
             by_part = op.get("thresholds_by_part", {})
             if not isinstance(by_part, dict):
                 raise ValueError(f"operating point {name!r} thresholds_by_part must be a JSON object")

@@ -74,9 +74,17 @@ def operating_points(card) -> dict:
     return card.operating_points or {DEFAULT_OPERATING_POINT: {"threshold": card.threshold}}
 
 
+def default_operating_point(card) -> str:
+    """The card's default: the operating point marked ``"default": true`` (per-part thresholds that
+    won on val by the fixed margin), else ``youden``."""
+    marked = sorted(n for n, op in operating_points(card).items() if op.get("default") is True)
+    return marked[0] if marked else DEFAULT_OPERATING_POINT
+
+
 def check_operating_point(card, name: str | None) -> str:
-    """``name`` (default ``youden``) when the card has it, else a ModelError listing those it has."""
-    name = name or DEFAULT_OPERATING_POINT
+    """``name`` (default: :func:`default_operating_point`) when the card has it, else a ModelError
+    listing those it has."""
+    name = name or default_operating_point(card)
     points = operating_points(card)
     if name not in points:
         raise ModelError(f"--operating-point {name!r} is not in this model's card (it has: "

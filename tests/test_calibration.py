@@ -117,3 +117,20 @@ def test_format_1_cards_still_load_and_format_2_round_trips():
     assert all(getattr(loaded, k) is None for k in FORMAT_2_FIELDS)
     with pytest.raises(ModelError, match="unknown fields"):
         ModelCard.from_dict({**old, "gate": None})  # a format-1 card with format-2 fields is malformed
+
+
+def test_per_part_thresholds_become_the_default_only_when_they_win_on_val_by_the_margin():
+    from edge.trust import default_operating_point
+    from murakit.evaluation.calibration import PER_PART_MARGIN
+
+    rng = np.random.default_rng(5)
+    parts = np.array(["HAND", "WRIST"])[rng.integers(0, 2, 600)]
+    labels = rng.integers(0, 2, 600)
+    shift = np.where(parts == "HAND", 0.3, -0.3)  # each part needs its own threshold
+    probs = np.clip(0.5 + shift + 0.12 * (labels - 0.5) + rng.normal(0, 0.03, 600), 0, 1)
+    ops = fit_operating_points(labels, probs, np.arange(600), parts, youden=0.5)
+    assert ops["youden/part"]["val_kappa_gain"] >= PER_PART_MARGIN and ops["youden/part"]["default"] is True
+    assert default_operating_point(_card(operating_points=ops)) == "youden/part"
+    same = np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.05, 600), 0, 1)  # one threshold fits all
+    ops = fit_operating_points(labels, same, np.arange(600), parts, youden=0.5)
+    assert "default" not in ops["youden/part"] and default_operating_point(_card(operating_points=ops)) == "youden"

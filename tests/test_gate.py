@@ -168,9 +168,14 @@ def test_score_writes_gate_failures_and_gate_scores(quick_demo, demo_model, tmp_
     assert images and all(r["gate_score"] is not None and 0 <= r["probability"] <= 1 for r in images)
     warned = score([str(folder)], demo_model, tmp_path / "warn", workers=1, progress=False, gate="warn")
     assert warned.n_failed == 0 and warned.n_images == len(images) + 1
+    from murakit.cli import main
+
+    argv = ["score", str(folder), "--model", str(demo_model), "--workers", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0  # refusals alone are not an error
+    assert s.n_refused == 1
 
 
-def test_serve_answers_422_naming_the_refused_view(demo_model):
+def test_serve_answers_422_naming_the_refused_view(quick_demo, demo_model):
     import httpx
     from _servefix import Server
 
@@ -180,6 +185,13 @@ def test_serve_answers_422_naming_the_refused_view(demo_model):
         r = httpx.post(srv.url + "/v1/predict", files={"file": ("astronaut.png", data, "image/png")}, timeout=30)
         assert r.status_code == 422
         assert "astronaut.png: not scored: does not look like an upper-extremity radiograph" in r.json()["error"]
+        good = min((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*/image1.png")).read_bytes()
+        r = httpx.post(srv.url + "/v1/predict", files=[("file", ("a.png", good, "image/png")),
+                                                       ("file", ("astronaut.png", data, "image/png"))], timeout=30)
+        body = r.json()
+        assert r.status_code == 200 and body["type"] == "study" and body["n_views"] == 1
+        assert [v["probability"] is None for v in body["views"]] == [False, True]
+        assert "astronaut.png: not scored" in body["warnings"][0]
 
 
 def test_bad_gate_mode_and_operating_point_are_one_line_errors(demo_model):

@@ -18,6 +18,10 @@ import numpy as np
 ECE_BINS = 10
 TARGET = 0.90
 MIN_PART_STUDIES = 10  # a part with fewer val studies (or one class only) uses the global threshold
+# Fixed before any test figure was looked at: per-part thresholds become the default only when they
+# beat the global one's val study kappa by this much (they are fitted on the same val studies, so
+# a small gain is mostly the fit itself).
+PER_PART_MARGIN = 0.05
 OPERATING_POINTS = ("youden", f"sensitivity>={TARGET:.2f}", f"specificity>={TARGET:.2f}")
 
 
@@ -120,7 +124,9 @@ def threshold_for(labels, probs, name: str, youden: float) -> float | None:
 def fit_operating_points(labels, probs, studies, parts, youden: float) -> dict:
     """The card's ``operating_points``: each of :data:`OPERATING_POINTS` and its ``/part``
     variant (one threshold per body part with >= :data:`MIN_PART_STUDIES` val studies of both
-    classes; the other parts use the global threshold)."""
+    classes; the other parts use the global threshold). ``youden/part`` records its val kappa
+    gain over ``youden`` and is marked ``"default": true`` (what answers use without
+    ``--operating-point``) only when the gain is >= :data:`PER_PART_MARGIN`."""
     from murakit.evaluation.metrics import study_level
 
     s = study_level(labels, probs, studies, parts)
@@ -139,7 +145,19 @@ def fit_operating_points(labels, probs, studies, parts, youden: float) -> dict:
                     by_part[part] = tp
         out[name] = {"threshold": t}
         out[f"{name}/part"] = {"threshold": t, "thresholds_by_part": by_part}
+    gain = _kappa_gain(s, out["youden"], out["youden/part"])
+    out["youden/part"]["val_kappa_gain"] = gain
+    if gain >= PER_PART_MARGIN:
+        out["youden/part"]["default"] = True
     return out
+
+
+def _kappa_gain(s: dict, global_op: dict, part_op: dict) -> float:
+    """Val study kappa of a per-part operating point minus the global one's."""
+    from murakit.evaluation.metrics import cohen_kappa
+
+    t_part = np.array([part_op["thresholds_by_part"].get(q, part_op["threshold"]) for q in s["part"]])
+    return float(cohen_kappa(s["label"], s["prob"] > t_part) - cohen_kappa(s["label"], s["prob"] > global_op["threshold"]))
 
 
 def _kappa_threshold(labels, probs) -> float:
