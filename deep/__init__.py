@@ -13,6 +13,7 @@ _EXPORTS = {
     "deep.data": ("augment_batch", "make_dataset"),
     "deep.errors": ("DeepError",),
     "deep.explain": ("cam", "gradcam", "pointing_game", "upsample"),
+    "deep.gate": ("block_sizes", "gate_layers", "pooled_model", "with_gate"),
     "deep.model": ("build_model", "cam_model", "load_model"),
     "deep.training": ("TrainResult", "auroc", "check_resumable", "class_weights", "get_strategy",
                    "is_complete", "passes_per_epoch", "predict", "read_state", "recover",
@@ -29,11 +30,13 @@ __all__ = [
     "TrainResult",
     "augment_batch",
     "auroc",
+    "block_sizes",
     "build_model",
     "cam",
     "cam_model",
     "check_resumable",
     "class_weights",
+    "gate_layers",
     "get_strategy",
     "gradcam",
     "is_complete",
@@ -41,6 +44,7 @@ __all__ = [
     "make_dataset",
     "passes_per_epoch",
     "pointing_game",
+    "pooled_model",
     "predict",
     "read_state",
     "recover",
@@ -48,6 +52,7 @@ __all__ = [
     "stop_message",
     "train",
     "upsample",
+    "with_gate",
 ]
 
 assert sorted(__all__) == sorted(_WHERE)  # one list of names, checked at import

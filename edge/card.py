@@ -2,7 +2,8 @@
 
 One :class:`ModelCard` is written at training time beside the trained model
 (``RUN/cnn/card.json``, ``RUN/baseline/card.json``) and carried unchanged into every ONNX file
-made from it; only ``precision``, ``metrics`` and ``weights_sha256`` describe the file itself.
+made from it; only ``precision``, ``metrics``, ``weights_sha256``, ``gate`` and ``part_labels`` (fitted
+at export) describe the file itself.
 It is the only source of preprocessing for anything that uses the model: export, verify,
 bench, explain, ``edge-predict`` and ``edge-serve`` read it, nothing builds metadata by hand.
 
@@ -11,6 +12,12 @@ Inside an ONNX file the card is a set of ``metadata_props``, one per field, each
 Reading is strict: a card from a model file is untrusted input. Unknown or missing fields,
 wrong types, non-finite numbers, a threshold outside [0, 1], anything but two distinct label
 names, a preprocessing or HOG config out of range -> one :class:`~edge.errors.ModelError`.
+
+Versions: format 2 added ``gate`` (the input gate's threshold, per file), ``calibration``
+(view and study calibrators), ``operating_points`` and ``part_labels`` (the body-part output's
+columns, per file). A format-1 card (murakit before the
+gate, e.g. tests/data/regression/model.onnx) still loads: those fields are None, and such a
+model answers every input with no gate verdict and uncalibrated probabilities.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from edge.errors import ModelError
 from edge.hog import HogConfig
 from edge.preprocess import PreprocessConfig
 
-CARD_FORMAT = 1
+CARD_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+FORMAT_2_FIELDS = ("gate", "calibration", "operating_points", "part_labels")
+CALIBRATED = ("image", "study")
 PREFIX = "murakit."
 INPUT_OF_KIND = {"cnn": "image", "baseline": "hog"}
 PRECISIONS = ("float32", "int8")
@@ -47,6 +57,16 @@ def _short_str(name: str, value, allow_empty: bool = False) -> str:
             or (not value and not allow_empty):
         raise ValueError(f"{name} must be a printable string of 1-{MAX_NAME} characters, got {value!r}")
     return value
+
+
+def _number(name: str, value, low, high, open_low: bool = False) -> float:
+    """A finite int/float (not bool) within [low, high] (None: unbounded; ``open_low``: > low)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (low is not None and (value <= low if open_low else value < low)) \
+            or (high is not None and value > high):
+        bounds = f"{'(' if open_low else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
+    return float(value)
 
 
 def _check_json_numbers(name: str, value) -> None:
@@ -102,6 +122,17 @@ class ModelCard:
         murakit version that trained / exported it.
     created : str
         ISO 8601 time of training.
+    gate : dict or None
+        The input gate of this file (CNN exports): ``{"method", "output": "gate", "threshold",
+        "fit": {...}}``; a view whose ``gate`` output is above ``threshold`` is refused. None: no gate.
+    calibration : dict or None
+        ``{"image": {"method": "platt", "a", "b"}, "study": {...}}``: calibrated probability =
+        sigmoid(a * logit(score) + b), a > 0 (monotone: rankings and decisions are unchanged).
+    operating_points : dict or None
+        ``{NAME: {"threshold": t[, "thresholds_by_part": {PART: t}]}}``, thresholds on the raw
+        study score, chosen on val; ``threshold`` above is the ``youden`` one.
+    part_labels : list of str or None
+        Names of the columns of the model's ``part`` output (body-part probabilities), per file.
     """
 
     kind: str
@@ -118,6 +149,10 @@ class ModelCard:
     precision: str = "float32"
     metrics: dict = field(default_factory=dict)
     created: str = field(default_factory=utc_now)
+    gate: dict | None = None
+    calibration: dict | None = None
+    operating_points: dict | None = None
+    part_labels: list | None = None
 
     def __post_init__(self):
         try:
@@ -158,6 +193,46 @@ class ModelCard:
             datetime.fromisoformat(_short_str("created", self.created))
         except ValueError:
             raise ValueError(f"created must be an ISO 8601 time, got {self.created!r}") from None
+        self._validate_trust()
+
+    def _validate_trust(self) -> None:
+        """gate / calibration / operating_points: JSON objects of finite numbers with the shapes above."""
+        if self.part_labels is not None:
+            if not isinstance(self.part_labels, (list, tuple)) or len(self.part_labels) < 2:
+                raise ValueError(f"part_labels must be a list of >= 2 names, got {self.part_labels!r}")
+            object.__setattr__(self, "part_labels", [_short_str("each part label", x) for x in self.part_labels])
+            if len(set(self.part_labels)) != len(self.part_labels):
+                raise ValueError("part_labels must be distinct")
+        for name in ("gate", "calibration", "operating_points"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{name} must be a JSON object or null")
+            _check_json_numbers(name, value)
+        if self.gate is not None:
+            _number("gate.threshold", self.gate.get("threshold"), None, None)
+            _short_str("gate.method", self.gate.get("method"))
+            if self.gate.get("output") != "gate":
+                raise ValueError(f"gate.output must be 'gate', got {self.gate.get('output')!r}")
+        if self.calibration is not None:
+            if set(self.calibration) != set(CALIBRATED):
+                raise ValueError(f"calibration must have exactly {list(CALIBRATED)}")
+            for level, c in self.calibration.items():
+                if not isinstance(c, dict) or c.get("method") != "platt":
+                    raise ValueError(f"calibration.{level} must be a platt calibrator")
+                _number(f"calibration.{level}.a", c.get("a"), 0.0, None, open_low=True)
+                _number(f"calibration.{level}.b", c.get("b"), None, None)
+        for name, op in (self.operating_points or {}).items():
+            _short_str("an operating point name", name)
+            if not isinstance(op, dict):
+                raise ValueError(f"operating point {name!r} must be a JSON object")
+            _number(f"operating point {name!r} threshold", op.get("threshold"), 0.0, 1.0)
+            if not isinstance(op.get("default", False), bool):
+                raise ValueError(f"operating point {name!r} default must be true or false")
+            by_part = op.get("thresholds_by_part", {})
+            if not isinstance(by_part, dict):
+                raise ValueError(f"operating point {name!r} thresholds_by_part must be a JSON object")
+            for part, t in by_part.items():
+                _number(f"operating point {name!r} threshold of {part}", t, 0.0, 1.0)
 
     def _validate_labels(self) -> None:
         labels = self.labels
@@ -196,13 +271,16 @@ class ModelCard:
         if not isinstance(d, dict):
             raise ModelError(f"invalid model card: expected a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} | {"format"}
+        if d.get("format") == 1:  # before the gate: its fields absent, read as None
+            names -= set(FORMAT_2_FIELDS)
         unknown, missing = set(d) - names, names - set(d)
         if unknown:
             raise ModelError(f"invalid model card: unknown fields {sorted(unknown)} (a newer murakit?)")
         if missing:
             raise ModelError(f"invalid model card: missing fields {sorted(missing)}")
-        if d["format"] != CARD_FORMAT:
-            raise ModelError(f"model card format {d['format']!r} is not supported (this murakit reads {CARD_FORMAT})")
+        if isinstance(d["format"], bool) or d["format"] not in READABLE_FORMATS:
+            raise ModelError(f"model card format {d['format']!r} is not supported (this murakit reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))})")
         kw = {k: v for k, v in d.items() if k != "format"}
         try:
             kw["preprocess"] = PreprocessConfig.from_dict(kw["preprocess"])
@@ -250,7 +328,7 @@ class ModelCard:
     def identity(self) -> dict:
         """The fields every file made from one trained model shares (all but the per-file ones)."""
         d = self.to_dict()
-        for per_file in ("precision", "metrics", "weights_sha256"):
+        for per_file in ("precision", "metrics", "weights_sha256", "gate", "part_labels"):
             d.pop(per_file)
         return d
 

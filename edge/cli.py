@@ -20,6 +20,7 @@ from pathlib import Path
 from edge.errors import EdgeError
 from edge.parallel import AUTO_MIN_FILES
 from edge.predictor import StudyPrediction
+from edge.trust import GATE_MODES, NOT_A_RADIOGRAPH, refusal_text
 
 DEFAULT_MODEL = Path("runs") / "default" / "export" / "cnn.onnx"
 MODEL_ENV = "MURAKIT_MODEL"
@@ -100,6 +101,13 @@ def build_predict_parser() -> argparse.ArgumentParser:
                    help="processes that decode and preprocess the image files ahead of the model, "
                         f"1..{max_threads()} (default: all cores from {AUTO_MIN_FILES} files on, else 1); "
                         "output and exit codes are the same for every value")
+    p.add_argument("--gate", choices=GATE_MODES, default="refuse",
+                   help="the input gate (CNN models exported with one): refuse views that do not look like an "
+                        "upper-extremity radiograph (default; one stderr line each, exit 1), warn and score them "
+                        "anyway, or off")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="one of the model card's operating points (default: youden, the card's threshold; "
+                        "e.g. 'sensitivity>=0.90', 'specificity>=0.90', their '/part' variants)")
     p.add_argument("--strict-part", action="store_true",
                    help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
                         "(default: score them with a warning)")
@@ -176,8 +184,40 @@ def _write_cam(cam_dir: Path, pred) -> str:
 
 
 def _text_line(pred, indent: str = "") -> str:
+    if pred.refused:
+        return f"{indent}{pred.path}: not scored (input gate)"
     return (f"{indent}{pred.path}: {pred.label}  p={pred.probability:.4f}  threshold={pred.threshold:.4f}  "
             f"preprocess {pred.preprocess_ms:.1f} ms  inference {pred.inference_ms:.1f} ms")
+
+
+def _check_part_predicted(views, prog: str) -> None:
+    """Warn when the header or path names another body part than the model sees."""
+    for v in views:
+        if v.part and v.part_predicted and v.part != v.part_predicted and not v.refused:
+            print(f"{prog}: warning: {v.path}: the header/path says {v.part}, the model sees "
+                  f"{v.part_predicted} (p={v.part_probability:.2f})", file=sys.stderr)
+
+
+def _check_gate(result, views, prog: str) -> int:
+    """One stderr line per view the gate refused (``--gate refuse``) or flagged (``warn``);
+    returns how many were refused. A study keeps its other views; with none left it is refused."""
+    refused = 0
+    for v in views:
+        if v.gate is None or v.gate["passed"]:
+            continue
+        if v.refused:
+            refused += 1
+            _err(prog, refusal_text(v.path, v.gate))
+        else:
+            print(f"{prog}: warning: {v.path}: {NOT_A_RADIOGRAPH} (gate score {v.gate['score']:.3f} > "
+                  f"{v.gate['threshold']:.3f}); scored anyway (--gate warn)", file=sys.stderr)
+    if isinstance(result, StudyPrediction) and refused:
+        if result.probability is None:
+            _err(prog, f"{result.path}: study not scored: the input gate refused all of its {len(views)} views")
+        else:
+            print(f"{prog}: warning: {result.path}: study scored on {len(views) - refused} of its "
+                  f"{len(views)} views (the input gate refused {refused})", file=sys.stderr)
+    return refused
 
 
 def _jobs(predictor, src: str, want_cam: bool, prog: str, prefetch=None) -> list:
@@ -228,10 +268,13 @@ def _report(result, views, as_json: bool, cam_paths: list) -> None:
         for v in views:
             print(_text_line(v, "  "))
         uid = f" [study {result.study_uid}]" if result.study_uid else ""
+        if result.probability is None:
+            print(f"{result.path}{uid} (study, {len(views)} views): not scored (input gate)")
+            return
         print(f"{result.path}{uid} (study, {len(views)} views, mean): {result.label}  p={result.probability:.4f}  "
               f"threshold={result.threshold:.4f}  preprocess {result.preprocess_ms:.1f} ms  "
               f"inference {result.inference_ms:.1f} ms")
-    else:
+    elif not result.refused:
         print(_text_line(result))
     for c in cam_paths:
         print(f"  cam: {c}")
@@ -310,7 +353,8 @@ def _predict_all(args, prog: str, prefetch) -> int:
 
     try:
         _check_dicom_out(args)
-        predictor = Predictor(args.model or default_model(), threads=args.threads)
+        predictor = Predictor(args.model or default_model(), threads=args.threads, gate=args.gate,
+                              operating_point=args.operating_point)
     except EdgeError as e:
         _err(prog, str(e))
         return 2
@@ -336,7 +380,9 @@ def _predict_all(args, prog: str, prefetch) -> int:
             try:
                 result, views = job()
                 _check_parts(result, views, args.strict_part, prog)
-                cams = [_write_cam(Path(args.cam), v) for v in views] if want_cam and args.cam else []
+                failed += 1 if _check_gate(result, views, prog) else 0
+                _check_part_predicted(views, prog)
+                cams = [_write_cam(Path(args.cam), v) for v in views if v.cam is not None] if want_cam and args.cam else []
                 _report(result, views, args.json, cams)
                 sys.stdout.flush()
                 if args.dicom_out:

@@ -33,8 +33,12 @@ MANIFEST = "manifest.json"
 SOURCE = "source.png"
 FORMAT_VERSION = 2  # 2: the manifest records the model card; tolerances follow tolerances_for()
 FLOAT_TOLERANCE = 1e-4  # float32 models: max |diff| per output, runtime and pipeline
+# Outputs whose values are not in [0, 1]: the input gate's score is a logit of magnitude ~1-30
+# summed over hundreds of whitened features, so float32 rounding alone moves it by ~1e-5 x its
+# size (5e-5 measured Keras vs ONNX); 1e-3 is still far below any gate decision's margin.
+OUTPUT_TOLERANCE = {"gate": 1e-3}
 INT8_FACTOR, INT8_MARGIN = 2.0, 1e-3
-FLOAT_RULE = "float model: max |diff| <= 1e-4 on every output"
+FLOAT_RULE = "float model: max |diff| <= 1e-4 on every output (the input gate's score: 1e-3)"
 INT8_RULE = ("INT8 model: per output, 2 x the largest |INT8 - float| seen on these cases at export "
              "+ 1e-3 (the recorded agreement; a new device may move INT8 rounding by as much as "
              "quantization moved the float outputs)")
@@ -78,6 +82,11 @@ class GoldenCase:
     info: dict = field(default_factory=dict)
 
 
+def float_tolerance(name: str) -> float:
+    """The max |diff| a float32 model's output ``name`` may drift (:data:`OUTPUT_TOLERANCE`)."""
+    return OUTPUT_TOLERANCE.get(name, FLOAT_TOLERANCE)
+
+
 def tolerances_for(card, output_names) -> dict:
     """The tolerance murakit sets for each output of a model with this card.
 
@@ -86,7 +95,7 @@ def tolerances_for(card, output_names) -> dict:
     INT8 file's own card, ``metrics["golden_agreement"]``.
     """
     if card.precision == "float32":
-        return {n: FLOAT_TOLERANCE for n in output_names}
+        return {n: float_tolerance(n) for n in output_names}
     agreement = card.metrics.get("golden_agreement")
     if not isinstance(agreement, dict) or set(agreement) != set(output_names):
         raise GoldenError("the INT8 model's card lacks its golden agreement (metrics.golden_agreement); "

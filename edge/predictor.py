@@ -35,6 +35,15 @@ from edge.errors import ImageError, ModelError, first_line
 from edge.image import is_image_file
 from edge.preprocess import preprocess, to_model_input
 from edge.protobuf import graph_sha256
+from edge.trust import (
+    DEFAULT_OPERATING_POINT,
+    calibrate,
+    check_gate_mode,
+    check_operating_point,
+    gate_verdict,
+    part_from_path,
+    raw_threshold,
+)
 
 MAX_MODEL_BYTES = 2 * 1024 ** 3  # protobuf's own limit for one ONNX file
 MAX_THREADS = 256
@@ -42,39 +51,83 @@ MAX_THREADS = 256
 
 @dataclass
 class Prediction:
-    """One image's result. ``cam`` is the raw (h, w) map or None (baseline / not requested)."""
+    """One image's answer. ``cam`` is the raw (h, w) map or None (baseline / not requested).
+
+    ``score`` is the model's raw output, ``probability`` the calibrated one (:mod:`edge.trust`);
+    both are None, and ``label`` too, for a view the input gate refused. ``gate`` is the gate's
+    verdict (None: the model has no gate, or ``--gate off``).
+    """
 
     path: str
-    probability: float
-    label: str
+    probability: float | None
+    label: str | None
     threshold: float
     preprocess_ms: float
     inference_ms: float
     image: np.ndarray | None = field(default=None, repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
     dicom: DicomInfo | None = field(default=None, repr=False)
+    score: float | None = None
+    gate: dict | None = None
+    operating_point: str = DEFAULT_OPERATING_POINT
+    part: str | None = None
+    part_predicted: str | None = None
+    part_probability: float | None = None
+    part_probs: np.ndarray | None = field(default=None, repr=False)
+    part_labels: list | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.score is None and self.probability is not None and self.gate is None:
+            self.score = self.probability  # an uncalibrated answer: the raw output is the probability
+
+    @property
+    def refused(self) -> bool:
+        """True when the input gate refused this view (it has no probability)."""
+        return self.gate is not None and self.probability is None
+
+    def view_dict(self) -> dict:
+        """The per-view keys shared by image answers and a study's ``views``."""
+        d = {"path": self.path, "probability": self.probability, "score": self.score, "label": self.label}
+        if self.gate is not None:
+            d["gate"] = self.gate
+        d.update(dicom_fields(self.dicom, view=True))
+        if self.part and "part" not in d:
+            d["part"] = self.part
+        if self.part_predicted is not None:
+            d.update(part_predicted=self.part_predicted, part_probability=round(self.part_probability, 6))
+        return d
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "type": "image", "probability": self.probability,
-                "label": self.label, "threshold": self.threshold, **dicom_fields(self.dicom, view=True),
+        d = self.view_dict()
+        return {"path": d.pop("path"), "type": "image", **d, "threshold": self.threshold,
+                "operating_point": self.operating_point,
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
 
 
 @dataclass
 class StudyPrediction:
-    """A study (folder of views): the mean of its views' probabilities (MURA protocol)."""
+    """A study (folder of views): the mean of its scored views' raw scores (MURA protocol),
+    calibrated by the study calibrator. Views the gate refused are listed but not averaged;
+    with none left the study has no probability and no label."""
 
     path: str
-    probability: float
-    label: str
+    probability: float | None
+    label: str | None
     threshold: float
     views: list
     study_uid: str | None = None
+    score: float | None = None
+    operating_point: str = DEFAULT_OPERATING_POINT
+
+    def __post_init__(self):
+        if self.score is None:
+            self.score = self.probability
 
     @property
     def part(self) -> str | None:
-        """The MURA part of the study's DICOM views when they agree, else None."""
+        """The MURA part of the study's views (DICOM header, else path) when they agree, else None."""
         parts = {v.dicom.part for v in self.views if v.dicom is not None and v.dicom.part}
+        parts = parts or {v.part for v in self.views if v.part}
         return parts.pop() if len(parts) == 1 else None
 
     @property
@@ -85,13 +138,24 @@ class StudyPrediction:
     def inference_ms(self) -> float:
         return sum(v.inference_ms for v in self.views)
 
+    def part_prediction(self) -> dict:
+        """``part_predicted`` / ``part_probability`` of the study: the part of highest mean
+        probability over its scored views ({} when the model has no part head)."""
+        views = [v for v in self.views if v.part_probs is not None and not v.refused]
+        if not views:
+            return {}
+        mean = np.mean([v.part_probs for v in views], axis=0)
+        k = int(np.argmax(mean))
+        return {"part_predicted": views[0].part_labels[k], "part_probability": round(float(mean[k]), 6)}
+
     def to_dict(self) -> dict:
         ids = {"study_uid": self.study_uid} if self.study_uid else {}
         ids.update({"part": self.part} if self.part else {})
-        return {"path": self.path, "type": "study", **ids, "probability": self.probability,
-                "label": self.label, "threshold": self.threshold, "n_views": len(self.views),
-                "views": [{"path": v.path, "probability": v.probability, **dicom_fields(v.dicom, view=True)}
-                          for v in self.views],
+        ids.update(self.part_prediction())
+        return {"path": self.path, "type": "study", **ids, "probability": self.probability, "score": self.score,
+                "label": self.label, "threshold": self.threshold, "operating_point": self.operating_point,
+                "n_views": len([v for v in self.views if not v.refused]),
+                "views": [v.view_dict() for v in self.views],
                 "preprocess_ms": round(self.preprocess_ms, 3), "inference_ms": round(self.inference_ms, 3)}
 
 
@@ -180,6 +244,11 @@ class Predictor:
         ``.onnx`` file written by ``murakit export`` (CNN float / INT8, or baseline).
     threads : int, optional
         onnxruntime intra-op threads.
+    gate : {"refuse", "warn", "off"}
+        What to do with a view the input gate flags (:mod:`edge.trust`): no answer (refuse),
+        an answer and a ``gate`` verdict with ``passed: false`` (warn), or ignore the gate (off).
+    operating_point : str, optional
+        Name of one of the card's operating points (default ``youden``, the card's threshold).
 
     Attributes
     ----------
@@ -193,12 +262,15 @@ class Predictor:
         Not ONNX, truncated, damaged (hash), no valid model card, or not runnable.
     """
 
-    def __init__(self, model_path, threads: int | None = None):
+    def __init__(self, model_path, threads: int | None = None, gate: str = "refuse",
+                 operating_point: str | None = None):
         self.model_path = Path(model_path)
         name = str(self.model_path)
+        self.gate_mode = check_gate_mode(gate)
         data = read_model_bytes(self.model_path)
         self.session = open_session(data, threads, name)
         self.card = read_card_from_session(self.session, name)
+        self.operating_point = check_operating_point(self.card, operating_point)
         check_weights_hash(data, self.card, name)
         self.kind, self.input_kind = self.card.kind, self.card.input
         self.config, self.threshold = self.card.preprocess, self.card.threshold
@@ -235,9 +307,59 @@ class Predictor:
         """True when the model outputs a class activation map."""
         return "cam" in self.output_names
 
-    def label_for(self, probability: float) -> str:
-        """Label name for a probability: abnormal when strictly above the threshold."""
-        return self.labels[int(probability > self.threshold)]
+    @property
+    def has_gate(self) -> bool:
+        """True when the model has an input gate (a ``gate`` output and its threshold in the card)."""
+        return self.card.gate is not None and "gate" in self.output_names
+
+    def label_for(self, probability: float, part: str | None = None) -> str:
+        """Label name for a raw score: abnormal when strictly above the operating point's threshold."""
+        return self.labels[int(probability > self.raw_threshold(part))]
+
+    def raw_threshold(self, part: str | None = None) -> float:
+        """The operating point's threshold on the raw score (its per-part one when ``part`` has one)."""
+        return raw_threshold(self.card, self.operating_point, part)
+
+    def answer(self, path: str, outputs: dict, i: int, preprocess_ms: float = 0.0, inference_ms: float = 0.0,
+               dicom: DicomInfo | None = None, src=None) -> Prediction:
+        """The answer for row ``i`` of a batch's outputs: gate verdict, calibrated probability,
+        label at the operating point (a ModelError when the model's output is not in [0, 1])."""
+        gate = gate_verdict(self.card, outputs["gate"][i]) if self.has_gate and self.gate_mode != "off" else None
+        part = (dicom.part if dicom is not None and dicom.part else None) or part_from_path(path)
+        seen = self.part_of(outputs, i)
+        t = self.raw_threshold(part or seen.get("part_predicted"))
+        shown = calibrate(self.card, t, "image")
+        if gate is not None and not gate["passed"] and self.gate_mode == "refuse":
+            return Prediction(path, None, None, shown, preprocess_ms, inference_ms, dicom=dicom, gate=gate,
+                              operating_point=self.operating_point, part=part)
+        raw = checked_probability(self.probabilities(outputs)[i], path if src is None else src)
+        return Prediction(path, calibrate(self.card, raw, "image"), self.labels[int(raw > t)], shown,
+                          preprocess_ms, inference_ms, dicom=dicom, score=raw, gate=gate,
+                          operating_point=self.operating_point, part=part, **seen)
+
+    def part_of(self, outputs: dict, i: int) -> dict:
+        """``part_predicted``, ``part_probability`` and ``part_probs`` of row ``i`` ({} without a part head)."""
+        if "part" not in outputs or not self.card.part_labels:
+            return {}
+        probs = np.asarray(outputs["part"][i], np.float64).reshape(-1)
+        if probs.shape != (len(self.card.part_labels),) or not np.all(np.isfinite(probs)):
+            return {}
+        k = int(np.argmax(probs))
+        return {"part_predicted": self.card.part_labels[k], "part_probability": float(probs[k]), "part_probs": probs,
+                "part_labels": self.card.part_labels}
+
+    def study_answer(self, path: str, views: list, study_uid: str | None = None) -> StudyPrediction:
+        """A study's answer from its views' answers: the mean raw score of the views the gate let
+        through, calibrated by the study calibrator (None when every view was refused)."""
+        result = StudyPrediction(path, None, None, 0.0, views, study_uid, operating_point=self.operating_point)
+        t = self.raw_threshold(result.part or result.part_prediction().get("part_predicted"))
+        result.threshold = calibrate(self.card, t, "study")
+        scored = [v.score for v in views if not v.refused]
+        if scored:
+            result.score = float(np.mean(scored))
+            result.probability = calibrate(self.card, result.score, "study")
+            result.label = self.labels[int(result.score > t)]
+        return result
 
     def preprocess(self, src) -> np.ndarray:
         """Image (path / bytes / array) -> uint8 (S, S) with the model's own config."""
@@ -281,12 +403,11 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.run(x)
         t2 = time.perf_counter()
-        p = checked_probability(self.probabilities(out)[0], src)
-        keep_cam = cam and self.has_cam
-        return Prediction(str(src) if not isinstance(src, np.ndarray) else "<array>", p,
-                          self.label_for(p), self.threshold, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          u8 if keep_cam else None, out["cam"][0] if keep_cam else None,
-                          dicom_info(src))
+        pred = self.answer(str(src) if not isinstance(src, np.ndarray) else "<array>", out, 0,
+                           (t1 - t0) * 1e3, (t2 - t1) * 1e3, dicom_info(src), src=src)
+        if cam and self.has_cam and not pred.refused:
+            pred.image, pred.cam = u8, out["cam"][0]
+        return pred
 
     def predict_study(self, directory, cam: bool = False) -> StudyPrediction:
         """Score every view in a study folder and average them (MURA protocol).
@@ -302,8 +423,7 @@ class Predictor:
     def predict_group(self, group: StudyGroup, cam: bool = False) -> StudyPrediction:
         """Score the views of one :class:`StudyGroup` and average them (MURA protocol)."""
         preds = [self.predict(v, cam=cam) for v in group.views]
-        p = float(np.mean([v.probability for v in preds]))
-        return StudyPrediction(str(group.directory), p, self.label_for(p), self.threshold, preds, group.study_uid)
+        return self.study_answer(str(group.directory), preds, group.study_uid)
 
 
 def valid_probabilities(p: np.ndarray) -> np.ndarray:

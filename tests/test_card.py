@@ -79,7 +79,7 @@ def _props_with(cnn_card, key, raw):
     ("created", '"yesterday"', "created"),
     ("metrics", "[" * 5000 + "]" * 5000, "nested"),
     ("metrics", "{not json", "not valid JSON"),
-    ("format", "2", "format"),
+    ("format", "3", "format"),
 ])
 def test_bad_field_values_are_one_model_error(cnn_card, key, raw, match):
     with pytest.raises(ModelError, match=match) as e:

@@ -30,7 +30,8 @@ def test_quick_demo_end_to_end_and_rerun(quick_demo):
     for name, m in report["models"].items():
         assert 0.0 <= m["study"]["auroc"] <= 1.0, name
         assert m["size_bytes"] > 0 and m["latency_ms_p50"] > 0
-        assert set(m["image"]) == {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1"}
+        assert set(m["image"]) == {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1",
+                                   "ece", "ece_ci", "ece_raw"}
         for key in ("auroc", "kappa"):  # 95% study-bootstrap intervals around the point estimate
             lo, hi = m["study"][f"{key}_ci"]
             assert lo <= m["study"][key] <= hi, (name, key)

@@ -194,7 +194,7 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
     assert len(labels) == 6 and set(labels) == {0, 1}
     for stem in ("cnn", "cnn.int8"):
         manifest = json.loads((out / "golden" / stem / "manifest.json").read_text())
-        assert len(manifest["cases"]) == 6 and manifest["output_names"] == ["probability", "cam"]
+        assert len(manifest["cases"]) == 6 and manifest["output_names"] == ["probability", "cam", "gate", "part"]
         assert (out / "golden" / stem / "test_data_set_5" / "source.png").is_file()
     assert manifest["tolerances"]["probability"] > 1e-3  # INT8: from its recorded agreement
     assert Predictor(out / "cnn.int8.onnx").threshold == 0.5

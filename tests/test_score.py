@@ -137,7 +137,7 @@ def test_formats_round_trip(tree, model, tmp_path, fmt):
     s = score([root / "MURA-v1.1" / "valid"], model, tmp_path / fmt, fmt=fmt, workers=1, progress=False)
     assert s.images.name == f"images.{fmt}" and s.studies.name == f"studies.{fmt}"
     images = read_table(s.images, fmt)
-    assert set(images[0]) == {"path", "study", "part", "probability", "label", "threshold"}
+    assert set(images[0]) == {"path", "study", "part", "probability", "label", "threshold", "score", "gate_score"}
     assert all(isinstance(r["probability"], float) and 0 <= r["probability"] <= 1 for r in images)
     assert set(read_table(s.studies, fmt)[0]) == {"study", "part", "n_views", "probability", "label"}
     again = tmp_path / f"again.{fmt}"

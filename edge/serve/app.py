@@ -41,6 +41,7 @@ from edge.serve.batcher import Batcher
 from edge.serve.limits import Limits, token_matches
 from edge.serve.metrics import Metrics
 from edge.serve.uploads import ApiError, parse_uploads, read_body
+from edge.trust import refusal_text
 
 log = logging.getLogger("edge.serve")
 
@@ -296,7 +297,7 @@ class Service:
             raise ApiError(500, "the model returned a probability that is not a number in [0, 1]; no label given")
         self.metrics.images.inc(len(views))
         cams = result.outputs.get("cam") if want_cam and self.predictor.has_cam else None
-        return await self._respond(views, probs, result.run_ms / result.batch_size, cams)
+        return await self._respond(views, result.outputs, result.run_ms / result.batch_size, cams)
 
     async def _prepare_all(self, uploads: list) -> list:
         return await self._all(prepare, [(self.predictor, self.limits.max_pixels, u.name, u.data) for u in uploads])
@@ -309,20 +310,27 @@ class Service:
                 raise item
         return done
 
-    async def _respond(self, views: list, probs: np.ndarray, share_ms: float, cams) -> dict:
+    async def _respond(self, views: list, outputs: dict, share_ms: float, cams) -> dict:
+        """The answer: one view's, or the request's views as one study. Views the input gate
+        refuses are a JSON 422 naming them when nothing is left to score; a study keeps its
+        other views (the refused ones stay in ``views`` with ``probability`` null)."""
         p = self.predictor
-        preds = [Prediction(v.name, float(q), p.label_for(float(q)), p.threshold, v.preprocess_ms, share_ms,
-                            dicom=v.dicom) for v, q in zip(views, probs)]
+        preds = [p.answer(v.name, outputs, i, v.preprocess_ms, share_ms, dicom=v.dicom) for i, v in enumerate(views)]
+        refused = [v for v in preds if v.refused]
+        if refused and len(refused) == len(preds):
+            raise ApiError(422, "; ".join(refusal_text(v.path, v.gate) for v in refused))
         if len(preds) == 1:
             body = preds[0].to_dict()
         else:
-            mean = float(np.mean(probs))
             uids = {v.dicom.study_uid if v.dicom else None for v in views}
             uid = uids.pop() if len(uids) == 1 else None  # the request's views are one study
-            body = StudyPrediction(STUDY_NAME, mean, p.label_for(mean), p.threshold, preds, uid).to_dict()
-        if cams is not None:
-            pngs = await self._all(cam_png, [(v.u8, c) for v, c in zip(views, cams)])
-            body["cam"] = pngs[0] if len(pngs) == 1 else pngs
+            body = p.study_answer(STUDY_NAME, preds, uid).to_dict()
+            if refused:
+                body["warnings"] = [refusal_text(v.path, v.gate) for v in refused]
+        if cams is not None:  # one per view; null for a refused view
+            kept = [i for i, a in enumerate(preds) if not a.refused]
+            pngs = dict(zip(kept, await self._all(cam_png, [(views[i].u8, cams[i]) for i in kept])))
+            body["cam"] = pngs[0] if len(preds) == 1 else [pngs.get(i) for i in range(len(preds))]
         return body
 
 

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "file name or patient value); a line that cannot be written makes the request a 503")
     p.add_argument("--audit-max-mb", type=float, default=64, help="rotate the audit log at this size (default %(default)g)")
     p.add_argument("--audit-backups", type=int, default=5, help="rotated audit logs kept (default %(default)s)")
+    p.add_argument("--gate", choices=("refuse", "warn", "off"), default="refuse",
+                   help="the input gate: answer 422 for an upload that does not look like an upper-extremity "
+                        "radiograph (default), warn (score it; its gate verdict says passed: false), or off")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="one of the model card's operating points (default: youden)")
     return p
 
 
@@ -162,7 +167,8 @@ def prepare(args):
     check_bind(args.host, args.token_file, args.insecure)
     token = read_token(args.token_file) if args.token_file else None
     audit = open_audit(args)
-    predictor = Predictor(args.model or default_model(), threads=args.threads)
+    predictor = Predictor(args.model or default_model(), threads=args.threads, gate=args.gate,
+                          operating_point=args.operating_point)
     warm_up(predictor, limits.max_batch)
     return predictor, limits, token, listen(args.host, args.port), audit
 

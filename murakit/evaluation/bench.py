@@ -202,6 +202,17 @@ def comparisons(labels, studies, probs: dict, seed: int = 0) -> dict:
     return out
 
 
+def _add_trust(m: dict, card, labels, p, studies, parts, seed: int) -> None:
+    """ECE (calibrated and raw) with intervals and the operating points' figures (murakit.evaluation.trust)."""
+    from murakit.evaluation.trust import calibration_metrics, operating_point_metrics
+
+    cal = calibration_metrics(card, labels, p, studies, seed=seed)
+    m["image"].update(cal["image"])
+    m["study"].update(cal["study"])
+    m["operating_points"] = operating_point_metrics(card, labels, p, studies, parts, seed=seed)
+    m["calibration"] = None if card is None else card.calibration
+
+
 def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, progress=print, seed: int = 0):
     """Score and time every model of ``run``; returns (report dict, per-model test probabilities).
 
@@ -254,6 +265,7 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
         m = evaluate(labels, p, studies, parts, thr)
         ci = study_intervals(labels, p, studies, thr, seed=seed)
         m["study"].update(auroc_ci=ci["auroc_ci"], kappa_ci=ci["kappa_ci"])
+        _add_trust(m, cards.get(name) or cards.get("cnn"), labels, p, studies, parts, seed)
         m.update(cost(fn, images, n_single, n_batches))
         m["size_bytes"] = int(size)
         m["train_seconds"] = train_seconds(layout, name)
@@ -261,6 +273,19 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
         report["models"][name] = json_safe(m)
         probs[name] = p
     report["comparisons"] = json_safe(comparisons(labels, studies, probs, seed))
+    if "cnn_onnx" in files:
+        from edge.predictor import Predictor
+        from murakit.evaluation.trust import gate_metrics, part_accuracy
+
+        progress("  input gate: test radiographs and murakit's OOD test set")
+        gate = gate_metrics(Predictor(files["cnn_onnx"], threads=threads), images, seed=seed)
+        if gate is not None:
+            report["gate"] = json_safe(gate)
+        for name in ("cnn_onnx", "cnn_onnx_int8"):
+            if name in files:
+                pa = part_accuracy(Predictor(files[name], threads=threads), images, parts, studies, seed=seed)
+                if pa is not None:
+                    report["models"][name]["part_accuracy"] = json_safe(pa)
     report["int8_decision"] = json_safe(int8_decision(layout))
     report["cpu"] = cpu_info()
     report["threads"] = threads

@@ -295,6 +295,9 @@ def markdown(report: dict, plots: list) -> str:
     for part in parts:
         lines.append(f"| {part} | " + " | ".join(
             _fmt(m["by_part"].get(part, {}).get("kappa")) for m in report["models"].values()) + " |")
+    from murakit.evaluation.trust import markdown_lines
+
+    lines += markdown_lines(report)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
 
@@ -316,6 +319,10 @@ def write_report(run, report: dict, data: dict) -> Path:
         plots.append(fname)
     if plot_cams(run, data, out / "cam_grid.png"):
         plots.append("cam_grid.png")
+    from murakit.evaluation.trust import plot_reliability
+
+    if plot_reliability(models, data, out / "reliability.png"):
+        plots.append("reliability.png")
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.md", markdown(report, plots))
     return out

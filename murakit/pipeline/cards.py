@@ -12,7 +12,7 @@ def split_metrics(val: dict, test: dict) -> dict:
 
 
 def training_card(kind: str, prep, *, threshold: float, arch: str, weights_sha256: str,
-                  metrics: dict, model_config: dict | None = None, hog=None) -> ModelCard:
+                  metrics: dict, model_config: dict | None = None, hog=None, val=None) -> ModelCard:
     """The card of a model just trained on the prepared cache ``prep``.
 
     Parameters
@@ -30,11 +30,21 @@ def training_card(kind: str, prep, *, threshold: float, arch: str, weights_sha25
     model_config : dict, optional
     hog : HogConfig, optional
         For the baseline.
+    val : (labels, probs, studies, parts), optional
+        The validation split's image labels, raw probabilities, study ids and parts: the
+        calibrators and operating points are fitted on them (``murakit.evaluation.calibration``).
     """
     from murakit import __version__
     from murakit.evaluation.metrics import json_safe
 
+    trust = {}
+    if val is not None:
+        from murakit.evaluation.calibration import fit_calibration, fit_operating_points
+
+        labels, probs, studies, parts = val
+        trust = {"calibration": fit_calibration(labels, probs, studies),
+                 "operating_points": fit_operating_points(labels, probs, studies, parts, float(threshold))}
     return ModelCard(kind=kind, preprocess=prep.config, threshold=float(threshold), arch=arch,
                      model_config=model_config or {}, hog=hog, metrics=json_safe(metrics),
                      data_fingerprint=prep.fingerprint(), weights_sha256=weights_sha256,
-                     version=__version__)
+                     version=__version__, **json_safe(trust))

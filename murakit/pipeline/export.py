@@ -2,7 +2,9 @@
 
 Writes ``RUN/export/``::
 
-    cnn.onnx              float CNN, outputs probability (B,1) and cam (B,h,w), its card inside
+    cnn.onnx              float CNN, outputs probability (B,1), cam (B,h,w), gate (B,) (the input
+                          gate's score) and part (B,7) (body-part probabilities), both fitted here
+                          (see fit_cnn_gate), its card inside
     cnn.int8.onnx         static INT8 CNN, only when its study AUROC on val drops <= 0.01 AND it is
                           faster than float on this machine at batch 1 and 32 (else absent: the
                           device uses cnn.onnx; export.json's "cnn.int8" says why)
@@ -159,9 +161,62 @@ def _gate_score(prep, positions):
     return score
 
 
+# ---------------------------------------------------------------- the input gate
+GATE_METHOD = "oe-logistic+mahalanobis"
+MAX_GATE_TRAIN = 4000  # training radiographs the gate is fitted on (sorted-path sample; enough for P ~ 500)
+
+
+def pooled_statistics(pooled, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """float64 (N, P): a ``deep.pooled_model`` on model inputs, in batches."""
+    parts = [np.asarray(pooled(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, pooled.output.shape[-1]))
+
+
+def ood_inputs(split: str, cfg) -> np.ndarray:
+    """float32 (N, S, S, 1): murakit's non-radiographs of ``split`` through THE preprocessing."""
+    from edge.preprocess import preprocess, to_model_input
+    from murakit.evaluation.ood import ood_images
+
+    return to_model_input(np.stack([preprocess(o.image, cfg) for o in ood_images(split)]))
+
+
+def fit_cnn_gate(model, prep, cfg, log) -> tuple:
+    """Fit the input gate of a trained CNN: training radiographs against murakit's "fit"
+    non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``); and the
+    body-part head on the same statistics of the training radiographs (``fit_part_head``).
+
+    Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``), or
+    four Nones when the run has too few radiographs to fit them (a toy run: the model is exported
+    without a gate or part head, and says so).
+    """
+    import deep
+    from export.gate import MIN_IN, MIN_VAL, fit_gate, fit_part_head
+
+    pooled = deep.pooled_model(model)
+    train = first_by_path(prep, "train", MAX_GATE_TRAIN)
+    val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
+    if len(train) < MIN_IN or len(val) < MIN_VAL or len(set(prep.part[train])) < 2:
+        log(f"export: NO input gate or part head: {len(train)} training and {len(val)} validation radiographs "
+            f"are too few to fit them (>= {MIN_IN} and >= {MIN_VAL}, two body parts); this model answers "
+            "every input")
+        return None, None, None, None
+    train_v = pooled_statistics(pooled, cache_inputs(prep, train))
+    val_v = pooled_statistics(pooled, cache_inputs(prep, val))
+    params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model))
+    part_params, part = fit_part_head(train_v, prep.part[train], val_v, prep.part[val])
+    info["part_val_accuracy"] = part["val_accuracy"]
+    log(f"export: input gate fitted on {info['n_train']} training radiographs and {info['n_outliers']} "
+        f"non-radiographs: threshold {info['threshold']:.3f} refuses {info['val_refusal_rate']:.1%} of val "
+        f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs; body-part head: "
+        f"val accuracy {part['val_accuracy']:.3f} over {len(part['labels'])} parts")
+    gate = {"method": GATE_METHOD, "output": "gate", "threshold": info["threshold"],
+            "fit": {k: v for k, v in info.items() if k != "threshold"}}
+    return params, part_params, gate, part["labels"]
+
+
 # ---------------------------------------------------------------- the three models
 def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, log) -> dict:
-    """Convert RUN/cnn/best.keras, check parity, publish cnn.onnx with its golden set."""
+    """Convert RUN/cnn/best.keras with its input gate, check parity, publish cnn.onnx with its golden set."""
     import deep
     from export.cnn import export_cnn
 
@@ -169,10 +224,13 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     size = int(model.inputs[0].shape[1])
     if size != card.preprocess.size:
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
-    proto, parity = export_cnn(deep.cam_model(model), size, golden_x)
+    params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log)
+    cam = deep.cam_model(model)
+    proto, parity = export_cnn(cam if params is None else deep.with_gate(cam, model, params, part_params), size,
+                               golden_x)
     path = layout.exported("cnn")
-    card, outputs = publish(proto, card.replace(precision="float32"), path, layout.golden("cnn"), sources, infos,
-                            extra={"keras_parity": parity})
+    card, outputs = publish(proto, card.replace(precision="float32", gate=gate, part_labels=part_labels), path,
+                            layout.golden("cnn"), sources, infos, extra={"keras_parity": parity})
     log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB); Keras vs ONNX max |diff| "
         + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     return {"path": str(path), "bytes": path.stat().st_size, "keras_parity": parity,
@@ -217,7 +275,8 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
         log(_int8_refused_line(decision))
         return decision
     agreement = golden_agreement(float_golden, onnx_outputs(int8, golden_x))
-    card = float_card.replace(precision="int8", metrics=int8_metrics(decision, agreement))
+    card = float_card.replace(precision="int8", metrics=int8_metrics(decision, agreement),
+                              gate=int8_gate_card(float_card.gate, int8, cache_inputs(prep, val)))
     path = layout.exported("cnn.int8")
     publish(int8, card, path, layout.golden("cnn.int8"), sources, infos, extra={"int8_gate": decision})
     ratio = path.stat().st_size / float_path.stat().st_size
@@ -226,6 +285,20 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
         f"{decision['recipe']['name']}; latency vs float {speed}); val study AUROC {decision['float_auroc']:.4f} -> "
         f"{decision['int8_auroc']:.4f} (drop {decision['auroc_drop']:+.4f}), max |p diff| {decision['max_abs_diff']:.4f}")
     return {**decision, "path": str(path), "bytes": path.stat().st_size, "golden_agreement": agreement}
+
+
+def int8_gate_card(gate: dict | None, int8, val_x: np.ndarray) -> dict | None:
+    """The INT8 file's own gate threshold: quantization moves the gate's score, so the threshold
+    is chosen again, the same way (99.5th percentile of the val radiographs), on the INT8 model."""
+    from export.cnn import onnx_outputs
+    from export.gate import REFUSAL_QUANTILE
+
+    if gate is None:
+        return None
+    scores = np.asarray(onnx_outputs(int8, val_x)["gate"], np.float64)
+    threshold = float(np.quantile(scores, REFUSAL_QUANTILE))
+    return {**gate, "threshold": threshold,
+            "fit": {**gate.get("fit", {}), "int8_threshold_from_val": True, "float_threshold": gate["threshold"]}}
 
 
 def _ort_version() -> str:

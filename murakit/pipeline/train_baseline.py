@@ -156,7 +156,9 @@ def _save(layout: RunLayout, prepared, model, feats, pos, probs, val, test, hog_
 
     card = training_card("baseline", prepared, threshold=test["threshold"], arch=ARCH, hog=hog_cfg,
                          weights_sha256="0" * 64, metrics=split_metrics(val, test),
-                         model_config={"alpha": float(model.selection_["alpha"])})
+                         model_config={"alpha": float(model.selection_["alpha"])},
+                         val=(prepared.label[pos["val"]], probs["val"], prepared.study[pos["val"]],
+                              prepared.part[pos["val"]]))
     try:
         card = to_onnx(model, card, layout.baseline_onnx)
     except BaselineError as e:

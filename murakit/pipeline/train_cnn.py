@@ -109,7 +109,8 @@ def _evaluate(model, prep, pos, res, cfg, layout: RunLayout, train_seconds):
     metrics = evaluate(prep.label[te], probs["test"], prep.study[te], prep.part[te], t)
     val = evaluate(prep.label[va], probs["val"], prep.study[va], prep.part[va], t)
     card = training_card("cnn", prep, threshold=t, arch=cfg.arch, model_config=cfg.to_dict(),
-                         weights_sha256=sha256_file(layout.cnn_best), metrics=split_metrics(val, metrics))
+                         weights_sha256=sha256_file(layout.cnn_best), metrics=split_metrics(val, metrics),
+                         val=(prep.label[va], probs["val"], prep.study[va], prep.part[va]))
     metrics.update(arch=cfg.arch, epochs=len(res.history), best_epoch=res.best_epoch,
                    stopped_early=res.stopped_early, stop_reason=res.stop_reason,
                    train_seconds=round(train_seconds, 1),

@@ -30,14 +30,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _load(model_path: str) -> None:
+def _load(model) -> None:
+    """Load the worker's predictor: ``model`` is a ``work.ModelSpec`` or a model path."""
     global _PREDICTOR
-    from edge.predictor import Predictor
+    from murakit.scoring.work import ModelSpec
 
-    _PREDICTOR = Predictor(model_path, threads=1)
+    _PREDICTOR = (model if isinstance(model, ModelSpec) else ModelSpec(str(model))).load(threads=1)
 
 
-def _init_worker(model_path: str) -> None:
+def _init_worker(model_path) -> None:
     """Pool initializer: single-threaded libraries, Ctrl-C left to the parent, the model loaded once."""
     import signal
 
@@ -60,7 +61,7 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
     Parameters
     ----------
     batches : list of list of Job
-    model_path : str or Path
+    model_path : work.ModelSpec, str or Path
     workers : int
         Worker processes; 1 scores in this process (no pool).
     emit : callable
@@ -77,7 +78,7 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
 
     workers = pools.worker_count(workers)
     if workers == 1:
-        _load(str(model_path))
+        _load(model_path)
         for batch in batches:
             emit(_score_batch(batch))
         return
@@ -86,10 +87,10 @@ def run_local(batches: list, model_path, workers: int, emit) -> None:
     watch = pools.Watch("score")
     rest = list(batches)
     while rest:
-        lost, rest = _run_pool(rest, str(model_path), workers, emit, watch)
+        lost, rest = _run_pool(rest, model_path, workers, emit, watch)
         if lost:
             watch.check(ignore_terminated=True)  # raises when workers cannot start
-        _isolate([job for batch in lost for job in batch], str(model_path), emit, watch)
+        _isolate([job for batch in lost for job in batch], model_path, emit, watch)
 
 
 def _pool(model_path: str, workers: int, watch) -> ProcessPoolExecutor:

@@ -141,7 +141,8 @@ class Scorer:
         onnxruntime intra-op threads of this actor.
     """
 
-    def __init__(self, model: bytes, config: dict, threads: int = 1):
+    def __init__(self, model: bytes, config: dict, threads: int = 1, gate: str = "refuse",
+                 operating_point: str | None = None):
         import tempfile
 
         from edge.predictor import Predictor
@@ -150,7 +151,7 @@ class Scorer:
             path = os.path.join(tmp, "model.onnx")
             with open(path, "wb") as f:
                 f.write(model)
-            self.predictor = Predictor(path, threads=threads)
+            self.predictor = Predictor(path, threads=threads, gate=gate, operating_point=operating_point)
         self.config = config
 
     def __call__(self, batch: dict) -> dict:
@@ -165,10 +166,13 @@ class Scorer:
         return _columns(scored + failed)
 
 
+FLOATS = ("probability", "threshold", "score", "gate_score")
+
+
 def _columns(rows: list) -> dict:
     """Actor side: result rows as a Ray Data batch (NaN for the floats of a failure)."""
-    out = {c: np.array([r[c] for r in rows], dtype=object) for c in ("path", "study", "part", "label", "error")}
-    for c in ("probability", "threshold"):
+    out = {c: np.array([r[c] for r in rows], dtype=object) for c in ("path", "study", "part", "label", "error", "reason")}
+    for c in FLOATS:
         out[c] = np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=np.float64)
     return out
 
@@ -178,10 +182,11 @@ def _rows(batch: dict) -> list:
     rows = []
     for i in range(len(batch["path"])):
         failed = bool(batch["error"][i])
-        rows.append({"path": str(batch["path"][i]), "study": str(batch["study"][i]), "part": str(batch["part"][i]),
-                     "probability": None if failed else float(batch["probability"][i]),
-                     "label": str(batch["label"][i]), "threshold": None if failed else float(batch["threshold"][i]),
-                     "error": str(batch["error"][i])})
+        row = {c: str(batch[c][i]) for c in ("path", "study", "part", "label", "error", "reason")}
+        for c in FLOATS:
+            v = float(batch[c][i])
+            row[c] = None if np.isnan(v) or (failed and c != "gate_score") else v
+        rows.append(row)
     return rows
 
 
@@ -193,25 +198,27 @@ def run_ray(batches: list, model_path, workers: int, emit) -> None:
     batches : list of list of Job
         Their concatenation is the work; Ray Data re-batches it (``len(batches[0])`` rows per
         onnxruntime call).
-    model_path : str or Path
+    model_path : murakit.scoring.work.ModelSpec
     workers : int
         Scorer actors (each decodes, preprocesses and scores; one CPU each).
     emit : callable
     """
     if not batches:
         return
-    from edge.predictor import Predictor, read_model_bytes
+    from edge.predictor import read_model_bytes
 
     ray = _connect(workers)
     _quiet_ray_data(ray)
-    config = Predictor(model_path, threads=1).config.to_dict()
+    spec = model_path
+    config = spec.load(threads=1).config.to_dict()
     size = len(batches[0])
     items = [{"path": j.path, "study": j.study, "part": j.part} for b in batches for j in b]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // size, 8 * workers)))
+    kwargs = {"model": read_model_bytes(spec.path), "config": config, "gate": spec.gate,
+              "operating_point": spec.operating_point}
     with warnings.catch_warnings():  # the deprecation of **ray_remote_args (see _bound_actor_starts)
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(Scorer, batch_size=size,
-                            fn_constructor_kwargs={"model": read_model_bytes(model_path), "config": config},
+        ds = ds.map_batches(Scorer, batch_size=size, fn_constructor_kwargs=kwargs,
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, **_bound_actor_starts(ray))
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

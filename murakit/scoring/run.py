@@ -53,7 +53,8 @@ def _check(fmt: str, engine: str, workers: int, batch_size: int, part_rows: int)
 
 
 def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: int | None = None,
-          batch_size: int = DEFAULT_BATCH, progress: bool = True, part_rows: int = 4096) -> Summary:
+          batch_size: int = DEFAULT_BATCH, progress: bool = True, part_rows: int = 4096, gate: str = "refuse",
+          operating_point: str | None = None) -> Summary:
     """Score every image of ``inputs`` with ``model`` into the folder ``out`` (resumable).
 
     Parameters
@@ -74,25 +75,32 @@ def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: 
         Show the progress line on stderr.
     part_rows : int
         Rows per committed part (at most ~10 s of work is redone after a kill).
+    gate : {"refuse", "warn", "off"}
+        The input gate: a refused image is a failure row with reason ``gate``.
+    operating_point : str, optional
+        One of the card's operating points (default ``youden``).
 
     Raises
     ------
     MurakitError, EdgeError
         Bad arguments, unusable model, unreadable inputs, an output folder of another job.
     """
-    from edge.predictor import Predictor
     from murakit.pools import refuse_in_worker_start
     from murakit.scoring.local import usable_cores
+    from murakit.scoring.work import ModelSpec
 
     refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer of OUT
     workers = usable_cores() if workers is None else workers
     _check(fmt, engine, workers, batch_size, part_rows)
     require_format(fmt)
     require_engine(engine)
-    predictor = Predictor(model, threads=1)  # a bad model fails here, before any worker starts
+    spec = ModelSpec(str(model), gate, operating_point)
+    predictor = spec.load(threads=1)  # a bad model fails here, before any worker starts
     jobs = collect_jobs(inputs)
     store = ResultStore(out, fmt)
-    store.open(job_key(inputs, predictor.card, fmt))
+    answer = {k: v for k, v in (("gate", gate), ("operating_point", predictor.operating_point))
+              if v not in ("refuse", "youden")}
+    store.open(job_key(inputs, predictor.card, fmt, answer))
     done = {r["path"] for r in store.read_parts()}
     todo = batches_todo(jobs, done, batch_size)
     t0 = time.perf_counter()
@@ -104,11 +112,11 @@ def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: 
 
     with PartWriter(store, rows=part_rows) as writer:
         try:
-            _engine(engine)(todo, model, workers, emit)
+            _engine(engine)(todo, spec, workers, emit)
         finally:
             bar.close()
     n_now = sum(len(b) for b in todo)
-    return store.assemble(jobs, predictor.labels, predictor.threshold, n_now, time.perf_counter() - t0)
+    return store.assemble(jobs, predictor, n_now, time.perf_counter() - t0)
 
 
 def _engine(name: str):

@@ -4,9 +4,9 @@
 
     DIR/job.json                  what this folder scores: model hash, format, inputs
     DIR/parts/part-NNNNN.<fmt>    result rows of whole batches, each file committed by rename
-    DIR/images.<fmt>              path, study, part, probability, label, threshold
+    DIR/images.<fmt>              path, study, part, probability, label, threshold, score, gate_score
     DIR/studies.<fmt>             study, part, n_views, probability (mean of views), label
-    DIR/failures.csv              path, error
+    DIR/failures.csv              path, error, reason (gate: refused by the input gate), gate_score
 
 Resume: a part is written under a temporary name and renamed, so after any kill the folder holds
 only complete parts. A rerun reads them, skips every image they hold (scored or failed) and
@@ -44,6 +44,7 @@ class Summary:
     n_failed: int
     n_scored_now: int
     seconds: float
+    n_refused: int = 0  # of n_failed: refused by the input gate (failures.csv reason "gate")
 
     @property
     def images_per_second(self) -> float:
@@ -96,7 +97,7 @@ class ResultStore:
         write_table(path, rows, PART_COLUMNS, self.fmt)
         return path
 
-    def assemble(self, jobs, labels, threshold: float, n_scored_now: int, seconds: float) -> Summary:
+    def assemble(self, jobs, predictor, n_scored_now: int, seconds: float) -> Summary:
         """Write the final files from the parts, in job order. Returns the summary.
 
         Raises
@@ -110,32 +111,42 @@ class ResultStore:
             raise MurakitError(f"{len(missing)} images have no result yet (e.g. {missing[0]}); "
                                "rerun the same command to finish")
         rows = [by_path[j.path] for j in jobs]
+        for r in rows:  # parts committed by a murakit before the gate lack its columns
+            r.setdefault("score", r["probability"])
+            r.setdefault("gate_score", None)
+            r.setdefault("reason", "error" if r["error"] else "")
         images = [r for r in rows if not r["error"]]
         failures = [r for r in rows if r["error"]]
-        studies = study_rows(images, labels, threshold)
+        studies = study_rows(images, predictor)
         write_table(self.images, images, IMAGE_COLUMNS, self.fmt)
         write_table(self.studies, studies, STUDY_COLUMNS, self.fmt)
         write_table(self.failures, failures, FAILURE_COLUMNS, "csv")
         return Summary(self.images, self.studies, self.failures, len(images), len(studies),
-                       len(failures), n_scored_now, seconds)
+                       len(failures), n_scored_now, seconds, sum(f.get("reason") == "gate" for f in failures))
 
 
-def study_rows(images: list, labels, threshold: float) -> list:
-    """Studies from image rows: mean of the views' probabilities (MURA protocol), sorted by id.
+def study_rows(images: list, predictor) -> list:
+    """Studies from image rows: mean of the views' raw scores (MURA protocol), sorted by id.
 
-    A study is labelled ``labels[1]`` when its mean is strictly above ``threshold``. The mean
-    is ``math.fsum``-exact, so it does not depend on the order the views were scored in.
-    Failed views are not counted: ``n_views`` says how many views the mean is over.
+    The study's probability is that mean through the card's study calibrator, and it is
+    labelled ``labels[1]`` when the mean is strictly above the operating point's raw threshold
+    (the study part's own one for a per-part operating point). The mean is ``math.fsum``-exact,
+    so it does not depend on the order the views were scored in. Failed and refused views are
+    not counted: ``n_views`` says how many views the mean is over.
     """
+    from edge.trust import calibrate
+
     groups = {}
     for r in images:
         groups.setdefault(r["study"], []).append(r)
     out = []
     for study in sorted(groups):
         views = groups[study]
-        p = math.fsum(v["probability"] for v in views) / len(views)
-        out.append({"study": study, "part": views[0]["part"], "n_views": len(views), "probability": p,
-                    "label": labels[int(p > threshold)]})
+        raw = math.fsum(v["probability"] if v.get("score") is None else v["score"] for v in views) / len(views)
+        part = views[0]["part"]
+        out.append({"study": study, "part": part, "n_views": len(views),
+                    "probability": calibrate(predictor.card, raw, "study"),
+                    "label": predictor.labels[int(raw > predictor.raw_threshold(part or None))]})
     return out
 
 
@@ -168,8 +179,10 @@ class PartWriter:
         return False
 
 
-def job_key(inputs, card, fmt: str) -> dict:
-    """What identifies a scoring job (a rerun with the same key resumes)."""
+def job_key(inputs, card, fmt: str, answer: dict | None = None) -> dict:
+    """What identifies a scoring job (a rerun with the same key resumes); ``answer``: the gate
+    mode and operating point when not the defaults (so older output folders keep their key)."""
+    answer = answer or {}
     return {"model_sha256": card.weights_sha256, "format": fmt,
             "inputs": [os.path.abspath(str(i)) for i in inputs],
-            "threshold": card.threshold, "labels": list(card.labels)}
+            "threshold": card.threshold, "labels": list(card.labels), **answer}

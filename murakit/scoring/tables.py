@@ -17,7 +17,7 @@ import math
 from edge.atomic import atomic_path, atomic_write
 
 FORMATS = ("csv", "jsonl", "parquet")
-FLOAT_COLUMNS = frozenset({"probability", "threshold"})
+FLOAT_COLUMNS = frozenset({"probability", "threshold", "score", "gate_score"})
 INT_COLUMNS = frozenset({"n_views"})
 
 

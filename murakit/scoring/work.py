@@ -6,27 +6,46 @@ path ``edge-predict`` uses), so ``murakit score`` and ``edge-predict`` agree per
 
 A result row is a dict with the columns of :data:`PART_COLUMNS`: ``error`` is "" for a scored
 image; a failed image has ``probability`` and ``threshold`` None, ``label`` "" and a one-line
-``error``.
+``error``, and ``reason`` says why: ``gate`` (the input gate refused it: not an upper-extremity
+radiograph) or ``error`` (unreadable, damaged model output, ...). ``probability`` is calibrated,
+``score`` the model's raw output, ``gate_score`` the input gate's score (None without a gate).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edge.errors import EdgeError, first_line
-from edge.predictor import checked_probability
 from edge.preprocess import preprocess
+from edge.trust import refusal_text
 from murakit.scoring.inputs import Job, study_key
 
-IMAGE_COLUMNS = ("path", "study", "part", "probability", "label", "threshold")
+IMAGE_COLUMNS = ("path", "study", "part", "probability", "label", "threshold", "score", "gate_score")
 STUDY_COLUMNS = ("study", "part", "n_views", "probability", "label")
-FAILURE_COLUMNS = ("path", "error")
-PART_COLUMNS = (*IMAGE_COLUMNS, "error")
+FAILURE_COLUMNS = ("path", "error", "reason", "gate_score")
+PART_COLUMNS = (*IMAGE_COLUMNS, "error", "reason")
 
 
-def failure_row(job: Job, error: str) -> dict:
+@dataclass(frozen=True)
+class ModelSpec:
+    """What each scoring worker loads: the model file and how to answer (gate mode, operating point)."""
+
+    path: str
+    gate: str = "refuse"
+    operating_point: str | None = None
+
+    def load(self, threads: int = 1):
+        from edge.predictor import Predictor
+
+        return Predictor(self.path, threads=threads, gate=self.gate, operating_point=self.operating_point)
+
+
+def failure_row(job: Job, error: str, reason: str = "error", gate_score=None) -> dict:
     return {"path": job.path, "study": job.study, "part": job.part, "probability": None,
-            "label": "", "threshold": None, "error": error}
+            "label": "", "threshold": None, "score": None, "gate_score": gate_score, "error": error,
+            "reason": reason}
 
 
 def error_text(job: Job, e: Exception) -> str:
@@ -84,16 +103,21 @@ def score_images(predictor, jobs, images: np.ndarray) -> list:
     """
     if not jobs:
         return []
-    probs = predictor.probabilities(predictor.run(predictor.model_input(images)))
+    outputs = predictor.run(predictor.model_input(images))
     rows = []
-    for job, p in zip(jobs, probs):
+    for i, job in enumerate(jobs):
         try:
-            p = checked_probability(p, job.path)  # edge.predictor.valid_probabilities
+            a = predictor.answer(job.path, outputs, i)  # calibrated; checks the output is in [0, 1]
         except EdgeError as e:
             rows.append(failure_row(job, first_line(e, 300)))
             continue
-        rows.append({"path": job.path, "study": job.study, "part": job.part, "probability": p,
-                     "label": predictor.label_for(p), "threshold": predictor.threshold, "error": ""})
+        gate_score = a.gate["score"] if a.gate else None
+        if a.refused:
+            rows.append(failure_row(job, refusal_text(job.path, a.gate), "gate", gate_score))
+            continue
+        rows.append({"path": job.path, "study": job.study, "part": job.part, "probability": a.probability,
+                     "label": a.label, "threshold": a.threshold, "score": a.score, "gate_score": gate_score,
+                     "error": "", "reason": ""})
     return rows
 
 

@@ -1,0 +1,129 @@
+"""Fit the input gate (``deep.gate``) on the CNN's pooled statistics and choose its threshold.
+
+In-distribution: the training split's radiographs. Outliers: non-radiographs the caller
+hands in (murakit's ``evaluation.ood`` fit set; never its test set). The threshold is the
+:data:`REFUSAL_QUANTILE` quantile of the gate scores of the validation radiographs, which
+the fit never saw: about 0.5 % of radiographs like the validation ones are refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.errors import ExportError
+
+REFUSAL_QUANTILE = 0.995
+SHRINKAGE = 1e-3  # added to each block covariance's eigenvalues, as a fraction of their mean
+LOGISTIC_C = 0.1
+MIN_IN, MIN_VAL, MIN_OUT = 20, 10, 20
+
+
+def whitening(x: np.ndarray) -> tuple:
+    """(mu (d,), W (d, d)) with ``(x - mu) @ W`` of identity covariance (shrunk eigenvalues)."""
+    x = np.asarray(x, np.float64)
+    mu = x.mean(0)
+    lam, v = np.linalg.eigh(np.cov(x - mu, rowvar=False).reshape(x.shape[1], x.shape[1]))
+    lam = np.maximum(lam, 0) + SHRINKAGE * max(float(lam.mean()), 1e-12)
+    return mu, v / np.sqrt(lam)
+
+
+def log_distances(v: np.ndarray, params: dict) -> np.ndarray:
+    """(N, K) log Mahalanobis distances per block (numpy twin of ``deep.gate.GateHead``)."""
+    out = []
+    for k, (a, b) in enumerate(params["blocks"]):
+        z = (v[:, a:b] - params[f"mu_{k}"]) @ params[f"w_{k}"]
+        out.append(0.5 * np.log((z ** 2).mean(1) + 1e-12))
+    return np.column_stack(out)
+
+
+def gate_scores(v: np.ndarray, params: dict) -> np.ndarray:
+    """float64 (N,) gate scores of pooled statistics ``v`` (N, P): numpy twin of the graph."""
+    v = np.asarray(v, np.float64)
+    x = np.hstack([v, log_distances(v, params)])
+    return ((x - params["x_mean"]) / params["x_scale"]) @ params["coef"] + float(params["intercept"][0])
+
+
+def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_sizes, seed: int = 0) -> tuple:
+    """Fit the gate's constants and threshold.
+
+    Parameters
+    ----------
+    train_v, val_v : ndarray float (N, P)
+        Pooled statistics of training / validation radiographs.
+    ood_v : ndarray float (M, P)
+        Pooled statistics of non-radiographs (outlier exposure).
+    block_sizes : list of int
+        Widths of the (layer, statistic) blocks of P (``deep.gate.block_sizes``).
+
+    Returns
+    -------
+    params : dict of ndarray
+        For ``deep.gate.GateHead``.
+    info : dict
+        ``threshold``, ``val_refusal_rate``, ``fit_auroc`` (train radiographs vs outliers), counts.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(train_v) < MIN_IN or len(val_v) < MIN_VAL or len(ood_v) < MIN_OUT:
+        raise ExportError(f"the gate needs >= {MIN_IN} training and {MIN_VAL} validation radiographs and >= "
+                          f"{MIN_OUT} non-radiographs, got {len(train_v)}, {len(val_v)} and {len(ood_v)}")
+    edges = np.cumsum([0, *block_sizes])
+    params = {"blocks": np.column_stack([edges[:-1], edges[1:]]).astype(np.int64)}
+    for k, (a, b) in enumerate(params["blocks"]):
+        params[f"mu_{k}"], params[f"w_{k}"] = whitening(train_v[:, a:b])
+    x = np.vstack([np.hstack([v, log_distances(v, params)]) for v in (train_v, ood_v)])
+    y = np.r_[np.zeros(len(train_v)), np.ones(len(ood_v))]
+    mean, scale = x.mean(0), x.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    weight = np.where(y == 1, len(y) / (2 * len(ood_v)), len(y) / (2 * len(train_v)))  # balanced classes
+    clf = LogisticRegression(C=LOGISTIC_C, max_iter=5000, random_state=seed)
+    clf.fit((x - mean) / scale, y, sample_weight=weight)
+    params.update(x_mean=mean, x_scale=scale, coef=clf.coef_[0].astype(np.float64),
+                  intercept=np.asarray(clf.intercept_, np.float64))
+    val_s, train_s, ood_s = (gate_scores(v, params) for v in (val_v, train_v, ood_v))
+    threshold = float(np.quantile(val_s, REFUSAL_QUANTILE))
+    return params, {"threshold": threshold, "val_refusal_rate": float(np.mean(val_s > threshold)),
+                    "fit_auroc": _auroc(train_s, ood_s), "fit_outliers_refused": float(np.mean(ood_s > threshold)),
+                    "n_train": len(train_v), "n_val": len(val_v), "n_outliers": len(ood_v)}
+
+
+def _auroc(inlier: np.ndarray, outlier: np.ndarray) -> float:
+    """P(outlier score > inlier score) (ties count half): AUROC of the score as an outlier detector."""
+    s = np.r_[inlier, outlier]
+    order = s.argsort(kind="mergesort")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    for value in np.unique(s):  # average ranks of ties
+        tie = s == value
+        ranks[tie] = ranks[tie].mean()
+    n0, n1 = len(inlier), len(outlier)
+    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
+def fit_part_head(train_v: np.ndarray, train_parts, val_v: np.ndarray, val_parts, seed: int = 0) -> tuple:
+    """A multinomial logistic regression from pooled statistics to the body part.
+
+    Returns
+    -------
+    params : dict of ndarray
+        For ``deep.gate.PartHead``: ``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,).
+    info : dict
+        ``labels`` (the K part names, sorted), ``val_accuracy``, ``n_train``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    labels = sorted(set(map(str, train_parts)))
+    if len(labels) < 2:
+        raise ExportError(f"the part head needs training images of >= 2 body parts, got {labels}")
+    y = np.searchsorted(labels, np.asarray(train_parts).astype(str))
+    mean, scale = train_v.mean(0), train_v.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    clf = LogisticRegression(C=LOGISTIC_C, max_iter=5000, random_state=seed).fit((train_v - mean) / scale, y)
+    params = {"x_mean": mean, "x_scale": scale, "coef": clf.coef_.T.astype(np.float64),
+              "intercept": clf.intercept_.astype(np.float64)}
+    if clf.coef_.shape[0] == 1:  # two classes: sklearn fits one column; the softmax needs both
+        params["coef"] = np.hstack([-clf.coef_.T / 2, clf.coef_.T / 2])
+        params["intercept"] = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
+    z = ((val_v - mean) / scale) @ params["coef"] + params["intercept"]
+    val_acc = float(np.mean(np.asarray(labels)[z.argmax(1)] == np.asarray(val_parts).astype(str))) if len(val_v) else None
+    return params, {"labels": labels, "val_accuracy": val_acc, "n_train": len(train_v)}

@@ -1,0 +1,136 @@
+"""Calibrators, ECE and operating points (murakit.evaluation.calibration, edge.trust)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from edge.card import FORMAT_2_FIELDS, ModelCard
+from edge.errors import ModelError
+from edge.preprocess import PreprocessConfig
+from edge.trust import calibrate, raw_threshold
+from murakit.evaluation.calibration import (
+    apply_platt,
+    ece,
+    fit_calibration,
+    fit_operating_points,
+    platt,
+    threshold_for,
+)
+from murakit.evaluation.metrics import auroc, study_level
+
+
+def _miscalibrated(n: int, seed: int):
+    """Labels drawn from p, reported as p ** 3 (overconfident towards normal): ECE far from 0."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 1, n)
+    y = (rng.uniform(0, 1, n) < p).astype(int)
+    return y, p ** 3, p
+
+
+def _card(**kw) -> ModelCard:
+    return ModelCard(kind="cnn", preprocess=PreprocessConfig(size=32), threshold=0.5, arch="tiny", version="t",
+                     data_fingerprint=hashlib.sha256(b"x").hexdigest(), weights_sha256="0" * 64, **kw)
+
+
+def test_platt_is_monotone_keeps_auroc_and_fixes_a_miscalibrated_score():
+    y, s, _ = _miscalibrated(4000, 0)
+    c = platt(y[:2000], s[:2000])
+    assert c["a"] > 0
+    q = apply_platt(c, s)
+    order = np.argsort(s, kind="mergesort")
+    assert np.all(np.diff(q[order]) >= 0)  # increasing: no ranking changes
+    assert auroc(y, q) == pytest.approx(auroc(y, s), abs=1e-12)
+    assert ece(y[2000:], s[2000:]) > 0.1  # the raw score is badly calibrated ...
+    assert ece(y[2000:], q[2000:]) < 0.04  # ... and the calibrator, fitted on the other half, fixes it
+    card = _card(calibration={"image": c, "study": c})  # the device computes the same numbers
+    assert [calibrate(card, v, "image") for v in s[:50]] == pytest.approx(q[:50], abs=1e-12)
+
+
+def test_ece_is_small_when_calibrated_and_large_when_not():
+    y, _, p = _miscalibrated(20000, 1)
+    assert ece(y, p) < 0.02
+    assert ece(y, np.random.default_rng(2).permutation(p)) > 0.1 or ece(np.zeros_like(y), p) > 0.4
+    assert ece(np.zeros_like(y), p) == pytest.approx(p.mean(), abs=1e-9)  # all normal: ECE = mean p
+    assert ece(y, 1 - p) > 0.3
+
+
+def test_study_calibrator_is_fitted_on_study_means():
+    rng = np.random.default_rng(3)
+    studies = np.repeat(np.arange(300), 3)
+    y_study = rng.integers(0, 2, 300)
+    labels = y_study[studies]
+    probs = np.clip(0.35 + 0.25 * labels + rng.normal(0, 0.15, len(labels)), 0.01, 0.99)
+    cal = fit_calibration(labels, probs, studies)
+    s = study_level(labels, probs, studies)
+    assert ece(s["label"], apply_platt(cal["study"], s["prob"])) < ece(s["label"], s["prob"])
+
+
+def test_operating_points_meet_their_targets_on_the_data_they_were_chosen_on():
+    rng = np.random.default_rng(4)
+    studies = np.arange(400)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(0.4 + 0.2 * labels + rng.normal(0, 0.15, 400), 0, 1)
+    parts = np.array(["WRIST", "HAND"])[rng.integers(0, 2, 400)]
+    ops = fit_operating_points(labels, probs, studies, parts, youden=0.5)
+    assert ops["youden"]["threshold"] == 0.5
+    t_sens, t_spec = ops["sensitivity>=0.90"]["threshold"], ops["specificity>=0.90"]["threshold"]
+    assert (probs[labels == 1] > t_sens).mean() >= 0.90
+    assert (probs[labels == 0] <= t_spec).mean() >= 0.90
+    assert t_sens < t_spec
+    by_part = ops["sensitivity>=0.90/part"]["thresholds_by_part"]
+    assert set(by_part) == {"HAND", "WRIST"}
+    for part, t in by_part.items():
+        m = (parts == part) & (labels == 1)
+        assert (probs[m] > t).mean() >= 0.90
+    card = _card(operating_points=ops)
+    assert raw_threshold(card, "sensitivity>=0.90/part", "HAND") == by_part["HAND"]
+    assert raw_threshold(card, "sensitivity>=0.90/part", "ELBOW") == t_sens  # no part threshold: global
+    assert threshold_for(np.ones(5), np.linspace(0, 1, 5), "specificity>=0.90", 0.5) is None
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("calibration", {"image": {"method": "platt", "a": -1.0, "b": 0.0},
+                     "study": {"method": "platt", "a": 1.0, "b": 0.0}}, "calibration.image.a"),
+    ("calibration", {"image": {"method": "platt", "a": 1.0, "b": 0.0}}, "exactly"),
+    ("operating_points", {"youden": {"threshold": 1.5}}, "threshold"),
+    ("operating_points", {"x": {"threshold": 0.5, "thresholds_by_part": {"HAND": -0.1}}}, "HAND"),
+    ("gate", {"method": "m", "output": "gate", "threshold": float("nan")}, "non-finite"),
+    ("gate", {"method": "m", "output": "gate", "threshold": "1"}, "gate.threshold"),
+    ("gate", {"method": "m", "output": "probability", "threshold": 1.0}, "gate.output"),
+])
+def test_card_refuses_bad_trust_fields(field, value, match):
+    with pytest.raises(ModelError, match=match):
+        _card(**{field: value})
+
+
+def test_format_1_cards_still_load_and_format_2_round_trips():
+    card = _card(calibration={"image": {"method": "platt", "a": 2.0, "b": -1.0},
+                              "study": {"method": "platt", "a": 1.0, "b": 0.0}},
+                 gate={"method": "m", "output": "gate", "threshold": 1.5, "fit": {"n": 3}})
+    assert ModelCard.from_props(card.to_props()) == card
+    old = {k: v for k, v in card.to_dict().items() if k not in FORMAT_2_FIELDS}
+    old["format"] = 1
+    loaded = ModelCard.from_dict(old)
+    assert all(getattr(loaded, k) is None for k in FORMAT_2_FIELDS)
+    with pytest.raises(ModelError, match="unknown fields"):
+        ModelCard.from_dict({**old, "gate": None})  # a format-1 card with format-2 fields is malformed
+
+
+def test_per_part_thresholds_become_the_default_only_when_they_win_on_val_by_the_margin():
+    from edge.trust import default_operating_point
+    from murakit.evaluation.calibration import PER_PART_MARGIN
+
+    rng = np.random.default_rng(5)
+    parts = np.array(["HAND", "WRIST"])[rng.integers(0, 2, 600)]
+    labels = rng.integers(0, 2, 600)
+    shift = np.where(parts == "HAND", 0.3, -0.3)  # each part needs its own threshold
+    probs = np.clip(0.5 + shift + 0.12 * (labels - 0.5) + rng.normal(0, 0.03, 600), 0, 1)
+    ops = fit_operating_points(labels, probs, np.arange(600), parts, youden=0.5)
+    assert ops["youden/part"]["val_kappa_gain"] >= PER_PART_MARGIN and ops["youden/part"]["default"] is True
+    assert default_operating_point(_card(operating_points=ops)) == "youden/part"
+    same = np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.05, 600), 0, 1)  # one threshold fits all
+    ops = fit_operating_points(labels, same, np.arange(600), parts, youden=0.5)
+    assert "default" not in ops["youden/part"] and default_operating_point(_card(operating_points=ops)) == "youden"

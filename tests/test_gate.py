@@ -1,0 +1,235 @@
+"""The input gate: murakit's OOD sets, the gate graph, and what edge-predict / score / serve do with it.
+
+The figures asserted on the quick demo's model (3 epochs at 64 px) are floors that a working gate
+clears by a wide margin and a broken one (random, reversed, wrong threshold) does not; the
+figures of a fully trained model are in docs/trust.md and report.json's ``gate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+from murakit.evaluation.ood import CATEGORIES, ood_images
+
+REGRESSION_MODEL = Path(__file__).parent / "data" / "regression" / "model.onnx"
+
+
+def _photo(name: str = "astronaut.png") -> str:
+    import skimage.data
+
+    return os.path.join(os.path.dirname(skimage.data.__file__), name)
+
+
+def _source(name: str) -> str:
+    return name.split("#")[0].split("[")[0]
+
+
+def test_ood_test_set_is_large_deterministic_and_disjoint_from_the_fit_set():
+    test, fit = ood_images("test"), ood_images("fit")
+    assert len(test) >= 150
+    counts = {c: sum(o.category == c for o in test) for c in CATEGORIES}
+    assert min(counts.values()) >= 20, counts
+    drawn = {o.name for o in test if o.name.startswith("drawn/")}
+    # drawn frames share names across splits but not seeds: their pixels differ
+    fit_by_name = {o.name: o.image for o in fit}
+    assert all(not np.array_equal(o.image, fit_by_name[o.name]) for o in test if o.name in fit_by_name)
+    files = {_source(o.name) for o in test} - drawn
+    assert files.isdisjoint({_source(o.name) for o in fit}), "a sample file is in both splits"
+    again = ood_images("test")
+    assert [o.name for o in again] == [o.name for o in test]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(again, test))
+    assert all(o.image.dtype == np.uint8 and o.image.ndim in (2, 3) for o in test)
+    with pytest.raises(ValueError, match="split"):
+        ood_images("val")
+
+
+def test_gate_graph_equals_its_numpy_twin_and_fit_separates():
+    """deep.gate's Keras head computes what export.gate fitted (the ONNX parity is export's own check)."""
+    import deep
+    from deep.config import ModelConfig
+    from export.gate import fit_gate, gate_scores
+
+    model = deep.build_model(ModelConfig(size=32, width=4))
+    rng = np.random.default_rng(0)
+    x_in = rng.uniform(0.3, 0.5, (60, 32, 32, 1)).astype(np.float32)
+    x_out = rng.uniform(0.0, 1.0, (40, 32, 32, 1)).astype(np.float32)
+    pooled = deep.pooled_model(model)
+    v_in, v_out = (np.asarray(pooled(x, training=False), np.float64) for x in (x_in, x_out))
+    params, info = fit_gate(v_in[:40], v_in[40:], v_out, deep.block_sizes(model))
+    gated = deep.with_gate(deep.cam_model(model), model, params)
+    got = np.asarray(gated(x_in, training=False)[2], np.float64)
+    np.testing.assert_allclose(got, gate_scores(v_in, params), rtol=1e-4, atol=1e-4)
+    assert info["fit_auroc"] > 0.95 and 0.0 <= info["val_refusal_rate"] <= 0.1
+    assert set(info) >= {"threshold", "n_train", "n_val", "n_outliers"}
+
+
+def test_a_format_1_model_answers_without_a_gate(tmp_path, capsys):
+    """The committed regression model predates the gate: it answers (no refusal, no gate key)."""
+    from edge.cli import predict_main
+
+    assert predict_main(["--model", str(REGRESSION_MODEL), "--json", _photo()]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "gate" not in d and d["label"] in ("normal", "abnormal") and d["probability"] == d["score"]
+
+
+@pytest.fixture(scope="module")
+def demo_model(quick_demo) -> Path:
+    return quick_demo.run / "export" / "cnn.onnx"
+
+
+def test_gate_rates_on_the_ood_test_set_and_the_test_split(quick_demo, demo_model):
+    """The card's threshold on images it was not fitted on: the OOD test set and the test split."""
+    from edge.predictor import Predictor
+    from murakit.data.prepared import load_prepared
+    from murakit.evaluation.metrics import auroc
+    from murakit.evaluation.trust import gate_scores
+
+    pred = Predictor(demo_model)
+    assert pred.has_gate and pred.card.gate["output"] == "gate"
+    t = pred.card.gate["threshold"]
+    prep = load_prepared(quick_demo.run)
+    inlier = gate_scores(pred, np.asarray(prep.images[np.sort(prep.row[prep.select("test")])]))
+    oods = ood_images("test")
+    outlier = gate_scores(pred, np.stack([pred.preprocess(o.image) for o in oods]))
+    assert np.mean(inlier > t) <= 0.05  # the threshold is val's 99.5th percentile
+    assert auroc(np.r_[np.zeros(len(inlier)), np.ones(len(outlier))], np.r_[inlier, outlier]) >= 0.9
+    assert np.mean(outlier > t) >= 0.5
+    shuffled = np.random.default_rng(0).permutation(np.r_[inlier, outlier])  # the figure can fail
+    assert auroc(np.r_[np.zeros(len(inlier)), np.ones(len(outlier))], shuffled) < 0.7
+    report = json.loads((quick_demo.run / "report" / "report.json").read_text())
+    g = report["gate"]
+    assert g["threshold"] == pytest.approx(t)
+    assert g["test_refusal_rate"] == pytest.approx(np.mean(inlier > t))
+    assert set(g["ood_auroc"]) == set(CATEGORIES) | {"all"}
+    assert all(lo <= auc <= hi for auc, lo, hi in g["ood_auroc"].values())
+
+
+def test_edge_predict_refuses_a_photo_in_one_line_and_warn_scores_it(demo_model, capsys):
+    from edge.cli import predict_main
+
+    photo = _photo()
+    assert predict_main(["--model", str(demo_model), photo]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert f"{photo}: not scored: does not look like an upper-extremity radiograph (gate score " in err
+    assert predict_main(["--model", str(demo_model), "--json", photo]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert d["label"] is None and d["probability"] is None
+    assert d["gate"]["passed"] is False and d["gate"]["score"] > d["gate"]["threshold"]
+    assert predict_main(["--model", str(demo_model), "--json", "--gate", "warn", photo]) == 0
+    out, err = capsys.readouterr()
+    d = json.loads(out)
+    assert d["label"] in ("normal", "abnormal") and 0 <= d["probability"] <= 1 and d["gate"]["passed"] is False
+    assert "warning" in err and "scored anyway" in err
+    assert predict_main(["--model", str(demo_model), "--json", "--gate", "off", photo]) == 0
+    out, err = capsys.readouterr()
+    assert "gate" not in json.loads(out) and err == ""
+
+
+def test_a_study_keeps_its_radiographs_and_drops_the_photo(quick_demo, demo_model, tmp_path, capsys):
+    import shutil
+
+    from edge.cli import predict_main
+
+    study = next((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*"))
+    mixed = tmp_path / "study"
+    shutil.copytree(study, mixed)
+    shutil.copy(_photo(), mixed / "zz_photo.png")
+    assert predict_main(["--model", str(demo_model), "--json", str(mixed)]) == 1
+    out, err = capsys.readouterr()
+    d = json.loads(out)
+    views = d["views"]
+    assert d["n_views"] == len(views) - 1 and d["label"] in ("normal", "abnormal")
+    assert [v["path"].endswith("zz_photo.png") for v in views if v["probability"] is None] == [True]
+    assert "zz_photo.png: not scored" in err and "study scored on" in err
+
+
+def test_score_writes_gate_failures_and_gate_scores(quick_demo, demo_model, tmp_path):
+    import shutil
+
+    from murakit.scoring.run import score
+    from murakit.scoring.tables import read_table
+
+    folder = tmp_path / "in"
+    study = next((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*"))
+    shutil.copytree(study, folder / "study")
+    shutil.copy(_photo(), folder / "photo.png")
+    s = score([str(folder)], demo_model, tmp_path / "out", workers=1, progress=False)
+    failures = read_table(s.failures, "csv")
+    assert [(Path(f["path"]).name, f["reason"]) for f in failures] == [("photo.png", "gate")]
+    assert failures[0]["gate_score"] > 0 and "not scored" in failures[0]["error"]
+    images = read_table(s.images, "csv")
+    assert images and all(r["gate_score"] is not None and 0 <= r["probability"] <= 1 for r in images)
+    warned = score([str(folder)], demo_model, tmp_path / "warn", workers=1, progress=False, gate="warn")
+    assert warned.n_failed == 0 and warned.n_images == len(images) + 1
+    from murakit.cli import main
+
+    argv = ["score", str(folder), "--model", str(demo_model), "--workers", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0  # refusals alone are not an error
+    assert s.n_refused == 1
+
+
+def test_serve_answers_422_naming_the_refused_view(quick_demo, demo_model):
+    import httpx
+    from _servefix import Server
+
+    with Server(demo_model) as srv:
+        srv.wait_ready(60)
+        data = Path(_photo()).read_bytes()
+        r = httpx.post(srv.url + "/v1/predict", files={"file": ("astronaut.png", data, "image/png")}, timeout=30)
+        assert r.status_code == 422
+        assert "astronaut.png: not scored: does not look like an upper-extremity radiograph" in r.json()["error"]
+        good = min((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*/image1.png")).read_bytes()
+        r = httpx.post(srv.url + "/v1/predict", files=[("file", ("a.png", good, "image/png")),
+                                                       ("file", ("astronaut.png", data, "image/png"))], timeout=30)
+        body = r.json()
+        assert r.status_code == 200 and body["type"] == "study" and body["n_views"] == 1
+        assert [v["probability"] is None for v in body["views"]] == [False, True]
+        assert "astronaut.png: not scored" in body["warnings"][0]
+
+
+def test_bad_gate_mode_and_operating_point_are_one_line_errors(demo_model):
+    from edge.predictor import Predictor
+
+    with pytest.raises(ModelError, match="--gate must be one of"):
+        Predictor(demo_model, gate="maybe")
+    with pytest.raises(ModelError, match="is not in this model's card") as e:
+        Predictor(demo_model, operating_point="nonsense")
+    assert "youden" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_answers_are_calibrated_name_the_part_and_follow_the_operating_point(quick_demo, demo_model, capsys):
+    from edge.cli import predict_main
+    from edge.predictor import Predictor
+    from edge.trust import calibrate, default_operating_point, raw_threshold
+
+    card = Predictor(demo_model).card
+    assert card.calibration and {"youden", "sensitivity>=0.90", "specificity>=0.90"} <= set(card.operating_points)
+    image = min((quick_demo.run / "data" / "MURA-v1.1" / "valid").glob("XR_*/*/study*/image1.png"))
+    assert predict_main(["--model", str(demo_model), "--json", str(image)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    op = default_operating_point(card)  # youden unless per-part thresholds won on val by the margin
+    t = raw_threshold(card, op, d.get("part") or d["part_predicted"])
+    assert d["probability"] == pytest.approx(calibrate(card, d["score"], "image"))
+    assert d["threshold"] == pytest.approx(calibrate(card, t, "image"))
+    assert d["operating_point"] == op and d["gate"]["passed"] is True
+    assert d["part_predicted"] in card.part_labels and 0 < d["part_probability"] <= 1
+    assert d["label"] == card.labels[int(d["score"] > t)]
+    name = "sensitivity>=0.90"
+    assert predict_main(["--model", str(demo_model), "--json", "--operating-point", name, str(image)]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["operating_point"] == name and e["score"] == d["score"]
+    assert e["threshold"] == pytest.approx(calibrate(card, card.operating_points[name]["threshold"], "image"))
+    report = json.loads((quick_demo.run / "report" / "report.json").read_text())
+    m = report["models"]["cnn_onnx"]
+    for level in ("image", "study"):
+        lo, hi = m[level]["ece_ci"]
+        assert 0 <= m[level]["ece"] <= 1 and lo <= hi
+    assert set(m["operating_points"]) == set(card.operating_points)
+    assert 0 <= m["part_accuracy"]["overall"] <= 1 and set(m["part_accuracy"]["by_part"]) <= set(card.part_labels)
