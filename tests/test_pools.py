@@ -274,11 +274,11 @@ from murakit.errors import MurakitError
 from murakit.scoring import ray_engine, score
 
 class RaisesStarting(ray_engine.Scorer):  # defined in __main__: Ray ships it by value to the actors
-    def __init__(self, model, config, threads=1):
+    def __init__(self, model, config, threads=1, **options):
         raise ValueError("no model here")
 
 class DiesStarting(ray_engine.Scorer):
-    def __init__(self, model, config, threads=1):
+    def __init__(self, model, config, threads=1, **options):
         os._exit(3)  # as a crash in onnxruntime's start-up would
 
 for n, scorer in enumerate([RaisesStarting, DiesStarting]):

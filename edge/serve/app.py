@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from edge.dicom import DicomInfo, is_dicom, read_dicom_info
 from edge.errors import ImageError
 from edge.image import load_array
-from edge.predictor import Prediction, StudyPrediction, valid_probabilities
+from edge.predictor import valid_probabilities
 from edge.serve.audit import audit_record, model_facts
 from edge.serve.batcher import Batcher
 from edge.serve.limits import Limits, token_matches
