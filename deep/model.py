@@ -145,7 +145,8 @@ class PlaceCam(layers.Layer):
     def call(self, cam):
         from keras import ops
 
-        return ops.matmul(self.ay, ops.matmul(cam, self.ax_t))
+        # Rows first, on the small (B, h, w) grid; the large (B, S, S) product is then one 2-D GEMM.
+        return ops.matmul(ops.matmul(self.ay, cam), self.ax_t)
 
     def compute_output_shape(self, shape):
         return (shape[0], self.ay.shape[0], self.ax_t.shape[1])
