@@ -6,6 +6,8 @@ none, energy in box, 95% study-bootstrap intervals):
 
   * ``cam_centred``: today's grid before the alignment fix (cells centred on their squares);
   * ``cam_placed``: the grid at each cell's measured receptive-field centre (``deep.cam_model``);
+  * ``cam_placed_trained_erf``: the grid placed at the centres measured with the trained weights
+    (on random inputs) instead of re-initialised ones;
   * ``gradcam_<layer>``: Grad-CAM of a finer layer (stride 8 at ``s0_add`` / ``s1b_relu``), placed;
   * ``cam_x_gradcam_<layer>``: the placed grid times the finer Grad-CAM (positive parts);
   * ``randomised``: the placed grid of the same architecture with re-initialised weights;
@@ -50,7 +52,7 @@ def _batched(fn, u8, batch=32):
 def maps(model, u8) -> dict:
     """Every option's raw maps (N, S, S) for the views ``u8``."""
     import deep
-    from deep.receptive import random_weights
+    from deep.receptive import _monotone, erf_centroids, random_weights
 
     size = u8.shape[1]
     h = int(model.get_layer("gap").input.shape[1])
@@ -60,6 +62,13 @@ def maps(model, u8) -> dict:
     out["cam_centred"] = _batched(lambda x: deep.cam(model, x, cm_c)[1], u8)
     cm = deep.cam_model(model)
     out["cam_placed"] = _batched(lambda x: deep.cam(model, x, cm)[1], u8)
+    feats = model.get_layer("gap").input
+    cells = np.array([(i, j) for i in range(h) for j in range(h)])
+    c = np.mean([erf_centroids(model, feats, cells, seed=s) for s in range(4)], axis=0)
+    trained = (np.array([c[cells[:, 0] == i, 0].mean() for i in range(h)]),
+               np.array([c[cells[:, 1] == j, 1].mean() for j in range(h)]))
+    cm_t = deep.cam_model(model, centres=tuple(_monotone(t) for t in trained))
+    out["cam_placed_trained_erf"] = _batched(lambda x: deep.cam(model, x, cm_t)[1], u8)
     for layer in FINE_LAYERS:
         g = _batched(lambda x, la=layer: deep.gradcam(model, x, layer=la)[1], u8)
         out[f"gradcam_{layer}"] = g
