@@ -76,3 +76,25 @@ def test_coarse_maps_are_drawn_centred_and_the_markdown_has_every_row():
     text = "\n".join(markdown_lines(cam))
     assert "centre guess" in text and "randomised CNN" in text and "CNN: lesion" in text
     assert markdown_lines(None) == []
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(300, 170, 64), (90, 257, 128), (128, 128, 64)])
+def test_canvas_points_map_back_to_the_original_image(h, w, size):
+    """A blob drawn in the original lands on the canvas and maps back (edge.cam.canvas_to_original)
+    to where it was drawn, within one canvas pixel's worth of original pixels."""
+    from edge.cam import canvas_to_original
+    from edge.preprocess import PreprocessConfig, preprocess_with_info
+
+    rng = np.random.default_rng(h + w)
+    for _ in range(3):
+        img = np.full((h, w), 60, np.uint8)
+        cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
+        yy, xx = np.mgrid[0:h, 0:w] + 0.5
+        r = 0.06 * max(h, w)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = 250
+        u8, info = preprocess_with_info(img, PreprocessConfig(size=size))
+        bright = (u8 > u8.max() * 0.9) & (u8 > 128)  # the blob on the canvas
+        ys, xs = np.nonzero(bright)
+        ox, oy = canvas_to_original(xs.mean() + 0.5, ys.mean() + 0.5, info)
+        px = max(h, w) / size  # original pixels per canvas pixel
+        assert abs(ox - cx) <= px and abs(oy - cy) <= px, (ox, cx, oy, cy, px)
