@@ -16,12 +16,12 @@ from edge.cam import upsample_cam
 
 TOL_PX = 1.0
 # Not the seeds cam_model measures with (deep.receptive.CENTRE_SEEDS). One weight draw places a
-# cell to ~1 px (s.d.); the mean of 12 to ~0.3 px, so a real 1 px error shows.
-TEST_SEEDS = tuple(range(100, 112))
+# cell to ~1 px (s.d.); the mean of 20 to ~0.2 px, so a real 1 px error shows.
+TEST_SEEDS = tuple(range(100, 120))
 
 
-def erf_centroids(arch: str, size: int) -> np.ndarray:
-    """(h, w, 2) mean over TEST_SEEDS of each CAM cell's |gradient| centroid (y, x), canvas px."""
+def erf_centroids(arch: str, size: int, seeds=TEST_SEEDS) -> np.ndarray:
+    """(h, w, 2) mean over ``seeds`` of each CAM cell's |gradient| centroid (y, x), canvas px."""
     model = deep.build_model(ModelConfig(arch=arch, size=size))
     feats = model.get_layer("gap").input
     grid = keras.Model(model.input, feats)
@@ -31,7 +31,7 @@ def erf_centroids(arch: str, size: int) -> np.ndarray:
     pick[np.arange(h * w), np.arange(h * w) // w, np.arange(h * w) % w] = 1
     pos = np.arange(size) + 0.5
     got = []
-    for seed in TEST_SEEDS:
+    for seed in seeds:
         model.set_weights(random_weights(model, seed))
         kernel = tf.constant(model.get_layer("head").get_weights()[0][:, 0])  # the CAM's own weights
         x = tf.constant(np.repeat(np.random.default_rng(seed).uniform(0, 1, (1, size, size, 1)), n, 0),
@@ -76,16 +76,18 @@ def drawn_centres(cmodel, h: int, w: int, size: int) -> np.ndarray:
     return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=2)
 
 
-CASES = [("small", 64), ("small", 128), ("mobilenetv3small", 128),
-         ("densenet169", 64)]
+# (arch, size, test seeds): DenseNet-169's 4 cells lie 8+ px apart and it is the slowest to run.
+CASES = [("small", 64, TEST_SEEDS), ("small", 128, TEST_SEEDS), ("mobilenetv3small", 128, TEST_SEEDS),
+         ("densenet169", 64, TEST_SEEDS[:10])]
 
 
-@pytest.mark.parametrize(("arch", "size"), CASES)
-def test_every_cam_cell_is_drawn_at_its_receptive_field_centre(arch, size):
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "size", "seeds"), CASES)
+def test_every_cam_cell_is_drawn_at_its_receptive_field_centre(arch, size, seeds):
     keras.utils.set_random_seed(0)
     cmodel = deep.cam_model(deep.build_model(ModelConfig(arch=arch, size=size)))
     assert cmodel.outputs[1].shape[1:] == (size, size)
-    erf = erf_centroids(arch, size)
+    erf = erf_centroids(arch, size, seeds)
     h, w = erf.shape[:2]
     miss = np.abs(drawn_centres(cmodel, h, w, size) - erf).max(axis=2)
     assert miss.max() <= TOL_PX, f"{arch} {size} px: cells drawn off their receptive field by (px)\n{miss.round(1)}"
