@@ -15,7 +15,7 @@ import numpy as np
 from deep.errors import DeepError
 
 # Seeds of the weight draws averaged by receptive_centres (the test measures with others). One
-# draw places a cell to ~1 px (s.d.); 8 draws, averaged over a row or column of cells, to ~0.2.
+# draw places a cell to ~1 px (s.d.); 16 draws of 2 cells per row or column, to ~0.2.
 CENTRE_SEEDS = tuple(range(16))
 CHUNK = 16  # images per gradient batch (a 512 px input with 1,024 cells would not fit in memory)
 _CACHE: dict = {}  # architecture key -> (cy, cx): bench and explain build several CAM models per process
@@ -64,7 +64,8 @@ def erf_centroids(model, feats, cells, seed: int) -> np.ndarray:
 
     Returns
     -------
-    float64 (K, 2): (y, x) centroid of |d cell / d input| in canvas pixels (pixel i spans [i, i+1)).
+    float64 (K, 2): (y, x) centroid of |d cell / d input| in canvas pixels (pixel i spans [i, i+1));
+    NaN for a cell with no gradient in this draw (every path to it switched off by ReLUs).
     """
     import keras
     import tensorflow as tf
@@ -87,8 +88,7 @@ def erf_centroids(model, feats, cells, seed: int) -> np.ndarray:
         grads.append(np.abs(tape.gradient(v, x).numpy()[: len(part), :, :, 0]).astype(np.float64))
     g = np.concatenate(grads)
     mass = g.sum((1, 2))
-    if not np.all(mass > 0):
-        raise DeepError("a feature cell has no gradient to the input; cannot place it")
+    mass[mass <= 0] = np.nan
     pos = np.arange(size) + 0.5
     return np.stack([(g.sum(2) * pos).sum(1) / mass, (g.sum(1) * pos).sum(1) / mass], axis=1)
 
@@ -140,9 +140,14 @@ def _measure(model, feats, h: int, seeds) -> tuple:
             got.append(erf_centroids(model, feats, cells, seed=s))
     finally:
         model.set_weights(saved)
-    c = np.mean(got, axis=0)
-    cy = np.array([c[cells[:, 0] == i, 0].mean() for i in range(h)])
-    cx = np.array([c[cells[:, 1] == j, 1].mean() for j in range(h)])
+    c = np.stack(got)  # (draws, K, 2)
+    cy = np.array([np.nanmean(c[:, cells[:, 0] == i, 0]) if np.isfinite(c[:, cells[:, 0] == i, 0]).any()
+                   else np.nan for i in range(h)])
+    cx = np.array([np.nanmean(c[:, cells[:, 1] == j, 1]) if np.isfinite(c[:, cells[:, 1] == j, 1]).any()
+                   else np.nan for j in range(h)])
+    if not (np.all(np.isfinite(cy)) and np.all(np.isfinite(cx))):
+        raise DeepError("a row or column of feature cells has no gradient to the input in any draw; "
+                        "cannot place the CAM")
     return _monotone(cy), _monotone(cx)
 
 
