@@ -11,8 +11,8 @@ cell's receptive field is not centred on the square a plain resize would draw it
 read the top-left pixel, border cells see part padding), so the exporter measures each row's
 and column's centre on the architecture and bakes the placement into the graph
 (:func:`placement_matrix`): the graph's ``cam`` is already S x S and ``upsample_cam`` only
-normalises it. A map of another size (a model exported before this, or Grad-CAM of another
-layer) is drawn with its cells centred, which is the old, approximate placement.
+normalises it (``deep.gradcam`` places its maps the same way). A coarser map (from a model
+exported before the placement) is drawn with its cells centred: the old, approximate drawing.
 ``murakit explain``, ``edge-predict --cam``, ``edge-serve ?cam=1`` and its page all draw with
 :func:`overlay`, hence with ``upsample_cam``. :func:`canvas_to_original` maps a canvas point
 back through the preprocessing's resize and padding to the original image.

@@ -98,3 +98,16 @@ def test_canvas_points_map_back_to_the_original_image(h, w, size):
         ox, oy = canvas_to_original(xs.mean() + 0.5, ys.mean() + 0.5, info)
         px = max(h, w) / size  # original pixels per canvas pixel
         assert abs(ox - cx) <= px and abs(oy - cy) <= px, (ox, cx, oy, cy, px)
+
+
+def test_placement_matrix_interpolates_between_cell_centres():
+    from edge.cam import placement_matrix
+
+    a = placement_matrix([5.5, 10.5, 30.5], 40)
+    assert a.shape == (40, 3) and np.allclose(a.sum(axis=1), 1.0)
+    assert np.allclose(a[5], [1, 0, 0]) and np.allclose(a[10], [0, 1, 0]) and np.allclose(a[30], [0, 0, 1])
+    assert np.allclose(a[20], [0, 0.5, 0.5]) and np.allclose(a[0], [1, 0, 0]) and np.allclose(a[39], [0, 0, 1])
+    tied = placement_matrix([8.0, 8.0, 24.0], 32)  # cells that see the same place share it
+    assert np.allclose(tied[7], [0.5, 0.5, 0]) and np.allclose(tied.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        placement_matrix([10.0, 5.0], 32)
