@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from deep.errors import DeepError
 from deep.model import cam_model
+from deep.receptive import receptive_centres
+from edge.cam import placement_matrix
 
 # Pointing-game tolerance: the peak may miss the box by this fraction of the image side
 # (15 px at 224 px in Zhang et al.'s pointing game, i.e. ~0.067; we use a stricter 0.05).
@@ -40,7 +42,8 @@ def cam(model: keras.Model, x, cmodel=None):
     Returns
     -------
     probs : float32 (B,) in [0, 1]
-    cams : float32 (B, h, w) raw logit contributions (h = S/16 for the small arch)
+    cams : float32 (B, S, S) raw logit contributions of the (h, w) grid (h = S/16 for the small
+        arch), placed on the canvas at each cell's receptive-field centre (``deep.cam_model``)
     """
     cmodel = cmodel or cam_model(model)
     p, c = cmodel(_as_batch(x), training=False)
@@ -60,7 +63,8 @@ def gradcam(model: keras.Model, x, layer=None):
     Returns
     -------
     probs : float32 (B,) in [0, 1]
-    cams : float32 (B, h, w) >= 0 (ReLU of gradient-weighted maps, unnormalised)
+    cams : float32 (B, S, S) >= 0 (ReLU of gradient-weighted (h, w) maps, unnormalised), placed
+        on the canvas at each cell's receptive-field centre as ``deep.cam_model`` does
     """
     try:
         feats = model.get_layer("gap").input if layer is None else model.get_layer(layer).output
@@ -77,8 +81,11 @@ def gradcam(model: keras.Model, x, layer=None):
         logit = tf.matmul(h, kernel) + bias  # pre-sigmoid score: gradients do not saturate
     grads = tape.gradient(logit, f)
     weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
-    maps = tf.nn.relu(tf.reduce_sum(weights * f, axis=-1))
-    return np.asarray(p).reshape(-1), maps.numpy().astype(np.float32)
+    maps = tf.nn.relu(tf.reduce_sum(weights * f, axis=-1)).numpy().astype(np.float32)
+    cy, cx = receptive_centres(model, feats)
+    size = int(model.input.shape[1])
+    placed = placement_matrix(cy, size) @ maps @ placement_matrix(cx, size).T
+    return np.asarray(p).reshape(-1), placed.astype(np.float32)
 
 
 def upsample(cam_map, size) -> np.ndarray:

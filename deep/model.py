@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from deep.config import ModelConfig
@@ -129,13 +130,42 @@ def load_model(path, compile=False) -> keras.Model:
         raise DeepError(f"cannot read checkpoint {path} (corrupt?): {msg}") from None
 
 
-def cam_model(model: keras.Model) -> keras.Model:
-    """Model with outputs (probability (B, 1), cam (B, h, w)) for any arch built here.
+class PlaceCam(layers.Layer):
+    """(B, h, w) grid -> (B, S, S) canvas: ``A_y @ cam @ A_x.T`` with fixed placement matrices.
+
+    The matrices (``edge.cam.placement_matrix`` of the measured receptive-field centres) are
+    constants of the graph, so the device draws an aligned map with no knowledge of the arch.
+    """
+
+    def __init__(self, ay, ax, **kw):
+        super().__init__(**kw)
+        self.ay = np.asarray(ay, np.float32)
+        self.ax_t = np.asarray(ax, np.float32).T.copy()
+
+    def call(self, cam):
+        from keras import ops
+
+        # Rows first, on the small (B, h, w) grid; the large (B, S, S) product is then one 2-D GEMM.
+        return ops.matmul(ops.matmul(self.ay, cam), self.ax_t)
+
+    def compute_output_shape(self, shape):
+        return (shape[0], self.ay.shape[0], self.ax_t.shape[1])
+
+
+def cam_model(model: keras.Model, centres=None) -> keras.Model:
+    """Model with outputs (probability (B, 1), cam (B, S, S)) for any arch built here.
 
     The CAM is the head's Dense weights applied to the last feature maps as a 1x1 conv (a
-    snapshot of the current head weights; plain ops so tf2onnx converts it). Raw logit
-    contributions, unnormalised: ``sigmoid(mean(cam over h, w) + head_bias) == probability``.
+    snapshot of the current head weights; plain ops so tf2onnx converts it): raw logit
+    contributions, unnormalised, ``sigmoid(mean(grid) + head_bias) == probability`` on the
+    (h, w) grid. The grid is then placed on the S x S canvas by interpolating between each
+    cell's receptive-field centre (``deep.receptive.receptive_centres``, measured here on the
+    architecture; ``centres=(cy, cx)`` reuses a measurement), so ``edge.cam.upsample_cam`` of
+    the output is aligned with the input image (the contract in ``edge.cam``).
     """
+    from deep.receptive import receptive_centres
+    from edge.cam import placement_matrix
+
     try:
         feats = model.get_layer("gap").input
         head = model.get_layer("head")
@@ -146,6 +176,9 @@ def cam_model(model: keras.Model) -> keras.Model:
     cam = conv(feats)
     conv.set_weights([kernel.reshape(1, 1, -1, 1)])
     h, w = cam.shape[1], cam.shape[2]
-    cam = layers.Reshape((h, w), name="cam")(cam)
+    cam = layers.Reshape((h, w), name="cam_grid")(cam)
+    cy, cx = receptive_centres(model) if centres is None else centres
+    size = int(model.input.shape[1])
+    cam = PlaceCam(placement_matrix(cy, size), placement_matrix(cx, size), name="cam")(cam)
     prob = layers.Identity(name="probability")(model.output)
     return keras.Model(model.input, [prob, cam], name=f"{model.name}_cam")

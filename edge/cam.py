@@ -2,6 +2,20 @@
 
 The CNN's ONNX graph already outputs the CAM (last feature maps weighted by the dense layer),
 so the device only normalises, upsamples and colours it.
+
+The contract: ``Prediction.cam`` (the graph's ``cam`` output) upsampled by :func:`upsample_cam`
+to S is aligned with the preprocessed S x S canvas - the value drawn at a canvas pixel is the
+evidence of the feature cells whose receptive fields are centred around that pixel. A feature
+cell's receptive field is not centred on the square a plain resize would draw it over (Keras
+``padding="same"`` pads stride-2 layers on the right and bottom only, 1x1 stride-2 shortcuts
+read the top-left pixel, border cells see part padding), so the exporter measures each row's
+and column's centre on the architecture and bakes the placement into the graph
+(:func:`placement_matrix`): the graph's ``cam`` is already S x S and ``upsample_cam`` only
+normalises it (``deep.gradcam`` places its maps the same way). A coarser map (from a model
+exported before the placement) is drawn with its cells centred: the old, approximate drawing.
+``murakit explain``, ``edge-predict --cam``, ``edge-serve ?cam=1`` and its page all draw with
+:func:`overlay`, hence with ``upsample_cam``. :func:`canvas_to_original` maps a canvas point
+back through the preprocessing's resize and padding to the original image.
 """
 
 from __future__ import annotations
@@ -31,8 +45,59 @@ def normalise_cam(cam: np.ndarray) -> np.ndarray:
     return (cam - lo) / (hi - lo)
 
 
+def placement_matrix(centres, size: int) -> np.ndarray:
+    """Linear interpolation weights from grid cells at ``centres`` to ``size`` canvas pixels.
+
+    Parameters
+    ----------
+    centres : float (n,), non-decreasing
+        Each cell's centre in canvas pixels (pixel i spans [i, i + 1), its centre is i + 0.5).
+        Cells with the same centre (their evidence comes from the same place) share its weight.
+    size : int
+        Canvas side S.
+
+    Returns
+    -------
+    ndarray of float32, shape (S, n): row p weights the cells for pixel p (rows sum to 1;
+    pixels beyond the outer centres take the outer cell's value). A (h, w) map ``m`` lands on
+    the canvas as ``A_y @ m @ A_x.T``.
+    """
+    c = np.asarray(centres, np.float64)
+    if c.ndim != 1 or len(c) == 0 or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
+        raise ValueError(f"centres must be finite and non-decreasing, got {c}")
+    pix = np.arange(int(size)) + 0.5
+    u, group, count = np.unique(c, return_inverse=True, return_counts=True)
+    eye = np.eye(len(u))
+    per_group = np.stack([np.interp(pix, u, eye[k]) for k in range(len(u))], axis=1)
+    return (per_group[:, group] / count[group]).astype(np.float32)
+
+
+def canvas_to_original(x, y, info):
+    """Map canvas coordinates back to the original image through the resize and padding.
+
+    Parameters
+    ----------
+    x, y : float or ndarray
+        Continuous canvas coordinates (pixel i spans [i, i + 1)), e.g. a CAM peak at pixel
+        (px, py) is (px + 0.5, py + 0.5).
+    info : edge.preprocess.PreprocessInfo
+        From ``preprocess_with_info`` of the same image.
+
+    Returns
+    -------
+    (x, y) in continuous original-image coordinates (pixel i spans [i, i + 1)).
+    """
+    # The resize rounds each side to whole pixels, so each axis has its own exact scale.
+    nw, nh = max(1, round(info.orig_w * info.scale)), max(1, round(info.orig_h * info.scale))
+    return ((np.asarray(x, np.float64) - info.offset_x) * info.orig_w / nw,
+            (np.asarray(y, np.float64) - info.offset_y) * info.orig_h / nh)
+
+
 def upsample_cam(cam: np.ndarray, size: int) -> np.ndarray:
-    """Normalise and bilinearly resize a CAM to ``size`` x ``size``.
+    """Normalise and bilinearly resize a CAM to ``size`` x ``size`` (the one drawing of a CAM).
+
+    A graph's S x S ``cam`` is already placed (see the module docstring) and only normalised
+    here; a coarser map is resized with its cells centred.
 
     Returns
     -------

@@ -85,11 +85,17 @@ def test_small_forward_and_cam_parity():
     x = np.random.default_rng(0).random((3, S, S, 1)).astype(np.float32)
     p = model.predict(x, verbose=0)
     assert p.shape == (3, 1) and np.all((p >= 0) & (p <= 1))
-    prob, cams = deep.cam(model, x)
-    assert cams.shape == (3, S // 16, S // 16)
+    cmodel = deep.cam_model(model)
+    prob, cams = deep.cam(model, x, cmodel)
+    assert cams.shape == (3, S, S)  # the (S/16, S/16) grid placed on the canvas
     np.testing.assert_allclose(prob, p[:, 0], atol=1e-6)
+    grid = np.asarray(keras.Model(cmodel.input, cmodel.get_layer("cam_grid").output)(x))
+    assert grid.shape == (3, S // 16, S // 16)
     bias = model.get_layer("head").get_weights()[1]
-    np.testing.assert_allclose(1 / (1 + np.exp(-(cams.mean(axis=(1, 2)) + bias))), prob, atol=1e-5)
+    np.testing.assert_allclose(1 / (1 + np.exp(-(grid.mean(axis=(1, 2)) + bias))), prob, atol=1e-5)
+    # placing interpolates between cells (and pools cells whose evidence coincides): no new extremes
+    assert np.all(cams.max(axis=(1, 2)) <= grid.max(axis=(1, 2)) + 1e-5)
+    assert np.all(cams.min(axis=(1, 2)) >= grid.min(axis=(1, 2)) - 1e-5)
 
 
 def test_no_random_ops_at_inference():
@@ -421,10 +427,10 @@ def test_gradcam_shapes_and_layers(trained):
     res, imgs, *_ = trained
     x = imgs[128:136, :, :, None] / np.float32(255)
     prob, maps = deep.gradcam(res.model, x)
-    assert maps.shape == (8, S // 16, S // 16) and np.all(maps >= 0)
+    assert maps.shape == (8, S, S) and np.all(maps >= 0)  # placed on the canvas
     np.testing.assert_allclose(prob, deep.predict(res.model, imgs, np.arange(128, 136)), atol=1e-5)
     _, m2 = deep.gradcam(res.model, x, layer="s0_add")
-    assert m2.shape == (8, S // 8, S // 8)
+    assert m2.shape == (8, S, S) and not np.allclose(m2, maps)
     with pytest.raises(DeepError):
         deep.gradcam(res.model, x, layer="gap")
 

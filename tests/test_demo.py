@@ -39,6 +39,13 @@ def test_quick_demo_end_to_end_and_rerun(quick_demo):
     cnn, base = report["models"]["cnn"]["study"]["auroc"], report["models"]["baseline"]["study"]["auroc"]
     assert diff["auroc_diff"] == pytest.approx(cnn - base) and diff["ci"][0] <= diff["auroc_diff"] <= diff["ci"][1]
     assert report["statistics"]["bootstrap"]["n_resamples"] >= 1000
+    cam = report["cam"]  # the synthetic data records its findings' boxes: the map is scored against them
+    assert {"pointing", "pointing_ci", "pointing_no_margin", "energy_in_box", "centre_guess", "randomised_model"} <= set(cam)
+    for d in (cam, cam["randomised_model"]):
+        for key in ("pointing", "pointing_no_margin", "energy_in_box"):
+            lo, hi = d[f"{key}_ci"]
+            assert 0.0 <= lo <= d[key] <= hi <= 1.0, key
+    assert cam["model"] == "cnn_onnx" and cam["cam_shape"] == [64, 64]  # placed on the 64 px canvas
     assert report["dataset"]["split"] == "test" and report["dataset"]["studies"] > 0
     for f in ("report.md", "roc.png", "confusion.png", "kappa_by_part.png", "latency_vs_auroc.png"):
         assert (run / "report" / f).stat().st_size > 0, f

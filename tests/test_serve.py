@@ -123,6 +123,13 @@ def test_cam_overlays_are_base64_pngs_of_the_model_size(server, files):
     for b64 in [one["cam"], *two["cam"]]:
         img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
         assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    # drawn by edge.cam.overlay, as edge-predict --cam and murakit explain draw it (docs/cam.md)
+    from edge.cam import overlay
+    from edge.predictor import Predictor
+
+    pred = Predictor(files["model"]).predict(files["images"][0], cam=True)
+    got = cv2.imdecode(np.frombuffer(base64.b64decode(one["cam"]), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(got, overlay(pred.image, pred.cam))
     assert "cam" not in post(server, image_parts(files["images"][:1])).json()
 
 

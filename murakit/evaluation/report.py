@@ -9,6 +9,7 @@ import numpy as np
 
 from edge.atomic import atomic_path, write_text
 from murakit.evaluation.bench import ANCHOR, MODEL_NAMES
+from murakit.evaluation.cam import markdown_lines as cam_markdown
 from murakit.evaluation.metrics import study_level
 from murakit.layout import RunLayout
 
@@ -298,6 +299,7 @@ def markdown(report: dict, plots: list) -> str:
     from murakit.evaluation.trust import markdown_lines
 
     lines += markdown_lines(report)
+    lines += cam_markdown(report.get("cam"))
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
 
@@ -347,12 +349,15 @@ def bench_and_report(run, threads: int = 2, n_single: int = 200, log=print) -> t
     """
     from murakit.checks import check_int, check_workers
     from murakit.evaluation.bench import benchmark
+    from murakit.evaluation.cam import cam_report
+    from murakit.evaluation.metrics import json_safe
     from murakit.lock import stage_lock
 
     check_workers(threads, "--threads")
     check_int("--latency-runs", n_single, 1, MAX_LATENCY_RUNS)
     with stage_lock(run, writes="report", reads=("prepared", "baseline", "cnn", "export")):
         report, data = benchmark(run, threads=threads, n_single=n_single, progress=log)
+        report["cam"] = json_safe(cam_report(run, data, log=log))
         return report, write_report(run, report, data)
 
 

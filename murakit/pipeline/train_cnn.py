@@ -91,7 +91,7 @@ def _pointing(model, prep, test):
     cams = np.concatenate(cams)
     return {"score": deep.pointing_game(cams, boxes[keep], prep.config.size),
             "images": len(rows), "tolerance": deep.explain.POINTING_TOLERANCE,
-            "cam_size": list(cams.shape[1:])}
+            "cam_size": [int(d) for d in model.get_layer("gap").input.shape[1:3]]}  # the grid, not the canvas
 
 
 def _evaluate(model, prep, pos, res, cfg, layout: RunLayout, train_seconds):
