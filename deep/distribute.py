@@ -369,16 +369,46 @@ def resolve(name: str = "auto") -> Replicas:
     return rep
 
 
-def prepare_model(model) -> None:
-    """BatchNorm statistics over the whole global batch, as one process computes them.
+def prepare_model(model, replicas: int) -> None:
+    """Make each replica compute its slice of the global batch as one process would.
 
-    Set before the first step is traced (``synchronized`` is read when the step is traced).
+    BatchNorm takes the statistics of the whole global batch (``synchronized``), and Dropout
+    draws the mask of the whole global batch (with the seed one process would use) and keeps
+    its replica's rows. Set before the first step is traced.
     """
     import keras
 
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
+        elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None:
+            layer.call = _global_batch_dropout(layer, replicas)
+
+
+def _global_batch_dropout(layer, replicas: int):
+    """``Dropout.call`` whose mask is this replica's rows of the global batch's mask.
+
+    The same arithmetic as Keras' TensorFlow backend (``tf.nn.experimental.stateless_dropout``
+    with the seed generator's next seed): scale by 1 / (1 - rate), keep where a stateless
+    uniform draw >= rate; only the draw is made for ``replicas`` times the replica batch.
+    """
+    import tensorflow as tf
+
+    plain = layer.call
+
+    def call(inputs, training=False):
+        if not training or not layer.rate > 0:
+            return plain(inputs, training=training)
+        seed = layer.seed_generator.next()
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)  # as keras' _cast_seed
+        b = tf.shape(inputs)[0]
+        r = tf.distribute.get_replica_context().replica_id_in_sync_group
+        shape = tf.concat([[b * replicas], tf.shape(inputs)[1:]], 0)
+        draw = tf.random.stateless_uniform(shape, seed, dtype=inputs.dtype, alg=None)[r * b:(r + 1) * b]
+        scaled = inputs * tf.constant(1 / (1 - layer.rate), inputs.dtype)
+        return tf.where(draw >= layer.rate, scaled, tf.zeros_like(scaled))
+
+    return call
 
 
 def _all_layers(model):

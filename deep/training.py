@@ -339,7 +339,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
             model = _compiled_new_model(cfg, tcfg, weights)
             state = _new_state(cfg, tcfg, fingerprint)
         if rep.distributed:
-            distribute.prepare_model(model)
+            distribute.prepare_model(model, rep.replicas)
     start = state["epoch"]
     if start:
         log(f"resuming from epoch {start + 1}")
