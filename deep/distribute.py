@@ -289,11 +289,11 @@ def collectives(rep: Replicas):
 
 
 def lost(e) -> WorkerLost:
-    """The one line a surviving worker prints when a collective fails."""
-    msg = (str(getattr(e, "message", "") or e).strip().splitlines() or [type(e).__name__])[0]
-    return WorkerLost(f"lost contact with another worker ({type(e).__name__}: {msg[:200]}); the job "
-                      "stopped: rerun the same command on every worker to resume from the chief's last "
-                      "checkpoint")
+    """The one line a surviving worker prints when a collective fails (TensorFlow's own message
+    is a page of graph and RPC detail; ``--verbose`` shows it)."""
+    return WorkerLost(f"lost contact with another worker (tf.errors.{type(e).__name__} in a collective "
+                      "operation); the job stopped: rerun the same command on every worker to resume "
+                      "from the chief's last checkpoint")
 
 
 def _seconds(name: str, default: float) -> float:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 GRACE_SECONDS = 10.0  # after SIGTERM, before SIGKILL
 SURVIVOR_SECONDS = 5.0  # after a worker fails: time for the others to print their own last line
@@ -87,6 +88,8 @@ def run_local_workers(n: int, argv, *, out=None, env=None) -> int:
     ports = free_ports(n)
     lock = threading.Lock()
     base = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    here = str(Path(__file__).resolve().parents[2])  # the workers import this murakit, not another install
+    base["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [base.get("PYTHONPATH")])])
     procs, pumps = [], []
     try:
         for i in range(n):
