@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # augmentation draws and Dropout mask rows (deep.distribute), BatchNorm statistics of the whole
 # batch. What differs is float32 rounding: synchronized BatchNorm's variance is E[x^2] - E[x]^2
 # (one process: the mean squared deviation) and gradients are summed across replicas in another
-# order, a few ulps per step. Over 48 steps (3 epochs of 16; 2 and 4 workers/replicas, measured)
+# order, a few ulps per step. Over 48 steps (3 epochs of 16, 2 replicas: mirrored and 2 workers)
 # no loss or AUROC printed to 6 decimals moved by more than 1e-6; 1e-4 leaves room for other
 # CPUs' kernels, while a wrong shard (another image, draw or mask) moved the loss by > 1e-3.
 # Val AUROC is a rank statistic of predictions that agree to ~1e-6: it must be equal.
