@@ -21,8 +21,12 @@ What makes a run on R replicas the same optimisation as one process (``Replicas`
   so the update is the mean gradient of the global batch: **the learning rate is not scaled**
   for the same global batch. (Raising the global batch k-fold to keep each replica busy is a
   different optimisation; the usual start is k times the learning rate with a warm-up.)
-- BatchNormalization uses the statistics of the whole global batch (``synchronized``), as
-  one process does; Dropout masks are drawn per replica (the one difference left).
+- BatchNormalization uses the statistics of the whole global batch (``synchronized``), and
+  Dropout keeps this replica's rows of the global batch's mask (``prepare_model``). What is
+  left is float32 rounding (the synchronized variance is E[x^2] - E[x]^2; gradients are summed
+  in another order): 2 replicas matched one process to 6 decimals (tests/test_distribute.py).
+- The training loop with several replicas is a ``strategy.run`` loop (``Replicas.fit``), not
+  Keras' ``fit``, which fails under MultiWorkerMirroredStrategy in Keras 3.15.
 - Validation: each worker predicts its share of the validation images with a plain copy of
   the weights; the shares are summed across workers (an all-reduce of vectors that are zero
   outside each share, so exact), and every worker computes the same AUROC from the same
