@@ -35,11 +35,11 @@ What makes a run on R replicas the same optimisation as one process (``Replicas`
   into a temporary folder each epoch (saving may take part in collectives, as TensorFlow's
   multi-worker guide notes) and delete it at the end.
 
-Faults: a worker that dies makes the collectives of the others fail (after at most the
-collective timeout, ``MURAKIT_COLLECTIVE_TIMEOUT`` seconds, default 600, and usually within
-the coordination service's heartbeat timeout, ``MURAKIT_HEARTBEAT_TIMEOUT``, default 30); the
-survivors stop with one ``WorkerLost`` line. Rerunning the same command on every worker
-resumes from the chief's last committed epoch.
+Faults: a worker that dies is reported to the others by the coordination service once its
+heartbeats stop for ``MURAKIT_HEARTBEAT_TIMEOUT`` seconds (default 30); their pending
+collectives fail and they stop with one ``WorkerLost`` line. Rerunning the same command on
+every worker resumes from the chief's last committed epoch. (No collective timeout by
+default: see ``DEFAULT_HEARTBEAT_TIMEOUT``.)
 """
 
 from __future__ import annotations
@@ -57,7 +57,11 @@ import numpy as np
 from deep.errors import DeepError
 
 STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
-DEFAULT_COLLECTIVE_TIMEOUT = 600.0  # seconds: covers a slow first step and a chief's checkpoint save
+# A dead worker is found by the coordination service's heartbeats, not by collective timeouts:
+# in TensorFlow 2.21 a collective with CommunicationOptions(timeout_seconds=T) leaves a thread
+# sleeping T seconds behind it; at ~80 collectives a step (synchronized BatchNorm) a worker had
+# 14,000 threads after two epochs and aborted ("std::system_error: Resource temporarily
+# unavailable"). MURAKIT_COLLECTIVE_TIMEOUT still sets one, for short jobs.
 DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 
 _resolved: dict = {}  # one strategy per process
@@ -300,10 +304,12 @@ def lost(e) -> WorkerLost:
                       "from the chief's last checkpoint")
 
 
-def _seconds(name: str, default: float) -> float:
+def _seconds(name: str, default: float | None) -> float | None:
     text = os.environ.get(name, "").strip()
+    if not text:
+        return default
     try:
-        value = float(text) if text else default
+        value = float(text)
     except ValueError:
         value = -1.0
     if not value > 0:
@@ -312,13 +318,13 @@ def _seconds(name: str, default: float) -> float:
 
 
 def _multi_worker(cfg: dict):
-    """MultiWorkerMirroredStrategy with a collective timeout and a shorter heartbeat timeout."""
+    """MultiWorkerMirroredStrategy with a heartbeat timeout (and a collective timeout if asked for)."""
     import tensorflow as tf
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.eager import context
 
-    timeout = _seconds("MURAKIT_COLLECTIVE_TIMEOUT", DEFAULT_COLLECTIVE_TIMEOUT)
+    timeout = _seconds("MURAKIT_COLLECTIVE_TIMEOUT", None)
     heartbeat = _seconds("MURAKIT_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)
     spec = tf.train.ClusterSpec(cfg["cluster"])
     # What the strategy would configure itself, plus the heartbeat timeout (not a public option):
@@ -328,7 +334,7 @@ def _multi_worker(cfg: dict):
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
         heartbeat_timeout_in_ms=int(heartbeat * 1000), coordinated_jobs=jobs)
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)  # None: no timeout
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
