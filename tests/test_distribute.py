@@ -97,6 +97,52 @@ def test_strategy_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "needs TF_CONFIG" in err[1] and "multi-worker" in err[2]
 
 
+def test_the_launcher_stops_the_job_when_a_worker_fails(tmp_path):
+    """Workers that fail at once (a bad option): the launcher prints their line with its prefix,
+    says which worker failed, and returns that worker's exit code."""
+    import io
+
+    from murakit.pipeline.launch import run_local_workers
+
+    out = io.StringIO()
+    assert run_local_workers(2, ["train", "cnn", "--run", str(tmp_path), "--epochs", "0"], out=out) == 2
+    text = out.getvalue()
+    assert "[worker 0] murakit: error: --epochs must be" in text and "[worker 1] murakit: error:" in text
+    assert "[launcher] worker" in text and "exited with code 2" in text
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_ctrl_c_stops_every_local_worker(prepared):
+    run = _fresh(prepared, "interrupted")
+    cmd = [sys.executable, "-m", "murakit", "train", "cnn", "--run", str(run), "--epochs", "50",
+           "--min-steps", "200", "--no-progress", "--local-workers", "2"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        first = launcher.stdout.readline()
+        pids = [int(p) for p in first.split("(PIDs ")[1].split(")")[0].split(", ")]
+        for line in launcher.stdout:  # both workers are training
+            if "[worker 1] training" in line:
+                break
+        launcher.send_signal(signal.SIGINT)
+        rest = launcher.communicate(timeout=60)[0]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130 and "[launcher] interrupted" in rest
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
 # ------------------------------------------------------------------ integration ----
 
 @pytest.fixture(scope="module")

@@ -101,8 +101,8 @@ def run_local_workers(n: int, argv, *, out=None, env=None) -> int:
             t.start()
             pumps.append(t)
         with lock:
-            out.write(f"[launcher] {n} workers on 127.0.0.1 ports {', '.join(map(str, ports))}; worker 0 is "
-                      "the chief\n")
+            out.write(f"[launcher] {n} workers on 127.0.0.1 ports {', '.join(map(str, ports))} (PIDs "
+                      f"{', '.join(str(p.pid) for p in procs)}); worker 0 is the chief\n")
             out.flush()
         code = _wait(procs, out, lock)
     except KeyboardInterrupt:
