@@ -62,6 +62,13 @@ def test_tf_config_is_checked_and_ranked():
         assert "\n" not in str(e.value)
 
 
+def test_the_cli_offers_the_strategies_deep_knows():
+    from deep.distribute import STRATEGIES
+    from murakit.pipeline.train_cnn import STRATEGY_CHOICES  # kept apart so --help needs no TensorFlow
+
+    assert STRATEGY_CHOICES == STRATEGIES
+
+
 def test_free_ports_are_distinct_local_ports():
     ports = free_ports(4)
     assert len(set(ports)) == 4 and all(1024 <= p < 65536 for p in ports)
