@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py RUN --precision float32 mixed_bfloat16 --epochs 4
     python benchmarks/bench_training.py RUN --workers 1 2 --epochs 4
+    python benchmarks/bench_training.py RUN --precision float32 mixed_bfloat16 --step-rounds 3
 
 RUN is a run folder with a prepared cache (``murakit prepare``). Each configuration trains the
 default CNN from scratch for ``--epochs`` epochs (default recipe, no early stop that soon) in a
@@ -43,6 +44,41 @@ print(json.dumps(res.history))
 """
 
 
+STEPS = r"""
+import json, sys, time
+import numpy as np
+import keras
+keras.mixed_precision.set_global_policy(sys.argv[1])
+import deep
+model = deep.build_model(deep.ModelConfig(size=int(sys.argv[2])))
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
+rng = np.random.default_rng(0)
+x = rng.random((32, model.input_shape[1], model.input_shape[2], 1), dtype=np.float32)
+y = (rng.random((32, 1)) > 0.5).astype(np.float32)
+for _ in range(5):
+    model.train_on_batch(x, y)
+t0 = time.perf_counter()
+n = int(sys.argv[3])
+for _ in range(n):
+    model.train_on_batch(x, y)
+print(json.dumps(32 * n / (time.perf_counter() - t0)))
+"""
+
+
+def _step_rounds(precisions, rounds, size, steps, env):
+    """Training steps alone (one in-memory batch of 32, no input pipeline or validation), each
+    precision in its own process, interleaved for ``rounds`` rounds: median images/s."""
+    got = {p: [] for p in precisions}
+    for _ in range(rounds):
+        for p in precisions:
+            out = subprocess.run([sys.executable, "-c", STEPS, p, str(size), str(steps)], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+            got[p].append(round(json.loads(out.strip().splitlines()[-1]), 1))
+    for p, v in got.items():
+        print(json.dumps({"config": f"{p} steps only", "images_per_s": sorted(v)[len(v) // 2], "rounds": v,
+                          "load": os.getloadavg()[0]}), flush=True)
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -81,10 +117,15 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", nargs="*", default=[])
     ap.add_argument("--workers", nargs="*", type=int, default=[])
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--step-rounds", type=int, default=0,
+                    help="also time training steps alone for each --precision, this many interleaved rounds")
     args = ap.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     steps = _steps(args.run)
     print(f"CPU: {_cpu()}, {os.cpu_count()} cores; {steps} steps of 32 per epoch")
+    if args.step_rounds:
+        _step_rounds(args.precision, args.step_rounds, 128, 40, env)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for p in args.precision:
             run = _copy(args.run, Path(tmp), p)
