@@ -46,6 +46,7 @@ default: see ``DEFAULT_HEARTBEAT_TIMEOUT``.)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -149,8 +150,11 @@ class Replicas:
         """Where this worker saves checkpoints: ``out`` on the chief, a private temp dir elsewhere."""
         if self.is_chief:
             return Path(out)
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix=f"murakit-worker{self.rank}-"))
+        if self._scratch is None:  # one per (run folder, rank): a killed worker's is replaced, not piled up
+            key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:12]
+            self._scratch = Path(tempfile.gettempdir()) / f"murakit-worker{self.rank}-{key}"
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch.mkdir(parents=True)
         return self._scratch
 
     def drop_scratch(self) -> None:
