@@ -46,13 +46,13 @@ def _affine_transforms(seed, n, size, aug: AugmentConfig):
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def _flip(x, seed, axis):
+def _flip(x, seed, axis, offset, draws):
     """Mirror each image along ``axis`` (1 = vertical, 2 = horizontal) with probability 1/2."""
-    flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed) < 0.5
+    flip = (tf.random.stateless_uniform([draws], seed) < 0.5)[offset:offset + tf.shape(x)[0]]
     return tf.where(flip[:, None, None, None], tf.reverse(x, axis=[axis]), x)
 
 
-def augment_batch(x, seed, aug: AugmentConfig | None = None):
+def augment_batch(x, seed, aug: AugmentConfig | None = None, offset=0, total=None):
     """Random flips, rotation, scale, shift, brightness and contrast (see ``AugmentConfig``).
 
     Parameters
@@ -62,6 +62,10 @@ def augment_batch(x, seed, aug: AugmentConfig | None = None):
         Stateless seed: the same seed gives the same augmentation.
     aug : AugmentConfig, optional
         Default: ``AugmentConfig()``.
+    offset, total : int, optional
+        ``x`` is images ``offset .. offset + B - 1`` of a batch of ``total`` (a replica's slice
+        of a global batch): the draws are made for all ``total`` images and sliced, so every
+        image is augmented as it would be in one process, whatever the number of replicas.
 
     Returns
     -------
@@ -69,18 +73,22 @@ def augment_batch(x, seed, aug: AugmentConfig | None = None):
     """
     aug = AugmentConfig() if aug is None else aug
     n, size = tf.shape(x)[0], x.shape[1]
+    draws = n if total is None else total
     s = tf.random.experimental.stateless_split(seed, 5)
     if aug.hflip:
-        x = _flip(x, s[0], 2)
+        x = _flip(x, s[0], 2, offset, draws)
     if aug.vflip:
-        x = _flip(x, s[4], 1)
+        x = _flip(x, s[4], 1, offset, draws)
     if aug.max_rotation or aug.scale or aug.shift:
+        transforms = _affine_transforms(s[1], draws, size, aug)[offset:offset + n]
         x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=_affine_transforms(s[1], n, size, aug), output_shape=[size, size],
+            images=x, transforms=transforms, output_shape=[size, size],
             fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
     if aug.contrast or aug.brightness:
-        contrast = tf.random.stateless_uniform([n, 1, 1, 1], s[2], 1.0 - aug.contrast, 1.0 + aug.contrast)
-        bright = tf.random.stateless_uniform([n, 1, 1, 1], s[3], -aug.brightness, aug.brightness)
+        contrast = tf.random.stateless_uniform([draws, 1, 1, 1], s[2], 1.0 - aug.contrast,
+                                               1.0 + aug.contrast)[offset:offset + n]
+        bright = tf.random.stateless_uniform([draws, 1, 1, 1], s[3], -aug.brightness,
+                                             aug.brightness)[offset:offset + n]
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
         x = tf.clip_by_value((x - mean) * contrast + mean + bright, 0.0, 1.0)
     return x
@@ -95,8 +103,21 @@ def _order(n, batch_size, shuffle, drop_remainder, seed, passes):
     return np.concatenate([rng.permutation(n)[:per_pass] for _ in range(passes)])
 
 
+def _check_part(part, batch_size, drop_remainder):
+    """``part`` as (first, count, slices); (0, 1, 1) when None. DeepError when it cannot shard."""
+    if part is None:
+        return 0, 1, 1
+    first, count, slices = (int(v) for v in part)
+    if not (slices >= 1 and count >= 1 and 0 <= first and first + count <= slices):
+        raise DeepError(f"invalid data shard {part}: slices first..first+count-1 of {slices}")
+    if batch_size % slices or not drop_remainder:
+        raise DeepError(f"the global batch of {batch_size} does not split into {slices} equal replica "
+                        f"batches; use a --batch-size divisible by {slices}")
+    return first, count, slices
+
+
 def make_dataset(images, rows, labels=None, batch_size=32, augment=None, seed=0,
-                 shuffle=None, sample_weights=(1.0, 1.0), drop_remainder=False, passes=1):
+                 shuffle=None, sample_weights=(1.0, 1.0), drop_remainder=False, passes=1, part=None):
     """Stream batches from a uint8 image cache.
 
     Parameters
@@ -120,11 +141,18 @@ def make_dataset(images, rows, labels=None, batch_size=32, augment=None, seed=0,
         Drop the last partial batch of each pass (training: avoids tiny BatchNorm batches).
     passes : int
         Passes over ``rows`` in one dataset (each shuffled anew); >1 for small training sets.
+    part : (first, count, slices), optional
+        Data sharding for ``tf.distribute`` (``deep.distribute``): every global batch of
+        ``batch_size`` is cut into ``slices`` equal slices (one per replica) and this dataset
+        yields slices ``first .. first + count - 1`` of each, in order, reading only those
+        images. The global batches, their order and each image's augmentation are those of the
+        unsharded dataset. Needs ``drop_remainder`` and ``batch_size`` divisible by ``slices``.
 
     Returns
     -------
     tf.data.Dataset
-        x float32 (B, S, S, 1) in [0, 1]; y float32 (B, 1); w float32 (B,).
+        x float32 (B, S, S, 1) in [0, 1]; y float32 (B, 1); w float32 (B,); B is
+        ``batch_size / slices`` with ``part``.
     """
     rows = np.asarray(rows, dtype=np.int64)
     n, size = len(rows), images.shape[1]
@@ -137,18 +165,22 @@ def make_dataset(images, rows, labels=None, batch_size=32, augment=None, seed=0,
     nb = len(order) // batch_size if drop_remainder else math.ceil(len(order) / batch_size)
     lab = np.zeros(n, np.float32) if labels is None else np.asarray(labels, np.float32)
     w = np.where(lab > 0.5, sample_weights[1], sample_weights[0]).astype(np.float32)
-    read = _batch_reader(images, rows, order, batch_size, lab, w)
+    first, count, slices = _check_part(part, batch_size, drop_remainder)
+    per = batch_size // slices
+    read = _batch_reader(images, rows, order, per, lab, w)
+    total = None if part is None else batch_size
 
-    def load(i, start):
-        x, y, wt = tf.numpy_function(read, [start], [tf.float32, tf.float32, tf.float32])
+    def load(i, start, offset):
+        x, y, wt = tf.numpy_function(read, [start + offset], [tf.float32, tf.float32, tf.float32])
         x = tf.reshape(x, [-1, size, size, 1])
         if augment is not None:
-            x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]), augment)
+            x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]), augment, tf.cast(offset, tf.int32), total)
         if labels is None:
             return x
         return x, tf.reshape(y, [-1, 1]), tf.reshape(wt, [-1])
 
-    idx = np.arange(nb, dtype=np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((idx, idx * batch_size))
+    idx = np.repeat(np.arange(nb, dtype=np.int64), count)  # global batch of each element
+    offsets = np.tile(np.arange(first, first + count, dtype=np.int64) * per, nb)
+    ds = tf.data.Dataset.from_tensor_slices((idx, idx * batch_size, offsets))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deep import distribute
 from deep.config import ModelConfig, TrainConfig
 from deep.data import make_dataset
 from deep.errors import DeepError
@@ -109,10 +110,9 @@ def class_weights(labels, groups=None) -> tuple[float, float]:
 
 
 def get_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy when more than one GPU is visible, else the default strategy."""
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    """The strategy ``train`` uses by default: ``deep.distribute.resolve("auto")`` (TF_CONFIG set:
+    multi-worker; several GPUs: mirrored; else TensorFlow's default)."""
+    return distribute.resolve("auto").strategy
 
 
 def predict(model, images, rows, batch_size=64) -> np.ndarray:
@@ -268,7 +268,7 @@ def _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg):
 
 def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConfig, out_dir,
           tcfg: TrainConfig | None = None, *, weights=None, loss_weights=None, val_groups=None,
-          fingerprint=None, verbose=True, log=None, on_epoch_end=None) -> TrainResult:
+          fingerprint=None, verbose=True, log=None, on_epoch_end=None, replicas=None) -> TrainResult:
     """Train (or resume training) a CNN on a uint8 image cache until converged.
 
     Each epoch fits ``passes_per_epoch`` passes over the training rows, then scores the
@@ -303,6 +303,10 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     on_epoch_end : callable, optional
         ``on_epoch_end(row, model)`` after each committed epoch (e.g. to log extra metrics);
         ``row`` is the epoch's history dict.
+    replicas : deep.distribute.Replicas, optional
+        The strategy and this worker's place in it; default ``deep.distribute.resolve("auto")``.
+        ``tcfg.batch_size`` is the global batch. Every worker calls ``train`` with the same
+        arguments; only the chief writes to ``out_dir`` (module ``deep.distribute``).
 
     Returns
     -------
@@ -316,13 +320,17 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = fingerprint or {}
     log = log or ((lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None))
+    rep = distribute.resolve("auto") if replicas is None else replicas
+    rep.check_batch(tcfg.batch_size)
+    if rep.is_chief:
+        recover(out, read_state(out))
+    rep.barrier()  # the other workers read the folder once the chief has recovered it
     state = read_state(out)
-    recover(out, state)
     if state is not None:
         check_resumable(state, cfg, tcfg, fingerprint)
         if is_complete(state, tcfg.max_epochs):
             return _result(out, state, ran=False)
-    with get_strategy().scope():
+    with rep.strategy.scope():
         model = _restore(out, state) if state is not None else None
         if model is None:
             if state is not None:  # every epoch is seeded: starting over gives the same model
@@ -330,52 +338,58 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
             keras.utils.set_random_seed(tcfg.seed)  # same seed -> same initial weights
             model = _compiled_new_model(cfg, tcfg, weights)
             state = _new_state(cfg, tcfg, fingerprint)
+        if rep.distributed:
+            distribute.prepare_model(model, rep.replicas)
     start = state["epoch"]
     if start:
         log(f"resuming from epoch {start + 1}")
     passes = passes_per_epoch(len(train_rows), tcfg)
-    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw)
-    for epoch in range(start, tcfg.max_epochs):
-        row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, passes, verbose, validate)
-        _end_epoch(model, out, state, tcfg, row)
-        if on_epoch_end is not None:
-            on_epoch_end(row, model)
-        if not verbose:
-            log(f"epoch {row['epoch']}/{tcfg.max_epochs}: loss {row['loss']:.4f}, val AUROC "
-                f"{row['val_auroc']:.4f} (mean {row['val_auroc_mean']:.4f}), lr {row['lr']:.2g} "
-                f"({row['seconds']:.0f} s)")
-        if state["stop_reason"]:
-            break
+    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw, rep)
+    with distribute.collectives(rep):
+        for epoch in range(start, tcfg.max_epochs):
+            row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, passes, verbose,
+                             validate, rep)
+            _end_epoch(model, rep.write_dir(out), state, tcfg, row)
+            if on_epoch_end is not None:
+                on_epoch_end(row, model)
+            if not verbose:
+                log(f"epoch {row['epoch']}/{tcfg.max_epochs}: loss {row['loss']:.4f}, val AUROC "
+                    f"{row['val_auroc']:.4f} (mean {row['val_auroc_mean']:.4f}), lr {row['lr']:.2g} "
+                    f"({row['seconds']:.0f} s)")
+            if state["stop_reason"]:
+                break
+        rep.barrier()  # the chief's last commit is done before anyone reads best.keras
     result = _result(out, state, ran=True)
     result.start_epoch = start
     log(result.why_stopped(tcfg.patience))
     return result
 
 
-def _validate(model, images, val_rows, val_y, val_yg, val_groups, lw):
-    p = predict(model, images, val_rows)
+def _validate(model, images, val_rows, val_y, val_yg, val_groups, lw, rep):
+    p = rep.predict(model, predict, images, val_rows)  # the same numbers on every worker
     pg = p if val_groups is None else group_mean(p, val_groups)[0]
     w = np.where(val_y > 0, lw[1], lw[0])
     return weighted_bce(val_y, p, w), auroc(val_yg, pg)
 
 
-def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, passes, verbose, validate):
+def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, passes, verbose, validate, rep):
     """Fit one epoch (all randomness seeded by the epoch number), validate; returns the history row."""
     epoch_seed = tcfg.seed * 100_003 + epoch  # same stream whether resumed or not
     _seed_epoch(model, epoch_seed)
-    ds = make_dataset(images, rows, labels, tcfg.batch_size, augment=tcfg.augment, seed=epoch_seed,
-                      shuffle=True, sample_weights=lw, drop_remainder=True, passes=passes)
+    ds = rep.dataset(lambda part: make_dataset(  # part: this worker's replica slices (deep.distribute)
+        images, rows, labels, tcfg.batch_size, augment=tcfg.augment, seed=epoch_seed, shuffle=True,
+        sample_weights=lw, drop_remainder=True, passes=passes, part=part))
     t0 = time.perf_counter()
     steps = passes * (len(rows) // tcfg.batch_size)
     cbs = [_ProgressBar(epoch + 1, tcfg.max_epochs, steps)] if verbose else []
-    hist = model.fit(ds, epochs=1, verbose=0, callbacks=cbs, shuffle=False)
+    loss = rep.fit(model, ds, cbs)  # model.fit with one replica
     val_loss, val_auc = validate()
     secs = time.perf_counter() - t0
     if cbs:
-        cbs[0].bar.set_postfix(loss=f"{hist.history['loss'][-1]:.4f}", val_auroc=f"{val_auc:.4f}")
+        cbs[0].bar.set_postfix(loss=f"{loss:.4f}", val_auroc=f"{val_auc:.4f}")
         cbs[0].bar.close()
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    return {"epoch": epoch + 1, "loss": round(float(hist.history["loss"][-1]), 6),
+    return {"epoch": epoch + 1, "loss": round(loss, 6),
             "val_loss": round(val_loss, 6), "val_auroc": round(val_auc, 6),
             "lr": float(f"{lr:.6g}"), "seconds": round(secs, 2)}
 

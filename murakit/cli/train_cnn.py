@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from murakit.pipeline.train_cnn import ARCH_CHOICES
+from murakit.errors import MurakitError
+from murakit.pipeline.train_cnn import ARCH_CHOICES, STRATEGY_CHOICES
 
 
 def _recipe(t, a) -> str:
@@ -44,10 +45,37 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-rotation", type=float, default=None,
                         help=f"largest augmentation rotation in degrees (default: {a.max_rotation:g})")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    parser.add_argument("--batch-size", type=int, default=t.batch_size, help="batch size (default: %(default)s)")
+    parser.add_argument("--min-steps", type=int, default=None, metavar="N",
+                        help=f"an epoch is at least N optimiser steps (default: {t.min_steps})")
+    parser.add_argument("--batch-size", type=int, default=t.batch_size,
+                        help="global batch size, split evenly over the replicas; the learning rate is not "
+                             "scaled (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="discard RUN/cnn and train from scratch")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto",
+                        help="tf.distribute strategy; auto: TF_CONFIG set -> multi-worker (task 0 writes "
+                             "the run), several GPUs -> mirrored, else one process (default: %(default)s)")
+    parser.add_argument("--local-workers", type=int, default=None, metavar="N",
+                        help="start N multi-worker processes on this machine (TF_CONFIG on free 127.0.0.1 "
+                             "ports), stream their logs, stop them all on Ctrl-C or a failure")
+
+
+def worker_argv(args) -> list:
+    """The ``murakit train cnn`` arguments each local worker runs (``--local-workers`` dropped)."""
+    argv = ["train", "cnn", "--run", str(args.run), "--strategy", "multi-worker", "--no-progress",
+            "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--arch", args.arch]
+    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--size", args.size),
+                        ("--min-steps", args.min_steps),
+                        ("--weights", args.weights), ("--width", args.width),
+                        ("--max-rotation", args.max_rotation)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (("--no-augment", args.no_augment), ("--force", args.force),
+                     ("--verbose", getattr(args, "verbose", False))):
+        if on:
+            argv.append(flag)
+    return argv
 
 
 def run(args) -> int:
@@ -56,6 +84,16 @@ def run(args) -> int:
 
     opts = CnnOptions(epochs=args.epochs, patience=args.patience, arch=args.arch, size=args.size,
                       weights=args.weights, width=args.width, max_rotation=args.max_rotation,
-                      augment=not args.no_augment, batch_size=args.batch_size, seed=args.seed)
+                      augment=not args.no_augment, batch_size=args.batch_size, seed=args.seed,
+                      strategy=args.strategy, min_steps=args.min_steps)
+    opts.check()
+    if args.local_workers is not None:
+        from murakit.checks import check_int
+        from murakit.pipeline.launch import run_local_workers
+
+        check_int("--local-workers", args.local_workers, 1, 64)
+        if args.strategy not in ("auto", "multi-worker"):
+            raise MurakitError(f"--local-workers runs the multi-worker strategy, not --strategy {args.strategy}")
+        return run_local_workers(args.local_workers, worker_argv(args))
     train_cnn(args.run, opts, force=args.force, progress=not args.no_progress)
     return 0

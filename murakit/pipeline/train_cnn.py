@@ -17,6 +17,7 @@ from murakit.layout import RunLayout
 
 # Kept here (not imported from deep) so building the CLI parser never imports TensorFlow.
 ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
+STRATEGY_CHOICES = ("auto", "none", "mirrored", "multi-worker")  # deep.distribute.STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,10 @@ class CnnOptions:
     width: int | None = None
     max_rotation: float | None = None
     augment: bool = True
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch (over all replicas)
     seed: int = 0
+    min_steps: int | None = None
+    strategy: str = "auto"  # deep.distribute.resolve: TF_CONFIG -> multi-worker, >1 GPU -> mirrored
 
     def check(self) -> None:
         """One-line errors for values that can never work (before any data or TensorFlow is loaded)."""
@@ -42,6 +45,8 @@ class CnnOptions:
             check_int("--epochs", self.epochs, 1, 10_000)
         if self.patience is not None:
             check_int("--patience", self.patience, 1, 10_000)
+        if self.min_steps is not None:
+            check_int("--min-steps", self.min_steps, 1, 1_000_000)
         check_int("--batch-size", self.batch_size, 1, 4096)
         check_seed(self.seed)
         if self.max_rotation is not None:
@@ -52,6 +57,8 @@ class CnnOptions:
             check_int("--size", self.size, 8, 4096)
         if self.arch not in ARCH_CHOICES:
             raise MurakitError(f"--arch must be one of {', '.join(ARCH_CHOICES)}, got {self.arch!r}")
+        if self.strategy not in STRATEGY_CHOICES:
+            raise MurakitError(f"--strategy must be one of {', '.join(STRATEGY_CHOICES)}, got {self.strategy!r}")
 
     def check_cache(self, cache_size: int, run) -> None:
         """The options against the prepared cache they will train on."""
@@ -152,13 +159,14 @@ def _configs(opts: CnnOptions, size: int):
         cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
         aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
         tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
-                                **_given(max_epochs=opts.epochs, patience=opts.patience))
+                                **_given(max_epochs=opts.epochs, patience=opts.patience,
+                                         min_steps=opts.min_steps))
     except (ValueError, deep.DeepError) as e:
         raise MurakitError(str(e)) from None
     return cfg, tcfg
 
 
-def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log):
+def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log, rep):
     import keras
 
     import deep
@@ -166,6 +174,7 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log):
     cfg, tcfg = _configs(opts, prep.config.size)
     fingerprint = {"preprocess": prep.config.to_dict(), "data": prep.meta.get("data_fingerprint"),
                    "n_train": len(pos["train"]), "n_val": len(pos["val"])}
+    rep.barrier()  # every worker decides from the folder as the chief left it (after --force)
     state = deep.read_state(layout.cnn)
     if state is not None:
         deep.check_resumable(state, cfg, tcfg, fingerprint)
@@ -178,10 +187,10 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log):
     tr, va = pos["train"], pos["val"]
     lw = deep.class_weights(prep.label[tr], prep.study[tr])
     log(f"training {cfg.arch} at {cfg.size} px on {len(tr)} images ({len(va)} val), "
-        f"loss weights normal {lw[0]:.3f} / abnormal {lw[1]:.3f}")
+        f"loss weights normal {lw[0]:.3f} / abnormal {lw[1]:.3f}; {rep.describe()}")
     res = deep.train(prep.images, prep.row[tr], prep.label[tr], prep.row[va], prep.label[va], cfg, layout.cnn,
                      tcfg, weights=opts.weights, loss_weights=lw, val_groups=prep.study[va],
-                     fingerprint=fingerprint, verbose=progress, log=log)
+                     fingerprint=fingerprint, verbose=progress, log=log, replicas=rep)
     return cfg, res
 
 
@@ -197,26 +206,42 @@ def train_cnn(run, options: CnnOptions = CnnOptions(), force: bool = False, prog
     from murakit.lock import stage_lock
 
     options.check()
+    rep = _replicas(options.strategy)
+    if not rep.is_chief:  # the chief holds the run's lock and alone writes RUN/cnn
+        return _train_cnn(RunLayout(run), options, force, progress, log, rep)
     with stage_lock(run, writes="cnn", reads=("prepared",)):
-        return _train_cnn(RunLayout(run), options, force, progress, log)
+        return _train_cnn(RunLayout(run), options, force, progress, log, rep)
 
 
-def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log) -> dict:
+def _replicas(strategy: str):
+    """The tf.distribute strategy (before any other TensorFlow op, as multi-worker requires)."""
+    import deep
+
+    try:
+        return deep.distribute.resolve(strategy)
+    except deep.DeepError as e:
+        raise MurakitError(str(e)) from None
+
+
+def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log, rep) -> dict:
     """:func:`train_cnn` once the options are checked and the run folder is locked."""
     from murakit.data.prepared import load_prepared
 
     prep = load_prepared(layout.root)
     options.check_cache(prep.config.size, layout.root)
     pos = _splits(prep)
-    if force and layout.cnn.exists():
+    if force and rep.is_chief and layout.cnn.exists():
         shutil.rmtree(layout.cnn)
     import deep
 
     try:
-        trained = _train(options, prep, pos, layout, progress, log)
+        trained = _train(options, prep, pos, layout, progress, log, rep)
         if trained is None:
             return {**json.loads(layout.metrics("cnn").read_text()), "status": "up-to-date"}
         cfg, res = trained
+        if not rep.is_chief:
+            log(f"worker {rep.rank}: trained; the chief (worker 0) evaluates and writes {layout.cnn}")
+            return {"status": "trained", "worker": rep.rank}
         secs = sum(row["seconds"] for row in res.history)
         m = _evaluate(res.model, prep, pos, res, cfg, layout, secs)
     except deep.DeepError as e:
