@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 
 import pydicom
@@ -387,7 +388,7 @@ class RecordingStow:
         self.server.server_close()
 
 
-def in_process_node(model, spool, **options):
+def in_process_node(model, spool, audit=None, **options):
     """A DicomNode in this process (own Prometheus registry); returns (node, port, count)."""
     from prometheus_client import CollectorRegistry
 
@@ -395,7 +396,7 @@ def in_process_node(model, spool, **options):
     from edge.predictor import Predictor
 
     registry = CollectorRegistry()
-    node = DicomNode(Predictor(model), NodeOptions(port=free_port(), spool=spool, **options), registry)
+    node = DicomNode(Predictor(model), NodeOptions(port=free_port(), spool=spool, **options), registry, audit)
     port = node.start()[1]
 
     def count(name, **labels):
@@ -452,4 +453,57 @@ def test_received_studies_survive_a_restart_of_the_node(model, tmp_path):
         assert not list((tmp_path / "spool").rglob("*.dcm"))
     finally:
         second.stop()
+        web.close()
+
+
+def test_the_node_audits_each_scored_study_and_sends_nothing_it_could_not_audit(model, tmp_path):
+    """edge-serve --audit-log covers the DICOM node too: one record per scored study (calling AE,
+    each received instance's SHA-256, the answer; no patient value), and a record that cannot be
+    written (disk full: /dev/full) keeps the study in the spool with nothing sent."""
+    import hashlib
+
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    from edge.serve.audit import AuditLog
+
+    def send_study(port, study):
+        datasets = [_dx(study, k) for k in (1, 2)]
+        for ds in datasets:
+            ds.PatientName = "AUDIT^MARKER"
+        assoc = scu(port, called="MURAKIT", classes=[DigitalXRayImageStorageForPresentation])
+        assert all(assoc.send_c_store(ds).Status == 0 for ds in datasets)
+        assoc.release()
+
+    web = RecordingStow()
+    log_path = tmp_path / "audit.jsonl"
+    node, port, count = in_process_node(model, tmp_path / "spool", audit=AuditLog(log_path), stow_url=web.url,
+                                        quiet_s=0.2)
+    try:
+        received = []
+        real_add = node.spool.add_instance
+        node.spool.add_instance = lambda s, u, data: received.append(hashlib.sha256(data).hexdigest()) or \
+            real_add(s, u, data)
+        send_study(port, 97)
+        wait_for(lambda: count("sent", destination="stow") == 1, 20, "the audited study's SR to be sent")
+    finally:
+        node.stop()
+    text = log_path.read_text()
+    assert "AUDIT^MARKER" not in text and ".dcm" not in text
+    (record,) = [json.loads(line) for line in text.splitlines()]
+    assert record["endpoint"] == "dicom:c-store" and record["status"] == 200
+    assert record["client"].startswith("TESTSCU@127.0.0.1")
+    assert record["study_uid"] == "1.2.826.0.1.77.97" and 0 <= record["probability"] <= 1
+    assert sorted(v["sha256"] for v in record["views"]) == sorted(received)
+    assert record["model"]["weights_sha256"]
+
+    full, port, count = in_process_node(model, tmp_path / "spool2", audit=AuditLog("/dev/full"), stow_url=web.url,
+                                        quiet_s=0.2)
+    try:
+        send_study(port, 99)
+        wait_for(lambda: count("failed", stage="audit") == 1, 20, "the audit failure to be counted")
+        time.sleep(0.5)
+        assert count("scored") == 0 and count("sent", destination="stow") == 0 and len(web.posts) == 1
+        assert len(list((tmp_path / "spool2" / "work").glob("*/*.dcm"))) == 2  # kept, unsent
+    finally:
+        full.stop()
         web.close()

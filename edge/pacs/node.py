@@ -145,10 +145,16 @@ class DicomNode:
     predictor : edge.predictor.Predictor
     options : NodeOptions
     registry : prometheus_client.CollectorRegistry
+    audit : edge.serve.audit.AuditLog, optional
+        edge-serve's ``--audit-log``: one record per scored study (endpoint ``dicom:c-store``,
+        the calling AE and address, each instance's SHA-256, the answer). A record that cannot
+        be written keeps the study in the spool unsent (it is scored again after a restart):
+        the node never sends a result it could not audit.
     """
 
-    def __init__(self, predictor, options: NodeOptions, registry):
-        self.predictor, self.options = predictor, options
+    def __init__(self, predictor, options: NodeOptions, registry, audit=None):
+        self.predictor, self.options, self.audit = predictor, options, audit
+        self.senders: dict = {}  # study UID -> "AET@address" of the association that sent it last
         self.metrics = NodeMetrics(registry)
         self.spool = Spool(options.spool, options.spool_max_bytes)
         self.spool.recover_work()
@@ -258,6 +264,8 @@ class DicomNode:
             return self._refuse("spool_full", OUT_OF_RESOURCES)
         with self.seen_lock:
             self.last_seen[study] = time.monotonic()
+            requestor = event.assoc.requestor
+            self.senders[study] = f"{str(requestor.ae_title).strip()}@{requestor.address}"
         self.metrics.received.inc()
         return SUCCESS
 
@@ -286,20 +294,47 @@ class DicomNode:
         try:
             result = self.predictor.predict_group(StudyGroup(folder, uid, views), cam=self._want_cam())
             overlays = [overlay(v.image, v.cam) for v in result.views] if self._want_cam() else None
-            objects = study_results(result.to_dict(), self.predictor.card, overlays=overlays)
-            for ds in objects:
-                self.spool.add_result(list(self.options.destinations), ds.SOPInstanceUID, _encode(ds))
+            answer = result.to_dict()
+            objects = study_results(answer, self.predictor.card, overlays=overlays)
         except Exception as e:  # noqa: BLE001  one study the model or highdicom cannot take must not stop the node
             why = _no_path(e, folder) if isinstance(e, EdgeError) else f"unexpected {type(e).__name__}"
             self.metrics.failed.labels("score").inc()
             log.error("DICOM node: study %s (%d views) not scored: %s", uid, len(views), why)
-            self.spool.release(folder)
+            if self._audited(uid, views, 422 if isinstance(e, EdgeError) else 500, None):
+                self.spool.release(folder)
             return
+        if not self._audited(uid, views, 200, answer):
+            return  # kept in the spool's work folder: scored again (and audited) after a restart
+        for ds in objects:
+            self.spool.add_result(list(self.options.destinations), ds.SOPInstanceUID, _encode(ds))
         self.spool.release(folder)
         self.metrics.scored.inc()
         self.metrics.pending.set(self.spool.n_pending())
         log.info("DICOM node: study %s scored (%d views, p=%.4f, %s); %d result objects queued", uid,
                  len(views), result.probability, result.label, len(objects))
+
+    def _audited(self, uid: str, views: list, status: int, answer: dict | None) -> bool:
+        """Write the study's audit record (when auditing is on); False when it could not be kept."""
+        if self.audit is None:
+            return True
+        import hashlib
+        import uuid
+
+        from edge.serve.audit import audit_record, model_facts
+
+        with self.seen_lock:
+            client = self.senders.pop(uid, None)
+        record = audit_record(request_id=uuid.uuid4().hex, client=client, endpoint="dicom:c-store", status=status,
+                              model=model_facts(self.predictor), answer=answer,
+                              upload_sha256=[hashlib.sha256(v.read_bytes()).hexdigest() for v in views])
+        try:
+            self.audit.write(record)
+            return True
+        except (OSError, ValueError) as e:
+            self.metrics.failed.labels("audit").inc()
+            log.error("DICOM node: the audit log cannot be written (%s); study %s kept unsent in the spool",
+                      getattr(e, "strerror", None) or type(e).__name__, uid)
+            return False
 
     def _want_cam(self) -> bool:
         return self.options.cam and self.predictor.has_cam

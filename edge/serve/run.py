@@ -149,7 +149,7 @@ def serve(predictor, limits, token, sock, access_log: bool = False, node=None, a
     server = _server_class()(config)
     server.service = app.state.service
     url_host = f"[{host}]" if ":" in host else host
-    dicom = _start_node(predictor, node, app.state.service.metrics.registry) if node is not None else None
+    dicom = _start_node(predictor, node, app.state.service.metrics.registry, audit) if node is not None else None
     if dicom is False:
         return 2
     print(f"edge-serve: serving {predictor.model_path.name} ({predictor.kind}) on http://{url_host}:{port}/",
@@ -164,7 +164,7 @@ def serve(predictor, limits, token, sock, access_log: bool = False, node=None, a
     return 0
 
 
-def _start_node(predictor, options, registry):
+def _start_node(predictor, options, registry, audit=None):
     """The DICOM node running, or False (after one stderr line) when it cannot listen."""
     import sys
 
@@ -172,7 +172,7 @@ def _start_node(predictor, options, registry):
     from edge.pacs.node import DicomNode
 
     try:
-        node = DicomNode(predictor, options, registry)
+        node = DicomNode(predictor, options, registry, audit)
         host, port = node.start()
     except EdgeError as e:
         print(f"edge-serve: error: {e}", file=sys.stderr)
