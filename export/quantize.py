@@ -23,6 +23,7 @@ docs/performance.md has the figures):
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,7 +187,7 @@ def quantize_int8(float_path, calib_x: np.ndarray, recipe: Recipe | None = None,
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    with tempfile.TemporaryDirectory(prefix="murakit-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="murakit-int8-") as tmp, _root_log_errors_only():
         prep, out = Path(tmp) / "prep.onnx", Path(tmp) / "int8.onnx"
         try:
             # shape inference + constant folding first: without them MobileNetV3-Small's QDQ
@@ -205,6 +206,22 @@ def quantize_int8(float_path, calib_x: np.ndarray, recipe: Recipe | None = None,
     del model.metadata_props[:]  # the float file's card; the INT8 file gets its own
     short_names(model)
     return model
+
+
+@contextlib.contextmanager
+def _root_log_errors_only():
+    """onnxruntime.quantization reports the integer tensors it leaves in float (the CAM placement
+    and the gate's index tensors) with ``logging.warning`` on the root logger, which reached the
+    user's terminal as a multi-line protobuf dump: keep the root logger at ERROR while it runs."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def int8_gate(float_probs: np.ndarray, int8_probs: np.ndarray, score, max_drop: float = MAX_AUROC_DROP) -> dict:

@@ -26,10 +26,12 @@ def run_murakit(cwd: Path, *args: str, timeout: float = DEMO_TIMEOUT_S) -> subpr
 
 @dataclass(frozen=True)
 class QuickDemo:
-    """A finished quick demo: ``root/runs/default`` is its run folder, ``stdout`` what it printed."""
+    """A finished quick demo: ``root/runs/default`` is its run folder, ``stdout`` and ``stderr``
+    what it printed."""
 
     root: Path
     stdout: str
+    stderr: str = ""
 
     @property
     def run(self) -> Path:

@@ -20,4 +20,4 @@ def quick_demo(tmp_path_factory) -> QuickDemo:
     root = tmp_path_factory.mktemp("quick_demo")
     proc = run_murakit(root, "demo", "--quick", "--run", "runs/default")
     assert proc.returncode == 0, f"murakit demo --quick failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    return QuickDemo(root, proc.stdout)
+    return QuickDemo(root, proc.stdout, proc.stderr)

@@ -52,6 +52,11 @@ def test_quick_demo_end_to_end_and_rerun(quick_demo):
     assert (run / "explore" / "summary.json").exists()
     first = quick_demo.stdout
     assert "Report:" in first
+    # no library's log line reaches the user (onnxruntime.quantization's root-logger warnings
+    # once printed a protobuf dump during export)
+    library_lines = [ln for ln in quick_demo.stderr.splitlines()
+                     if ln.startswith(("WARNING:", "INFO:", "ERROR:", "DEBUG:")) or "elem_type" in ln]
+    assert not library_lines, library_lines[:5]
     verify_hint = next(line.split()[1] for line in first.splitlines() if line.strip().startswith("edge-verify "))
     assert (quick_demo.root / verify_hint).is_file()  # the INT8 model only when export kept it
     mtimes = {p: p.stat().st_mtime for p in run.rglob("*") if p.is_file()}
