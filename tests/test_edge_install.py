@@ -118,7 +118,7 @@ def test_pip_install_gives_working_edge_runtime(tmp_path):
     assert scored.returncode == 1 and "Traceback" not in scored.stderr, scored.stderr
     assert "4 labelled images (0 without a label), 4 studies (2 abnormal)" in scored.stdout
     rows = (work / "scored" / "images.csv").read_text().splitlines()
-    assert rows[0] == "path,study,part,probability,label,threshold" and len(rows) == 1 + 4
+    assert rows[0] == "path,study,part,probability,label,threshold,score,gate_score" and len(rows) == 1 + 4
     probability = {r.split(",")[0]: float(r.split(",")[3]) for r in rows[1:]}
     assert abs(probability[str(Path("golden") / "model" / "test_data_set_1" / "source.png")] - d["probability"]) <= 1e-6
     failures = (work / "scored" / "failures.csv").read_text().splitlines()[1:]
