@@ -284,8 +284,30 @@ def test_results_wait_in_the_spool_while_orthanc_is_down_and_arrive_once(tmp_pat
         orthanc.stop(kill=True)
 
 
-def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
-    from edge.serve.cli import main
+BAD_SETTINGS_RUNNER = """
+import contextlib, io, json, socket, sys
+from edge.serve.cli import main
+cases = json.loads(sys.argv[1])
+with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    results = []
+    for argv in cases:
+        argv = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in argv]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def test_bad_node_settings_are_one_line(model, tmp_path):
+    """Each bad setting: exit 2, one stderr line naming it, nothing served. In a process of its
+    own, as edge-serve runs: a pytest process that imported TensorFlow earlier (absl's logging
+    handler bound to a stream pytest has closed) is not what a user's edge-serve sees."""
+    import subprocess
+    import sys
 
     cases = [(["--dicom-port", "0"], "--dicom-port needs --spool"),
              (["--dicom-port", "0", "--spool", str(tmp_path / "s")], "needs somewhere to send results"),
@@ -301,19 +323,16 @@ def test_bad_node_settings_are_one_line(model, tmp_path, capsys):
              (["--dicom-port", "0", "--spool", str(tmp_path / "s"), "--dicom-dest", "A@h:1", "--max-body-mb", "nan"],
               "--max-body-mb")]
     (tmp_path / "short").write_text("abc\n")
-    import socket
-
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        cases.append((["--port", "0", "--dicom-port", str(busy.getsockname()[1]), "--spool", str(tmp_path / "busy"),
-                       "--dicom-dest", "A@127.0.0.1:1"], "cannot listen for DICOM"))
-        for argv, message in cases:
-            assert main(["--model", str(model), *argv]) == 2
-            out = capsys.readouterr()
-            err = out.err.strip().splitlines()
-            assert len(err) == 1 and message in err[0], err
-            assert "serving" not in out.out
+    cases.append((["--port", "0", "--dicom-port", "BUSY", "--spool", str(tmp_path / "busy"),
+                   "--dicom-dest", "A@127.0.0.1:1"], "cannot listen for DICOM"))
+    argvs = [["--model", str(model), *argv] for argv, _ in cases]
+    proc = subprocess.run([sys.executable, "-c", BAD_SETTINGS_RUNNER, json.dumps(argvs)], check=False, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for (code, out, err), (_, message) in zip(json.loads(proc.stdout.splitlines()[-1]), cases):
+        err = err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], (code, err)
+        assert "serving" not in out
     assert not (tmp_path / "s").exists()  # refused settings leave no spool folder behind
 
 

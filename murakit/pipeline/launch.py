@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -46,14 +47,38 @@ def tf_config(ports, index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def _pump(proc, prefix: str, out, lock) -> None:
-    """Copy a worker's output to ``out``, one prefixed line at a time (carriage returns end lines too)."""
-    for raw in iter(proc.stdout.readline, b""):
-        for line in raw.replace(b"\r", b"\n").splitlines():
-            if line.strip():
-                with lock:
-                    out.write(f"{prefix}{line.decode('utf-8', 'replace')}\n")
-                    out.flush()
+def _pump(proc, prefix: str, out, lock, done: threading.Event) -> None:
+    """Copy a worker's output to ``out``, one prefixed line at a time (carriage returns end lines too).
+
+    Ends at the pipe's end, or once ``done`` is set and the worker has exited: a process the
+    worker started (multiprocessing's resource tracker) can hold the pipe's write end open after
+    the worker is gone, and a pump waiting for that end would outlive the job and write into an
+    ``out`` its owner has closed. A closed ``out`` ends the pump too.
+    """
+    fd, pending = proc.stdout.fileno(), b""
+
+    def emit(lines) -> bool:
+        try:
+            for line in lines:
+                if line.strip():
+                    with lock:
+                        out.write(f"{prefix}{line.decode('utf-8', 'replace')}\n")
+                        out.flush()
+        except (ValueError, OSError):  # out was closed under us: nobody is reading any more
+            return False
+        return True
+
+    while True:
+        if select.select([fd], [], [], 0.2)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).replace(b"\r", b"\n").split(b"\n")
+            if not emit(lines):
+                return
+        elif done.is_set() and proc.poll() is not None:
+            break
+    emit([pending])
 
 
 def _stop(procs, grace: float = GRACE_SECONDS) -> None:
@@ -90,14 +115,14 @@ def run_local_workers(n: int, argv, *, out=None, env=None) -> int:
     base = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     here = str(Path(__file__).resolve().parents[2])  # the workers import this murakit, not another install
     base["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [base.get("PYTHONPATH")])])
-    procs, pumps = [], []
+    procs, pumps, done = [], [], threading.Event()
     try:
         for i in range(n):
             p = subprocess.Popen([sys.executable, "-m", "murakit", *argv],
                                  env={**base, "TF_CONFIG": tf_config(ports, i)},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
             procs.append(p)
-            t = threading.Thread(target=_pump, args=(p, f"[worker {i}] ", out, lock), daemon=True)
+            t = threading.Thread(target=_pump, args=(p, f"[worker {i}] ", out, lock, done), daemon=True)
             t.start()
             pumps.append(t)
         with lock:
@@ -110,6 +135,7 @@ def run_local_workers(n: int, argv, *, out=None, env=None) -> int:
         with lock:
             out.write("[launcher] interrupted: stopped every worker; rerun the same command to resume\n")
         code = 130
+    done.set()
     for t in pumps:
         t.join(timeout=5)
     return code
