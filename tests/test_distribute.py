@@ -133,13 +133,13 @@ def test_ctrl_c_stops_every_local_worker(prepared):
            "--min-steps", "200", "--no-progress", "--local-workers", "2"]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        first = launcher.stdout.readline()
+        first = next(line for line in launcher.stdout if "(PIDs " in line)  # the launcher's own line
         pids = [int(p) for p in first.split("(PIDs ")[1].split(")")[0].split(", ")]
         for line in launcher.stdout:  # both workers are training
             if "[worker 1] training" in line:
                 break
         launcher.send_signal(signal.SIGINT)
-        rest = launcher.communicate(timeout=60)[0]
+        rest = launcher.communicate(timeout=120)[0]  # SIGTERM, 10 s grace, SIGKILL: slow on a loaded machine
     finally:
         if launcher.poll() is None:
             launcher.kill()
