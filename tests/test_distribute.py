@@ -131,7 +131,10 @@ def test_ctrl_c_stops_every_local_worker(prepared):
     run = _fresh(prepared, "interrupted")
     cmd = [sys.executable, "-m", "murakit", "train", "cnn", "--run", str(run), "--epochs", "50",
            "--min-steps", "200", "--no-progress", "--local-workers", "2"]
-    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # Ctrl-C as a shell delivers it: the launcher starts with SIGINT at its default, whatever an
+    # earlier in-process test left in this pytest process (an ignored signal stays ignored across exec)
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     try:
         first = next(line for line in launcher.stdout if "(PIDs " in line)  # the launcher's own line
         pids = [int(p) for p in first.split("(PIDs ")[1].split(")")[0].split(", ")]
