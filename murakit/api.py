@@ -692,18 +692,19 @@ def evaluate(run=DEFAULT_RUN, force: bool = False, seed: int = 0, verbose: bool 
     Returns
     -------
     Evaluation
+
+    Raises
+    ------
+    murakit.lock.RunInUse
+        Another process holds the run's report (a ``murakit bench`` or another evaluation).
     """
     import json
 
-    from murakit.cli.bench import up_to_date
-    from murakit.evaluation.bench import benchmark
-    from murakit.evaluation.report import write_report
+    from murakit.evaluation.report import BenchOptions, bench
 
     layout = RunLayout(run)
-    if force or not up_to_date(run):
-        with _frameworks(verbose), _keep_backend():
-            report, data = benchmark(run, progress=_log(verbose), seed=seed)
-            write_report(run, report, data)
+    with _frameworks(verbose), _keep_backend():
+        bench(run, BenchOptions(seed=seed), force=force, log=_log(verbose))
     report = json.loads(layout.report_json.read_text(encoding="utf-8"))
     names = ("roc.png", "confusion.png", "kappa_by_part.png", "latency_vs_auroc.png", "cam_grid.png")
     return Evaluation(report, _pictures(layout.report, names))

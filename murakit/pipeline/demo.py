@@ -53,15 +53,14 @@ def _predict_study(layout: RunLayout, data: Path, log) -> None:
 
 
 def _bench(layout: RunLayout, log) -> None:
-    from murakit.cli.bench import up_to_date
-    from murakit.evaluation.report import bench_and_report
+    from murakit.evaluation.report import bench
 
-    if up_to_date(layout.root):
+    result = bench(layout.root, log=log)
+    if result.up_to_date:
         log(f"bench: {layout.report_md} is up to date")
         return
-    report, _ = bench_and_report(layout.root, log=log)
-    for name, m in report["models"].items():
-        log(f"  {name:14s} study AUROC {m['study']['auroc']:.3f}  kappa {m['study']['kappa']:.3f}")
+    for name, m in result.figures.items():
+        log(f"  {name:14s} study AUROC {m['study_auroc']:.3f}  kappa {m['study_kappa']:.3f}")
 
 
 def _verify(layout: RunLayout, log) -> None:
