@@ -339,7 +339,7 @@ class PreparedData(_Displayed):
     inverted : int
         Images the inversion detector turned back (negatives stored white-on-black).
     status : str
-        ``"built"``, ``"resumed"`` or ``"up-to-date"``.
+        ``"done"``, ``"resumed"`` or ``"up-to-date"`` (:class:`murakit.stage.StageResult`).
     """
 
     run: Path
@@ -357,7 +357,8 @@ class PreparedData(_Displayed):
 
 
 def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe: bool = False,
-            invert: str | None = None, workers: int | None = None, verbose: bool = False) -> PreparedData:
+            invert: str | None = None, workers: int | None = None, labels=None, force: bool = False,
+            verbose: bool = False) -> PreparedData:
     """Preprocess every image once into ``RUN/prepared`` (``murakit prepare``).
 
     Parameters
@@ -376,6 +377,11 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
         Inversion policy; default ``"auto"`` (a detector turns negatives back).
     workers : int, optional
         Processes; default all cores.
+    labels : str or Path, optional
+        ``data`` is a DICOM tree in any layout; this CSV maps a StudyInstanceUID or a folder
+        under ``data`` to a label (0/1), ``study,label`` rows (``murakit prepare --labels``).
+    force : bool
+        Rebuild a cache that is up to date.
     verbose : bool
         Show progress lines and bar.
 
@@ -396,7 +402,7 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
     except ValueError as e:
         raise MurakitError(str(e)) from None
     res = prepare_cache(_data_path(data), run, cfg, seed=seed, workers=workers, progress=verbose,
-                        log=_log(verbose))
+                        log=_log(verbose), labels=labels, force=force)
     prep = load_prepared(run)
     splits = {}
     for s in ("train", "val", "test"):
@@ -404,7 +410,7 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
         studies = np.unique(prep.study[pos])
         abnormal = np.unique(prep.study[pos][prep.label[pos] == 1])
         splits[s] = {"images": len(pos), "studies": len(studies), "abnormal_studies": len(abnormal)}
-    return PreparedData(RunLayout(run).root, prep.config.size, splits, res.n_failed,
+    return PreparedData(RunLayout(run).root, prep.config.size, splits, res.figures["n_failed"],
                         int(prep.inverted.sum()), res.status)
 
 

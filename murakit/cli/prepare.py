@@ -47,18 +47,14 @@ def run(args) -> int:
         cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
     except ValueError as e:
         raise MurakitError(str(e)) from None
-    ds = None
-    if args.labels:
-        from murakit.data.dicom_index import index_dicom_tree
-
-        ds = index_dicom_tree(args.data, args.labels)
     res = prepare(args.data, args.run, cfg, seed=args.seed, val_fraction=args.val_fraction,
                   test_fraction=args.test_fraction, workers=args.workers, progress=not args.no_progress,
-                  dataset=ds)
-    if res.status != "up-to-date":
-        print(f"{res.cache}: {res.n_images} images cached at {cfg.size}x{cfg.size} "
-              f"({res.n_processed} processed in {res.seconds:.1f} s, "
-              f"{res.images_per_second:.0f} images/s, {args.workers} worker{'s' if args.workers > 1 else ''})")
-    if res.n_failed:
-        print(f"  {res.n_failed} unreadable images skipped: see {res.cache / 'failed.csv'}")
+                  labels=args.labels)
+    f, cache = res.figures, res.paths[0]
+    if not res.up_to_date:
+        print(f"{cache}: {f['n_images']} images cached at {cfg.size}x{cfg.size} "
+              f"({f['n_processed']} processed in {res.seconds:.1f} s, "
+              f"{f['images_per_second']:.0f} images/s, {args.workers} worker{'s' if args.workers > 1 else ''})")
+    if f["n_failed"]:
+        print(f"  {f['n_failed']} unreadable images skipped: see {cache / 'failed.csv'}")
     return 0
