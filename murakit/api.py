@@ -472,18 +472,12 @@ def explore(data, run=DEFAULT_RUN, seed: int = 0, force: bool = False, verbose: 
     -------
     Exploration
     """
-    import json
-
     from murakit.evaluation.explore import explore as audit
-    from murakit.evaluation.explore import is_current
 
-    layout = RunLayout(run)
-    data = _data_path(data)
-    if force or not is_current(run, data):
-        with _keep_backend():
-            audit(data, run, seed=seed, log=_log(verbose))
-    summary = json.loads(layout.explore_summary.read_text(encoding="utf-8"))
-    return Exploration(summary, _pictures(layout.explore, summary["plots"]))
+    with _keep_backend():
+        res = audit(_data_path(data), run, seed=seed, log=_log(verbose), force=force)
+    summary = res.figures
+    return Exploration(summary, _pictures(RunLayout(run).explore, summary["plots"]))
 
 
 # ============================================================================ models

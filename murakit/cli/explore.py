@@ -24,15 +24,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Run the audit and print where its outputs are. Returns 0."""
 
-    from murakit.evaluation.explore import check_explore_settings, explore, is_current
-    from murakit.layout import RunLayout
+    from murakit.evaluation.explore import explore
 
-    check_explore_settings(args.seed, args.max_samples, args.workers)  # bad values fail even when up to date
-    if not args.force and is_current(args.run, args.data):
-        print(f"explore: {RunLayout(args.run).explore / 'summary.md'} is up to date; nothing to do (--force redoes it)")
+    res = explore(args.data, args.run, seed=args.seed, max_samples=args.max_samples, workers=args.workers,
+                  force=args.force)
+    if res.up_to_date:
+        print(f"explore: {res.paths[1]} is up to date; nothing to do (--force redoes it)")
         return 0
-    s = explore(args.data, args.run, seed=args.seed, max_samples=args.max_samples,
-                workers=args.workers)
+    s = res.figures
     t = s["counts"]["totals"]
     print(f"{s['data_root']}: {t['images']} images, {t['studies']} studies, {t['patients']} patients "
           f"({s['layout']} layout); pixel statistics from {s['pixel_stats']['source']}")
@@ -49,6 +48,6 @@ def run(args) -> int:
     for k, v in s["problems"].items():
         if v["count"]:
             print(f"  data problem: {v['count']} {k.replace('_', ' ')}")
-    out = RunLayout(args.run).explore
+    out = res.paths[0].parent
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {', '.join(s['plots'])} in {out}")
     return 0

@@ -78,7 +78,7 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
     from edge.preprocess import PreprocessConfig
     from murakit.data import synth
     from murakit.data.prepared import prepare
-    from murakit.evaluation.explore import explore, is_current
+    from murakit.evaluation.explore import explore
     from murakit.pipeline.export import export_run
     from murakit.pipeline.train_baseline import train_baseline
     from murakit.pipeline.train_cnn import CnnOptions, train_cnn
@@ -93,8 +93,7 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
             synth.generate(data, n_studies=n, seed=seed)
 
     def do_explore():
-        if not is_current(layout.root, data):
-            explore(data, layout.root, seed=seed, log=log)
+        explore(data, layout.root, seed=seed, log=log)
 
     return [
         ("synth", do_synth),
