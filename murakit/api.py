@@ -497,7 +497,7 @@ class TrainedModel(_Displayed):
     card : Path
         The model card (``RUN/<name>/card.json``).
     status : str
-        ``"trained"`` or ``"up-to-date"``.
+        ``"done"`` or ``"up-to-date"`` (:class:`murakit.stage.StageResult`).
     """
 
     name: str
@@ -553,8 +553,8 @@ def train_baseline(run=DEFAULT_RUN, seed: int = 0, hog_cell: int = 8, force: boo
     """
     from murakit.pipeline.train_baseline import train_baseline as train
 
-    metrics = train(run, seed=seed, hog_cell=hog_cell, force=force, progress=verbose, log=_log(verbose))
-    return _trained(run, "baseline", metrics["status"])
+    res = train(run, seed=seed, hog_cell=hog_cell, force=force, progress=verbose, log=_log(verbose))
+    return _trained(run, "baseline", res.status)
 
 
 def train_cnn(run=DEFAULT_RUN, max_epochs: int | None = None, seed: int = 0, arch: str = "small",
@@ -589,8 +589,8 @@ def train_cnn(run=DEFAULT_RUN, max_epochs: int | None = None, seed: int = 0, arc
 
     opts = CnnOptions(epochs=max_epochs, arch=arch, width=width, seed=seed)
     with _frameworks(verbose):
-        metrics = train(run, opts, force=force, progress=verbose, log=_log(verbose))
-    return _trained(run, "cnn", metrics["status"])
+        res = train(run, opts, force=force, progress=verbose, log=_log(verbose))
+    return _trained(run, "cnn", res.status)
 
 
 # ============================================================================ evaluation

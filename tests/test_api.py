@@ -102,7 +102,7 @@ def test_trained_model_reads_metrics_as_plain_data():
          "study": {"auroc": 0.75, "kappa": None, "accuracy": 0.5, "sensitivity": 0.5, "specificity": 0.5,
                    "f1": 0.5},
          "threshold": 0.4, "epochs": 3, "best_epoch": 2}
-    t = TrainedModel("cnn", m, None, "trained")
+    t = TrainedModel("cnn", m, None, "done")
     assert t.study_auroc == 0.75
     assert "best epoch 2 of 3" in repr(t) and "–" in repr(t)  # undefined kappa shown as a dash
     assert t.metrics is m  # the table is a view; the data is the dict

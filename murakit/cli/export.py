@@ -34,4 +34,4 @@ def run(args) -> int:
                          int8=not args.no_int8, strict_int8=args.strict_int8,
                          max_int8_latency_ratio=args.max_int8_latency_ratio)
     result = export_run(args.run, opts, force=args.force)
-    return 1 if result.get("int8_refused") else 0
+    return 1 if result.figures["int8_refused"] else 0

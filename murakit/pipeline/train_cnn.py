@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 # Kept here (not imported from deep) so building the CLI parser never imports TensorFlow.
 ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
@@ -195,22 +196,31 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log, 
 
 
 def train_cnn(run, options: CnnOptions = CnnOptions(), force: bool = False, progress: bool = True,
-              log=print) -> dict:
-    """Train (or resume) the CNN of a run, then evaluate it on test and write its card.
+              log=print) -> StageResult:
+    """The train cnn stage: train (or resume) the CNN of a run, evaluate it on test, write its card.
 
     Returns
     -------
-    dict
-        The test metrics (``metrics.json``), with ``"status"``: "trained" or "up-to-date".
+    StageResult
+        ``status`` "done" or "up-to-date"; ``paths``: card.json, metrics.json (none on a
+        non-chief worker, which writes nothing); ``figures``: the test metrics (``metrics.json``),
+        or ``{"worker": rank}`` on a non-chief worker.
     """
+    import time
+
     from murakit.lock import stage_lock
 
+    t0 = time.perf_counter()
     options.check()
     rep = _replicas(options.strategy)
+    layout = RunLayout(run)
     if not rep.is_chief:  # the chief holds the run's lock and alone writes RUN/cnn
-        return _train_cnn(RunLayout(run), options, force, progress, log, rep)
+        status, metrics = _train_cnn(layout, options, force, progress, log, rep)
+        return StageResult("train cnn", status, (), time.perf_counter() - t0, metrics)
     with stage_lock(run, writes="cnn", reads=("prepared",)):
-        return _train_cnn(RunLayout(run), options, force, progress, log, rep)
+        status, metrics = _train_cnn(layout, options, force, progress, log, rep)
+    paths = (layout.card("cnn"), layout.metrics("cnn"))
+    return StageResult("train cnn", status, paths, time.perf_counter() - t0, metrics)
 
 
 def _replicas(strategy: str):
@@ -223,8 +233,8 @@ def _replicas(strategy: str):
         raise MurakitError(str(e)) from None
 
 
-def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log, rep) -> dict:
-    """:func:`train_cnn` once the options are checked and the run folder is locked."""
+def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log, rep) -> tuple:
+    """:func:`train_cnn` once the options are checked and the run folder is locked: (status, metrics)."""
     from murakit.data.prepared import load_prepared
 
     prep = load_prepared(layout.root)
@@ -237,11 +247,11 @@ def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bo
     try:
         trained = _train(options, prep, pos, layout, progress, log, rep)
         if trained is None:
-            return {**json.loads(layout.metrics("cnn").read_text()), "status": "up-to-date"}
+            return "up-to-date", json.loads(layout.metrics("cnn").read_text())
         cfg, res = trained
         if not rep.is_chief:
             log(f"worker {rep.rank}: trained; the chief (worker 0) evaluates and writes {layout.cnn}")
-            return {"status": "trained", "worker": rep.rank}
+            return "done", {"worker": rep.rank}
         secs = sum(row["seconds"] for row in res.history)
         m = _evaluate(res.model, prep, pos, res, cfg, layout, secs)
     except deep.DeepError as e:
@@ -252,4 +262,4 @@ def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bo
     log(f"test: study AUROC {m['study']['auroc']:.4f}, kappa {m['study']['kappa']:.3f}; "
         f"image AUROC {m['image']['auroc']:.4f}" + (f"; pointing game {pg:.3f}" if pg is not None else ""))
     log(f"wrote {layout.card('cnn')} and {layout.metrics('cnn')}")
-    return {**m, "status": "trained"}
+    return "done", m
