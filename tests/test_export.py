@@ -212,6 +212,11 @@ def test_verify_passes_then_reports_drift(run_dir, capsys):
     try:
         assert cmd_verify.run(_args(cmd_verify, ["--run", str(run_dir), "--no-opencv"])) == 1
         assert "DRIFT" in capsys.readouterr().out
+        from murakit.pipeline.verify import failed, verify
+
+        res = verify(run_dir, opencv=False, log=lambda *_: None)  # the stage the CLI and the demo call
+        assert res.status == "done" and res.figures["failed"] == sum(map(failed, res.figures["rows"])) >= 1
+        assert set(res.paths) == set((run_dir / "export").glob("*.onnx"))
     finally:
         save_tensor(pb, orig, "cam")
 

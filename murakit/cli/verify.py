@@ -15,10 +15,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from murakit.pipeline.verify import failed, format_table, verify_run
+    from murakit.pipeline.verify import verify
 
-    rows = verify_run(args.run, threads=args.threads, keras=not args.no_keras, opencv=not args.no_opencv)
-    print(format_table(rows))
-    bad = [r for r in rows if failed(r)]
-    print(f"verify: {'FAIL' if bad else 'PASS'} ({len(rows) - len(bad)}/{len(rows)} checks ok)")
+    res = verify(args.run, threads=args.threads, keras=not args.no_keras, opencv=not args.no_opencv)
+    n, bad = len(res.figures["rows"]), res.figures["failed"]
+    print(f"verify: {'FAIL' if bad else 'PASS'} ({n - bad}/{n} checks ok)")
     return 1 if bad else 0

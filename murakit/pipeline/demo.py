@@ -65,11 +65,9 @@ def _bench(layout: RunLayout, log) -> None:
 
 def _verify(layout: RunLayout, log) -> None:
     from murakit.errors import MurakitError
-    from murakit.pipeline.verify import failed, format_table, verify_run
+    from murakit.pipeline.verify import verify
 
-    rows = verify_run(layout.root)
-    log(format_table(rows))
-    if any(failed(r) for r in rows):
+    if verify(layout.root, log=log).figures["failed"]:
         raise MurakitError("verify found drift between the exported models and their golden sets")
 
 
