@@ -20,6 +20,21 @@ def test_every_subcommand_has_help():
         assert e.value.code == 0
 
 
+def test_every_stage_command_defaults_to_the_layouts_run_folder():
+    """`--run` has one home (layout.DEFAULT_RUN): every stage command parses the same default."""
+    from pathlib import Path
+
+    from murakit.layout import DEFAULT_RUN
+
+    parser = build_parser()
+    stages = [["prepare", "data"], ["explore", "data"], ["train", "baseline"], ["train", "cnn"], ["export"],
+              ["verify"], ["bench"], ["explain", "x.png"], ["demo"]]
+    for argv in stages:
+        assert Path(parser.parse_args(argv).run) == DEFAULT_RUN, argv
+    assert not [f.name for f in (Path(__file__).parents[1] / "murakit" / "cli").glob("*.py")
+                if '"runs/default"' in f.read_text()]
+
+
 def test_parser_and_synth_help_load_no_heavy_framework():
     code = ("import sys\nfrom murakit.cli import build_parser\n"
             "try:\n    build_parser().parse_args(['synth', '--help'])\nexcept SystemExit:\n    pass\n"

@@ -33,6 +33,13 @@ TRAIN_COMMANDS = [
 ]
 
 
+def add_run_argument(parser) -> None:
+    """``--run RUN``, the run folder every stage command reads and writes (default ``layout.DEFAULT_RUN``)."""
+    from murakit.layout import DEFAULT_RUN
+
+    parser.add_argument("--run", default=str(DEFAULT_RUN), help="run folder (default: %(default)s)")
+
+
 def _add(sub, name, module, help_):
     p = sub.add_parser(name, help=help_, description=help_)
     importlib.import_module(module).add_arguments(p)

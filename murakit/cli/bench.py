@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(p):
-    p.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    add_run_argument(p)
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     p.add_argument("--latency-runs", type=int, default=200, help="batch-1 timings per model (default 200)")
     p.add_argument("--force", action="store_true", help="rerun even if the report is newer than every model")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(parser) -> None:
     """Add the ``explore`` options to ``parser``."""
     parser.add_argument("data", help="folder containing MURA-v1.1/ (or MURA-v1.1/ itself, "
                                      "or a class-folder tree normal/ + abnormal/)")
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split and of the samples (default: %(default)s; "
                              "the prepared cache's seed wins when the cache is used)")

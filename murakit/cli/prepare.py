@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(parser) -> None:
     """Add the ``prepare`` options to ``parser``."""
@@ -13,7 +15,7 @@ def add_arguments(parser) -> None:
     default = PreprocessConfig()
     parser.add_argument("data", help="folder containing MURA-v1.1/ (or MURA-v1.1/ itself, "
                                      "or a class-folder tree normal/ + abnormal/)")
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--size", type=int, default=default.size,
                         help="output side S of the S x S images (default: %(default)s)")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE after normalisation")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(parser) -> None:
     """Add the ``train baseline`` options to ``parser``."""
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of fold shuffling and SGD (default: %(default)s)")
     parser.add_argument("--hog-cell", type=int, default=8,

@@ -6,9 +6,11 @@ Prints one table (card, golden, Keras and OpenCV DNN checks per model; see
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    add_run_argument(parser)
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras comparison (no TensorFlow)")
     parser.add_argument("--no-opencv", action="store_true", help="skip the OpenCV DNN comparison")

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from murakit.layout import RunLayout
+from murakit.layout import DEFAULT_RUN, RunLayout
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
     ]
 
 
-def run_demo(run="runs/default", data=None, quick: bool = False, seed: int = 0, log=print) -> Path:
+def run_demo(run=DEFAULT_RUN, data=None, quick: bool = False, seed: int = 0, log=print) -> Path:
     """Run every stage; returns the report's path. Errors propagate (MurakitError: one line)."""
     from murakit.checks import check_seed
     from murakit.layout import ensure_dir
