@@ -68,3 +68,20 @@ def test_tensorflow_start_up_lines_do_not_reach_the_user():
     assert "murakit: our line" in lines and "progress 50%" in lines
     noise = [x for x in lines if x not in ("murakit: our line", "progress 50%") and x.strip()]
     assert noise == [], noise
+
+
+def test_the_version_has_one_home(capsys):
+    """pyproject.toml reads the version from edge/__init__.py; `murakit --version` and model cards show it."""
+    from pathlib import Path
+
+    import tomllib
+
+    import edge
+    import murakit
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "edge.__version__"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"murakit {edge.__version__}" and murakit.__version__ == edge.__version__
