@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from edge.cpu import usable_cores
 from murakit.cli import add_run_argument
 
 
@@ -18,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-samples", type=int, default=2000,
                         help="raw images decoded for pixel statistics when there is no prepared "
                              "cache (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="worker processes for decoding (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="redo the audit even if it is up to date")
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from edge.cpu import usable_cores
 from murakit.cli import add_run_argument
 
 
@@ -34,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="class-folder trees only (they have no MURA valid split): fraction "
                              "of images held out as test (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="worker processes (default: all cores, %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

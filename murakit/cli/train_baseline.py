@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from edge.cpu import usable_cores
 from murakit.cli import add_run_argument
 
 
@@ -14,7 +13,7 @@ def add_arguments(parser) -> None:
                         help="seed of fold shuffling and SGD (default: %(default)s)")
     parser.add_argument("--hog-cell", type=int, default=8,
                         help="HOG cell side in pixels (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="threads for features and fitting (default: all cores, %(default)s)")
     parser.add_argument("--force", action="store_true", help="retrain even if the run has a baseline")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -157,6 +157,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
         pydicom missing, or ``out_dir/MURA-v1.1`` holds something else and ``force`` is off.
     """
     from edge.atomic import atomic_dir
+    from edge.cpu import usable_cores
     from murakit.data import synth
 
     try:
@@ -172,7 +173,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and is not the DICOM synthetic set for --studies "
                            f"{n_studies} --seed {seed}; use --force to replace it")
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(2, usable_cores()) if workers is None else int(workers)
     remove_dead_temps(out_dir, ".murakit-synth-png-*")
     png_root = out_dir / f".murakit-synth-png-{os.getpid()}"
     try:

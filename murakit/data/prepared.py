@@ -575,7 +575,7 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
         Passed to :func:`murakit.data.splits.assign_splits`; checked by
         :func:`check_split_settings`.
     workers : int, optional
-        Processes, 1 to :func:`murakit.checks.max_workers`; default ``os.cpu_count()``.
+        Processes, 1 to :func:`murakit.checks.max_workers`; default :func:`edge.cpu.usable_cores`.
         1 runs in this process.
     progress : bool
         Show a tqdm progress bar.
@@ -606,12 +606,13 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
         Bad settings, unusable data, or a run folder that another process is preparing
         (:mod:`murakit.lock`).
     """
+    from edge.cpu import usable_cores
     from murakit.checks import check_workers
     from murakit.data.mura import index_dataset
     from murakit.lock import stage_lock
 
     check_split_settings(seed, val_fraction, test_fraction)
-    workers = check_workers(workers if workers is not None else os.cpu_count() or 1)
+    workers = check_workers(workers if workers is not None else usable_cores())
     t0 = time.perf_counter()
     with stage_lock(run, writes="prepared", create=True):
         if dataset is not None:

@@ -370,6 +370,7 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
     """
     import time
 
+    from edge.cpu import usable_cores
     from murakit.lock import stage_lock
 
     t0 = time.perf_counter()
@@ -379,7 +380,7 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
         summary = None if force else _current_summary(run, data)
         if summary is not None:
             return StageResult("explore", "up-to-date", paths, time.perf_counter() - t0, summary)
-        summary = _explore(data, run, seed, max_samples, per_part, workers or os.cpu_count() or 1, log)
+        summary = _explore(data, run, seed, max_samples, per_part, workers or usable_cores(), log)
     return StageResult("explore", "done", paths, time.perf_counter() - t0, summary)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -198,12 +197,13 @@ def train_baseline(run, seed: int = 0, hog_cell: int = 8, workers: int | None = 
         ``status`` "done" or "up-to-date"; ``paths``: baseline.onnx, card.json, metrics.json;
         ``figures``: the test metrics (``metrics.json``).
     """
+    from edge.cpu import usable_cores
     from murakit.checks import check_seed, check_workers
     from murakit.lock import stage_lock
 
     t0 = time.perf_counter()
     check_seed(seed)
-    workers = check_workers((os.cpu_count() or 1) if workers is None else workers)
+    workers = check_workers(usable_cores() if workers is None else workers)
     with stage_lock(run, writes="baseline", reads=("prepared",)) as layout:
         status, metrics = _train_baseline(layout, seed, hog_cell, workers, force, progress, log)
     paths = (layout.baseline_onnx, layout.card("baseline"), layout.metrics("baseline"))

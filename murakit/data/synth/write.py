@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge.atomic import atomic_dir
+from edge.cpu import usable_cores
 from murakit import pools
 from murakit.data.synth.findings import study_spec
 from murakit.data.synth.plan import StudyPlan, check_n_studies, plan_studies
@@ -217,7 +218,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out_dir, ".MURA-v1.1.tmp-*", ".MURA-v1.1.old-*")
     plans = plan_studies(settings.studies, seed, settings)
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(2, usable_cores()) if workers is None else int(workers)
     with atomic_dir(target) as tmp:  # a half-written tree never sits at OUT/MURA-v1.1
         rows = _render_all(plans, seed, tmp, workers, progress, settings)
         counts = _write_tables(tmp, plans, rows)
