@@ -34,6 +34,7 @@ from export.graph import short_names
 
 MAX_AUROC_DROP = 0.01
 MAX_LATENCY_RATIO = 1.0  # INT8 must be faster than float (median ratio below this) at every batch size
+TIMING_ROUNDS = 5  # interleaved float / INT8 timing rounds of the speed decision
 SPEED_BATCHES = (1, 32)
 THIN_INPUT = 4  # convolutions reading <= this many channels stay float with Recipe.float_thin_convs
 
@@ -285,7 +286,7 @@ def _speed_inputs(x: np.ndarray, batches) -> dict:
 
 
 def select_int8(float_path, calib_x: np.ndarray, val_x: np.ndarray, score, recipes: list,
-                max_drop: float = MAX_AUROC_DROP, max_ratio: float = MAX_LATENCY_RATIO, rounds: int = 5,
+                max_drop: float = MAX_AUROC_DROP, max_ratio: float = MAX_LATENCY_RATIO, rounds: int = TIMING_ROUNDS,
                 threads: int | None = None, batches=SPEED_BATCHES, log=None):
     """Quantize with every recipe, time them beside float, and decide.
 

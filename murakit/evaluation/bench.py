@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.mura import MURA_DIRNAME
 from murakit.errors import MurakitError
 from murakit.evaluation.bootstrap import LEVEL, N_RESAMPLES, paired_auroc_difference, study_intervals
 from murakit.evaluation.metrics import evaluate, json_safe
@@ -181,7 +182,7 @@ def is_synthetic(root) -> bool:
     if not root:
         return False
     root = Path(root)
-    return any((d / "synth.json").exists() for d in (root, root / "MURA-v1.1"))
+    return any((d / "synth.json").exists() for d in (root, root / MURA_DIRNAME))
 
 
 # (name in report.json, model A, model B): A's study AUROC minus B's, paired bootstrap over studies.

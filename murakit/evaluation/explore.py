@@ -73,13 +73,14 @@ def count_table(records, split: np.ndarray) -> dict:
 def png_format(path: str) -> str:
     """``"grey 8-bit"``, ``"rgb 16-bit"``, ... from a PNG header; ``"jpeg"``, ``"dicom"`` or ``"unknown"``."""
     from edge.dicom import is_dicom
+    from edge.image import PNG_SIGNATURE
 
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return "unknown"
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26:
+    if head.startswith(PNG_SIGNATURE) and len(head) >= 26:
         return f"{PNG_COLOR_TYPES.get(head[25], 'other')} {head[24]}-bit"
     if is_dicom(head):
         return "dicom"
