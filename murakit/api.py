@@ -394,13 +394,9 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
     from edge.preprocess import PreprocessConfig
     from murakit.data.prepared import load_prepared
     from murakit.data.prepared import prepare as prepare_cache
-    from murakit.errors import MurakitError
 
     given = {k: v for k, v in (("size", size), ("invert", invert)) if v is not None}
-    try:
-        cfg = PreprocessConfig(clahe=clahe, **given)
-    except ValueError as e:
-        raise MurakitError(str(e)) from None
+    cfg = PreprocessConfig(clahe=clahe, **given)
     res = prepare_cache(_data_path(data), run, cfg, seed=seed, workers=workers, progress=verbose,
                         log=_log(verbose), labels=labels, force=force)
     prep = load_prepared(run)

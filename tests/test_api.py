@@ -58,7 +58,7 @@ def test_load_dataset_refuses_a_folder_without_data(tmp_path):
 
 def test_prepare_refuses_bad_settings_in_one_line(tmp_path):
     make_mura(tmp_path / "data")
-    with pytest.raises(MurakitError, match="size") as e:
+    with pytest.raises(mk.UserError, match="size") as e:
         mk.prepare(tmp_path / "data", run=tmp_path / "run", size=3)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run" / "prepared").exists()

@@ -85,3 +85,38 @@ def test_the_version_has_one_home(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--version"])
     assert capsys.readouterr().out.strip() == f"murakit {edge.__version__}" and murakit.__version__ == edge.__version__
+
+
+def test_every_user_facing_error_is_one_user_error(monkeypatch, capsys):
+    """One base (edge.errors.UserError): the CLI catches it, so no stage re-wraps another package's error."""
+    from pathlib import Path
+
+    from baseline.errors import BaselineError
+    from deep.errors import DeepError
+    from edge.errors import ConfigError, EdgeError, ImageError, ModelError, UserError
+    from edge.golden import GoldenError
+    from edge.preprocess import PreprocessConfig
+    from edge.serve.uploads import ApiError
+    from export.errors import ExportError
+    from murakit.errors import MurakitError
+    from murakit.lock import RunInUse
+
+    for cls in (EdgeError, ImageError, ModelError, ConfigError, GoldenError, ApiError, MurakitError, RunInUse,
+                BaselineError, DeepError, ExportError):
+        assert issubclass(cls, UserError), cls
+    assert issubclass(ConfigError, ValueError) and issubclass(BaselineError, ValueError)  # generic callers too
+    with pytest.raises(ConfigError, match="size must be"):
+        PreprocessConfig(size=3)
+    # another package's error raised inside a stage reaches the user as one line, exit 2
+    from murakit.cli import bench
+
+    def boom(*_a, **_k):
+        raise DeepError("the model file is damaged: retrain")
+
+    monkeypatch.setattr(bench, "run", boom)
+    assert main(["bench"]) == 2
+    assert capsys.readouterr().err.strip() == "murakit: error: the model file is damaged: retrain"
+    root = Path(__file__).resolve().parents[1] / "murakit"
+    rewraps = [str(f) for f in root.rglob("*.py") if "MurakitError(str(e)) from None" in f.read_text()
+               or "sys.modules.get(\"deep" in f.read_text()]
+    assert rewraps == []

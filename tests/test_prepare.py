@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from _murafix import make_mura
 
+from edge.errors import UserError
 from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
 from murakit import pools
 from murakit.data import prepared as P
@@ -271,6 +272,6 @@ def test_cli_prepare(data, tmp_path, capsys):
     assert cmd_prepare.run(args) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert parser.parse_args([str(data)]).run == "runs/default"
-    with pytest.raises(MurakitError, match="size"):
+    with pytest.raises(UserError, match="size"):  # the CLI prints it as one line (edge.errors.UserError)
         cmd_prepare.run(parser.parse_args([str(data), "--run", str(tmp_path), "--size", "2"]))
     assert os.path.isfile(tmp_path / "prepared/images.npy")

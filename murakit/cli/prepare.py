@@ -42,12 +42,8 @@ def run(args) -> int:
     """Index the data, build or resume the cache, print a summary. Returns 0."""
     from edge.preprocess import PreprocessConfig
     from murakit.data.prepared import prepare
-    from murakit.errors import MurakitError
 
-    try:
-        cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
-    except ValueError as e:
-        raise MurakitError(str(e)) from None
+    cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
     res = prepare(args.data, args.run, cfg, seed=args.seed, val_fraction=args.val_fraction,
                   test_fraction=args.test_fraction, workers=args.workers, progress=not args.no_progress,
                   labels=args.labels)

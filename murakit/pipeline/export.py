@@ -375,17 +375,6 @@ def up_to_date(layout: RunLayout, cards: dict) -> bool:
     return wanted <= set(stems) and all(_pair_ok(layout, s, cards[s.split(".")[0]]) for s in stems)
 
 
-def _user_errors() -> tuple:
-    """Exceptions of export/deep that become one-line MurakitErrors (deep only if already loaded:
-    importing it costs TensorFlow's start-up, which a baseline-only export never needs)."""
-    import sys
-
-    from export.errors import ExportError
-
-    deep_errors = sys.modules.get("deep.errors")
-    return (ExportError, deep_errors.DeepError) if deep_errors else (ExportError,)
-
-
 def export_run(run, options: ExportOptions = ExportOptions(), force: bool = False, log=print) -> StageResult:
     """The export stage: export every trained model of a run (see the module docstring).
 
@@ -427,23 +416,20 @@ def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> 
     prep = load_prepared(layout.root)
     sources, infos = golden_sources(prep, golden_positions(prep, options.golden))
     summary, refused = {"golden_cases": infos}, False
-    try:
-        if "cnn" in cards:
-            golden_x = source_inputs(sources, cards["cnn"].preprocess)
-            cnn = export_cnn_float(layout, cards["cnn"], prep, golden_x, sources, infos, log)
-            summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card")}
-            if options.int8:
-                summary["cnn.int8"] = export_int8(layout, cnn["card"], prep, options, golden_x,
-                                                  cnn["golden_outputs"], sources, infos, log)
-                refused = not summary["cnn.int8"]["accepted"]
-        else:
-            log(f"export: no CNN in {layout.cnn}; skipping cnn.onnx")
-        if "baseline" in cards:
-            summary["baseline"] = export_baseline(layout, cards["baseline"], sources, infos, log)
-        else:
-            log(f"export: no {layout.baseline_onnx}; skipping the baseline")
-    except _user_errors() as e:
-        raise MurakitError(str(e)) from None
+    if "cnn" in cards:
+        golden_x = source_inputs(sources, cards["cnn"].preprocess)
+        cnn = export_cnn_float(layout, cards["cnn"], prep, golden_x, sources, infos, log)
+        summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card")}
+        if options.int8:
+            summary["cnn.int8"] = export_int8(layout, cnn["card"], prep, options, golden_x,
+                                              cnn["golden_outputs"], sources, infos, log)
+            refused = not summary["cnn.int8"]["accepted"]
+    else:
+        log(f"export: no CNN in {layout.cnn}; skipping cnn.onnx")
+    if "baseline" in cards:
+        summary["baseline"] = export_baseline(layout, cards["baseline"], sources, infos, log)
+    else:
+        log(f"export: no {layout.baseline_onnx}; skipping the baseline")
     if "cnn.int8" in summary:
         summary["cpu"] = summary["cnn.int8"]["cpu"]
     write_text(layout.export_summary, json.dumps(json_safe(summary), indent=2, sort_keys=True))

@@ -148,7 +148,7 @@ def _fit(prepared, feats, pos: dict, settings: dict, workers: int, log):
 
 def _save(layout: RunLayout, prepared, model, feats, pos, probs, val, test, hog_cfg, extra: dict) -> dict:
     """Write model (with its card), card.json, predictions, then metrics.json (last)."""
-    from baseline import BaselineError, to_onnx
+    from baseline import to_onnx
     from edge.atomic import write_text
     from murakit.evaluation.metrics import json_safe
     from murakit.evaluation.predictions import write_predictions
@@ -159,10 +159,7 @@ def _save(layout: RunLayout, prepared, model, feats, pos, probs, val, test, hog_
                          model_config={"alpha": float(model.selection_["alpha"])},
                          val=(prepared.label[pos["val"]], probs["val"], prepared.study[pos["val"]],
                               prepared.part[pos["val"]]))
-    try:
-        card = to_onnx(model, card, layout.baseline_onnx)
-    except BaselineError as e:
-        raise MurakitError(str(e)) from None
+    card = to_onnx(model, card, layout.baseline_onnx)
     parity = _check_parity(layout.baseline_onnx, feats[pos["test"][:512]], probs["test"][:512])
     write_text(layout.card("baseline"), card.to_json() + "\n")
     for split in ("val", "test"):

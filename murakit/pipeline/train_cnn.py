@@ -156,14 +156,10 @@ def _given(**options) -> dict:
 def _configs(opts: CnnOptions, size: int):
     import deep
 
-    try:
-        cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
-        aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
-        tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
-                                **_given(max_epochs=opts.epochs, patience=opts.patience,
-                                         min_steps=opts.min_steps))
-    except (ValueError, deep.DeepError) as e:
-        raise MurakitError(str(e)) from None
+    cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
+    aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
+    tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
+                            **_given(max_epochs=opts.epochs, patience=opts.patience, min_steps=opts.min_steps))
     return cfg, tcfg
 
 
@@ -227,10 +223,7 @@ def _replicas(strategy: str):
     """The tf.distribute strategy (before any other TensorFlow op, as multi-worker requires)."""
     import deep
 
-    try:
-        return deep.distribute.resolve(strategy)
-    except deep.DeepError as e:
-        raise MurakitError(str(e)) from None
+    return deep.distribute.resolve(strategy)
 
 
 def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log, rep) -> tuple:
@@ -242,20 +235,15 @@ def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bo
     pos = _splits(prep)
     if force and rep.is_chief and layout.cnn.exists():
         shutil.rmtree(layout.cnn)
-    import deep
-
-    try:
-        trained = _train(options, prep, pos, layout, progress, log, rep)
-        if trained is None:
-            return "up-to-date", json.loads(layout.metrics("cnn").read_text())
-        cfg, res = trained
-        if not rep.is_chief:
-            log(f"worker {rep.rank}: trained; the chief (worker 0) evaluates and writes {layout.cnn}")
-            return "done", {"worker": rep.rank}
-        secs = sum(row["seconds"] for row in res.history)
-        m = _evaluate(res.model, prep, pos, res, cfg, layout, secs)
-    except deep.DeepError as e:
-        raise MurakitError(str(e)) from None
+    trained = _train(options, prep, pos, layout, progress, log, rep)
+    if trained is None:
+        return "up-to-date", json.loads(layout.metrics("cnn").read_text())
+    cfg, res = trained
+    if not rep.is_chief:
+        log(f"worker {rep.rank}: trained; the chief (worker 0) evaluates and writes {layout.cnn}")
+        return "done", {"worker": rep.rank}
+    secs = sum(row["seconds"] for row in res.history)
+    m = _evaluate(res.model, prep, pos, res, cfg, layout, secs)
     pg = m.get("pointing_game")
     log(f"best epoch {res.best_epoch}/{len(res.history)} (recent mean val study AUROC {res.best_auroc:.4f}); "
         f"threshold {m['threshold']:.3f}")
