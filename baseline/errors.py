@@ -1,9 +1,11 @@
 """Errors the baseline raises for input a user can cause (empty split, one class, ...)."""
 
+from edge.errors import UserError
 
-class BaselineError(ValueError):
+
+class BaselineError(UserError, ValueError):
     """Training data or a model the baseline cannot use; the message is one clear line.
 
-    A ``ValueError`` subclass, so library callers can catch it generically; ``murakit``
-    turns it into ``murakit: error: <message>`` and exit code 2.
+    A :class:`edge.errors.UserError` (``murakit`` prints ``murakit: error: <message>`` and exits 2)
+    and a ``ValueError``, so library callers can catch it generically.
     """

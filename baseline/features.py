@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,8 +16,10 @@ CHUNK = 256
 
 
 def default_jobs() -> int:
-    """Worker threads used when ``n_jobs`` is None: every core."""
-    return os.cpu_count() or 1
+    """Worker threads used when ``n_jobs`` is None: every usable core."""
+    from edge.cpu import usable_cores
+
+    return usable_cores()
 
 
 def extract_features(images, hog_cfg: HogConfig | None = None, n_jobs: int | None = None,

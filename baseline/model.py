@@ -120,8 +120,9 @@ def make_svm(alpha: float, seed: int, epochs: int = EPOCHS):
 def fit_scaler(X, chunk: int = 2048):
     """``StandardScaler`` fitted on ``X`` (N, D) chunk by chunk.
 
-    Same statistics as ``StandardScaler().fit(X)`` (to ~1e-15) but ~3x faster on 40,000 x
-    8,100 float32: the one-shot fit makes several float64 temporaries of the whole matrix.
+    Same statistics as ``StandardScaler().fit(X)`` (to ~1e-15) but faster and smaller: the
+    one-shot fit makes several float64 temporaries of the whole matrix (docs/performance.md,
+    "Design choices").
     """
     from sklearn.preprocessing import StandardScaler
 

@@ -47,7 +47,8 @@ def run_once(ds, cfg: PreprocessConfig, workers: int, worker_writes: bool, tmp: 
         c0 = _cpu()
         res = prepare(ds.root, run, cfg, workers=workers, worker_writes=worker_writes,
                       progress=False, log=lambda *_: None, dataset=ds)
-        return res.images_per_second, 1000 * (_cpu() - c0) / max(1, res.n_processed)
+        f = res.figures
+        return f["images_per_second"], 1000 * (_cpu() - c0) / max(1, f["n_processed"])
     finally:
         shutil.rmtree(run)
 

@@ -55,8 +55,8 @@ class ModelConfig(_JsonMixin):
         Input side S in pixels; the model maps float32 (B, S, S, 1) in [0, 1] to (B, 1).
     width : int
         Channels of the stem of the "small" arch (stages use 2x, 4x, 8x). 16 (67k parameters)
-        trains ~2x faster on 2 CPU cores than 32 (253k) and learned as well per epoch on the
-        synthetic default.
+        trains faster on 2 CPU cores than 32 (253k) and learned as well per epoch on the
+        synthetic default (docs/performance.md, "Design choices").
     dropout : float
         Dropout rate between global average pooling and the sigmoid unit (training only).
     bn_momentum : float

@@ -29,12 +29,12 @@ def _sep_block(x, ch, momentum, name):
 def _small_features(x, cfg: ModelConfig):
     """Xception-like stages (width x2, x4, x8) after a strided stem + pool; output stride 16.
 
-    Why the early pool: separable convs at 64x64 px dominated CPU time (4.5x slower per
-    step); stride 16 still gives an 8x8 CAM at 128 px (16 px cells).
+    Why the early pool: separable convs at 64x64 px dominated CPU time (docs/performance.md,
+    "Design choices"); stride 16 still gives an 8x8 CAM at 128 px (16 px cells).
     """
     m = cfg.bn_momentum
     # Normalise on (B, S, S), not (B, S, S, 1): onnxruntime's elementwise Mul/Add on a
-    # trailing axis of 1 ran ~20x slower (0.45 ms of a 1.2 ms batch-1 call at 128 px).
+    # trailing axis of 1 is far slower (docs/performance.md, "Design choices").
     x = layers.Reshape((cfg.size, cfg.size), name="squeeze_channel")(x)
     x = layers.Rescaling(4.0, offset=-2.0, name="normalize")(x)  # [0,1] -> [-2,2]
     x = layers.Reshape((cfg.size, cfg.size, 1), name="expand_channel")(x)

@@ -225,7 +225,7 @@ def _restore(out, state):
     describes (the pending-file commit makes that impossible after a kill, so only a hand-made
     mix of files gets here). An unreadable last.keras is a DeepError: it is damage."""
     model = load_model(out / "last.keras", compile=True)
-    model.jit_compile = False  # XLA was ~5x slower on CPU here
+    model.jit_compile = False  # XLA was slower on CPU (docs/performance.md, "Design choices")
     if int(model.optimizer.iterations.numpy()) != state["iterations"]:
         return None
     model.optimizer.learning_rate.assign(state["lr"])

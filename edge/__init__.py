@@ -9,7 +9,7 @@ can name the broken package in one line); the names below then raise that Import
 
 from edge.errors import EdgeError, ImageError, ModelError
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it ([tool.setuptools.dynamic])
 
 __all__ = [
     "MAX_PIXELS",

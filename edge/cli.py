@@ -45,11 +45,9 @@ class _OneLineParser(argparse.ArgumentParser):
 def max_threads() -> int:
     """Upper bound of ``--threads``: 4 x the usable CPU cores, at most 256. More threads than
     that only add memory (each onnxruntime thread has its own stack and scratch buffers)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(256, 4 * cores))
+    from edge.cpu import usable_cores
+
+    return max(1, min(256, 4 * usable_cores()))
 
 
 def workers_arg(text: str) -> int:

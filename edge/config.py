@@ -14,6 +14,8 @@ import dataclasses
 import json
 import math
 
+from edge.errors import ConfigError
+
 MAX_JSON_CHARS = 1 << 20  # a config is a few hundred characters; anything huge is not one
 MAX_JSON_DEPTH = 16
 
@@ -58,19 +60,19 @@ def parse_json(text, what: str = "value", max_depth: int = MAX_JSON_DEPTH):
 
 
 def _check_field(name: str, kind: str, value):
-    """The value, normalised (int -> float for float fields), or ValueError."""
+    """The value, normalised (int -> float for float fields), or ConfigError (a ValueError)."""
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
     elif kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         return float(value)
     elif kind == "str" and not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {value!r}")
+        raise ConfigError(f"{name} must be a string, got {value!r}")
     return value
 
 
@@ -80,7 +82,7 @@ class JsonConfig:
     def check_types(self) -> None:
         """Check (and normalise) every field annotated ``int``, ``float``, ``bool`` or ``str``.
 
-        Call first thing in ``__post_init__``; raises ValueError naming the field.
+        Call first thing in ``__post_init__``; raises ConfigError (a ValueError) naming the field.
         """
         for f in dataclasses.fields(self):
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
@@ -95,10 +97,10 @@ class JsonConfig:
     def from_dict(cls, d):
         """Build from a dict; unknown keys are an error (a model from a newer murakit)."""
         if not isinstance(d, dict):
-            raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+            raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} parameters: {sorted(unknown)}")
+            raise ConfigError(f"unknown {cls.__name__} parameters: {sorted(unknown)}")
         return cls(**d)
 
     def to_json(self) -> str:

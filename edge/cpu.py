@@ -68,8 +68,19 @@ def cpu_info(path=CPUINFO) -> dict:
     except OSError:
         info = {"model": platform.processor() or None, "logical_cpus": os.cpu_count() or 0, "features": [],
                 "int8_dot": None}
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {**info, "machine": platform.machine(), "os_cpus": int(usable or 0)}
+    return {**info, "machine": platform.machine(), "os_cpus": usable_cores()}
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, else the CPU count (at least 1).
+
+    The one home of this count: every default "all cores" (workers, threads) and every bound
+    derived from it reads this, so a container or ``taskset`` limit is honoured everywhere.
+    """
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def describe(info: dict) -> str:

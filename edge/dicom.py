@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ImageError
+from edge.mura import MURA_PARTS
 
 VOI_POLICIES = ("window", "full")
 EXTRA_HINT = "pip install 'murakit[dicom]'"
-MURA_PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 # BodyPartExamined (CS, PS3.16 Annex L) and common free-text variants -> MURA part.
 PART_SYNONYMS = {
     "ELBOW": "ELBOW", "ELBOW JOINT": "ELBOW",

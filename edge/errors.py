@@ -1,8 +1,26 @@
-"""Exceptions of the edge runtime: one clear message each, never an OpenCV crash."""
+"""Exceptions of the edge runtime, and :class:`UserError`, the base of every user-facing error.
+
+One clear message each, never an OpenCV crash.
+"""
 
 
-class EdgeError(Exception):
+class UserError(Exception):
+    """Base class of every error a user can cause, in every package of the repository.
+
+    Its message is one line that says what is wrong and how to fix it; the command lines print
+    it as ``<prog>: error: <message>`` and exit 2, and catch this one type to do so. Library
+    callers catch it the same way (``except UserError``). Each package keeps its own subclass
+    (:class:`EdgeError`, ``MurakitError``, ``DeepError``, ``ExportError``, ``BaselineError``)
+    so a caller can still tell where it came from.
+    """
+
+
+class EdgeError(UserError):
     """Base class of every error a user can cause through the edge runtime."""
+
+
+class ConfigError(EdgeError, ValueError):
+    """A configuration value out of its range (a ``ValueError`` too, for generic callers)."""
 
 
 class ImageError(EdgeError):

@@ -213,7 +213,7 @@ def _normalise(blocks: np.ndarray, method: str) -> np.ndarray:
 
 
 def _l2(blocks: np.ndarray) -> np.ndarray:
-    # einsum is ~4x faster than (b**2).sum(-1) for short last axes
+    # einsum beats (b**2).sum(-1) on short last axes (docs/performance.md, "Design choices")
     return np.sqrt(np.einsum("...k,...k->...", blocks, blocks)[..., None] + _EPS**2)
 
 

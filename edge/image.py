@@ -56,6 +56,7 @@ WORK_BYTES_PER_PIXEL = 20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # SOI and the first marker's 0xFF
 MAX_PNG_CHUNKS = 100_000     # real files have tens to a few thousand; each step costs ~1 us
 MAX_JPEG_SEGMENTS = 4_096    # marker segments before the frame header (APPn, DQT, DHT, COM)
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
@@ -222,7 +223,7 @@ def image_header(data: bytes, name: str = "<bytes>") -> ImageHeader:
         raise ImageError(f"{name}: file is empty")
     if data[:8] == PNG_SIGNATURE:
         return png_header(data, name)
-    if data[:3] == b"\xff\xd8\xff":
+    if data[:3] == JPEG_SIGNATURE:
         return jpeg_header(data, name)
     raise ImageError(f"{name}: not a PNG or JPEG image")
 

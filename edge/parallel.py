@@ -25,17 +25,12 @@ import os
 import time
 from pathlib import Path
 
+from edge.cpu import usable_cores
+
 # Below this many plain files a pool does not pay for its start-up (tens of ms to fork and
 # warm two workers, against ~2-3 ms per MURA-sized PNG): measured in docs/performance.md.
 AUTO_MIN_FILES = 16
 WINDOW_PER_WORKER = 8  # results in flight per worker: bounds memory, keeps workers busy
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def auto_workers(n_files: int) -> int:

@@ -33,6 +33,7 @@ from edge.card import ModelCard
 from edge.dicom import DicomInfo, is_dicom_file, read_dicom_info
 from edge.errors import ImageError, ModelError, first_line
 from edge.image import is_image_file
+from edge.mura import part_from_path
 from edge.preprocess import preprocess, to_model_input
 from edge.protobuf import graph_sha256
 from edge.trust import (
@@ -41,7 +42,6 @@ from edge.trust import (
     check_gate_mode,
     check_operating_point,
     gate_verdict,
-    part_from_path,
     raw_threshold,
 )
 

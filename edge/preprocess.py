@@ -27,7 +27,7 @@ import numpy as np
 
 from edge.config import JsonConfig
 from edge.dicom import VOI_POLICIES
-from edge.errors import ImageError
+from edge.errors import ConfigError, ImageError
 from edge.image import load_array, to_grey
 
 INVERT_POLICIES = ("auto", "never", "always")
@@ -76,21 +76,21 @@ class PreprocessConfig(JsonConfig):
     def __post_init__(self):
         self.check_types()
         if not 8 <= self.size <= 4096:
-            raise ValueError(f"size must be an integer in [8, 4096], got {self.size!r}")
+            raise ConfigError(f"size must be an integer in [8, 4096], got {self.size!r}")
         if not (0.0 <= self.clip_low < self.clip_high <= 100.0):
-            raise ValueError(f"need 0 <= clip_low < clip_high <= 100, got {self.clip_low}, {self.clip_high}")
+            raise ConfigError(f"need 0 <= clip_low < clip_high <= 100, got {self.clip_low}, {self.clip_high}")
         if self.invert not in INVERT_POLICIES:
-            raise ValueError(f"invert must be one of {INVERT_POLICIES}, got {self.invert!r}")
+            raise ConfigError(f"invert must be one of {INVERT_POLICIES}, got {self.invert!r}")
         if not 0 <= self.pad_value <= 255:
-            raise ValueError(f"pad_value must be in [0, 255], got {self.pad_value}")
+            raise ConfigError(f"pad_value must be in [0, 255], got {self.pad_value}")
         if not 0.0 < self.border < 0.5:
-            raise ValueError(f"border must be in (0, 0.5), got {self.border}")
+            raise ConfigError(f"border must be in (0, 0.5), got {self.border}")
         if not 0.0 < self.clahe_clip <= 40.0:  # OpenCV needs > 0; beyond ~40 CLAHE is plain equalisation
-            raise ValueError(f"clahe_clip must be in (0, 40], got {self.clahe_clip}")
+            raise ConfigError(f"clahe_clip must be in (0, 40], got {self.clahe_clip}")
         if not 1 <= self.clahe_grid <= 64:  # 0 divides by zero inside OpenCV; huge grids allocate GBs
-            raise ValueError(f"clahe_grid must be an integer in [1, 64], got {self.clahe_grid}")
+            raise ConfigError(f"clahe_grid must be an integer in [1, 64], got {self.clahe_grid}")
         if self.dicom_voi not in VOI_POLICIES:
-            raise ValueError(f"dicom_voi must be one of {VOI_POLICIES}, got {self.dicom_voi!r}")
+            raise ConfigError(f"dicom_voi must be one of {VOI_POLICIES}, got {self.dicom_voi!r}")
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,12 @@ probabilities and operating points, all read from the model card.
 from __future__ import annotations
 
 import math
-import re
 
 from edge.errors import ModelError
 
 GATE_MODES = ("refuse", "warn", "off")
 DEFAULT_OPERATING_POINT = "youden"
 NOT_A_RADIOGRAPH = "does not look like an upper-extremity radiograph"
-_PART_IN_PATH = re.compile(r"XR_(ELBOW|FINGER|FOREARM|HAND|HUMERUS|SHOULDER|WRIST)(?![A-Za-z])")
 
 
 def check_gate_mode(mode: str) -> str:
@@ -96,9 +94,3 @@ def raw_threshold(card, name: str, part: str | None) -> float:
     """The raw study-score threshold of operating point ``name`` for a view/study of ``part``."""
     op = operating_points(card)[name]
     return float(op.get("thresholds_by_part", {}).get(part, op["threshold"]))
-
-
-def part_from_path(path) -> str | None:
-    """The MURA body part a path names (``.../XR_WRIST/...``), None when it names none."""
-    found = _PART_IN_PATH.findall(str(path).upper())
-    return found[-1] if found else None

@@ -6,19 +6,18 @@ side by side with float (:mod:`export.speed`), gates the fastest on validation A
 INT8 only when it is both accurate enough and faster than float at batch 1 and batch 32
 (:func:`int8_decision`). What was measured is recorded in export.json.
 
-Why these candidates (measured on a 2-core Xeon with AVX-512 VNNI and AMX, onnxruntime 1.32;
-docs/performance.md has the figures):
+Why these candidates (measured; the figures are in docs/performance.md, section 3 and "Design
+choices and the measurements behind them"):
 
-* activations uint8, weights int8 (U8S8) on x86: the VNNI/AMX integer GEMM path. S8S8 ran
-  2.5-3.5x slower than float on the small CNNs (0.85x on DenseNet-169, still behind U8S8's 0.5x)
-  and U8U8 1.4-2x; on Arm, S8S8 is the dot-product (SDOT) path.
+* activations uint8, weights int8 (U8S8) on x86: the VNNI/AMX integer GEMM path; S8S8 and U8U8
+  ran slower there. On Arm, S8S8 is the dot-product (SDOT) path.
 * ``reduce_range`` (7-bit weights) only on x86 without VNNI, where the AVX2 ``vpmaddubsw`` path
   saturates 16-bit sums; with VNNI it costs accuracy and buys nothing.
 * QDQ and QOperator both: which one wins differs by model (QOperator's Gemm and
   Dequantize ran slower on the small CNN, faster on MobileNetV3-Small at batch 1).
 * a variant that keeps convolutions with <= 4 input channels float: on a 1-channel image the
-  stem's integer im2col/GEMM ran 2.9x slower than float's direct convolution.
-* dynamic quantization is not a candidate: it made the convolutions ~11x slower.
+  stem's integer im2col/GEMM is slower than float's direct convolution.
+* dynamic quantization is not a candidate: it made the convolutions much slower.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from export.graph import short_names
 
 MAX_AUROC_DROP = 0.01
 MAX_LATENCY_RATIO = 1.0  # INT8 must be faster than float (median ratio below this) at every batch size
+TIMING_ROUNDS = 5  # interleaved float / INT8 timing rounds of the speed decision
 SPEED_BATCHES = (1, 32)
 THIN_INPUT = 4  # convolutions reading <= this many channels stay float with Recipe.float_thin_convs
 
@@ -191,7 +191,7 @@ def quantize_int8(float_path, calib_x: np.ndarray, recipe: Recipe | None = None,
         prep, out = Path(tmp) / "prep.onnx", Path(tmp) / "int8.onnx"
         try:
             # shape inference + constant folding first: without them MobileNetV3-Small's QDQ
-            # model ran 1.2-1.5x slower
+            # model ran slower (docs/performance.md)
             quant_pre_process(str(float_path), str(prep), skip_symbolic_shape=False)
             exclude = thin_convs(onnx.load(str(prep))) if recipe.float_thin_convs else []
             quantize_static(str(prep), str(out), reader,
@@ -302,7 +302,7 @@ def _speed_inputs(x: np.ndarray, batches) -> dict:
 
 
 def select_int8(float_path, calib_x: np.ndarray, val_x: np.ndarray, score, recipes: list,
-                max_drop: float = MAX_AUROC_DROP, max_ratio: float = MAX_LATENCY_RATIO, rounds: int = 5,
+                max_drop: float = MAX_AUROC_DROP, max_ratio: float = MAX_LATENCY_RATIO, rounds: int = TIMING_ROUNDS,
                 threads: int | None = None, batches=SPEED_BATCHES, log=None):
     """Quantize with every recipe, time them beside float, and decide.
 

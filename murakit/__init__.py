@@ -11,14 +11,17 @@ per stage (see :mod:`murakit.api` and docs/walkthrough.ipynb)::
 
 Heavy frameworks load only inside the functions and subcommands that need them, and the API
 module itself only on first use, so ``murakit synth`` starts as fast as before.
+
+Every error a user can cause is a :class:`UserError` (one line, what to change): catch that.
 """
 
 from edge import __version__
+from edge.errors import UserError
 from murakit.errors import MurakitError
 
-__all__ = ["MurakitError", "__version__", "evaluate", "explain", "explore", "export", "load_dataset", "predict",
+__all__ = ["MurakitError", "UserError", "__version__", "evaluate", "explain", "explore", "export", "load_dataset", "predict",
            "prepare", "synthesize", "train_baseline", "train_cnn"]
-API = frozenset(__all__[2:])
+API = frozenset(__all__[3:])
 
 
 def __getattr__(name):

@@ -339,7 +339,7 @@ class PreparedData(_Displayed):
     inverted : int
         Images the inversion detector turned back (negatives stored white-on-black).
     status : str
-        ``"built"``, ``"resumed"`` or ``"up-to-date"``.
+        ``"done"``, ``"resumed"`` or ``"up-to-date"`` (:class:`murakit.stage.StageResult`).
     """
 
     run: Path
@@ -357,7 +357,8 @@ class PreparedData(_Displayed):
 
 
 def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe: bool = False,
-            invert: str | None = None, workers: int | None = None, verbose: bool = False) -> PreparedData:
+            invert: str | None = None, workers: int | None = None, labels=None, force: bool = False,
+            verbose: bool = False) -> PreparedData:
     """Preprocess every image once into ``RUN/prepared`` (``murakit prepare``).
 
     Parameters
@@ -376,6 +377,11 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
         Inversion policy; default ``"auto"`` (a detector turns negatives back).
     workers : int, optional
         Processes; default all cores.
+    labels : str or Path, optional
+        ``data`` is a DICOM tree in any layout; this CSV maps a StudyInstanceUID or a folder
+        under ``data`` to a label (0/1), ``study,label`` rows (``murakit prepare --labels``).
+    force : bool
+        Rebuild a cache that is up to date.
     verbose : bool
         Show progress lines and bar.
 
@@ -388,15 +394,11 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
     from edge.preprocess import PreprocessConfig
     from murakit.data.prepared import load_prepared
     from murakit.data.prepared import prepare as prepare_cache
-    from murakit.errors import MurakitError
 
     given = {k: v for k, v in (("size", size), ("invert", invert)) if v is not None}
-    try:
-        cfg = PreprocessConfig(clahe=clahe, **given)
-    except ValueError as e:
-        raise MurakitError(str(e)) from None
+    cfg = PreprocessConfig(clahe=clahe, **given)
     res = prepare_cache(_data_path(data), run, cfg, seed=seed, workers=workers, progress=verbose,
-                        log=_log(verbose))
+                        log=_log(verbose), labels=labels, force=force)
     prep = load_prepared(run)
     splits = {}
     for s in ("train", "val", "test"):
@@ -404,7 +406,7 @@ def prepare(data, run=DEFAULT_RUN, size: int | None = None, seed: int = 0, clahe
         studies = np.unique(prep.study[pos])
         abnormal = np.unique(prep.study[pos][prep.label[pos] == 1])
         splits[s] = {"images": len(pos), "studies": len(studies), "abnormal_studies": len(abnormal)}
-    return PreparedData(RunLayout(run).root, prep.config.size, splits, res.n_failed,
+    return PreparedData(RunLayout(run).root, prep.config.size, splits, res.figures["n_failed"],
                         int(prep.inverted.sum()), res.status)
 
 
@@ -466,18 +468,12 @@ def explore(data, run=DEFAULT_RUN, seed: int = 0, force: bool = False, verbose: 
     -------
     Exploration
     """
-    import json
-
     from murakit.evaluation.explore import explore as audit
-    from murakit.evaluation.explore import is_current
 
-    layout = RunLayout(run)
-    data = _data_path(data)
-    if force or not is_current(run, data):
-        with _keep_backend():
-            audit(data, run, seed=seed, log=_log(verbose))
-    summary = json.loads(layout.explore_summary.read_text(encoding="utf-8"))
-    return Exploration(summary, _pictures(layout.explore, summary["plots"]))
+    with _keep_backend():
+        res = audit(_data_path(data), run, seed=seed, log=_log(verbose), force=force)
+    summary = res.figures
+    return Exploration(summary, _pictures(RunLayout(run).explore, summary["plots"]))
 
 
 # ============================================================================ models
@@ -497,7 +493,7 @@ class TrainedModel(_Displayed):
     card : Path
         The model card (``RUN/<name>/card.json``).
     status : str
-        ``"trained"`` or ``"up-to-date"``.
+        ``"done"`` or ``"up-to-date"`` (:class:`murakit.stage.StageResult`).
     """
 
     name: str
@@ -553,8 +549,8 @@ def train_baseline(run=DEFAULT_RUN, seed: int = 0, hog_cell: int = 8, force: boo
     """
     from murakit.pipeline.train_baseline import train_baseline as train
 
-    metrics = train(run, seed=seed, hog_cell=hog_cell, force=force, progress=verbose, log=_log(verbose))
-    return _trained(run, "baseline", metrics["status"])
+    res = train(run, seed=seed, hog_cell=hog_cell, force=force, progress=verbose, log=_log(verbose))
+    return _trained(run, "baseline", res.status)
 
 
 def train_cnn(run=DEFAULT_RUN, max_epochs: int | None = None, seed: int = 0, arch: str = "small",
@@ -589,8 +585,8 @@ def train_cnn(run=DEFAULT_RUN, max_epochs: int | None = None, seed: int = 0, arc
 
     opts = CnnOptions(epochs=max_epochs, arch=arch, width=width, seed=seed)
     with _frameworks(verbose):
-        metrics = train(run, opts, force=force, progress=verbose, log=_log(verbose))
-    return _trained(run, "cnn", metrics["status"])
+        res = train(run, opts, force=force, progress=verbose, log=_log(verbose))
+    return _trained(run, "cnn", res.status)
 
 
 # ============================================================================ evaluation
@@ -692,18 +688,19 @@ def evaluate(run=DEFAULT_RUN, force: bool = False, seed: int = 0, verbose: bool 
     Returns
     -------
     Evaluation
+
+    Raises
+    ------
+    murakit.lock.RunInUse
+        Another process holds the run's report (a ``murakit bench`` or another evaluation).
     """
     import json
 
-    from murakit.cli.bench import up_to_date
-    from murakit.evaluation.bench import benchmark
-    from murakit.evaluation.report import write_report
+    from murakit.evaluation.report import BenchOptions, bench
 
     layout = RunLayout(run)
-    if force or not up_to_date(run):
-        with _frameworks(verbose), _keep_backend():
-            report, data = benchmark(run, progress=_log(verbose), seed=seed)
-            write_report(run, report, data)
+    with _frameworks(verbose), _keep_backend():
+        bench(run, BenchOptions(seed=seed), force=force, log=_log(verbose))
     report = json.loads(layout.report_json.read_text(encoding="utf-8"))
     names = ("roc.png", "confusion.png", "kappa_by_part.png", "latency_vs_auroc.png", "cam_grid.png")
     return Evaluation(report, _pictures(layout.report, names))

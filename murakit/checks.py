@@ -10,7 +10,6 @@ refused too.
 from __future__ import annotations
 
 import math
-import os
 
 from murakit.errors import MurakitError
 
@@ -24,7 +23,9 @@ def max_workers() -> int:
     More only adds start-up time and memory: an unbounded ``--workers 100000`` spawned
     interpreters until the machine gave up.
     """
-    return 4 * (os.cpu_count() or 1)
+    from edge.cpu import usable_cores
+
+    return 4 * usable_cores()
 
 
 def check_int(flag: str, value, lo: int, hi: int) -> int:

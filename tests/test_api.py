@@ -58,7 +58,7 @@ def test_load_dataset_refuses_a_folder_without_data(tmp_path):
 
 def test_prepare_refuses_bad_settings_in_one_line(tmp_path):
     make_mura(tmp_path / "data")
-    with pytest.raises(MurakitError, match="size") as e:
+    with pytest.raises(mk.UserError, match="size") as e:
         mk.prepare(tmp_path / "data", run=tmp_path / "run", size=3)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run" / "prepared").exists()
@@ -102,7 +102,7 @@ def test_trained_model_reads_metrics_as_plain_data():
          "study": {"auroc": 0.75, "kappa": None, "accuracy": 0.5, "sensitivity": 0.5, "specificity": 0.5,
                    "f1": 0.5},
          "threshold": 0.4, "epochs": 3, "best_epoch": 2}
-    t = TrainedModel("cnn", m, None, "trained")
+    t = TrainedModel("cnn", m, None, "done")
     assert t.study_auroc == 0.75
     assert "best epoch 2 of 3" in repr(t) and "–" in repr(t)  # undefined kappa shown as a dash
     assert t.metrics is m  # the table is a view; the data is the dict

@@ -273,6 +273,11 @@ def test_rerun_is_a_no_op_and_force_reproduces(trained, capsys):
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "metrics.json").stat().st_mtime_ns == before
     old = json.loads((out / "metrics.json").read_text())
+    from murakit.pipeline.train_baseline import train_baseline
+
+    res = train_baseline(trained, workers=1, progress=False, log=lambda *_: None)  # the stage's own answer
+    assert (res.stage, res.status, res.figures) == ("train baseline", "up-to-date", old)
+    assert res.paths == (out / "baseline.onnx", out / "card.json", out / "metrics.json")
     card_before = (out / "card.json").read_text()
     assert _train(trained, "--force") == 0
     assert "reusing cached HOG features" in capsys.readouterr().out

@@ -454,6 +454,13 @@ def test_prepare_reads_a_dicom_tree_with_a_labels_csv(tmp_path, capsys):
                     ("P2/x/IM3", "1.2.3.13", "patient00002", "UNKNOWN", 1)]
     assert "1 studies without a label" in text and "1 labelled studies with no image" in text
     assert MARKER not in text + _all_text(tmp_path / "run")
+    # the Python API's prepare takes the same labels= (one stage under both)
+    import murakit as mk
+
+    api = mk.prepare(data, run=tmp_path / "api", labels=labels, size=prep.config.size, workers=1)
+    assert sum(c["images"] for c in api.splits.values()) == 4
+    same = load_prepared(tmp_path / "api")
+    assert sorted(zip(same.path, same.study, same.label.tolist())) == [r[:2] + r[4:] for r in rows]
 
 
 def test_synth_format_dicom_writes_a_readable_mixed_set(tmp_path, capsys):

@@ -168,7 +168,8 @@ def test_workers_change_neither_output_order_content_nor_exit_code(models, study
 
 
 def test_many_files_take_the_pool_by_default(models, study):
-    from edge.parallel import AUTO_MIN_FILES, auto_workers, usable_cores
+    from edge.cpu import usable_cores
+    from edge.parallel import AUTO_MIN_FILES, auto_workers
 
     assert auto_workers(1) == 1 and auto_workers(AUTO_MIN_FILES - 1) == 1
     assert auto_workers(AUTO_MIN_FILES) == usable_cores()
@@ -178,3 +179,22 @@ def test_many_files_take_the_pool_by_default(models, study):
     assert proc.returncode == 0 and err == b""
     assert [r["path"] for r in rows] == [str(p) for p in [study[0], study[1]] * AUTO_MIN_FILES]
     assert len({r["probability"] for r in rows[::2]}) == 1
+
+
+def test_the_usable_core_count_has_one_home(monkeypatch):
+    """edge.cpu.usable_cores is the count every default and bound reads; an affinity limit reaches them all."""
+    from pathlib import Path
+
+    from baseline.features import default_jobs
+    from edge import cpu
+    from murakit.checks import max_workers
+
+    assert cpu.usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under `taskset -c 0`
+    assert cpu.usable_cores() == 1 and max_threads() == 4 and max_workers() == 4 and default_jobs() == 1
+    assert cpu.cpu_info()["os_cpus"] == 1
+    root = Path(__file__).resolve().parents[1]
+    counted = [str(f.relative_to(root)) for pkg in ("edge", "baseline", "deep", "export", "murakit")
+               for f in (root / pkg).rglob("*.py")
+               if "sched_getaffinity" in f.read_text() or "os.cpu_count()" in f.read_text()]
+    assert counted == ["edge/cpu.py"]

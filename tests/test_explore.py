@@ -65,6 +65,19 @@ def test_explore_raw_then_cached(tmp_path, capsys):
     assert s2["flagged"] == s["flagged"]
     assert s2["inversion_detector"] == s["inversion_detector"]
 
+    # the stage checks its own freshness: a rerun writes nothing, --force redoes it
+    from murakit.evaluation.explore import explore
+
+    before = (run / "explore/summary.json").stat().st_mtime_ns
+    again = explore(data, run, workers=1, log=lambda *_: None)
+    assert again.status == "up-to-date" and again.figures == s2
+    assert (run / "explore/summary.json").stat().st_mtime_ns == before
+    assert cmd_explore.run(parser.parse_args([str(data), "--run", str(run), "--workers", "1"])) == 0
+    assert "is up to date" in capsys.readouterr().out
+    forced = explore(data, run, workers=1, log=lambda *_: None, force=True)
+    assert forced.status == "done" and forced.figures["counts"] == s["counts"]
+    assert (run / "explore/summary.json").stat().st_mtime_ns > before
+
 
 def test_flags_and_detector_accuracy():
     mean = np.array([0.30, 0.31, 0.29, 0.32, 0.30, 0.95, 0.31, np.nan])

@@ -212,6 +212,11 @@ def test_verify_passes_then_reports_drift(run_dir, capsys):
     try:
         assert cmd_verify.run(_args(cmd_verify, ["--run", str(run_dir), "--no-opencv"])) == 1
         assert "DRIFT" in capsys.readouterr().out
+        from murakit.pipeline.verify import failed, verify
+
+        res = verify(run_dir, opencv=False, log=lambda *_: None)  # the stage the CLI and the demo call
+        assert res.status == "done" and res.figures["failed"] == sum(map(failed, res.figures["rows"])) >= 1
+        assert set(res.paths) == set((run_dir / "export").glob("*.onnx"))
     finally:
         save_tensor(pb, orig, "cam")
 
@@ -234,7 +239,7 @@ def test_int8_refused_by_accuracy_or_speed_is_recorded_not_written(run_dir, caps
     # and export.json says so and why
     summary = export_run(run_dir, ExportOptions(calibration=10, golden=6, max_int8_drop=1.0,
                                                 max_int8_latency_ratio=1e-9, int8_rounds=1), force=True)
-    assert summary["status"] == "exported" and not summary["int8_refused"]  # not --strict-int8: not an error
+    assert summary.status == "done" and not summary.figures["int8_refused"]  # not --strict-int8: not an error
     recorded = json.loads((out / "export.json").read_text())["cnn.int8"]
     assert recorded["refused_by"] == ["speed"] and "not faster than float: batch 1" in recorded["reason"]
     assert recorded["speed"]["batch_32"]["ratio"] > 1e-9 and recorded["cpu"]["machine"]
@@ -242,7 +247,7 @@ def test_int8_refused_by_accuracy_or_speed_is_recorded_not_written(run_dir, caps
     assert "INT8 model REFUSED (speed" in capsys.readouterr().out
     strict = export_run(run_dir, ExportOptions(calibration=10, golden=6, max_int8_latency_ratio=1e-9, int8_rounds=1,
                                                strict_int8=True), force=True, log=lambda *_: None)
-    assert strict["int8_refused"]
+    assert strict.figures["int8_refused"]
 
 
 def test_export_without_models_is_a_clear_error(tmp_path):

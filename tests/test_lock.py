@@ -101,3 +101,22 @@ def test_ensure_dir_creates_and_refuses_files(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(MurakitError, match="--out folder .*is a file"):
         ensure_dir(tmp_path / "f" / "g", "--out folder")
+
+
+def test_evaluate_is_refused_while_another_process_holds_the_report(tmp_path, holder):
+    """mk.evaluate is the bench stage: it takes the report lock `murakit bench` takes (issue 26)."""
+    import murakit as mk
+    from murakit.cli import main
+
+    run = tmp_path / "run"
+    p = holder("report", "prepared", "baseline", "cnn", "export")  # a `murakit bench` of this run
+    with pytest.raises(RunInUse, match=rf"in use by PID {p.pid} \(murakit bench\)"):
+        mk.evaluate(run=run)
+    assert not (run / "report").exists()  # refused before anything was written
+    assert main(["bench", "--run", str(run)]) == 2  # the CLI's bench: the same stage, the same refusal
+    p.kill()
+    p.wait()
+    # the holder gone, the stage runs and reports what is missing in its own words
+    with pytest.raises(MurakitError, match="no trained or exported model") as e:
+        mk.evaluate(run=run)
+    assert not isinstance(e.value, RunInUse)

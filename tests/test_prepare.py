@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from _murafix import make_mura
 
+from edge.errors import UserError
 from edge.preprocess import PreprocessConfig, preprocess, preprocess_with_info
 from murakit import pools
 from murakit.data import prepared as P
@@ -50,9 +51,9 @@ def built(data, tmp_path_factory):
 
 def test_cache_contents(data, built):
     run, res = built
-    assert res.status == "built" and res.n_failed == 0
+    assert res.status == "done" and res.figures["n_failed"] == 0
     p = load_prepared(run)
-    n = res.n_images
+    n = res.figures["n_images"]
     assert n == 24 == len(p)
     assert p.images.dtype == np.uint8 and p.images.shape == (n, 32, 32)
     assert isinstance(p.images, np.memmap)
@@ -99,9 +100,18 @@ def test_second_run_is_a_noop(data, built):
     before = {f: f.stat().st_mtime_ns for f in (run / "prepared").iterdir()}
     msgs = []
     res = prepare(data, run, CFG, workers=1, progress=False, log=msgs.append)
-    assert res.status == "up-to-date" and res.n_processed == 0
+    assert res.status == "up-to-date" and res.figures["n_processed"] == 0
     assert "nothing to do" in msgs[-1]
     assert before == {f: f.stat().st_mtime_ns for f in (run / "prepared").iterdir()}
+
+
+def test_force_rebuilds_an_up_to_date_cache(data, tmp_path):
+    first = _prepare(data, tmp_path, workers=1, progress=False)
+    again = _prepare(data, tmp_path, workers=1, progress=False, force=True)
+    assert (first.status, again.status) == ("done", "done") and again.figures["reason"] == "rebuild forced"
+    assert again.figures["n_processed"] == again.figures["n_images"] == first.figures["n_images"]
+    assert again.paths == (tmp_path / "prepared",) and again.seconds > 0
+    assert _prepare(data, tmp_path, workers=1, progress=False).status == "up-to-date"
 
 
 def test_config_change_rebuilds_and_mismatch_is_refused(data, tmp_path):
@@ -111,7 +121,7 @@ def test_config_change_rebuilds_and_mismatch_is_refused(data, tmp_path):
         load_prepared(tmp_path, PreprocessConfig(size=48))
     msgs = []
     res = prepare(data, tmp_path, PreprocessConfig(size=48), workers=1, progress=False, log=msgs.append)
-    assert res.status == "built" and "size 32 -> 48" in res.reason
+    assert res.status == "done" and "size 32 -> 48" in res.figures["reason"]
     assert any("rebuilding" in m for m in msgs)
     assert load_prepared(tmp_path, PreprocessConfig(size=48)).images.shape[1:] == (48, 48)
     assert not list(tmp_path.glob(".prepared*"))
@@ -135,7 +145,7 @@ def test_resume_after_interruption(data, built, tmp_path, monkeypatch):
         load_prepared(tmp_path)
     monkeypatch.setattr(P, "process_one", real)
     res = _prepare(data, tmp_path)
-    assert res.status == "resumed" and res.n_processed == len(fresh) - 9
+    assert res.status == "resumed" and res.figures["n_processed"] == len(fresh) - 9
     p = load_prepared(tmp_path)
     assert np.array_equal(np.asarray(p.images), np.asarray(fresh.images))
     assert (tmp_path / "prepared/index.csv").read_text() == (built[0] / "prepared/index.csv").read_text()
@@ -172,7 +182,7 @@ P.prepare({str(data)!r}, {str(tmp_path)!r}, PreprocessConfig(size=32), workers=1
     assert 4 <= done < 24, "the child finished or never started"
     assert not (tmp_path / "prepared").exists()
     res = _prepare(data, tmp_path)
-    assert res.status == "resumed" and res.n_processed < 24
+    assert res.status == "resumed" and res.figures["n_processed"] < 24
     assert np.array_equal(np.asarray(load_prepared(tmp_path).images),
                           np.asarray(load_prepared(built[0]).images))
 
@@ -191,7 +201,7 @@ def test_pool_and_worker_writes_match_inline(data, built, tmp_path, monkeypatch)
     res = _prepare(data, tmp_path / "pool", workers=2)
     assert used == ["spawn"]
     assert np.array_equal(np.asarray(load_prepared(tmp_path / "pool").images), ref)
-    assert res.n_processed == 24
+    assert res.figures["n_processed"] == 24
     monkeypatch.undo()
     _prepare(data, tmp_path / "ww", worker_writes=True)
     assert np.array_equal(np.asarray(load_prepared(tmp_path / "ww").images), ref)
@@ -204,7 +214,7 @@ def test_unreadable_images_are_listed_and_skipped(tmp_path):
     (data / bad1).write_bytes((data / bad1).read_bytes()[:40])  # truncated PNG
     (data / bad2).write_text("this is not an image")
     res = _prepare(data, tmp_path / "run")
-    assert res.n_failed == 2 and res.n_images == 22
+    assert res.figures["n_failed"] == 2 and res.figures["n_images"] == 22
     lines = (tmp_path / "run/prepared/failed.csv").read_text().splitlines()
     assert lines[0] == "path,error" and len(lines) == 3
     assert {ln.split(",")[0] for ln in lines[1:]} == {bad1, bad2}
@@ -227,7 +237,7 @@ def test_partial_with_other_settings_starts_over(data, tmp_path, monkeypatch):
         _prepare(data, tmp_path)
     monkeypatch.setattr(P, "process_one", real)
     res = _prepare(data, tmp_path, cfg=PreprocessConfig(size=40))
-    assert res.status == "built" and res.n_processed == 24
+    assert res.status == "done" and res.figures["n_processed"] == 24
 
 
 def test_load_refuses_incomplete_or_inconsistent_caches(data, built, tmp_path):
@@ -262,6 +272,6 @@ def test_cli_prepare(data, tmp_path, capsys):
     assert cmd_prepare.run(args) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert parser.parse_args([str(data)]).run == "runs/default"
-    with pytest.raises(MurakitError, match="size"):
+    with pytest.raises(UserError, match="size"):  # the CLI prints it as one line (edge.errors.UserError)
         cmd_prepare.run(parser.parse_args([str(data), "--run", str(tmp_path), "--size", "2"]))
     assert os.path.isfile(tmp_path / "prepared/images.npy")

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 
 from edge.dicom import DicomInfo, is_dicom, read_dicom_info
 from edge.errors import ImageError
-from edge.image import load_array
+from edge.image import JPEG_SIGNATURE, PNG_SIGNATURE, load_array
 from edge.predictor import valid_probabilities
 from edge.serve.audit import audit_record, model_facts
 from edge.serve.batcher import Batcher
@@ -63,9 +63,9 @@ def model_card(predictor) -> dict:
 
 def sniff(data: bytes) -> str | None:
     """'png', 'jpeg', 'dicom' from the first bytes, else None (decides 415 vs 400)."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    if data[:len(PNG_SIGNATURE)] == PNG_SIGNATURE:
         return "png"
-    if data[:3] == b"\xff\xd8\xff":
+    if data[:3] == JPEG_SIGNATURE:
         return "jpeg"
     return "dicom" if is_dicom(data) else None
 

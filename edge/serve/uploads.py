@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from edge.errors import UserError
+
 FIELD = "file"
 # parts that are not `file` fields (a client's extra form fields) allowed beyond max_files
 EXTRA_PARTS = 8
 
 
-class ApiError(Exception):
+class ApiError(UserError):
     """An error answered as JSON ``{"error": message}`` with an HTTP status.
 
     Parameters

@@ -33,6 +33,13 @@ TRAIN_COMMANDS = [
 ]
 
 
+def add_run_argument(parser) -> None:
+    """``--run RUN``, the run folder every stage command reads and writes (default ``layout.DEFAULT_RUN``)."""
+    from murakit.layout import DEFAULT_RUN
+
+    parser.add_argument("--run", default=str(DEFAULT_RUN), help="run folder (default: %(default)s)")
+
+
 def _add(sub, name, module, help_):
     p = sub.add_parser(name, help=help_, description=help_)
     importlib.import_module(module).add_arguments(p)
@@ -81,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 partial failure, 2 error, 130 interrupted)."""
-    from edge.errors import EdgeError, first_line
-    from murakit.errors import MurakitError
+    from edge.errors import UserError, first_line
     from murakit.quiet import quiet_frameworks
 
     try:
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
     try:
         with quiet_frameworks(not args.verbose):
             return int(importlib.import_module(args._module).run(args) or 0)
-    except (MurakitError, EdgeError) as e:
+    except UserError as e:  # every package's user-facing errors (edge.errors.UserError)
         print(f"murakit: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(p):
-    p.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    add_run_argument(p)
     p.add_argument("--quick", action="store_true", help="tiny data set and short training (~1-2 min)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, splits and training")
     p.add_argument("--data", default=None, help="synthetic data folder (default: RUN/data)")

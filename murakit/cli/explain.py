@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(parser) -> None:
     """Add the ``explain`` options to ``parser``."""
     parser.add_argument("images", nargs="+", help="image files (PNG/JPEG)")
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--out", default=None, help="output folder (default: RUN/explain)")
     parser.add_argument("--gradcam", action="store_true",
                         help="Grad-CAM of the last feature maps instead of the CAM head")

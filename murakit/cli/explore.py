@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import os
+from edge.cpu import usable_cores
+from murakit.cli import add_run_argument
 
 
 def add_arguments(parser) -> None:
     """Add the ``explore`` options to ``parser``."""
     parser.add_argument("data", help="folder containing MURA-v1.1/ (or MURA-v1.1/ itself, "
                                      "or a class-folder tree normal/ + abnormal/)")
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split and of the samples (default: %(default)s; "
                              "the prepared cache's seed wins when the cache is used)")
     parser.add_argument("--max-samples", type=int, default=2000,
                         help="raw images decoded for pixel statistics when there is no prepared "
                              "cache (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="worker processes for decoding (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="redo the audit even if it is up to date")
 
@@ -24,15 +25,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Run the audit and print where its outputs are. Returns 0."""
 
-    from murakit.evaluation.explore import check_explore_settings, explore, is_current
-    from murakit.layout import RunLayout
+    from murakit.evaluation.explore import explore
 
-    check_explore_settings(args.seed, args.max_samples, args.workers)  # bad values fail even when up to date
-    if not args.force and is_current(args.run, args.data):
-        print(f"explore: {RunLayout(args.run).explore / 'summary.md'} is up to date; nothing to do (--force redoes it)")
+    res = explore(args.data, args.run, seed=args.seed, max_samples=args.max_samples, workers=args.workers,
+                  force=args.force)
+    if res.up_to_date:
+        print(f"explore: {res.paths[1]} is up to date; nothing to do (--force redoes it)")
         return 0
-    s = explore(args.data, args.run, seed=args.seed, max_samples=args.max_samples,
-                workers=args.workers)
+    s = res.figures
     t = s["counts"]["totals"]
     print(f"{s['data_root']}: {t['images']} images, {t['studies']} studies, {t['patients']} patients "
           f"({s['layout']} layout); pixel statistics from {s['pixel_stats']['source']}")
@@ -49,6 +49,6 @@ def run(args) -> int:
     for k, v in s["problems"].items():
         if v["count"]:
             print(f"  data problem: {v['count']} {k.replace('_', ' ')}")
-    out = RunLayout(args.run).explore
+    out = res.paths[0].parent
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {', '.join(s['plots'])} in {out}")
     return 0

@@ -8,11 +8,12 @@ is the deliverable and the refusal is printed in one line and recorded in export
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
 from murakit.pipeline.export import CALIBRATION_COUNT, GOLDEN_COUNT, MAX_INT8_DROP, MAX_INT8_LATENCY_RATIO
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    add_run_argument(parser)
     parser.add_argument("--golden", type=int, default=GOLDEN_COUNT,
                         help=f"validation images in each golden set (default {GOLDEN_COUNT})")
     parser.add_argument("--calibration", type=int, default=CALIBRATION_COUNT,
@@ -34,4 +35,4 @@ def run(args) -> int:
                          int8=not args.no_int8, strict_int8=args.strict_int8,
                          max_int8_latency_ratio=args.max_int8_latency_ratio)
     result = export_run(args.run, opts, force=args.force)
-    return 1 if result.get("int8_refused") else 0
+    return 1 if result.figures["int8_refused"] else 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+from edge.cpu import usable_cores
+from murakit.cli import add_run_argument
 
 
 def add_arguments(parser) -> None:
@@ -13,7 +14,7 @@ def add_arguments(parser) -> None:
     default = PreprocessConfig()
     parser.add_argument("data", help="folder containing MURA-v1.1/ (or MURA-v1.1/ itself, "
                                      "or a class-folder tree normal/ + abnormal/)")
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--size", type=int, default=default.size,
                         help="output side S of the S x S images (default: %(default)s)")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE after normalisation")
@@ -32,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="class-folder trees only (they have no MURA valid split): fraction "
                              "of images held out as test (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="worker processes (default: all cores, %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -41,24 +42,16 @@ def run(args) -> int:
     """Index the data, build or resume the cache, print a summary. Returns 0."""
     from edge.preprocess import PreprocessConfig
     from murakit.data.prepared import prepare
-    from murakit.errors import MurakitError
 
-    try:
-        cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
-    except ValueError as e:
-        raise MurakitError(str(e)) from None
-    ds = None
-    if args.labels:
-        from murakit.data.dicom_index import index_dicom_tree
-
-        ds = index_dicom_tree(args.data, args.labels)
+    cfg = PreprocessConfig(size=args.size, clahe=args.clahe, invert=args.invert, dicom_voi=args.dicom_voi)
     res = prepare(args.data, args.run, cfg, seed=args.seed, val_fraction=args.val_fraction,
                   test_fraction=args.test_fraction, workers=args.workers, progress=not args.no_progress,
-                  dataset=ds)
-    if res.status != "up-to-date":
-        print(f"{res.cache}: {res.n_images} images cached at {cfg.size}x{cfg.size} "
-              f"({res.n_processed} processed in {res.seconds:.1f} s, "
-              f"{res.images_per_second:.0f} images/s, {args.workers} worker{'s' if args.workers > 1 else ''})")
-    if res.n_failed:
-        print(f"  {res.n_failed} unreadable images skipped: see {res.cache / 'failed.csv'}")
+                  labels=args.labels)
+    f, cache = res.figures, res.paths[0]
+    if not res.up_to_date:
+        print(f"{cache}: {f['n_images']} images cached at {cfg.size}x{cfg.size} "
+              f"({f['n_processed']} processed in {res.seconds:.1f} s, "
+              f"{f['images_per_second']:.0f} images/s, {args.workers} worker{'s' if args.workers > 1 else ''})")
+    if f["n_failed"]:
+        print(f"  {f['n_failed']} unreadable images skipped: see {cache / 'failed.csv'}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
 from murakit.errors import MurakitError
 from murakit.pipeline.train_cnn import ARCH_CHOICES, STRATEGY_CHOICES
 
@@ -28,7 +29,7 @@ def add_arguments(parser) -> None:
 
     t, a = TrainConfig(), AugmentConfig()
     parser.description = f"{parser.description or 'train the CNN'}. {_recipe(t, a)}"
-    parser.add_argument("--run", default="runs/default", help="run folder (default: %(default)s)")
+    add_run_argument(parser)
     parser.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None, metavar="N",
                         help=f"cap on epochs; early stopping normally ends training first "
                              f"(default: {t.max_epochs})")

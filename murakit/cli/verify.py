@@ -6,19 +6,20 @@ Prints one table (card, golden, Keras and OpenCV DNN checks per model; see
 
 from __future__ import annotations
 
+from murakit.cli import add_run_argument
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--run", default="runs/default", help="run folder (default: runs/default)")
+    add_run_argument(parser)
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras comparison (no TensorFlow)")
     parser.add_argument("--no-opencv", action="store_true", help="skip the OpenCV DNN comparison")
 
 
 def run(args) -> int:
-    from murakit.pipeline.verify import failed, format_table, verify_run
+    from murakit.pipeline.verify import verify
 
-    rows = verify_run(args.run, threads=args.threads, keras=not args.no_keras, opencv=not args.no_opencv)
-    print(format_table(rows))
-    bad = [r for r in rows if failed(r)]
-    print(f"verify: {'FAIL' if bad else 'PASS'} ({len(rows) - len(bad)}/{len(rows)} checks ok)")
+    res = verify(args.run, threads=args.threads, keras=not args.no_keras, opencv=not args.no_opencv)
+    n, bad = len(res.figures["rows"]), res.figures["failed"]
+    print(f"verify: {'FAIL' if bad else 'PASS'} ({n - bad}/{n} checks ok)")
     return 1 if bad else 0

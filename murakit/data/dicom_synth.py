@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.mura import MURA_DIRNAME
 from murakit import pools
 from murakit.data.synth.write import remove_dead_temps
 from murakit.errors import MurakitError
@@ -115,7 +116,7 @@ def _convert_tree(src: Path, dst: Path, seed: int, workers: int, progress: bool)
     from murakit.data.dicom_write import available_syntaxes
 
     compressed = available_syntaxes()
-    jobs = [(d, dst / d.relative_to(src), f"MURA-v1.1/{d.relative_to(src).as_posix()}", seed, compressed)
+    jobs = [(d, dst / d.relative_to(src), f"{MURA_DIRNAME}/{d.relative_to(src).as_posix()}", seed, compressed)
             for d in _study_dirs(src)]
     counts: dict = {}
     bar = tqdm(total=len(jobs), unit="study", desc="dicom", disable=not progress)
@@ -157,6 +158,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
         pydicom missing, or ``out_dir/MURA-v1.1`` holds something else and ``force`` is off.
     """
     from edge.atomic import atomic_dir
+    from edge.cpu import usable_cores
     from murakit.data import synth
 
     try:
@@ -164,7 +166,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
     except ImportError:
         raise MurakitError("--format dicom needs the dicom extra: pip install 'murakit[dicom]'") from None
     out_dir = Path(out_dir)
-    target = out_dir / "MURA-v1.1"
+    target = out_dir / MURA_DIRNAME
     params = _params(n_studies, seed)
     if not force and _meta_matches(target, params):
         return target, {}
@@ -172,7 +174,7 @@ def generate_dicom(out_dir, n_studies: int, seed: int = 0, workers=None, progres
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise MurakitError(f"{target} already exists and is not the DICOM synthetic set for --studies "
                            f"{n_studies} --seed {seed}; use --force to replace it")
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(2, usable_cores()) if workers is None else int(workers)
     remove_dead_temps(out_dir, ".murakit-synth-png-*")
     png_root = out_dir / f".murakit-synth-png-{os.getpid()}"
     try:

@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from edge.image import is_image_file
+from edge.mura import MURA_DIRNAME, MURA_SPLITS, is_part_folder
 from murakit.errors import MurakitError
 
-MURA_DIRNAME = "MURA-v1.1"
-MURA_SPLITS = ("train", "valid")
 CLASS_DIRS = {"normal": 0, "abnormal": 1}
 ANNOTATIONS_CSV = "synth_annotations.csv"
 MAX_CSV_BYTES = 256 * 1024 * 1024  # MURA's largest CSV is ~3 MB
@@ -252,7 +251,7 @@ def parse_study(relstudy: str) -> tuple[str, str, str, str]:
     (split, part, patient, study id ``XR_ELBOW/patient00011/study1_negative``)."""
     parts = relstudy.split("/")
     split, xr, patient, study = parts[1], parts[2], parts[3], parts[4]
-    part = xr[3:] if xr.upper().startswith("XR_") else xr
+    part = xr[3:] if is_part_folder(xr) else xr
     return split, part.upper(), patient, f"{xr}/{patient}/{study}"
 
 

@@ -39,6 +39,7 @@ from edge.atomic import atomic_write, write_text
 from edge.preprocess import PreprocessConfig
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 INDEX_COLUMNS = ["split", "part", "patient", "study", "path", "label", "row", "inverted"]
 # Per-row numbers kept in progress.npz and written as extra index columns, in this order.
@@ -380,23 +381,6 @@ def _sync(images: np.memmap, path: Path) -> None:
 
 # ============================================================================ writing
 
-@dataclass
-class PrepareResult:
-    """What :func:`prepare` did. ``status`` is ``"up-to-date"``, ``"built"`` or ``"resumed"``."""
-
-    status: str
-    cache: Path
-    n_images: int
-    n_failed: int
-    n_processed: int
-    seconds: float
-    reason: str = ""
-
-    @property
-    def images_per_second(self) -> float:
-        return self.n_processed / self.seconds if self.seconds > 0 else float("nan")
-
-
 def _annotation_cells(ann, info_row: np.ndarray, size: int) -> list[str]:
     """``finding,bx0,by0,bx1,by1,true_inverted`` for one image (empty cells when unknown)."""
     if ann is None:
@@ -576,8 +560,8 @@ def check_split_settings(seed: int, val_fraction: float, test_fraction: float) -
 def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
             val_fraction: float = 0.1, test_fraction: float = 0.2, workers: int | None = None,
             progress: bool = True, checkpoint_seconds: float = 5.0, worker_writes: bool = False,
-            log=print, dataset=None) -> PrepareResult:
-    """Build (or resume, or confirm) ``RUN/prepared`` for a data set.
+            log=print, dataset=None, labels=None, *, force: bool = False) -> StageResult:
+    """The prepare stage: build (or resume, or confirm) ``RUN/prepared`` for a data set.
 
     Parameters
     ----------
@@ -591,7 +575,7 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
         Passed to :func:`murakit.data.splits.assign_splits`; checked by
         :func:`check_split_settings`.
     workers : int, optional
-        Processes, 1 to :func:`murakit.checks.max_workers`; default ``os.cpu_count()``.
+        Processes, 1 to :func:`murakit.checks.max_workers`; default :func:`edge.cpu.usable_cores`.
         1 runs in this process.
     progress : bool
         Show a tqdm progress bar.
@@ -603,10 +587,18 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
         Receives one-line status messages (the data set's size and its problems first).
     dataset : Dataset, optional
         An already indexed ``data`` (saves indexing twice).
+    labels : str or Path, optional
+        ``data`` is a DICOM tree in any layout and this CSV maps a StudyInstanceUID or a folder
+        under ``data`` to a label (:func:`murakit.data.dicom_index.index_dicom_tree`).
+    force : bool
+        Rebuild a cache that is up to date.
 
     Returns
     -------
-    PrepareResult
+    StageResult
+        ``status`` "done", "resumed" or "up-to-date"; ``paths``: the cache folder; ``figures``:
+        ``n_images`` (cached), ``n_failed`` (unreadable, skipped), ``n_processed`` (decoded by
+        this call), ``images_per_second`` (of those) and ``reason`` (why a cache was rebuilt).
 
     Raises
     ------
@@ -614,24 +606,44 @@ def prepare(data, run, cfg: PreprocessConfig | None = None, seed: int = 0,
         Bad settings, unusable data, or a run folder that another process is preparing
         (:mod:`murakit.lock`).
     """
+    from edge.cpu import usable_cores
     from murakit.checks import check_workers
     from murakit.data.mura import index_dataset
     from murakit.lock import stage_lock
 
     check_split_settings(seed, val_fraction, test_fraction)
-    workers = check_workers(workers if workers is not None else os.cpu_count() or 1)
+    workers = check_workers(workers if workers is not None else usable_cores())
+    t0 = time.perf_counter()
     with stage_lock(run, writes="prepared", create=True):
-        ds = dataset if dataset is not None else index_dataset(data)
+        if dataset is not None:
+            ds = dataset
+        elif labels is not None:
+            from murakit.data.dicom_index import index_dicom_tree
+
+            ds = index_dicom_tree(data, labels)
+        else:
+            ds = index_dataset(data)
         log(f"{ds.root}: {len(ds)} images ({ds.layout} layout)")
         for line in ds.problems.lines():
             log(f"  data problem: {line}")
-        return _prepare(ds, run, cfg if cfg is not None else PreprocessConfig(), seed, val_fraction,
-                        test_fraction, workers, progress, checkpoint_seconds, worker_writes, log)
+        status, final, figures = _prepare(ds, run, cfg if cfg is not None else PreprocessConfig(), seed,
+                                          val_fraction, test_fraction, workers, progress, checkpoint_seconds,
+                                          worker_writes, force, log)
+    return StageResult("prepare", status, (final,), time.perf_counter() - t0, figures)
+
+
+def _figures(n_images: int, n_failed: int, n_processed: int, seconds: float, reason: str = "") -> dict:
+    rate = n_processed / seconds if seconds > 0 else float("nan")
+    return {"n_images": int(n_images), "n_failed": int(n_failed), "n_processed": int(n_processed),
+            "images_per_second": rate, "reason": reason}
 
 
 def _prepare(ds, run, cfg: PreprocessConfig, seed, val_fraction, test_fraction, workers, progress,
-             checkpoint_seconds, worker_writes, log) -> PrepareResult:
-    """:func:`prepare` once the settings are checked and the run folder is locked."""
+             checkpoint_seconds, worker_writes, force, log) -> tuple:
+    """:func:`prepare` once the settings are checked and the run folder is locked.
+
+    Returns (status, cache folder, figures).
+    """
     from murakit.data.splits import assign_splits
 
     layout = RunLayout(run)
@@ -641,11 +653,14 @@ def _prepare(ds, run, cfg: PreprocessConfig, seed, val_fraction, test_fraction, 
         shutil.rmtree(stale, ignore_errors=True)
     meta = read_meta(final)
     reason = ""
-    if meta is not None and same_key(meta, key) and (final / "images.npy").is_file():
+    if not force and meta is not None and same_key(meta, key) and (final / "images.npy").is_file():
         log(f"{final}: cache is up to date ({meta['n_images']} images, {meta['n_failed']} failed); "
             "nothing to do")
-        return PrepareResult("up-to-date", final, meta["n_images"], meta["n_failed"], 0, 0.0)
-    if meta is not None:
+        return "up-to-date", final, _figures(meta["n_images"], meta["n_failed"], 0, 0.0)
+    if force and meta is not None:
+        reason = "rebuild forced"
+        log(f"{final}: {reason}; rebuilding the cache")
+    elif meta is not None:
         reason = describe_change(meta, key)
         log(f"{final}: {reason}; rebuilding the cache")
     elif final.exists():
@@ -658,5 +673,4 @@ def _prepare(ds, run, cfg: PreprocessConfig, seed, val_fraction, test_fraction, 
     seconds = time.perf_counter() - t0
     del mm  # close the memmap before the folder is renamed
     n_ok = _finalise(partial, final, ds, split, st, key, ds.layout)
-    status = "resumed" if resumed else "built"
-    return PrepareResult(status, final, n_ok, int(st.failed.sum()), n, seconds, reason)
+    return ("resumed" if resumed else "done"), final, _figures(n_ok, st.failed.sum(), n, seconds, reason)

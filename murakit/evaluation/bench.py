@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.mura import MURA_DIRNAME
 from murakit.errors import MurakitError
 from murakit.evaluation.bootstrap import LEVEL, N_RESAMPLES, paired_auroc_difference, study_intervals
 from murakit.evaluation.metrics import evaluate, json_safe
@@ -181,7 +182,7 @@ def is_synthetic(root) -> bool:
     if not root:
         return False
     root = Path(root)
-    return any((d / "synth.json").exists() for d in (root, root / "MURA-v1.1"))
+    return any((d / "synth.json").exists() for d in (root, root / MURA_DIRNAME))
 
 
 # (name in report.json, model A, model B): A's study AUROC minus B's, paired bootstrap over studies.
@@ -220,18 +221,13 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     ``report["comparisons"]`` the paired CNN - baseline (and INT8 - float) AUROC differences.
     """
     from edge.cpu import cpu_info
-    from edge.errors import ModelError
-    from export.errors import ExportError
     from murakit.data.prepared import load_prepared
 
     layout = RunLayout(run)
     files = {k: v for k, v in model_files(layout.root).items() if v is not None}
     if not files:
         raise MurakitError(f"{layout.root}: no trained or exported model found; run `murakit train` first")
-    try:
-        cards = {k: model_card(layout, k, v) for k, v in files.items()}
-    except ModelError as e:
-        raise MurakitError(str(e)) from None
+    cards = {k: model_card(layout, k, v) for k, v in files.items()}
     for card in cards.values():  # every model must have been trained on this cache's preprocessing
         load_prepared(layout.root, expect_config=card.preprocess)
     prep = load_prepared(layout.root)
@@ -245,10 +241,7 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
     report = {"dataset": {"root": root, "synthetic": is_synthetic(root), "split": "test", "images": len(order),
                           "studies": len(np.unique(studies))},
               "models": {}}
-    try:
-        tflite = tflite_scorers(layout, prep, threads, progress)
-    except ExportError as e:
-        raise MurakitError(str(e)) from None
+    tflite = tflite_scorers(layout, prep, threads, progress)
     probs = {}
     for name in MODEL_NAMES:
         if name not in files and name not in tflite:

@@ -24,6 +24,7 @@ from edge.atomic import atomic_dir
 from edge.preprocess import PreprocessConfig
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 LOW_STD = 0.05          # raw std (intensities in [0, 1]) below this: low contrast
 MEAN_ROBUST_Z = 3.5     # |mean - median| / (1.4826 MAD) above this: unusual exposure
@@ -72,13 +73,14 @@ def count_table(records, split: np.ndarray) -> dict:
 def png_format(path: str) -> str:
     """``"grey 8-bit"``, ``"rgb 16-bit"``, ... from a PNG header; ``"jpeg"``, ``"dicom"`` or ``"unknown"``."""
     from edge.dicom import is_dicom
+    from edge.image import PNG_SIGNATURE
 
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return "unknown"
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26:
+    if head.startswith(PNG_SIGNATURE) and len(head) >= 26:
         return f"{PNG_COLOR_TYPES.get(head[25], 'other')} {head[24]}-bit"
     if is_dicom(head):
         return "dicom"
@@ -342,8 +344,8 @@ def _flag_entry(mask: np.ndarray, paths) -> dict:
 
 
 def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3,
-            workers: int | None = None, log=print) -> dict:
-    """Audit ``data`` and write ``RUN/explore/``.
+            workers: int | None = None, log=print, *, force: bool = False) -> StageResult:
+    """The explore stage: audit ``data`` and write ``RUN/explore/`` unless it is up to date.
 
     Parameters
     ----------
@@ -359,17 +361,28 @@ def explore(data, run, seed: int = 0, max_samples: int = 2000, per_part: int = 3
         Samples per body part in ``samples.png``.
     workers : int, optional
         Processes for decoding; default all cores.
+    force : bool
+        Redo an audit that is up to date (about the same data root, newer than the cache).
 
     Returns
     -------
-    dict
-        The summary written to ``summary.json``.
+    StageResult
+        ``paths``: summary.json, summary.md; ``figures``: the summary (``summary.json``).
     """
+    import time
+
+    from edge.cpu import usable_cores
     from murakit.lock import stage_lock
 
-    check_explore_settings(seed, max_samples, workers, per_part)
-    with stage_lock(run, writes="explore", reads=("prepared",), create=True):
-        return _explore(data, run, seed, max_samples, per_part, workers or os.cpu_count() or 1, log)
+    t0 = time.perf_counter()
+    check_explore_settings(seed, max_samples, workers, per_part)  # bad values fail even when up to date
+    with stage_lock(run, writes="explore", reads=("prepared",), create=True) as layout:
+        paths = (layout.explore_summary, layout.explore / "summary.md")
+        summary = None if force else _current_summary(run, data)
+        if summary is not None:
+            return StageResult("explore", "up-to-date", paths, time.perf_counter() - t0, summary)
+        summary = _explore(data, run, seed, max_samples, per_part, workers or usable_cores(), log)
+    return StageResult("explore", "done", paths, time.perf_counter() - t0, summary)
 
 
 def check_explore_settings(seed: int, max_samples: int, workers: int | None, per_part: int = 3) -> None:
@@ -455,16 +468,18 @@ def _truth(ann) -> int:
     return -1 if ann is None or ann.inverted is None else int(ann.inverted)
 
 
-def is_current(run, data) -> bool:
-    """The summary exists, is about the same data root and is newer than the prepared cache."""
+def _current_summary(run, data) -> dict | None:
+    """The stored summary when it is about the same data root and newer than the prepared cache."""
     from murakit.layout import is_fresh
 
     layout = RunLayout(run)
     summary = layout.explore_summary
     if not is_fresh(summary, [layout.prepared_config]):
-        return False
+        return None
     try:
-        root = json.loads(summary.read_text()).get("data_root")
+        stored = json.loads(summary.read_text())
     except (OSError, ValueError):
-        return False
-    return root is not None and Path(root).resolve() == Path(data).resolve()
+        return None
+    root = stored.get("data_root") if isinstance(stored, dict) else None
+    return stored if root is not None and Path(root).resolve() == Path(data).resolve() else None
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from murakit.evaluation.bench import ANCHOR, MODEL_NAMES
 from murakit.evaluation.cam import markdown_lines as cam_markdown
 from murakit.evaluation.metrics import study_level
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 LABELS = {"baseline": "HOG + SVM (ONNX)", "cnn": "CNN (Keras)", "cnn_onnx": "CNN (ONNX float)",
           "cnn_onnx_int8": "CNN (ONNX INT8)", "cnn_tflite": "CNN (TFLite float)", "cnn_tflite_int8": "CNN (TFLite INT8)"}
@@ -333,32 +335,100 @@ def write_report(run, report: dict, data: dict) -> Path:
 MAX_LATENCY_RUNS = 100_000
 
 
-def bench_and_report(run, threads: int = 2, n_single: int = 200, log=print) -> tuple:
-    """Benchmark every model of ``run`` and write its report, holding the run's ``report`` stage.
+@dataclass(frozen=True)
+class BenchOptions:
+    """How ``bench`` times the models.
 
-    Parameters
+    Attributes
     ----------
     threads : int
         onnxruntime intra-op threads, 1 to :func:`murakit.checks.max_workers`.
-    n_single : int
+    latency_runs : int
         Batch-1 timings per model, 1 to :data:`MAX_LATENCY_RUNS`.
+    seed : int
+        Seed of the bootstrap intervals and of the timing samples.
+    """
+
+    threads: int = 2
+    latency_runs: int = 200
+    seed: int = 0
+
+
+def up_to_date(run) -> bool:
+    """True when report.json exists and is newer than the cache and every model file."""
+    from murakit.evaluation.bench import model_files
+    from murakit.layout import is_fresh
+
+    layout = RunLayout(run)
+    inputs = [p for p in model_files(run).values() if p is not None] + [layout.prepared_index]
+    return is_fresh(layout.report_json, inputs)
+
+
+def headline(report: dict) -> dict:
+    """Per model: study AUROC and kappa, batch-1 latency (ms, median) and file size (bytes)."""
+    return {name: {"study_auroc": m["study"]["auroc"], "study_kappa": m["study"]["kappa"],
+                   "latency_ms_p50": m.get("latency_ms_p50"), "size_bytes": m.get("size_bytes")}
+            for name, m in report.get("models", {}).items()}
+
+
+def _stored_headline(layout: RunLayout) -> dict:
+    """The headline of an existing report.json ({} when it cannot be read: figures are optional)."""
+    try:
+        return headline(json.loads(layout.report_json.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def bench(run, options: BenchOptions = BenchOptions(), *, force: bool = False, log=print) -> StageResult:
+    """The bench stage: every model of ``run`` on the test split, and the report.
+
+    Holds the run's ``report`` stage (and the stages it reads) for the whole stage, the
+    freshness check included, so two benches of one run never interleave (``murakit bench``,
+    ``mk.evaluate`` and the demo all come here).
+
+    Parameters
+    ----------
+    run : str or Path
+        Run folder with at least one trained model.
+    options : BenchOptions
+    force : bool
+        Redo a report that is newer than every model.
+    log : callable
+        Receives the progress lines.
 
     Returns
     -------
-    (report dict, report folder)
+    StageResult
+        ``paths``: report.json, report.md; ``figures``: :func:`headline` of the report.
+
+    Raises
+    ------
+    murakit.lock.RunInUse
+        Another process holds the run's report (or a stage it reads).
+    MurakitError
+        Bad options, no trained model, a cache that does not match the models.
     """
+    import time
+
     from murakit.checks import check_int, check_workers
     from murakit.evaluation.bench import benchmark
     from murakit.evaluation.cam import cam_report
     from murakit.evaluation.metrics import json_safe
     from murakit.lock import stage_lock
 
-    check_workers(threads, "--threads")
-    check_int("--latency-runs", n_single, 1, MAX_LATENCY_RUNS)
-    with stage_lock(run, writes="report", reads=("prepared", "baseline", "cnn", "export")):
-        report, data = benchmark(run, threads=threads, n_single=n_single, progress=log)
+    t0 = time.perf_counter()
+    check_workers(options.threads, "--threads")
+    check_int("--latency-runs", options.latency_runs, 1, MAX_LATENCY_RUNS)
+    with stage_lock(run, writes="report", reads=("prepared", "baseline", "cnn", "export")) as layout:
+        paths = (layout.report_json, layout.report_md)
+        if not force and up_to_date(run):
+            return StageResult("bench", "up-to-date", paths, time.perf_counter() - t0, _stored_headline(layout))
+        report, data = benchmark(run, threads=options.threads, n_single=options.latency_runs, progress=log,
+                                 seed=options.seed)
         report["cam"] = json_safe(cam_report(run, data, log=log))
-        return report, write_report(run, report, data)
+        write_report(run, report, data)
+    return StageResult("bench", "done", paths, time.perf_counter() - t0, headline(report))
 
 
-__all__ = ["MODEL_NAMES", "bench_and_report", "markdown", "roc_curve", "write_report"]
+__all__ = ["MODEL_NAMES", "BenchOptions", "bench", "headline", "markdown", "roc_curve", "up_to_date",
+           "write_report"]

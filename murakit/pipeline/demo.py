@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from murakit.layout import RunLayout
+from murakit.layout import DEFAULT_RUN, RunLayout
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,21 @@ def _predict_study(layout: RunLayout, data: Path, log) -> None:
 
 
 def _bench(layout: RunLayout, log) -> None:
-    from murakit.cli.bench import up_to_date
-    from murakit.evaluation.report import bench_and_report
+    from murakit.evaluation.report import bench
 
-    if up_to_date(layout.root):
+    result = bench(layout.root, log=log)
+    if result.up_to_date:
         log(f"bench: {layout.report_md} is up to date")
         return
-    report, _ = bench_and_report(layout.root, log=log)
-    for name, m in report["models"].items():
-        log(f"  {name:14s} study AUROC {m['study']['auroc']:.3f}  kappa {m['study']['kappa']:.3f}")
+    for name, m in result.figures.items():
+        log(f"  {name:14s} study AUROC {m['study_auroc']:.3f}  kappa {m['study_kappa']:.3f}")
 
 
 def _verify(layout: RunLayout, log) -> None:
     from murakit.errors import MurakitError
-    from murakit.pipeline.verify import failed, format_table, verify_run
+    from murakit.pipeline.verify import verify
 
-    rows = verify_run(layout.root)
-    log(format_table(rows))
-    if any(failed(r) for r in rows):
+    if verify(layout.root, log=log).figures["failed"]:
         raise MurakitError("verify found drift between the exported models and their golden sets")
 
 
@@ -79,7 +76,7 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
     from edge.preprocess import PreprocessConfig
     from murakit.data import synth
     from murakit.data.prepared import prepare
-    from murakit.evaluation.explore import explore, is_current
+    from murakit.evaluation.explore import explore
     from murakit.pipeline.export import export_run
     from murakit.pipeline.train_baseline import train_baseline
     from murakit.pipeline.train_cnn import CnnOptions, train_cnn
@@ -94,8 +91,7 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
             synth.generate(data, n_studies=n, seed=seed)
 
     def do_explore():
-        if not is_current(layout.root, data):
-            explore(data, layout.root, seed=seed, log=log)
+        explore(data, layout.root, seed=seed, log=log)
 
     return [
         ("synth", do_synth),
@@ -110,7 +106,7 @@ def steps(run, data=None, quick: bool = False, seed: int = 0, log=print) -> list
     ]
 
 
-def run_demo(run="runs/default", data=None, quick: bool = False, seed: int = 0, log=print) -> Path:
+def run_demo(run=DEFAULT_RUN, data=None, quick: bool = False, seed: int = 0, log=print) -> Path:
     """Run every stage; returns the report's path. Errors propagate (MurakitError: one line)."""
     from murakit.checks import check_seed
     from murakit.layout import ensure_dir

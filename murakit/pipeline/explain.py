@@ -37,8 +37,6 @@ def load_cnn(layout: RunLayout):
         model = deep.load_model(layout.cnn_best)
     except ModelError as e:
         raise MurakitError(f"{e} (was training interrupted? rerun murakit train cnn --run {layout.root})") from None
-    except deep.DeepError as e:
-        raise MurakitError(str(e)) from None
     return model, card
 
 

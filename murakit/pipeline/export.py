@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from export.quantize import MAX_AUROC_DROP, MAX_LATENCY_RATIO, TIMING_ROUNDS
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 GOLDEN_COUNT = 8
 CALIBRATION_COUNT = 200
 MAX_GOLDEN, MAX_CALIBRATION = 64, 10_000
-MAX_INT8_DROP = 0.01
-MAX_INT8_LATENCY_RATIO = 1.0
-INT8_TIMING_ROUNDS = 5
+# the INT8 gate's defaults live with the gate (export.quantize); here under the CLI's names
+MAX_INT8_DROP, MAX_INT8_LATENCY_RATIO, INT8_TIMING_ROUNDS = MAX_AUROC_DROP, MAX_LATENCY_RATIO, TIMING_ROUNDS
 
 
 @dataclass(frozen=True)
@@ -374,35 +375,31 @@ def up_to_date(layout: RunLayout, cards: dict) -> bool:
     return wanted <= set(stems) and all(_pair_ok(layout, s, cards[s.split(".")[0]]) for s in stems)
 
 
-def _user_errors() -> tuple:
-    """Exceptions of export/deep that become one-line MurakitErrors (deep only if already loaded:
-    importing it costs TensorFlow's start-up, which a baseline-only export never needs)."""
-    import sys
-
-    from export.errors import ExportError
-
-    deep_errors = sys.modules.get("deep.errors")
-    return (ExportError, deep_errors.DeepError) if deep_errors else (ExportError,)
-
-
-def export_run(run, options: ExportOptions = ExportOptions(), force: bool = False, log=print) -> dict:
-    """Export every trained model of a run (see the module docstring).
+def export_run(run, options: ExportOptions = ExportOptions(), force: bool = False, log=print) -> StageResult:
+    """The export stage: export every trained model of a run (see the module docstring).
 
     Returns
     -------
-    dict
-        The export summary (``export.json``) with ``"status"``: "exported" or "up-to-date", and
-        ``"int8_refused"`` True when the INT8 gate refused the quantized model.
+    StageResult
+        ``status`` "done" or "up-to-date"; ``paths``: export.json and the exported models;
+        ``figures``: the export summary (``export.json``) with ``"int8_refused"`` True when
+        ``strict_int8`` is set and the INT8 gate refused the quantized model.
     """
+    import time
+
     from murakit.lock import stage_lock
 
+    t0 = time.perf_counter()
     options.check()
-    with stage_lock(run, writes="export", reads=("prepared", "baseline", "cnn")):
-        return _export_run(RunLayout(run), options, force, log)
+    with stage_lock(run, writes="export", reads=("prepared", "baseline", "cnn")) as layout:
+        status, summary = _export_run(layout, options, force, log)
+        paths = (layout.export_summary, *(layout.exported(s) for s in ("cnn", "cnn.int8", "baseline")
+                                          if layout.exported(s).is_file()))
+    return StageResult("export", status, paths, time.perf_counter() - t0, summary)
 
 
-def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> dict:
-    """:func:`export_run` once the options are checked and the run folder is locked."""
+def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> tuple:
+    """:func:`export_run` once the options are checked and the run folder is locked: (status, summary)."""
     from edge.atomic import write_text
     from murakit.data.prepared import load_prepared
     from murakit.evaluation.metrics import json_safe
@@ -413,30 +410,27 @@ def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> 
     if not force and up_to_date(layout, cards):
         log(f"export: {layout.export_summary} is up to date and every model matches its golden set; "
             "nothing to do (--force redoes it)")
-        return {**json.loads(layout.export_summary.read_text()), "status": "up-to-date"}
+        return "up-to-date", {**json.loads(layout.export_summary.read_text()), "int8_refused": False}
     for card in cards.values():  # refuse a cache built differently before writing anything
         load_prepared(layout.root, expect_config=card.preprocess)
     prep = load_prepared(layout.root)
     sources, infos = golden_sources(prep, golden_positions(prep, options.golden))
     summary, refused = {"golden_cases": infos}, False
-    try:
-        if "cnn" in cards:
-            golden_x = source_inputs(sources, cards["cnn"].preprocess)
-            cnn = export_cnn_float(layout, cards["cnn"], prep, golden_x, sources, infos, log)
-            summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card")}
-            if options.int8:
-                summary["cnn.int8"] = export_int8(layout, cnn["card"], prep, options, golden_x,
-                                                  cnn["golden_outputs"], sources, infos, log)
-                refused = not summary["cnn.int8"]["accepted"]
-        else:
-            log(f"export: no CNN in {layout.cnn}; skipping cnn.onnx")
-        if "baseline" in cards:
-            summary["baseline"] = export_baseline(layout, cards["baseline"], sources, infos, log)
-        else:
-            log(f"export: no {layout.baseline_onnx}; skipping the baseline")
-    except _user_errors() as e:
-        raise MurakitError(str(e)) from None
+    if "cnn" in cards:
+        golden_x = source_inputs(sources, cards["cnn"].preprocess)
+        cnn = export_cnn_float(layout, cards["cnn"], prep, golden_x, sources, infos, log)
+        summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card")}
+        if options.int8:
+            summary["cnn.int8"] = export_int8(layout, cnn["card"], prep, options, golden_x,
+                                              cnn["golden_outputs"], sources, infos, log)
+            refused = not summary["cnn.int8"]["accepted"]
+    else:
+        log(f"export: no CNN in {layout.cnn}; skipping cnn.onnx")
+    if "baseline" in cards:
+        summary["baseline"] = export_baseline(layout, cards["baseline"], sources, infos, log)
+    else:
+        log(f"export: no {layout.baseline_onnx}; skipping the baseline")
     if "cnn.int8" in summary:
         summary["cpu"] = summary["cnn.int8"]["cpu"]
     write_text(layout.export_summary, json.dumps(json_safe(summary), indent=2, sort_keys=True))
-    return {**summary, "status": "exported", "int8_refused": refused and options.strict_int8}
+    return "done", {**summary, "int8_refused": refused and options.strict_int8}

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 PARITY_TOLERANCE = 1e-4  # ONNX (float32) vs scikit-learn probabilities at export
 ARCH = "hog-linear-svm"
@@ -148,7 +148,7 @@ def _fit(prepared, feats, pos: dict, settings: dict, workers: int, log):
 
 def _save(layout: RunLayout, prepared, model, feats, pos, probs, val, test, hog_cfg, extra: dict) -> dict:
     """Write model (with its card), card.json, predictions, then metrics.json (last)."""
-    from baseline import BaselineError, to_onnx
+    from baseline import to_onnx
     from edge.atomic import write_text
     from murakit.evaluation.metrics import json_safe
     from murakit.evaluation.predictions import write_predictions
@@ -159,10 +159,7 @@ def _save(layout: RunLayout, prepared, model, feats, pos, probs, val, test, hog_
                          model_config={"alpha": float(model.selection_["alpha"])},
                          val=(prepared.label[pos["val"]], probs["val"], prepared.study[pos["val"]],
                               prepared.part[pos["val"]]))
-    try:
-        card = to_onnx(model, card, layout.baseline_onnx)
-    except BaselineError as e:
-        raise MurakitError(str(e)) from None
+    card = to_onnx(model, card, layout.baseline_onnx)
     parity = _check_parity(layout.baseline_onnx, feats[pos["test"][:512]], probs["test"][:512])
     write_text(layout.card("baseline"), card.to_json() + "\n")
     for split in ("val", "test"):
@@ -174,8 +171,8 @@ def _save(layout: RunLayout, prepared, model, feats, pos, probs, val, test, hog_
 
 
 def train_baseline(run, seed: int = 0, hog_cell: int = 8, workers: int | None = None, force: bool = False,
-                   progress: bool = True, log=print) -> dict:
-    """Train, evaluate and export the baseline of a run (or confirm it is up to date).
+                   progress: bool = True, log=print) -> StageResult:
+    """The train baseline stage: train, evaluate and export the baseline (or confirm it is up to date).
 
     Parameters
     ----------
@@ -193,20 +190,25 @@ def train_baseline(run, seed: int = 0, hog_cell: int = 8, workers: int | None = 
 
     Returns
     -------
-    dict
-        The test metrics (``metrics.json``), with ``"status"``: "trained" or "up-to-date".
+    StageResult
+        ``status`` "done" or "up-to-date"; ``paths``: baseline.onnx, card.json, metrics.json;
+        ``figures``: the test metrics (``metrics.json``).
     """
+    from edge.cpu import usable_cores
     from murakit.checks import check_seed, check_workers
     from murakit.lock import stage_lock
 
+    t0 = time.perf_counter()
     check_seed(seed)
-    workers = check_workers((os.cpu_count() or 1) if workers is None else workers)
-    with stage_lock(run, writes="baseline", reads=("prepared",)):
-        return _train_baseline(RunLayout(run), seed, hog_cell, workers, force, progress, log)
+    workers = check_workers(usable_cores() if workers is None else workers)
+    with stage_lock(run, writes="baseline", reads=("prepared",)) as layout:
+        status, metrics = _train_baseline(layout, seed, hog_cell, workers, force, progress, log)
+    paths = (layout.baseline_onnx, layout.card("baseline"), layout.metrics("baseline"))
+    return StageResult("train baseline", status, paths, time.perf_counter() - t0, metrics)
 
 
-def _train_baseline(layout: RunLayout, seed, hog_cell, workers, force, progress, log) -> dict:
-    """:func:`train_baseline` once its settings are checked and the run folder is locked."""
+def _train_baseline(layout: RunLayout, seed, hog_cell, workers, force, progress, log) -> tuple:
+    """:func:`train_baseline` once its settings are checked and the run folder is locked: (status, metrics)."""
     from edge.hog import HogConfig
     from murakit.data.prepared import load_prepared
 
@@ -214,7 +216,7 @@ def _train_baseline(layout: RunLayout, seed, hog_cell, workers, force, progress,
     settings = _settings(seed, hog_cell, prepared)
     if not force and _up_to_date(layout, prepared, settings):
         log(f"{layout.baseline}: baseline is complete and newer than the cache; nothing to do (--force retrains)")
-        return {**json.loads(layout.metrics("baseline").read_text()), "status": "up-to-date"}
+        return "up-to-date", json.loads(layout.metrics("baseline").read_text())
     pos = {s: _split(prepared, s) for s in ("train", "val", "test")}
     layout.metrics("baseline").unlink(missing_ok=True)  # the stage is incomplete until rewritten
     hog_cfg = HogConfig.from_dict(settings["hog"])
@@ -229,4 +231,4 @@ def _train_baseline(layout: RunLayout, seed, hog_cell, workers, force, progress,
     log(f"test study AUROC {s['auroc']:.3f}  kappa {s['kappa']:.3f}  accuracy {s['accuracy']:.3f}; "
         f"ONNX parity {metrics['onnx_parity_max_abs']:.1e}")
     log(f"wrote {layout.baseline_onnx}, {layout.card('baseline')} and {layout.metrics('baseline')}")
-    return {**metrics, "status": "trained"}
+    return "done", metrics

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 # Kept here (not imported from deep) so building the CLI parser never imports TensorFlow.
 ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
@@ -155,14 +156,10 @@ def _given(**options) -> dict:
 def _configs(opts: CnnOptions, size: int):
     import deep
 
-    try:
-        cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
-        aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
-        tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
-                                **_given(max_epochs=opts.epochs, patience=opts.patience,
-                                         min_steps=opts.min_steps))
-    except (ValueError, deep.DeepError) as e:
-        raise MurakitError(str(e)) from None
+    cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
+    aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
+    tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
+                            **_given(max_epochs=opts.epochs, patience=opts.patience, min_steps=opts.min_steps))
     return cfg, tcfg
 
 
@@ -195,36 +192,42 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log, 
 
 
 def train_cnn(run, options: CnnOptions = CnnOptions(), force: bool = False, progress: bool = True,
-              log=print) -> dict:
-    """Train (or resume) the CNN of a run, then evaluate it on test and write its card.
+              log=print) -> StageResult:
+    """The train cnn stage: train (or resume) the CNN of a run, evaluate it on test, write its card.
 
     Returns
     -------
-    dict
-        The test metrics (``metrics.json``), with ``"status"``: "trained" or "up-to-date".
+    StageResult
+        ``status`` "done" or "up-to-date"; ``paths``: card.json, metrics.json (none on a
+        non-chief worker, which writes nothing); ``figures``: the test metrics (``metrics.json``),
+        or ``{"worker": rank}`` on a non-chief worker.
     """
+    import time
+
     from murakit.lock import stage_lock
 
+    t0 = time.perf_counter()
     options.check()
     rep = _replicas(options.strategy)
+    layout = RunLayout(run)
     if not rep.is_chief:  # the chief holds the run's lock and alone writes RUN/cnn
-        return _train_cnn(RunLayout(run), options, force, progress, log, rep)
+        status, metrics = _train_cnn(layout, options, force, progress, log, rep)
+        return StageResult("train cnn", status, (), time.perf_counter() - t0, metrics)
     with stage_lock(run, writes="cnn", reads=("prepared",)):
-        return _train_cnn(RunLayout(run), options, force, progress, log, rep)
+        status, metrics = _train_cnn(layout, options, force, progress, log, rep)
+    paths = (layout.card("cnn"), layout.metrics("cnn"))
+    return StageResult("train cnn", status, paths, time.perf_counter() - t0, metrics)
 
 
 def _replicas(strategy: str):
     """The tf.distribute strategy (before any other TensorFlow op, as multi-worker requires)."""
     import deep
 
-    try:
-        return deep.distribute.resolve(strategy)
-    except deep.DeepError as e:
-        raise MurakitError(str(e)) from None
+    return deep.distribute.resolve(strategy)
 
 
-def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log, rep) -> dict:
-    """:func:`train_cnn` once the options are checked and the run folder is locked."""
+def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bool, log, rep) -> tuple:
+    """:func:`train_cnn` once the options are checked and the run folder is locked: (status, metrics)."""
     from murakit.data.prepared import load_prepared
 
     prep = load_prepared(layout.root)
@@ -232,24 +235,19 @@ def _train_cnn(layout: RunLayout, options: CnnOptions, force: bool, progress: bo
     pos = _splits(prep)
     if force and rep.is_chief and layout.cnn.exists():
         shutil.rmtree(layout.cnn)
-    import deep
-
-    try:
-        trained = _train(options, prep, pos, layout, progress, log, rep)
-        if trained is None:
-            return {**json.loads(layout.metrics("cnn").read_text()), "status": "up-to-date"}
-        cfg, res = trained
-        if not rep.is_chief:
-            log(f"worker {rep.rank}: trained; the chief (worker 0) evaluates and writes {layout.cnn}")
-            return {"status": "trained", "worker": rep.rank}
-        secs = sum(row["seconds"] for row in res.history)
-        m = _evaluate(res.model, prep, pos, res, cfg, layout, secs)
-    except deep.DeepError as e:
-        raise MurakitError(str(e)) from None
+    trained = _train(options, prep, pos, layout, progress, log, rep)
+    if trained is None:
+        return "up-to-date", json.loads(layout.metrics("cnn").read_text())
+    cfg, res = trained
+    if not rep.is_chief:
+        log(f"worker {rep.rank}: trained; the chief (worker 0) evaluates and writes {layout.cnn}")
+        return "done", {"worker": rep.rank}
+    secs = sum(row["seconds"] for row in res.history)
+    m = _evaluate(res.model, prep, pos, res, cfg, layout, secs)
     pg = m.get("pointing_game")
     log(f"best epoch {res.best_epoch}/{len(res.history)} (recent mean val study AUROC {res.best_auroc:.4f}); "
         f"threshold {m['threshold']:.3f}")
     log(f"test: study AUROC {m['study']['auroc']:.4f}, kappa {m['study']['kappa']:.3f}; "
         f"image AUROC {m['image']['auroc']:.4f}" + (f"; pointing game {pg:.3f}" if pg is not None else ""))
     log(f"wrote {layout.card('cnn')} and {layout.metrics('cnn')}")
-    return {**m, "status": "trained"}
+    return "done", m

@@ -14,8 +14,8 @@ Checks, printed as one table:
   batch sizes has crashed OpenCV's classic engine). A model OpenCV cannot load is reported
   (status ``n/a``), not an error; one it loads must agree within 1e-4.
 
-``verify_run`` returns the rows; the CLI exits 0 when every check passes, 1 on any drift or
-failed check.
+:func:`verify` is the stage (it prints the table and returns the rows as its figures);
+the CLI exits 0 when every check passes, 1 on any drift or failed check.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from edge.errors import first_line
 from edge.golden import FLOAT_TOLERANCE as ATOL
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
+from murakit.stage import StageResult
 
 
 def _row(model, check, diff, tol, status):
@@ -181,3 +182,27 @@ def verify_run(run, threads: int | None = None, keras: bool = True, opencv: bool
         if precision == "float32" and opencv:
             rows.extend(opencv_rows(model))
     return rows
+
+
+def verify(run, threads: int | None = None, keras: bool = True, opencv: bool = True, *, force: bool = False,
+           log=print) -> StageResult:
+    """The verify stage: every check of every exported model of ``run``, logged as one table.
+
+    Verify writes nothing, so it takes no lock and is never "up to date": every call checks
+    the models as they are now (``force`` is accepted for the stages' common signature).
+
+    Returns
+    -------
+    StageResult
+        ``status`` "done"; ``paths``: the models checked; ``figures``: ``{"rows": [...],
+        "failed": n}`` (rows as :func:`verify_run` returns them, ``n`` the rows that
+        :func:`failed`).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    rows = verify_run(run, threads=threads, keras=keras, opencv=opencv)
+    log(format_table(rows))
+    models = sorted(RunLayout(run).export.glob("*.onnx"))
+    return StageResult("verify", "done", models, time.perf_counter() - t0,
+                       {"rows": rows, "failed": sum(failed(r) for r in rows)})

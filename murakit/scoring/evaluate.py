@@ -15,9 +15,9 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
+from edge.mura import MURA_DIRNAME, MURA_SPLITS, is_part_folder
 from murakit.data.dicom_index import LABEL_WORDS
 from murakit.errors import MurakitError
-from murakit.scoring.inputs import MURA_DIRNAME, MURA_SPLITS
 from murakit.scoring.tables import read_table
 
 LABEL_GLOB = "*_labeled_studies.csv"
@@ -27,7 +27,7 @@ def label_key(study: str) -> str:
     """Study id as a lookup key: ``<split>/XR_<PART>/<patient>/<study>`` in the MURA layout,
     else the normalised path."""
     parts = PurePosixPath(os.path.normpath(study.replace("\\", "/").rstrip("/"))).parts
-    if len(parts) >= 4 and parts[-4] in MURA_SPLITS and parts[-3].upper().startswith("XR_"):
+    if len(parts) >= 4 and parts[-4] in MURA_SPLITS and is_part_folder(parts[-3]):
         return "/".join(parts[-4:])
     return "/".join(parts)
 

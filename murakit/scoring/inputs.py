@@ -28,10 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from edge.image import is_image_file
+from edge.mura import MURA_DIRNAME, MURA_SPLITS, is_part_folder
 from murakit.errors import MurakitError
-
-MURA_SPLITS = ("train", "valid")
-MURA_DIRNAME = "MURA-v1.1"
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,8 @@ def _posix(path: str) -> str:
 def study_and_part(path: str) -> tuple[str, str]:
     """The default (study, part) of an image path (see the module docstring)."""
     parts = PurePosixPath(_posix(os.path.normpath(path))).parts
-    part = next((p[3:].upper() for p in reversed(parts[:-1]) if p.upper().startswith("XR_")), "")
-    if len(parts) >= 5 and parts[-5] in MURA_SPLITS and parts[-4].upper().startswith("XR_"):
+    part = next((p[3:].upper() for p in reversed(parts[:-1]) if is_part_folder(p)), "")
+    if len(parts) >= 5 and parts[-5] in MURA_SPLITS and is_part_folder(parts[-4]):
         top = parts[-6] if len(parts) >= 6 else MURA_DIRNAME
         return "/".join((top, *parts[-5:-1])), part
     return str(PurePosixPath(*parts[:-1])) if len(parts) > 1 else ".", part

@@ -22,14 +22,6 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 _PREDICTOR = None
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (CPU affinity, else the CPU count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _load(model) -> None:
     """Load the worker's predictor: ``model`` is a ``work.ModelSpec`` or a model path."""
     global _PREDICTOR

@@ -52,7 +52,7 @@ def _connect(workers: int):
         os.environ.setdefault(name, value)
     import ray
 
-    from murakit.scoring.local import usable_cores
+    from edge.cpu import usable_cores
 
     if ray.is_initialized():
         return ray

@@ -85,8 +85,8 @@ def score(inputs, model, out, fmt: str = "csv", engine: str = "local", workers: 
     MurakitError, EdgeError
         Bad arguments, unusable model, unreadable inputs, an output folder of another job.
     """
+    from edge.cpu import usable_cores
     from murakit.pools import refuse_in_worker_start
-    from murakit.scoring.local import usable_cores
     from murakit.scoring.work import ModelSpec
 
     refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer of OUT

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.mura import MURA_DIRNAME, MURA_PARTS, PART_PREFIX
 from murakit.data.synth.settings import SynthSettings
 from murakit.errors import MurakitError
 
-PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
+PARTS = MURA_PARTS  # the generator draws every MURA part
 # Train studies per part and abnormal share per part in MURA-v1.1 (Rajpurkar et al., table 1).
 PART_STUDIES = np.array([1754, 1935, 877, 2018, 592, 2821, 3460], dtype=float)
 PART_ABNORMAL = {"ELBOW": 0.38, "FINGER": 0.34, "FOREARM": 0.33, "HAND": 0.26,
@@ -38,7 +39,7 @@ class StudyPlan:
     def study_dir(self) -> str:
         """Study folder relative to the folder holding MURA-v1.1, with trailing slash."""
         kind = "positive" if self.label else "negative"
-        return (f"MURA-v1.1/{self.split}/XR_{self.part}/patient{self.patient:05d}/"
+        return (f"{MURA_DIRNAME}/{self.split}/{PART_PREFIX}{self.part}/patient{self.patient:05d}/"
                 f"study{self.study}_{kind}/")
 
 

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from edge.atomic import atomic_dir
+from edge.cpu import usable_cores
+from edge.mura import MURA_DIRNAME
 from murakit import pools
 from murakit.data.synth.findings import study_spec
 from murakit.data.synth.plan import StudyPlan, check_n_studies, plan_studies
@@ -87,7 +89,7 @@ def resolve_settings(n_studies=None, settings: SynthSettings | None = None) -> S
 
 def existing_matches(out_dir, n_studies=None, seed: int = 0, settings: SynthSettings | None = None) -> bool:
     """True when ``out_dir/MURA-v1.1`` is a complete synth tree made with these parameters."""
-    meta = Path(out_dir) / "MURA-v1.1" / "synth.json"
+    meta = Path(out_dir) / MURA_DIRNAME / "synth.json"
     try:
         stored = json.loads(meta.read_text())
     except (OSError, ValueError):
@@ -207,7 +209,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     """
     settings = resolve_settings(n_studies, settings)
     out_dir = Path(out_dir)
-    target = out_dir / "MURA-v1.1"
+    target = out_dir / MURA_DIRNAME
     if not force and existing_matches(out_dir, seed=seed, settings=settings):
         return target
     pools.refuse_in_worker_start()  # a worker re-running an unguarded script: no second writer
@@ -217,7 +219,7 @@ def generate(out_dir, n_studies: int | None = None, seed: int = 0, workers=None,
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out_dir, ".MURA-v1.1.tmp-*", ".MURA-v1.1.old-*")
     plans = plan_studies(settings.studies, seed, settings)
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(2, usable_cores()) if workers is None else int(workers)
     with atomic_dir(target) as tmp:  # a half-written tree never sits at OUT/MURA-v1.1
         rows = _render_all(plans, seed, tmp, workers, progress, settings)
         counts = _write_tables(tmp, plans, rows)
