@@ -20,7 +20,7 @@ from pathlib import Path
 from edge.errors import EdgeError
 from edge.parallel import AUTO_MIN_FILES
 from edge.predictor import StudyPrediction
-from edge.trust import GATE_MODES, NOT_A_RADIOGRAPH, refusal_text
+from edge.trust import NOT_A_RADIOGRAPH, add_trust_arguments, refusal_text
 
 DEFAULT_MODEL = Path("runs") / "default" / "export" / "cnn.onnx"
 MODEL_ENV = "MURAKIT_MODEL"
@@ -99,13 +99,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
                    help="processes that decode and preprocess the image files ahead of the model, "
                         f"1..{max_threads()} (default: all cores from {AUTO_MIN_FILES} files on, else 1); "
                         "output and exit codes are the same for every value")
-    p.add_argument("--gate", choices=GATE_MODES, default="refuse",
-                   help="the input gate (CNN models exported with one): refuse views that do not look like an "
-                        "upper-extremity radiograph (default; one stderr line each, exit 1), warn and score them "
-                        "anyway, or off")
-    p.add_argument("--operating-point", metavar="NAME",
-                   help="one of the model card's operating points (default: youden, the card's threshold; "
-                        "e.g. 'sensitivity>=0.90', 'specificity>=0.90', their '/part' variants)")
+    add_trust_arguments(p, "one stderr line each, exit 1")
     p.add_argument("--strict-part", action="store_true",
                    help="refuse DICOM inputs whose BodyPartExamined is not one of the seven MURA parts "
                         "(default: score them with a warning)")

@@ -27,6 +27,18 @@ DEFAULT_OPERATING_POINT = "youden"
 NOT_A_RADIOGRAPH = "does not look like an upper-extremity radiograph"
 
 
+def add_trust_arguments(p, refused: str) -> None:
+    """``--gate`` and ``--operating-point``, declared once for edge-predict, edge-serve and
+    murakit score; ``refused`` says what a refusal means for that command."""
+    p.add_argument("--gate", choices=GATE_MODES, default="refuse",
+                   help="the input gate (CNN models exported with one): refuse inputs that do not look like an "
+                        f"upper-extremity radiograph (default; {refused}), warn and score them anyway (the gate "
+                        "verdict says passed: false), or off")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="one of the model card's operating points (default: the card's, youden unless the card "
+                        "marks another; e.g. 'sensitivity>=0.90', 'specificity>=0.90', their '/part' variants)")
+
+
 def check_gate_mode(mode: str) -> str:
     if mode not in GATE_MODES:
         raise ModelError(f"--gate must be one of {', '.join(GATE_MODES)}, got {mode!r}")

@@ -16,6 +16,7 @@ import sys
 from edge.cli import DEFAULT_MODEL, MODEL_ENV, default_model
 from edge.errors import EdgeError
 from edge.serve.limits import Limits, ServeError, check_bind, read_token
+from edge.trust import add_trust_arguments
 
 PROG = "edge-serve"
 EXTRA_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart",
@@ -65,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file name or patient value); a line that cannot be written makes the request a 503")
     p.add_argument("--audit-max-mb", type=float, default=64, help="rotate the audit log at this size (default %(default)g)")
     p.add_argument("--audit-backups", type=int, default=5, help="rotated audit logs kept (default %(default)s)")
-    p.add_argument("--gate", choices=("refuse", "warn", "off"), default="refuse",
-                   help="the input gate: answer 422 for an upload that does not look like an upper-extremity "
-                        "radiograph (default), warn (score it; its gate verdict says passed: false), or off")
-    p.add_argument("--operating-point", metavar="NAME",
-                   help="one of the model card's operating points (default: youden)")
+    add_trust_arguments(p, "JSON 422 naming the view")
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge.trust import add_trust_arguments
 from murakit.errors import MurakitError
 from murakit.scoring.run import DEFAULT_BATCH, ENGINES
 from murakit.scoring.tables import FORMATS
@@ -33,12 +34,7 @@ def add_arguments(p) -> None:
                         "DIR/<StudyInstanceUID>/ (same study, a new series; needs the pacs extra)")
     p.add_argument("--dicom-cam", action="store_true",
                    help="with --dicom-out: one CAM Secondary Capture per view too (CNN models; NOT FOR DIAGNOSTIC USE)")
-    p.add_argument("--gate", choices=("refuse", "warn", "off"), default="refuse",
-                   help="the input gate: refuse images that do not look like an upper-extremity radiograph "
-                        "(default; failures.csv rows with reason 'gate'), warn (score them; gate_score says "
-                        "so), or off")
-    p.add_argument("--operating-point", metavar="NAME",
-                   help="one of the model card's operating points (default: youden)")
+    add_trust_arguments(p, "failures.csv rows with reason 'gate'")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
