@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench notebook fuzz soak floors clean
+.PHONY: demo test test-avx2 install lint bench notebook fuzz soak floors clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the suite with numpy, OpenCV, OpenBLAS, libm and oneDNN held to AVX2 (as on an AMD EPYC without
+# AVX-512; onnxruntime has no such switch): docs/compatibility.md, "Across CPUs"
+test-avx2: $(STAMP)
+	$(BIN)/python benchmarks/as_avx2.py -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge baseline deep export murakit tests benchmarks docs
