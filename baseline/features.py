@@ -27,8 +27,8 @@ def extract_features(images, hog_cfg: HogConfig | None = None, n_jobs: int | Non
     """HOG features of every image, in parallel threads.
 
     Threads, not processes: :func:`edge.hog.hog_batch` spends its time in numpy loops that
-    release the GIL, so threads scale (measured: 2 threads ~1.5x one, processes no better),
-    share a memory-mapped cache for free and need no pickling of results.
+    release the GIL, so threads scale (processes measured no better: docs/performance.md,
+    "Design choices"), share a memory-mapped cache for free and need no pickling of results.
 
     Parameters
     ----------

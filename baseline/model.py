@@ -1,12 +1,11 @@
 """Standardisation + linear SVM on HOG features, tuned by patient, with calibrated probabilities.
 
-Why these choices (measured on 8,100-dim HOG, 2 cores):
+Why these choices (the timings behind them: docs/performance.md, "Design choices"):
 
-- a linear SVM trained by averaged SGD (hinge loss) for a fixed number of epochs: ~1-2 s
-  per epoch on 40,000 samples, so model selection fits the 3-minute budget; an RBF ``SVC``
-  passes 2 minutes near 5,000 samples and ``LinearSVC`` needs ~72 s per fit. A Nystroem
-  RBF approximation was measured on the synthetic data: +0.01 CV AUROC (within noise) at
-  ~30x the cost, so it is not used;
+- a linear SVM trained by averaged SGD (hinge loss) for a fixed number of epochs, so model
+  selection on 40,000 samples fits the 3-minute budget, which an RBF ``SVC`` and
+  ``LinearSVC`` do not. A Nystroem RBF approximation gained nothing beyond noise in CV
+  AUROC on the synthetic data at many times the cost, so it is not used;
 - ``alpha`` (SGD's regularisation, ``1 / (C * n)``) chosen by AUROC over folds grouped by
   patient (``GroupKFold`` with seeded shuffling): views of one patient never sit on both
   sides of a fold, which would reward memorising the patient rather than the finding.

@@ -86,9 +86,9 @@ def fuse_hard_activations(model) -> dict:
     Keras writes ``hard_sigmoid(x) = relu6(x + 3) / 6`` and ``hard_swish(x) = x * hard_sigmoid(x)``
     (MobileNetV3); tf2onnx keeps them as Add, Clip, Mul (, Mul) on every activation. onnxruntime
     cannot keep those in its blocked NCHWc layout, so each one cost four passes over the tensor
-    plus two layout reorders; as single ops it fuses them into the preceding convolution. On
-    MobileNetV3-Small at 224 px that took onnxruntime from 1.2-1.5x TFLite's time to 0.9x with
-    one thread (with two threads it stays at 1.1-1.4x; docs/performance.md). Exact: the same arithmetic. Rewrites in place.
+    plus two layout reorders; as single ops it fuses them into the preceding convolution, which is
+    what brought onnxruntime on MobileNetV3-Small level with TFLite at one thread (the figures:
+    docs/performance.md, section 4). Exact: the same arithmetic. Rewrites in place.
 
     Returns
     -------

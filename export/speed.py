@@ -36,7 +36,7 @@ def interleaved_ms(fns: dict, rounds: int = 5, calls: int = 10, warmup: int = 2,
     rounds, calls : int
         ``rounds`` rounds of ``calls`` turns; each turn calls every fn once, in a shuffled order
         (a fixed order biased the model that ran right after another runtime had evicted
-        the caches: two identical ONNX files measured 1.06x and 0.87x of TFLite).
+        the caches: two identical ONNX files timed apart; docs/performance.md, "Design choices").
     warmup : int
         Untimed calls of each fn first (allocations, thread-pool start).
     seed : int

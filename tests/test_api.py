@@ -64,6 +64,60 @@ def test_prepare_refuses_bad_settings_in_one_line(tmp_path):
     assert not (tmp_path / "run" / "prepared").exists()
 
 
+def test_api_module_holds_only_the_stage_calls():
+    """The split of issue 26: results in murakit.results, their faces in murakit.display, and
+    murakit.api only the mk.* calls (still exporting the result types under their old names)."""
+    from murakit import api, display, results
+
+    own = sorted(n for n, v in vars(api).items() if isinstance(v, type) and v.__module__ == "murakit.api")
+    assert own == []
+    assert api.Evaluation is results.Evaluation and api.Picture is display.Picture
+    calls = [n for n in api.__all__ if callable(getattr(api, n)) and not isinstance(getattr(api, n), type)]
+    assert set(calls) == set(mk.API) and all(getattr(mk, n) is getattr(api, n) for n in calls)
+
+
+def test_grid_draws_the_finding_box_only_where_given():
+    from murakit.display import grid_png
+
+    images = [np.full((32, 32, 3), 90, np.uint8), np.full((32, 32, 3), 160, np.uint8)]
+
+    def lime(png):
+        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).astype(int)
+        return int(((img[..., 1] > 150) & (img[..., 1] - img[..., 2] > 100) & (img[..., 1] - img[..., 0] > 100)).sum())
+
+    boxed = grid_png(images, ["a", "b"], boxes=[(8, 8, 24, 24), None], ncols=2)
+    assert boxed.startswith(PNG_MAGIC)
+    assert lime(boxed) > 20 and lime(grid_png(images, ["a", "b"], ncols=2)) == 0
+
+
+class _Prepared:
+    """The slice of murakit.data.prepared.Prepared that the default explain picks read."""
+
+    def __init__(self, split, label, bbox):
+        self.split, self.label = np.array(split), np.array(label)
+        self.annotations = None if bbox is None else {"bbox": np.array(bbox, float)}
+
+    def select(self, split):
+        return np.flatnonzero(self.split == split)
+
+
+def test_default_explain_picks_are_seeded_test_images_showing_their_finding():
+    from murakit.pipeline.explain import pick_test_images
+
+    nan = [np.nan] * 4
+    split = ["train"] * 4 + ["test"] * 8
+    label = [1, 1, 0, 0] + [1, 1, 1, 1, 0, 0, 0, 0]
+    bbox = [[0, 0, 4, 4]] * 4 + [[1, 1, 5, 5], nan, [2, 2, 6, 6], nan] + [nan] * 4
+    prep = _Prepared(split, label, bbox)
+    picks = pick_test_images(prep, per_class=2, seed=3)
+    assert picks[:2] == [4, 6]  # abnormal test images with a finding box, before the normal ones
+    assert set(picks[2:]) <= {8, 9, 10, 11} and len(picks) == 4
+    assert picks == pick_test_images(prep, per_class=2, seed=3)
+    again = [pick_test_images(_Prepared(split, label, None), 2, seed) for seed in range(8)]
+    assert all(set(p[:2]) <= {4, 5, 6, 7} for p in again) and len({tuple(p) for p in again}) > 1  # no boxes: any abnormal
+    assert pick_test_images(prep, per_class=9, seed=0)[:4] == [4, 6, 8, 9]  # fewer than asked: all there are
+
+
 def test_picture_round_trips_pixels():
     img = np.zeros((6, 9, 3), np.uint8)
     img[2:4, 3:7] = (10, 200, 30)

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.atomic import atomic_dir
 from edge.preprocess import PreprocessConfig
+from murakit.display import new_figure
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
 from murakit.stage import StageResult
@@ -186,24 +187,21 @@ def matching_cache(run, dataset):
 # ============================================================================ plots
 
 def _plot_sizes(path: Path, h: np.ndarray, w: np.ndarray) -> None:
-    import matplotlib.pyplot as plt
-
     ok = np.isfinite(h)
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
+    ax = fig.subplots(1, 2)
     ax[0].hist(np.maximum(h[ok], w[ok]), bins=40, color="tab:blue")
     ax[0].set(xlabel="long side (px)", ylabel="images", title="image size")
     ax[1].scatter(w[ok], h[ok], s=4, alpha=0.4)
     ax[1].set(xlabel="width (px)", ylabel="height (px)", title="width vs height")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_mean_std(path: Path, mean, std, low, unusual, inverted) -> None:
-    import matplotlib.pyplot as plt
-
     ok = np.isfinite(mean)
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = new_figure(figsize=(6, 5))
+    ax = fig.subplots()
     plain = ok & ~(low | unusual | inverted)
     ax.scatter(mean[plain], std[plain], s=5, alpha=0.4, label="ok", color="tab:gray")
     for mask, name, colour in ((inverted, "inverted (detector)", "tab:purple"),
@@ -216,14 +214,12 @@ def _plot_mean_std(path: Path, mean, std, low, unusual, inverted) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_counts(path: Path, counts: dict) -> None:
-    import matplotlib.pyplot as plt
-
     splits = [s for s in ("train", "val", "test") if s in counts["images"]]
-    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4), squeeze=False)
+    fig = new_figure(figsize=(5 * len(splits), 4))
+    axes = fig.subplots(1, len(splits), squeeze=False)
     for ax, s in zip(axes[0], splits):
         parts = sorted(counts["images"][s])
         x = np.arange(len(parts))
@@ -235,7 +231,6 @@ def _plot_counts(path: Path, counts: dict) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _fit(img_u8: np.ndarray, cell: int) -> np.ndarray:
@@ -286,11 +281,10 @@ def sample_mosaic(records, prep, cfg: PreprocessConfig, per_part: int, seed: int
 
 def _plot_samples(path: Path, records, prep, cfg: PreprocessConfig, per_part: int, seed: int) -> None:
     """Rows = body parts; each sample shown raw, then preprocessed (one imshow: fast)."""
-    import matplotlib.pyplot as plt
-
     cell = 128
     mosaic, parts = sample_mosaic(records, prep, cfg, per_part, seed, cell)
-    fig, ax = plt.subplots(figsize=(1.6 * 2 * per_part + 1.2, 1.6 * len(parts) + 0.6))
+    fig = new_figure(figsize=(1.6 * 2 * per_part + 1.2, 1.6 * len(parts) + 0.6))
+    ax = fig.subplots()
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_yticks(np.arange(len(parts)) * cell + cell / 2, parts, fontsize=8)
     ax.set_xticks(np.arange(2 * per_part) * cell + cell / 2,
@@ -298,7 +292,6 @@ def _plot_samples(path: Path, records, prep, cfg: PreprocessConfig, per_part: in
     ax.set_title("samples per body part: raw | preprocessed", fontsize=9)
     fig.subplots_adjust(left=0.12, right=0.99, top=0.94, bottom=0.04)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 # ============================================================================ summary
@@ -398,9 +391,6 @@ def check_explore_settings(seed: int, max_samples: int, workers: int | None, per
 
 def _explore(data, run, seed: int, max_samples: int, per_part: int, workers: int, log) -> dict:
     """:func:`explore` once its settings are checked and the run folder is locked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from murakit.data.mura import index_dataset
     from murakit.data.splits import assign_splits
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.atomic import atomic_path, write_text
+from murakit.display import new_figure
 from murakit.evaluation.bench import ANCHOR, MODEL_NAMES
 from murakit.evaluation.cam import markdown_lines as cam_markdown
 from murakit.evaluation.metrics import study_level
@@ -50,9 +51,8 @@ def _ci(m: dict, key: str) -> str:
 
 
 def plot_roc(models, data, out: Path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig = new_figure(figsize=(6, 5.5))
+    ax = fig.subplots()
     for name, p in data["probs"].items():
         s = study_level(data["labels"], p, data["studies"])
         fpr, tpr = roc_curve(s["label"], s["prob"])
@@ -65,16 +65,14 @@ def plot_roc(models, data, out: Path):
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="Study-level ROC, test split")
     ax.legend(loc="lower right", fontsize=8, title="study AUROC [95% CI]", title_fontsize=8)
     _save(fig, out)
-    plt.close(fig)
 
 
 def plot_confusion(models, data, out: Path):
-    import matplotlib.pyplot as plt
-
     names = list(data["probs"])
     cols = min(3, len(names))  # six models in one row were too small to read
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
+    fig = new_figure(figsize=(3.6 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     for k, (ax, name) in enumerate(zip(axes.ravel(), names)):
@@ -93,15 +91,13 @@ def plot_confusion(models, data, out: Path):
     fig.suptitle("Study-level confusion matrices (test split)")
     fig.tight_layout()
     _save(fig, out)
-    plt.close(fig)
 
 
 def plot_kappa_by_part(models, out: Path):
-    import matplotlib.pyplot as plt
-
     names = list(models)
     parts = sorted({p for m in models.values() for p in m["by_part"]})
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(parts)), 4))
+    fig = new_figure(figsize=(max(6, 1.2 * len(parts)), 4))
+    ax = fig.subplots()
     w = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         vals = [models[name]["by_part"].get(p, {}).get("kappa") or 0.0 for p in parts]
@@ -116,7 +112,6 @@ def plot_kappa_by_part(models, out: Path):
     # below the axes: inside, the legend covered the tallest bars
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     _save(fig, out)
-    plt.close(fig)
 
 
 def _decision_note(decision) -> str:
@@ -129,10 +124,10 @@ def _decision_note(decision) -> str:
 
 
 def plot_latency(models, out: Path, decision=None):
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = new_figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     markers = {"baseline": "s", "cnn": "o", "cnn_onnx": "D", "cnn_onnx_int8": "^", "cnn_tflite": "v",
                "cnn_tflite_int8": "P"}
     for name, m in models.items():
@@ -153,7 +148,6 @@ def plot_latency(models, out: Path, decision=None):
     if note:  # an INT8 model that is absent from the plot says why
         fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=8)
     _save(fig, out)
-    plt.close(fig)
 
 
 def plot_cams(run, data, out: Path, per_class: int = 4, seed: int = 0):
@@ -163,7 +157,6 @@ def plot_cams(run, data, out: Path, per_class: int = 4, seed: int = 0):
     images that show their finding and the box is drawn in green, so the map can be judged.
     """
     import cv2
-    import matplotlib.pyplot as plt
 
     from edge.cam import overlay
     from edge.predictor import Predictor
@@ -177,7 +170,8 @@ def plot_cams(run, data, out: Path, per_class: int = 4, seed: int = 0):
     boxes = _test_boxes(data)
     shown = None if boxes is None else ~np.isnan(boxes).any(axis=1)  # views that show a finding
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(2, per_class, figsize=(2.4 * per_class, 5.2), squeeze=False)
+    fig = new_figure(figsize=(2.4 * per_class, 5.2))
+    axes = fig.subplots(2, per_class, squeeze=False)
     for row, label in enumerate((1, 0)):
         keep = data["labels"] == label
         if label and shown is not None and (keep & shown).any():
@@ -199,7 +193,6 @@ def plot_cams(run, data, out: Path, per_class: int = 4, seed: int = 0):
     title = "CNN class activation maps: abnormal (top) and normal (bottom) test images"
     fig.suptitle(title + ("\n(green: the generator's finding box)" if boxes is not None else ""))
     _save(fig, out)
-    plt.close(fig)
     return True
 
 
@@ -308,9 +301,6 @@ def markdown(report: dict, plots: list) -> str:
 
 def write_report(run, report: dict, data: dict) -> Path:
     """Write RUN/report/{report.json, report.md, *.png}; returns the report folder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     out = RunLayout(run).report
     out.mkdir(parents=True, exist_ok=True)
     models = report["models"]

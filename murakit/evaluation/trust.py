@@ -177,15 +177,16 @@ def gate_scores(predictor, u8: np.ndarray, batch: int = 64) -> np.ndarray:
 def plot_reliability(models: dict, data: dict, out) -> bool:
     """Reliability diagrams (image and study level, test split), before and after calibration,
     of the CNN (ONNX float, else Keras) and the baseline. False when no model has calibrators."""
-    import matplotlib.pyplot as plt
-
+    from murakit.display import new_figure
     from murakit.evaluation.calibration import reliability
+    from murakit.evaluation.report import _save
 
     names = [n for n in ("cnn_onnx", "cnn", "baseline") if n in data["probs"] and models[n].get("calibration")]
     names = [n for n in names if not (n == "cnn" and "cnn_onnx" in names)]
     if not names:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig = new_figure(figsize=(10, 4.6))
+    axes = fig.subplots(1, 2)
     for ax, level in zip(axes, ("image", "study")):
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         for name, color in zip(names, ("tab:blue", "tab:orange")):
@@ -201,10 +202,7 @@ def plot_reliability(models: dict, data: dict, out) -> bool:
                title=f"{level.capitalize()} level, test split", xlim=(0, 1), ylim=(0, 1))
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("Reliability before (dotted) and after (solid) the card's calibrators")
-    from murakit.evaluation.report import _save
-
     _save(fig, out)
-    plt.close(fig)
     return True
 
 

@@ -51,6 +51,49 @@ def overlay_names(paths) -> list:
     return names
 
 
+def pick_test_images(prep, per_class: int, seed: int) -> list:
+    """Seeded positions in the prepared cache's test split: ``per_class`` abnormal, then normal.
+
+    Abnormal picks are drawn from the images that show their finding when the data says which
+    (the synthetic generator's boxes), so a CAM can be judged against the box.
+    """
+    import numpy as np
+
+    test = prep.select("test")
+    rng = np.random.default_rng(seed)
+    boxes = None if prep.annotations is None else prep.annotations["bbox"]
+    picks = []
+    for label in (1, 0):
+        keep = test[prep.label[test] == label]
+        if label and boxes is not None:
+            shown = keep[~np.isnan(boxes[keep]).any(axis=1)]
+            keep = shown if len(shown) else keep
+        picks += sorted(rng.choice(keep, size=min(per_class, len(keep)), replace=False).tolist())
+    return picks
+
+
+def default_images(run, per_class: int, seed: int) -> tuple:
+    """(image paths, {path: (finding box or None, "PART label")}) of :func:`pick_test_images`.
+
+    What ``mk.explain()`` explains when given no images: the paths are the data set's files (the
+    cache records where they came from), the box is in model-input pixels.
+    """
+    import numpy as np
+
+    from murakit.data.prepared import load_prepared
+
+    prep = load_prepared(run)
+    root = Path(prep.meta["data_root"])
+    images, facts = [], {}
+    for i in pick_test_images(prep, per_class, seed):
+        box = None if prep.annotations is None else prep.annotations["bbox"][i]
+        path = root / str(prep.path[i])
+        images.append(path)
+        facts[str(path)] = (None if box is None or np.isnan(box).any() else tuple(map(float, box)),
+                            f"{prep.part[i]} {'abnormal' if prep.label[i] else 'normal'}")
+    return images, facts
+
+
 def _stderr(line: str) -> None:
     import sys
 

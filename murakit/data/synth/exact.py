@@ -15,10 +15,9 @@ They imitate those OpenCV calls (same kernels, borders and interpolation formula
 with them to float32 rounding, < 2e-7 on random [0, 1) images, ``tests/test_synth.py``), not
 their exact bits:
 the generator's pixels changed once, in version 8 (by at most one grey level, in ~0.01% of
-the pixels). The price, measured with ``benchmarks/bench_synth.py --studies 400 --workers 2``
-on this project's 2-core Intel Xeon under load, three runs each: 13.1 CPU-ms per image
-against version 7's 7.7 (1.7x; about 20 CPU-s more for the default 4,100 images, ~1% of the
-demo). Chosen over speed: a seed that names the data on every CPU is what the generator is for.
+the pixels). The price is CPU time per image (measured in docs/performance.md, "Design
+choices"), a small share of the demo. Chosen over speed: a seed that names the data on every
+CPU is what the generator is for.
 """
 from __future__ import annotations
 
