@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.image import load_image
+from edge.loader import load_image
 from edge.preprocess import PreprocessConfig, preprocess
 
 

@@ -38,7 +38,7 @@ from _fuzzrun import judge, library_lines, run_edge_predict
 from _hostile import big_files, hostile_files, valid_files
 from test_image_memory import worst_cases
 
-from edge.image import MEMORY_BUDGET
+from edge.limits import MEMORY_BUDGET
 
 COLUMNS = ("clean", "traceback", "hang", "wrong", "memory", "log")
 
