@@ -551,7 +551,7 @@ def header_fallbacks(ds) -> tuple:
     return tuple(out)
 
 
-def _check_decoder(ds, name: str):
+def _check_decoder(ds, name: str, data: bytes | None = None):
     """The pixel decoder for the file's transfer syntax, or a line naming what to install."""
     from pydicom.pixels import get_decoder
 
@@ -567,24 +567,63 @@ def _check_decoder(ds, name: str):
         raise ImageError(f"{name}: pixels are compressed with {ts.name} ({ts}) and no decoder for it is "
                          f"installed: pip install {pkgs} (or {EXTRA_HINT})")
     if not ts.is_encapsulated:
-        _check_native_length(ds, name)
+        _check_native_length(ds, name, data)
 
 
-def _check_native_length(ds, name: str) -> None:
+def _check_native_length(ds, name: str, data: bytes | None = None) -> None:
     bits = int(ds.BitsAllocated)
     need = int(ds.Rows) * int(ds.Columns)
     need = (need + 7) // 8 if bits == 1 else need * bits // 8
-    have = len(ds.PixelData)
+    raw = _deferred_pixels(ds, data)
+    have = len(ds.PixelData) if raw is None else min(raw.length, len(data) - raw.value_tell)
     if have < need:
         raise ImageError(f"{name}: truncated DICOM file (pixel data has {have:,} of {need:,} bytes)")
 
 
 # ---------------------------------------------------------------- pixels
-def stored_values(ds, name: str = "<dicom>") -> np.ndarray:
+def _deferred_pixels(ds, data: bytes | None):
+    """PixelData's raw element when it is still in ``data`` (deferred by the parse: its offset
+    and length known, its bytes not copied), else None."""
+    if data is None or "PixelData" not in ds:
+        return None
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    tell = getattr(raw, "value_tell", None)
+    if getattr(raw, "value", b"") is not None or tell is None or raw.length == 0xFFFFFFFF:
+        return None
+    return raw if 0 <= tell <= len(data) else None
+
+
+_LITTLE_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _native_words(ds, data: bytes | None, bits: int, stored: int, signed: bool):
+    """The stored values of an uncompressed little-endian 8/16-bit picture, read where they lie
+    in ``data`` (a read-only view, no copy when BitsStored fills the word), or None (then
+    pydicom decodes). The unused high bits are cleared, or the sign extended, exactly as
+    pydicom's ``pixel_array`` does (tests/test_loader.py compares the two)."""
+    raw = _deferred_pixels(ds, data)
+    if raw is None or bits not in (8, 16) or str(ds.file_meta.TransferSyntaxUID) not in _LITTLE_NATIVE:
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if min(raw.length, len(data) - raw.value_tell) < rows * cols * bits // 8:
+        return None  # short: pydicom's reader gives the clear error
+    kind = f"{'i' if signed else 'u'}{bits // 8}"
+    words = np.frombuffer(data, np.dtype(kind).newbyteorder("<"), rows * cols, raw.value_tell).reshape(rows, cols)
+    if stored < bits and signed:
+        shift = bits - stored
+        return (words << shift) >> shift  # arithmetic shift: the sign bit at BitsStored - 1 extended
+    if stored < bits:
+        return words & np.array((1 << stored) - 1, words.dtype)
+    return words
+
+
+def stored_values(ds, name: str = "<dicom>", data: bytes | None = None) -> np.ndarray:
     """Decode the stored values: int (H, W), BitsStored / HighBit / PixelRepresentation honoured.
 
     pydicom assumes HighBit = BitsStored - 1 (true of almost every file); when HighBit says
     the value sits higher in the word, the raw words are shifted and sign-extended here.
+    ``data``: the file's bytes, when ``ds`` was parsed from them; an uncompressed little-endian
+    picture is then read in place (:func:`_native_words`) instead of copied twice by pydicom.
     """
     from pydicom.pixels import pixel_array
 
@@ -593,6 +632,9 @@ def stored_values(ds, name: str = "<dicom>") -> np.ndarray:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
     odd_high = native and bits > 1 and high is not None and stored - 1 < high < bits
+    words = None if odd_high else _native_words(ds, data, bits, stored, signed)
+    if words is not None:
+        return words
     try:
         arr = pixel_array(ds, correct_unused_bits=False) if odd_high else pixel_array(ds)
     except Exception as e:  # noqa: BLE001  decoders raise many types; messages are not for users
@@ -900,11 +942,12 @@ def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window", indexed:
     want_indexed = indexed
     pydicom = _pydicom(name)
     with _quiet(), _one_line(name):
-        ds = _parse(pydicom, bytes(data), name)
+        data = bytes(data)
+        ds = _parse(pydicom, data, name)
         info = _info(ds)
         _check_image(ds, info, name)
-        _check_decoder(ds, name)
-        stored = stored_values(ds, name)
+        _check_decoder(ds, name, data)
+        stored = stored_values(ds, name, data)
         indexed = indexed_picture(stored, ds, voi)  # None: values spanning > 65,536
         picture = _banded_picture(stored, ds, voi) if indexed is None else None
     if indexed is not None:

@@ -31,13 +31,14 @@ def hist(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=n)
 
 
-def lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``table[idx]`` for a uint8/uint16 index image, without an intp copy of the index."""
+def lookup(table: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``table[idx]`` for a uint8/uint16 index image, without an intp copy of the index;
+    written into ``out`` (any strides, shape of ``idx``) when given."""
     import cv2
 
-    if idx.dtype == np.uint8 and idx.ndim == 2:
+    if idx.dtype == np.uint8 and idx.ndim == 2 and out is None:
         return cv2.LUT(idx, table)
-    out = np.empty(idx.shape, table.dtype)
+    out = np.empty(idx.shape, table.dtype) if out is None else out
     for rows in row_bands(idx.shape[0], idx.shape[1] if idx.ndim == 2 else 1):
         np.take(table, idx[rows], out=out[rows], mode="clip")
     return out

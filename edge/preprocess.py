@@ -353,9 +353,10 @@ def _pick(tables: list, where: list) -> np.ndarray:
     return np.array([tables[i][v] for i, v in where], dtype=np.float32)
 
 
-def _apply(tables: _Tables, idx: np.ndarray, cols: slice) -> np.ndarray:
-    """Look ``idx[:, cols]`` up, each column in its own table; returns a new array."""
-    out = lookup(tables.body, idx[:, cols])
+def _apply(tables: _Tables, idx: np.ndarray, cols: slice, out: np.ndarray | None = None) -> np.ndarray:
+    """Look ``idx[:, cols]`` up, each column in its own table; into ``out`` when given, else
+    into a new array."""
+    out = lookup(tables.body, idx[:, cols], out)
     for x, table in tables.extra:
         if cols.start <= x < cols.stop:
             out[:, x - cols.start] = lookup(table, idx[:, x])
@@ -424,12 +425,16 @@ def _median_of_two(middle: np.ndarray) -> np.float32:
 
 def _centre_mean(idx: np.ndarray, norms: _Tables) -> np.float32:
     """Mean of the normalised centre, summed in the very order numpy sums the float path's
-    ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the centre rows are looked up at full width, so the
-    centre is a view with the same shape and row stride, and the float32 pairwise sums round
-    alike."""
+    ``norm[h//4:h-h//4, w//4:w-w//4]`` view. That view is not contiguous (unless it spans whole
+    rows), so numpy adds one row's pairwise float32 sum after another; the centre is looked up
+    into a buffer one column wider than itself, whose centre view numpy therefore sums row by
+    row the same way, to the bit, while only the centre's pixels are looked up."""
     h, w = idx.shape
-    rows = _apply(norms, idx[h // 4: h - h // 4], slice(0, w))
-    view = rows[:, w // 4: w - w // 4]
+    rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
+    n, cw = rows.stop - rows.start, cols.stop - cols.start
+    spare = 0 if cw == w else 1  # whole rows: the float path's view is contiguous, and so is this
+    view = np.empty((n, cw + spare), np.float32)[:, :cw]
+    _apply(norms, idx[rows], cols, view)
     total = np.add.reduce(view, axis=None)  # ndarray.mean's own two steps, without its wrapper
     return total.dtype.type(total / np.intp(view.size))
 
