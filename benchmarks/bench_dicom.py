@@ -15,7 +15,7 @@ noise) is written, untimed, as
 - the same as RLE Lossless and JPEG 2000 lossless, when their codecs are installed.
 
 All files display the same pixels (the script checks that the preprocessed images agree).
-Each round times, in a rotating order, for every file: ``load`` = ``edge.image.load_image``
+Each round times, in a rotating order, for every file: ``load`` = ``edge.loader.load_image``
 (read + decode + modality/VOI to float [0, 1]) and ``preprocess`` = ``edge.preprocess.preprocess``
 (the same plus the one preprocessing path to S x S uint8) and ``floor`` = the least a reader of
 that file must do: ``cv2.imread(IMREAD_UNCHANGED)`` for the PNG, ``pydicom.dcmread(path).pixel_array``
