@@ -14,6 +14,11 @@ The DICOM grayscale pipeline, in the standard's order (PS3.3 C.11, PS3.4 N.2.1):
    maps the image's own minimum..maximum to 0..1;
 4. MONOCHROME1 (or a Presentation LUT Shape INVERSE) inverted *after* VOI, so bones are bright.
 
+Steps 2 and 3 are pydicom's own functions (``apply_modality_lut``, ``apply_voi``,
+``apply_windowing``), run once over the stored-value range and looked up per pixel
+(:func:`indexed_picture`); the "full" policy, the 0..1 scaling, the inversion and the header
+fallbacks are this module's.
+
 The result is float32 (H, W) in [0, 1] and goes through the same preprocessing as a PNG,
 including the ``invert`` policy (a file whose picture is still inverted after the header has
 been honoured is corrected like an inverted PNG).

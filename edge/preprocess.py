@@ -239,7 +239,7 @@ def _ordered(tables) -> bool:
 
 @functools.cache
 def _grey_tables(dtype: str) -> _Tables:
-    """A 1-channel image: the grey of value v is what edge.image.to_grey makes of it."""
+    """A 1-channel image: the grey of value v is what edge.loader.to_grey makes of it."""
     return _Tables(to_grey(np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[None])[0])
 
 
@@ -465,7 +465,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        See :func:`edge.image.load_array`.
+        See :func:`edge.loader.load_array`.
     cfg : PreprocessConfig
 
     Returns
@@ -476,7 +476,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     Raises
     ------
     ImageError
-        Unreadable, damaged or absurd input (see :mod:`edge.image`), or smaller than 2 x 2.
+        Unreadable, damaged or absurd input (see :mod:`edge.loader`), or smaller than 2 x 2.
     """
     import cv2
 

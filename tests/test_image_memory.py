@@ -1,4 +1,4 @@
-"""Peak memory of one input stays under edge.image.MEMORY_BUDGET, measured, not assumed.
+"""Peak memory of one input stays under edge.limits.MEMORY_BUDGET, measured, not assumed.
 
 Each input is decoded and preprocessed in a fresh subprocess; its peak resident size minus the
 peak after a warm-up image is what that input cost. The peak is read as ``VmHWM`` from
