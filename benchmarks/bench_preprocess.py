@@ -41,6 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from _preprocess_reference import reference_preprocess_with_info
 
 edge_image = importlib.import_module("edge.image")
+edge_loader = importlib.import_module("edge.loader")
 edge_pre = importlib.import_module("edge.preprocess")  # the module; `edge.preprocess` is also a function
 
 
@@ -111,7 +112,7 @@ def steps(paths, cfg) -> dict:
 
     for p in paths:
         t = time.perf_counter()
-        data = edge_image.read_bytes(p)
+        data = edge_loader.read_bytes(p)
         t = tick("read file", t)
         header = edge_image.image_header(data, str(p))
         edge_image.check_budget(header, len(data), str(p))
@@ -121,7 +122,7 @@ def steps(paths, cfg) -> dict:
         t = tick("decode (fd 2 captured)", t)
         source = edge_pre._table_source(arr)
         t = tick("channel check + tables", t)
-        u8 = edge_pre._table_path(*source, cfg)[0] if source else edge_pre._float_path(edge_image.to_grey(arr), cfg)[0]
+        u8 = edge_pre._table_path(*source, cfg)[0] if source else edge_pre._float_path(edge_loader.to_grey(arr), cfg)[0]
         t = tick("stats + lookup (integer path)", t)
         if cfg.clahe:
             u8 = cv2.createCLAHE(cfg.clahe_clip, (cfg.clahe_grid, cfg.clahe_grid)).apply(u8)

@@ -267,7 +267,7 @@ def measure_floor(model: Path, png: bytes, calls: int = 200, rounds: int = 5) ->
     """The in-process floor of one request: the same upload bytes decoded (``load_array``),
     preprocessed and scored at batch 1 by a Predictor with the server's defaults (1 thread),
     no HTTP, no threads, no JSON. CPU ms per request (process time), median of ``rounds``."""
-    from edge.image import load_array
+    from edge.loader import load_array
     from edge.predictor import Predictor
 
     pred = Predictor(model, threads=1)

@@ -17,7 +17,7 @@ IDAT / PLTE, JPEG without SOF, too many chunks or segments, ...), the issue's bi
 8000 RGBA 16-bit PNG, 64 MB JPEGs without SOF) and the largest images the memory budget accepts.
 
 Memory is each process's own peak (VmHWM) minus the peak of edge-predict on a small valid
-image (the resting size of the command); above ``edge.image.MEMORY_BUDGET`` counts as a failure.
+image (the resting size of the command); above ``edge.limits.MEMORY_BUDGET`` counts as a failure.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from _fuzzrun import judge, library_lines, run_edge_predict
 from _hostile import big_files, hostile_files, valid_files
 from test_image_memory import worst_cases
 
-from edge.image import MEMORY_BUDGET
+from edge.limits import MEMORY_BUDGET
 
 COLUMNS = ("clean", "traceback", "hang", "wrong", "memory", "log")
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _browserfix import browser_missing, upload_study
 from _servefix import Server
 
-from edge.image import is_image_file
+from edge.loader import is_image_file
 
 
 def first_positive_study(model: Path, min_views: int = 3) -> Path | None:

@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 try:
-    from edge.image import MAX_PIXELS, load_image
+    from edge.limits import MAX_PIXELS
+    from edge.loader import load_image
     from edge.preprocess import PreprocessConfig, PreprocessInfo, preprocess, preprocess_with_info, to_model_input
 except ImportError as _error:  # numpy missing or broken: edge.deps reports it; the names re-raise it
     _IMPORT_ERROR = _error

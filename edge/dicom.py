@@ -14,6 +14,11 @@ The DICOM grayscale pipeline, in the standard's order (PS3.3 C.11, PS3.4 N.2.1):
    maps the image's own minimum..maximum to 0..1;
 4. MONOCHROME1 (or a Presentation LUT Shape INVERSE) inverted *after* VOI, so bones are bright.
 
+Steps 2 and 3 are pydicom's own functions (``apply_modality_lut``, ``apply_voi``,
+``apply_windowing``), run once over the stored-value range and looked up per pixel
+(:func:`indexed_picture`); the "full" policy, the 0..1 scaling, the inversion and the header
+fallbacks are this module's.
+
 The result is float32 (H, W) in [0, 1] and goes through the same preprocessing as a PNG,
 including the ``invert`` policy (a file whose picture is still inverted after the header has
 been honoured is corrected like an inverted PNG).
@@ -21,10 +26,10 @@ been honoured is corrected like an inverted PNG).
 Refused with one clear line (:class:`edge.errors.ImageError`): multi-frame, colour (RGB, YBR,
 PALETTE COLOR), non-image objects (SR, RT, waveform, DICOMDIR, anything without pixel data),
 a compressed transfer syntax without an installed decoder (the line names the syntax and the
-package), truncated or corrupt files, sizes above :data:`edge.image.MAX_PIXELS`, and headers
+package), truncated or corrupt files, sizes above :data:`edge.limits.MAX_PIXELS`, and headers
 whose declared sizes (Rows x Columns x SamplesPerPixel x BitsAllocated x frames) need more than
-:data:`edge.image.MEMORY_BUDGET` - checked before any pixel is decoded; a deflated data set is
-inflated under :data:`INFLATE_LIMIT`. Header values that break the standard are refused
+:data:`edge.limits.MEMORY_BUDGET` - checked before any pixel is decoded; a deflated data set is
+inflated under :data:`edge.limits.INFLATE_LIMIT`. Header values that break the standard are refused
 (:func:`check_header`) or, where viewers have a documented fallback, the fallback is taken and
 named (:func:`header_fallbacks`); docs/dicom.md lists every rule.
 
@@ -47,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ImageError
+from edge.limits import INFLATE_LIMIT, MEMORY_BUDGET, WORK_BYTES_PER_PIXEL, check_pixels
 from edge.mura import MURA_PARTS
 
 VOI_POLICIES = ("window", "full")
@@ -85,10 +91,6 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CS_RE = re.compile(r"^[A-Z0-9 _]{1,16}$")
 HEAD_BYTES = 132  # enough to recognise a file: 128-byte preamble + "DICM"
 DEFLATED = "1.2.840.10008.1.2.1.99"
-# A deflated data set may inflate to at most this: the largest pixel data the memory budget
-# admits (512 MiB / 20 bytes per pixel of working set = 26.8 M pixels, x 4 bytes = 107 MiB)
-# plus room for a header. A 0.5 MB deflate bomb would otherwise become > 1 GB before any check.
-INFLATE_LIMIT = 128 * 2**20
 # Elements larger than this stay in the file until read (only PixelData ever is).
 DEFER_BYTES = 1 << 20
 
@@ -389,8 +391,6 @@ def _what(info: DicomInfo) -> str:
 
 def _check_image(ds, info: DicomInfo, name: str) -> None:
     """Refuse what is not one single-frame greyscale image, before decoding anything."""
-    from edge.image import MAX_PIXELS
-
     meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if meta_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
         raise ImageError(f"{name}: is a DICOMDIR (the index of a DICOM disc), not an image; "
@@ -416,8 +416,7 @@ def _check_image(ds, info: DicomInfo, name: str) -> None:
     rows, cols = info.rows, info.columns
     if not rows or not cols or rows < 0 or cols < 0:
         raise ImageError(f"{name}: DICOM image has no valid Rows / Columns")
-    if rows * cols > MAX_PIXELS:
-        raise ImageError(f"{name}: image is {cols}x{rows}, above the {MAX_PIXELS:,}-pixel limit")
+    check_pixels(cols, rows, name)
     bits = _int(ds.get("BitsAllocated"))
     stored = _int(ds.get("BitsStored", bits))
     if bits not in (1, 8, 16, 32) or stored is None or not 1 <= stored <= bits:
@@ -430,8 +429,6 @@ def _check_image(ds, info: DicomInfo, name: str) -> None:
 
 def _check_declared_size(rows: int, cols: int, spp: int, bits: int, frames: int, name: str) -> None:
     """The memory budget applied to the header's declared sizes, before any pixel is decoded."""
-    from edge.image import MEMORY_BUDGET, WORK_BYTES_PER_PIXEL
-
     pixel_bytes = (rows * cols * spp * bits * frames + 7) // 8
     need = pixel_bytes + WORK_BYTES_PER_PIXEL * rows * cols * spp * frames
     if need > MEMORY_BUDGET:
@@ -559,7 +556,7 @@ def header_fallbacks(ds) -> tuple:
     return tuple(out)
 
 
-def _check_decoder(ds, name: str):
+def _check_decoder(ds, name: str, data: bytes | None = None):
     """The pixel decoder for the file's transfer syntax, or a line naming what to install."""
     from pydicom.pixels import get_decoder
 
@@ -575,24 +572,63 @@ def _check_decoder(ds, name: str):
         raise ImageError(f"{name}: pixels are compressed with {ts.name} ({ts}) and no decoder for it is "
                          f"installed: pip install {pkgs} (or {EXTRA_HINT})")
     if not ts.is_encapsulated:
-        _check_native_length(ds, name)
+        _check_native_length(ds, name, data)
 
 
-def _check_native_length(ds, name: str) -> None:
+def _check_native_length(ds, name: str, data: bytes | None = None) -> None:
     bits = int(ds.BitsAllocated)
     need = int(ds.Rows) * int(ds.Columns)
     need = (need + 7) // 8 if bits == 1 else need * bits // 8
-    have = len(ds.PixelData)
+    raw = _deferred_pixels(ds, data)
+    have = len(ds.PixelData) if raw is None else min(raw.length, len(data) - raw.value_tell)
     if have < need:
         raise ImageError(f"{name}: truncated DICOM file (pixel data has {have:,} of {need:,} bytes)")
 
 
 # ---------------------------------------------------------------- pixels
-def stored_values(ds, name: str = "<dicom>") -> np.ndarray:
+def _deferred_pixels(ds, data: bytes | None):
+    """PixelData's raw element when it is still in ``data`` (deferred by the parse: its offset
+    and length known, its bytes not copied), else None."""
+    if data is None or "PixelData" not in ds:
+        return None
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    tell = getattr(raw, "value_tell", None)
+    if getattr(raw, "value", b"") is not None or tell is None or raw.length == 0xFFFFFFFF:
+        return None
+    return raw if 0 <= tell <= len(data) else None
+
+
+_LITTLE_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _native_words(ds, data: bytes | None, bits: int, stored: int, signed: bool):
+    """The stored values of an uncompressed little-endian 8/16-bit picture, read where they lie
+    in ``data`` (a read-only view, no copy when BitsStored fills the word), or None (then
+    pydicom decodes). The unused high bits are cleared, or the sign extended, exactly as
+    pydicom's ``pixel_array`` does (tests/test_loader.py compares the two)."""
+    raw = _deferred_pixels(ds, data)
+    if raw is None or bits not in (8, 16) or str(ds.file_meta.TransferSyntaxUID) not in _LITTLE_NATIVE:
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if min(raw.length, len(data) - raw.value_tell) < rows * cols * bits // 8:
+        return None  # short: pydicom's reader gives the clear error
+    kind = f"{'i' if signed else 'u'}{bits // 8}"
+    words = np.frombuffer(data, np.dtype(kind).newbyteorder("<"), rows * cols, raw.value_tell).reshape(rows, cols)
+    if stored < bits and signed:
+        shift = bits - stored
+        return (words << shift) >> shift  # arithmetic shift: the sign bit at BitsStored - 1 extended
+    if stored < bits:
+        return words & np.array((1 << stored) - 1, words.dtype)
+    return words
+
+
+def stored_values(ds, name: str = "<dicom>", data: bytes | None = None) -> np.ndarray:
     """Decode the stored values: int (H, W), BitsStored / HighBit / PixelRepresentation honoured.
 
     pydicom assumes HighBit = BitsStored - 1 (true of almost every file); when HighBit says
     the value sits higher in the word, the raw words are shifted and sign-extended here.
+    ``data``: the file's bytes, when ``ds`` was parsed from them; an uncompressed little-endian
+    picture is then read in place (:func:`_native_words`) instead of copied twice by pydicom.
     """
     from pydicom.pixels import pixel_array
 
@@ -601,6 +637,9 @@ def stored_values(ds, name: str = "<dicom>") -> np.ndarray:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
     odd_high = native and bits > 1 and high is not None and stored - 1 < high < bits
+    words = None if odd_high else _native_words(ds, data, bits, stored, signed)
+    if words is not None:
+        return words
     try:
         arr = pixel_array(ds, correct_unused_bits=False) if odd_high else pixel_array(ds)
     except Exception as e:  # noqa: BLE001  decoders raise many types; messages are not for users
@@ -622,8 +661,28 @@ def _shift_high_bit(arr: np.ndarray, stored: int, high: int, signed: bool) -> np
     return v
 
 
-def _lut(item, ds):
-    """(first mapped value, LUT entries as float32, nominal maximum) of a LUT sequence item."""
+def _first(value):
+    """The first of a multi-valued element (WindowCenter may hold several windows)."""
+    return value[0] if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
+
+
+# ---------------------------------------------------------------- modality LUT and VOI, by pydicom
+# pydicom's apply_modality_lut / apply_voi / apply_windowing do the standard's arithmetic. They
+# are handed a new Dataset holding only the pixel-module elements they read, with values this
+# module has already judged (check_header refuses what has no fallback, header_fallbacks names
+# what is replaced): so pydicom never sees an identifying element, never trips over a value it
+# would choke on (an empty RescaleSlope, a 12-bit LUT descriptor, a LUT in the other byte order),
+# and its messages never reach the user. What pydicom does not cover stays here: the "full" VOI
+# policy, the [0, 1] scaling, MONOCHROME1 / INVERSE inversion and the fallbacks.
+def _lut_item(item, ds):
+    """(clean LUT item for pydicom, nominal maximum of the original entries) of a LUT sequence item.
+
+    The clean item says 16 bits per entry (pydicom reads 8 and 10..16 only, and a value above an
+    8-bit descriptor's range would overflow), holds the entries as US numbers (so byte order is
+    settled here) and a first mapped value corrected for sign (PS3.3 C.11.1.1.1: SS when the
+    image is signed)."""
+    from pydicom.dataset import Dataset
+
     n, first, bits = (int(v) for v in item.LUTDescriptor)
     n = n or 65536
     data = item["LUTData"]
@@ -632,48 +691,14 @@ def _lut(item, ds):
         lut = np.frombuffer(bytes(data.value)[:2 * n], dtype=order + "u2")
     else:
         values = data.value if hasattr(data.value, "__len__") else [data.value]  # US: one or many
-        lut = np.asarray(list(values), dtype=np.float64).ravel()
+        lut = np.asarray(list(values), dtype=np.int64).ravel()[:n]
     if lut.size == 0:
         raise ValueError("empty LUT")
     first = first - 65536 if first >= 32768 and int(ds.get("PixelRepresentation", 0)) == 1 else first
-    return first, lut.astype(np.float32), float(2 ** min(max(bits, 1), 16) - 1)
-
-
-def _apply_lut(values: np.ndarray, first: int, lut: np.ndarray) -> np.ndarray:
-    idx = np.clip(np.rint(values).astype(np.int64) - first, 0, lut.size - 1)
-    return lut[idx]
-
-
-def modality_values(stored: np.ndarray, ds):
-    """Stored values -> modality output, and the range that output can take.
-
-    Returns
-    -------
-    values : ndarray of float32 (float64 above 24-bit), shape (H, W)
-    lo, hi : float
-        The nominal output range (from BitsStored / PixelRepresentation or the LUT's depth).
-    """
-    wide = np.float64 if int(ds.get("BitsStored", 16)) > 24 else np.float32
-    seq = ds.get("ModalityLUTSequence")
-    if seq:
-        first, lut, top = _lut(seq[0], ds)
-        return _apply_lut(stored, first, lut), 0.0, top
-    bits, signed = int(ds.get("BitsStored", ds.BitsAllocated)), int(ds.get("PixelRepresentation", 0)) == 1
-    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if not (np.isfinite(slope) and np.isfinite(intercept)):
-        raise ValueError("RescaleSlope / RescaleIntercept is not finite")
-    values = stored.astype(wide)
-    if slope != 1.0 or intercept != 0.0:
-        values = values * wide(slope) + wide(intercept)
-    lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
-    return values, lo, hi
-
-
-def _first(value):
-    """The first of a multi-valued element (WindowCenter may hold several windows)."""
-    return value[0] if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
+    clean = Dataset()
+    clean.LUTDescriptor = [lut.size, first, 16]
+    clean.add_new("LUTData", "US", lut.astype(np.uint16).tolist())
+    return clean, float(2 ** min(max(bits, 1), 16) - 1)
 
 
 def _window(ds):
@@ -688,12 +713,39 @@ def _window(ds):
     return (center, width, func) if ok else None
 
 
+def _voi_lut(ds):
+    """The VOI LUT Sequence's first item when the "window" policy uses it, else None."""
+    seq = ds.get("VOILUTSequence")
+    return seq[0] if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0] else None
+
+
+def modality_values(stored: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> modality output (float64, or the LUT's integers), by pydicom's
+    ``apply_modality_lut``: a Modality LUT Sequence, else RescaleSlope / RescaleIntercept."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.processing import apply_modality_lut
+
+    clean = Dataset()
+    seq = ds.get("ModalityLUTSequence")
+    if seq:
+        clean.ModalityLUTSequence = [_lut_item(seq[0], ds)[0]]
+    else:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if not (np.isfinite(slope) and np.isfinite(intercept)):
+            raise ValueError("RescaleSlope / RescaleIntercept is not finite")
+        clean.RescaleSlope, clean.RescaleIntercept = slope, intercept
+    with np.errstate(all="ignore"):
+        return apply_modality_lut(np.asarray(stored, dtype=np.int64), clean)
+
+
 def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """PS3.3 C.11.2.1.2 windowing, with output 0..1 instead of ymin..ymax.
+    """PS3.3 C.11.2.1.2 windowing by pydicom's ``apply_windowing``, with output 0..1 instead of
+    ymin..ymax.
 
     Parameters
     ----------
-    values : ndarray of float, modality output
+    values : ndarray, modality output
     center, width : float
     function : {"LINEAR", "LINEAR_EXACT", "SIGMOID"}; anything else is LINEAR (the default term)
 
@@ -701,32 +753,48 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str 
     -------
     ndarray of float32 in [0, 1]
     """
-    f = np.float32
-    if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -80, 80)))).astype(f)
-    if function != "LINEAR_EXACT":
-        center, width = center - 0.5, width - 1.0  # LINEAR: the standard's half-pixel convention
-    if width <= 0:
-        return (values > center).astype(f)
-    out = (values - f(center)) * f(1.0 / width) + f(0.5)
-    return np.clip(out, 0.0, 1.0).astype(f, copy=False)
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.processing import apply_windowing
+
+    clean = Dataset()  # the output range is 0 .. 2**16 - 1; divided out below
+    clean.PhotometricInterpretation, clean.BitsStored, clean.PixelRepresentation = "MONOCHROME2", 16, 0
+    clean.WindowCenter, clean.WindowWidth = float(center), float(width)
+    clean.VOILUTFunction = function if function in WINDOW_FUNCTIONS else "LINEAR"
+    with np.errstate(all="ignore"):  # SIGMOID far from the centre: exp overflows to the 0 it tends to
+        out = apply_windowing(np.asarray(values, dtype=np.float64), clean)
+    return np.clip(out / 65535.0, 0.0, 1.0).astype(np.float32)
 
 
-def voi_picture(values: np.ndarray, ds, policy: str):
-    """Modality output -> [0, 1] picture by the VOI policy; returns (picture, what was applied)."""
+def _scaled(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The "full" VOI policy: ``lo``..``hi`` (the image's own modality range) -> 0..1, float32."""
+    if hi <= lo:
+        return np.zeros(values.shape, np.float32)
+    return np.clip((values - lo) * (1.0 / (hi - lo)), 0.0, 1.0).astype(np.float32)
+
+
+def voi_picture(values: np.ndarray, ds, policy: str, full_range=None):
+    """Modality output -> [0, 1] picture by the VOI policy; returns (picture, what was applied).
+
+    ``full_range`` is the image's modality (min, max) for the "full" policy and for a file
+    without a usable VOI; None takes it from ``values``.
+    """
     if policy == "window":
-        seq = ds.get("VOILUTSequence")
-        if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]:
-            first, lut, top = _lut(seq[0], ds)
-            return np.clip(_apply_lut(values, first, lut) / np.float32(top), 0, 1), "voi-lut"
+        item = _voi_lut(ds)
+        if item is not None:
+            from pydicom.dataset import Dataset
+            from pydicom.pixels.processing import apply_voi
+
+            clean, top = _lut_item(item, ds)
+            lut_ds = Dataset()
+            lut_ds.VOILUTSequence = [clean]
+            # rounded to the entry it names (pydicom truncates a fractional rescale output)
+            out = apply_voi(np.rint(values).astype(np.int64), lut_ds)
+            return np.clip(out / top, 0.0, 1.0).astype(np.float32), "voi-lut"
         win = _window(ds)
         if win is not None:
             return apply_window(values, *win), f"window-{win[2].lower()}"
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, np.float32), "full"
-    out = (values - values.dtype.type(lo)) * values.dtype.type(1.0 / (hi - lo))
-    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False), "full"
+    lo, hi = full_range if full_range is not None else (float(values.min()), float(values.max()))
+    return _scaled(values, lo, hi), "full"
 
 
 def inverted_by_header(ds) -> bool:
@@ -735,15 +803,31 @@ def inverted_by_header(ds) -> bool:
     return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" or shape == "INVERSE"
 
 
-def displayed_picture(stored: np.ndarray, ds, voi: str) -> np.ndarray:
-    """Stored values -> the displayed [0, 1] picture: modality LUT, VOI, then the header's
-    inversion, computed value by value in float (the reference that :func:`indexed_picture`
-    evaluates once per stored value instead of once per pixel)."""
-    values, _, _ = modality_values(stored, ds)
-    picture, _ = voi_picture(values, ds, voi)
+def displayed_picture(stored: np.ndarray, ds, voi: str, full_range=None) -> np.ndarray:
+    """Stored values -> the displayed [0, 1] float32 picture: modality LUT, VOI, then the
+    header's inversion, value by value (the reference that :func:`indexed_picture` evaluates
+    once per stored value instead of once per pixel). ``full_range``: see :func:`voi_picture`."""
+    picture, _ = voi_picture(modality_values(stored, ds), ds, voi, full_range)
     if inverted_by_header(ds):
         picture = np.float32(1.0) - picture
     return picture
+
+
+def _banded_picture(stored: np.ndarray, ds, voi: str) -> np.ndarray:
+    """:func:`displayed_picture` of a picture whose values span more than 65,536 (32-bit
+    words), in row bands so the float64 temporaries stay within the per-pixel working budget;
+    the "full" range is the whole image's, found in a first pass."""
+    from edge.pixels import row_bands
+
+    bands = row_bands(*stored.shape)
+    lo, hi = np.inf, -np.inf
+    for rows in bands:
+        m = modality_values(stored[rows], ds)
+        lo, hi = min(lo, float(m.min())), max(hi, float(m.max()))
+    out = np.empty(stored.shape, np.float32)
+    for rows in bands:
+        out[rows] = displayed_picture(stored[rows], ds, voi, (lo, hi))
+    return out
 
 
 @dataclass(frozen=True)
@@ -754,7 +838,8 @@ class IndexedPicture:
     Attributes
     ----------
     index : ndarray of uint8 or uint16, shape (H, W)
-        The stored words (a view of the decoded pixels; signed words as their bit patterns).
+        The stored words (a view of the decoded pixels; signed words as their bit patterns),
+        or the stored values minus the smallest one for wider words spanning < 65,536 values.
     table : ndarray of float32, shape (256,) or (65536,)
         The grey of every word the image holds (0 for words it does not hold).
     order : ndarray of int64
@@ -774,32 +859,58 @@ class IndexedPicture:
 
     def picture(self) -> np.ndarray:
         """The float32 (H, W) picture itself (one gather)."""
-        from edge.preprocess import _lookup
+        from edge.pixels import lookup
 
-        return _lookup(self.table, self.index)
+        return lookup(self.table, self.index)
+
+
+def _index_words(stored: np.ndarray):
+    """(uint8/uint16 index image, smallest stored value or None) for the table route, or None.
+
+    8/16-bit words are their own index (a view, no copy); wider integer words (32-bit stored,
+    a HighBit shift) are indexed from their minimum when they span fewer than 65,536 values."""
+    if stored.ndim != 2 or stored.dtype.kind not in "ui":
+        return None
+    if stored.dtype.itemsize <= 2:
+        return stored.view(np.dtype(f"u{stored.dtype.itemsize}")), None
+    lo, hi = int(stored.min()), int(stored.max())
+    if hi - lo >= 1 << 16:
+        return None
+    return (stored - lo).astype(np.uint16), lo
 
 
 def indexed_picture(stored: np.ndarray, ds, voi: str) -> IndexedPicture | None:
-    """:func:`displayed_picture` as an :class:`IndexedPicture`, or None (words wider than 16 bits).
+    """:func:`displayed_picture` as an :class:`IndexedPicture`, or None (stored values that span
+    more than 65,536, or not integers).
 
-    A 16-bit radiograph holds at most 65,536 distinct stored values, and every step from
-    stored value to grey (modality LUT or rescale, VOI LUT or window, inversion) is a
-    function of the value alone; only the "full" VOI policy reads the image's own minimum
-    and maximum. So the greys are computed by :func:`displayed_picture` itself, once for
-    each stored value the image holds (its minimum and maximum are among them, so the
-    "full" range is the same): identical greys, and a 5 MP image costs one histogram
-    instead of several float passes. :mod:`edge.preprocess` reads its statistics off the
-    histogram and looks the stored words up once, for the 8-bit output.
+    A radiograph's stored values span at most 65,536 numbers, and every step from stored value
+    to grey (modality LUT or rescale, VOI LUT or window, inversion) is a function of the value
+    alone; only the "full" VOI policy reads the image's own minimum and maximum. So the greys
+    are computed by :func:`displayed_picture` (pydicom's functions) once over the stored-value
+    range the image spans, its "full" range taken over the values it holds, and looked up: the
+    same greys as per pixel, and a 5 MP image costs one histogram instead of several float64
+    passes. :mod:`edge.preprocess` reads its statistics off the histogram and looks the words
+    up once, for the 8-bit output.
     """
-    from edge.preprocess import _hist
+    from edge.pixels import hist
 
-    if stored.ndim != 2 or stored.dtype.kind not in "ui" or stored.dtype.itemsize > 2:
+    words = _index_words(stored)
+    if words is None:
         return None
-    codes = stored.view(np.dtype(f"u{stored.dtype.itemsize}"))
-    counts = _hist(codes, 1 << (8 * codes.dtype.itemsize))
+    codes, base = words
+    counts = hist(codes, 1 << (8 * codes.dtype.itemsize))
     present = np.flatnonzero(counts)
-    values = present.astype(codes.dtype).view(stored.dtype)[None]  # (1, K) stored values
-    greys = np.asarray(displayed_picture(values, ds, voi), dtype=np.float32)[0]
+    if base is None:  # the stored value of each held word (signed words as their bit patterns)
+        held = present.astype(codes.dtype).view(stored.dtype).astype(np.int64)
+    else:
+        held = present + base
+    first = int(held.min())
+    span = np.arange(first, int(held.max()) + 1, dtype=np.int64)  # the stored-value range
+    full_range = None
+    if voi == "full" or (_voi_lut(ds) is None and _window(ds) is None):
+        m = modality_values(held, ds)
+        full_range = (float(m.min()), float(m.max()))
+    greys = displayed_picture(span, ds, voi, full_range)[held - first]
     table = np.zeros(counts.size, np.float32)
     table[present] = greys
     return IndexedPicture(codes, table, present[np.argsort(greys, kind="stable")], counts)
@@ -836,13 +947,14 @@ def read_dicom(data: bytes, name: str = "<bytes>", voi: str = "window", indexed:
     want_indexed = indexed
     pydicom = _pydicom(name)
     with _quiet(), _one_line(name):
-        ds = _parse(pydicom, bytes(data), name)
+        data = bytes(data)
+        ds = _parse(pydicom, data, name)
         info = _info(ds)
         _check_image(ds, info, name)
-        _check_decoder(ds, name)
-        stored = stored_values(ds, name)
-        indexed = indexed_picture(stored, ds, voi)  # None: words wider than 16 bits
-        picture = displayed_picture(stored, ds, voi) if indexed is None else None
+        _check_decoder(ds, name, data)
+        stored = stored_values(ds, name, data)
+        indexed = indexed_picture(stored, ds, voi)  # None: values spanning > 65,536
+        picture = _banded_picture(stored, ds, voi) if indexed is None else None
     if indexed is not None:
         if not np.all(np.isfinite(indexed.table)):
             raise ImageError(f"{name}: DICOM pixels are not finite after the modality / VOI LUT")

@@ -1,8 +1,9 @@
-"""Decode an image file (or array) safely, or fail with one clear line.
+"""Decode PNG / JPEG bytes safely, or fail with one clear line.
 
-Radiographs arrive as 8- or 16-bit PNG or JPEG with 1, 3 or 4 channels, or as DICOM (recognised
-by content and handed to :mod:`edge.dicom` before anything below). A PNG/JPEG is trusted only
-after three checks, in this order:
+Radiographs arrive as 8- or 16-bit PNG or JPEG with 1, 3 or 4 channels, or as DICOM; this module
+reads PNG and JPEG only (:mod:`edge.dicom` reads DICOM, and :mod:`edge.loader` recognises which
+a file is and is the one entry point). A PNG/JPEG is trusted only after three checks, in this
+order:
 
 1. **Structure, before decoding.** The PNG chunk list (every chunk inside the file, no absurd
    length, ancillary CRCs correct, IHDR valid, IDAT present, IEND reached) or the JPEG marker
@@ -10,7 +11,7 @@ after three checks, in this order:
    number of steps, so a hostile file is refused in milliseconds.
 2. **Memory, before decoding.** The header gives the decoded array's size; together with the
    file, the decoder's own buffers and the preprocessing working set it must fit
-   :data:`MEMORY_BUDGET` (512 MiB per input), else the file is refused without OpenCV
+   :data:`edge.limits.MEMORY_BUDGET` (512 MiB per input), else the file is refused without OpenCV
    allocating anything.
 3. **Decoder complaints.** libpng and libjpeg report damaged data by writing to the process's
    stderr and still returning pixels (``Corrupt JPEG data: ...``). File descriptor 2 is
@@ -20,45 +21,29 @@ after three checks, in this order:
    Decodes are serialised by a lock while fd 2 is redirected, so decoding is safe from many
    threads; lines that are not a decoder's (another thread's log) are passed on to stderr.
 
-The decoded array keeps its stored type (uint8 / uint16); :func:`to_grey` makes the float32
-(H, W) [0, 1] view used by exploration tools, and :mod:`edge.preprocess` works on the stored
-integers directly.
+The decoded array keeps its stored type (uint8 / uint16); :func:`edge.loader.to_grey` makes the
+float32 (H, W) [0, 1] view used by exploration tools, and :mod:`edge.preprocess` works on the
+stored integers directly.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 import sys
 import tempfile
 import threading
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from edge.errors import ImageError
-
-# Refuse images above this many pixels (~ 8000 x 8000) whatever the budget says. Real MURA tops
-# out near 512 x 512; the largest clinical detectors are ~ 4300 x 4300.
-MAX_PIXELS = 64_000_000
-# Peak memory one input may need: the file's bytes + the decoded array + the decoder's buffers
-# + the preprocessing working set. A device with 2 GB can therefore always finish a batch.
-MEMORY_BUDGET = 512 * 2**20
-MAX_FILE_BYTES = 256 * 2**20
-# Bytes per pixel that edge.preprocess needs on top of the decoded array (its float path, taken
-# by colour images whose channels differ and by float arrays; the integer path needs less).
-# tests/test_image_memory.py measures that real peaks stay under the budget computed with it.
-WORK_BYTES_PER_PIXEL = 20
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from edge.limits import MAX_JPEG_SEGMENTS, MAX_PNG_CHUNKS, MEMORY_BUDGET, WORK_BYTES_PER_PIXEL, check_pixels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"  # SOI and the first marker's 0xFF
-MAX_PNG_CHUNKS = 100_000     # real files have tens to a few thousand; each step costs ~1 us
-MAX_JPEG_SEGMENTS = 4_096    # marker segments before the frame header (APPn, DQT, DHT, COM)
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # what cv2.IMREAD_UNCHANGED returns (see below)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -99,13 +84,6 @@ class ImageHeader:
 
 
 # ---------------------------------------------------------------- structure checks
-def _check_size(w: int, h: int, name: str) -> None:
-    if w == 0 or h == 0:
-        raise ImageError(f"{name}: image has zero size ({w}x{h})")
-    if w * h > MAX_PIXELS:
-        raise ImageError(f"{name}: image is {w}x{h}, above the {MAX_PIXELS:,}-pixel limit")
-
-
 def _png_fail(name: str, why: str):
     raise ImageError(f"{name}: corrupt or truncated PNG ({why})")
 
@@ -117,7 +95,7 @@ def _png_ihdr(data: bytes, name: str):
     if ctype != b"IHDR" or length != 13:
         _png_fail(name, "first chunk is not a 13-byte IHDR")
     w, h, depth, colour, comp, filt, interlace = struct.unpack_from(">IIBBBBB", data, 16)
-    _check_size(w, h, name)
+    check_pixels(w, h, name)
     if w > 2**31 - 1 or h > 2**31 - 1 or colour not in _PNG_DEPTHS or depth not in _PNG_DEPTHS[colour] \
             or comp != 0 or filt != 0 or interlace > 1:
         _png_fail(name, f"invalid IHDR: {w}x{h}, bit depth {depth}, colour type {colour}")
@@ -176,7 +154,7 @@ def _jpeg_frame(data: bytes, pos: int, marker: int, name: str) -> ImageHeader:
     if pos + 10 > len(data):
         _jpeg_fail(name, "file ends inside the frame header")
     precision, h, w, nf = struct.unpack_from(">BHHB", data, pos + 4)
-    _check_size(w, h, name)
+    check_pixels(w, h, name)
     if nf not in (1, 3, 4) or precision not in (8, 12, 16):
         _jpeg_fail(name, f"unsupported frame: {nf} components, {precision}-bit")
     sample = 1 if precision == 8 else 2
@@ -236,8 +214,7 @@ def input_bytes(header: ImageHeader, file_bytes: int) -> int:
 def check_budget(header: ImageHeader, file_bytes: int, name: str) -> None:
     """Refuse (one line) an input whose decode + preprocessing would exceed the budget."""
     w, h = header.width, header.height
-    if header.pixels > MAX_PIXELS:
-        raise ImageError(f"{name}: image is {w}x{h}, above the {MAX_PIXELS:,}-pixel limit")
+    check_pixels(w, h, name)
     need = input_bytes(header, file_bytes)
     if need > MEMORY_BUDGET:
         raise ImageError(f"{name}: a {w}x{h} {header.channels}-channel {8 * header.sample_bytes}-bit "
@@ -336,30 +313,6 @@ def imdecode_captured(data: bytes):
 
 
 # ---------------------------------------------------------------- decoding
-def read_bytes(path) -> bytes:
-    """Read an image file's bytes with clear errors for missing, empty, huge or special files
-    (a FIFO or a device is never opened: reading it could block or never end)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:  # a name too long, a permission problem on a parent folder
-        raise ImageError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError(f"{path}: is a directory, not an image")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{path}: not a regular file")
-    if st.st_size == 0:
-        raise ImageError(f"{path}: file is empty")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: file is {st.st_size:,} bytes, above the {MAX_FILE_BYTES:,}-byte limit")
-    try:
-        with open(path, "rb") as f:
-            return f.read(st.st_size + 1)  # sized read: one buffer, no growth, no huge reservation
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
 def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode PNG/JPEG bytes to the stored array, after the structure and budget checks.
 
@@ -394,161 +347,3 @@ def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise ImageError(f"{name}: decoded {arr.shape[1]}x{arr.shape[0]}, but the header says "
                          f"{header.width}x{header.height}")
     return arr
-
-
-def check_array(arr, name: str = "<array>") -> np.ndarray:
-    """Validate an in-memory image: (H, W) or (H, W, C) with C in 1..4, non-empty, numeric,
-    at most ``MAX_PIXELS`` and within the working budget. Returns a (H, W[, C]) ndarray."""
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim not in (2, 3) or arr.size == 0 or min(arr.shape[:2]) == 0:
-        raise ImageError(f"{name}: expected a non-empty (H, W) or (H, W, C) image, got shape {arr.shape}")
-    if arr.ndim == 3 and arr.shape[2] > 4:
-        raise ImageError(f"{name}: unsupported channel count {arr.shape[2]}")
-    if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr):
-        raise ImageError(f"{name}: unsupported pixel type {arr.dtype}")
-    h, w = arr.shape[:2]
-    if h * w > MAX_PIXELS:
-        raise ImageError(f"{name}: image is {w}x{h}, above the {MAX_PIXELS:,}-pixel limit")
-    if WORK_BYTES_PER_PIXEL * h * w > MEMORY_BUDGET:
-        raise ImageError(f"{name}: a {w}x{h} image needs more than the {MEMORY_BUDGET // 2**20} MiB "
-                         "per-image budget to preprocess")
-    return arr
-
-
-def load_array(src, dicom_voi: str = "window", indexed: bool = False) -> tuple[np.ndarray, str]:
-    """Load an image as its stored array, without converting its pixel type.
-
-    Parameters
-    ----------
-    src : str, Path, bytes or ndarray
-        A PNG/JPEG file, a DICOM file (recognised by content), its bytes, or an array of
-        shape (H, W) or (H, W, C).
-    dicom_voi : {"window", "full"}
-        VOI policy for DICOM input (``PreprocessConfig.dicom_voi``); ignored otherwise.
-    indexed : bool
-        DICOM input only: return an :class:`edge.dicom.IndexedPicture` (index image + grey
-        table, no float copy) when the file's stored values allow one; :mod:`edge.preprocess`
-        asks for it.
-
-    Returns
-    -------
-    (ndarray, str)
-        The array (uint8/uint16 from PNG/JPEG; float32 in [0, 1] from DICOM, or its
-        IndexedPicture; arrays are returned as given, checked) and the name used in error
-        messages.
-    """
-    if isinstance(src, np.ndarray):
-        return check_array(src), "<array>"
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return _checked(_from_bytes(bytes(src), "<bytes>", dicom_voi, indexed), "<bytes>"), "<bytes>"
-    if isinstance(src, (str, os.PathLike)):
-        name = str(src)
-        return _checked(_from_bytes(read_bytes(src), name, dicom_voi, indexed), name), name
-    raise ImageError(f"cannot load an image from {type(src).__name__}")
-
-
-def _checked(arr, name: str):
-    """:func:`check_array`; an IndexedPicture is checked through its index image (same shape)."""
-    if isinstance(arr, np.ndarray):
-        return check_array(arr, name)
-    check_array(arr.index, name)
-    return arr
-
-
-def to_grey(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """Convert a decoded array to float32 (H, W) in [0, 1].
-
-    uint8 is divided by 255, uint16 by 65535; float input is taken as-is when within
-    [0, 1] and scaled by its maximum otherwise. Colour (BGR, BGRA) becomes luminance; the
-    alpha channel of a grey+alpha or BGRA image is dropped.
-    """
-    arr = check_array(arr, name)
-    if arr.ndim == 2:
-        return np.ascontiguousarray(_scale(arr, name), dtype=np.float32)
-    if arr.dtype not in (np.uint8, np.uint16, np.bool_):
-        return _colour_to_grey(_scale(arr, name))  # float pixels scale by the whole array's range
-    # integer pixels scale one by one and cvtColor works row by row, so row bands give the
-    # same values without a float copy of the whole colour image
-    out = np.empty(arr.shape[:2], np.float32)
-    step = max(1, 65536 // arr.shape[1])
-    for r in range(0, arr.shape[0], step):
-        out[r:r + step] = _colour_to_grey(_scale(arr[r:r + step], name))
-    return out
-
-
-def _colour_to_grey(scaled: np.ndarray) -> np.ndarray:
-    """float32 (H, W, C) -> float32 (H, W): channel 0 of grey + alpha, else BGR luminance."""
-    import cv2
-
-    if scaled.shape[2] == 2:
-        return np.ascontiguousarray(scaled[:, :, 0])
-    return cv2.cvtColor(np.ascontiguousarray(scaled[:, :, :3]), cv2.COLOR_BGR2GRAY)
-
-
-def _scale(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    f = arr.astype(np.float32)
-    if not np.all(np.isfinite(f)):
-        raise ImageError(f"{name}: image contains NaN or infinite values")
-    lo, hi = float(f.min()), float(f.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return f
-    return (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
-
-
-def load_image(src, dicom_voi: str = "window") -> np.ndarray:
-    """Load an image into one grey channel.
-
-    Parameters
-    ----------
-    src : str, Path, bytes or ndarray
-        A PNG/JPEG file (8- or 16-bit; 1, 3 or 4 channels), a DICOM file (recognised by
-        content; read by :mod:`edge.dicom`), its bytes, or a decoded array of shape (H, W)
-        or (H, W, C).
-    dicom_voi : {"window", "full"}
-        VOI policy for DICOM input (``PreprocessConfig.dicom_voi``); ignored otherwise.
-
-    Returns
-    -------
-    ndarray of float32, shape (H, W), values in [0, 1]
-
-    Raises
-    ------
-    ImageError
-        Missing, empty, truncated, damaged or non-image file; zero size; above ``MAX_PIXELS``
-        or the ``MEMORY_BUDGET``.
-    """
-    arr, name = load_array(src, dicom_voi)
-    return to_grey(arr, name)
-
-
-def _from_bytes(data: bytes, name: str, dicom_voi: str, indexed: bool = False) -> np.ndarray:
-    """Dispatch on content: DICOM to :mod:`edge.dicom` (float32 (H, W) in [0, 1], after its
-    modality LUT, VOI and MONOCHROME1 handling, or its IndexedPicture when ``indexed``),
-    anything else to :func:`decode`."""
-    from edge.dicom import is_dicom, load_dicom  # imports pydicom only when a DICOM file comes
-
-    if is_dicom(data):
-        return load_dicom(data, name, dicom_voi, indexed=indexed)
-    return decode(data, name)
-
-
-def is_image_file(path) -> bool:
-    """True for a visible .png/.jpg/.jpeg/.dcm file, or any other visible file whose content
-    is DICOM (PACS exports often have no extension, or a UID-like one). AppleDouble ``._*``
-    and other hidden files are never images."""
-    p = Path(path)
-    if p.name.startswith("."):
-        return False
-    if p.suffix.lower() in IMAGE_SUFFIXES + (".dcm",):
-        return True
-    from edge.dicom import is_dicom_file
-
-    return p.name != "DICOMDIR" and is_dicom_file(p)

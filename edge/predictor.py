@@ -32,7 +32,7 @@ import numpy as np
 from edge.card import ModelCard
 from edge.dicom import DicomInfo, is_dicom_file, read_dicom_info
 from edge.errors import ImageError, ModelError, first_line
-from edge.image import is_image_file
+from edge.loader import is_image_file
 from edge.mura import part_from_path
 from edge.preprocess import preprocess, to_model_input
 from edge.protobuf import graph_sha256

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.config import JsonConfig
-from edge.dicom import VOI_POLICIES
+from edge.dicom import VOI_POLICIES, IndexedPicture
 from edge.errors import ConfigError, ImageError
-from edge.image import load_array, to_grey
+from edge.loader import load_array, to_grey
+from edge.pixels import BAND, hist, lookup, row_bands
 
 INVERT_POLICIES = ("auto", "never", "always")
 
@@ -113,7 +114,6 @@ class PreprocessInfo:
 
 
 LEVELS = 65536  # percentiles are read off a 16-bit histogram: exact for 8/16-bit sources, O(N)
-_BAND = 1 << 16  # pixels per row band in the float path: bounds its temporaries, not its results
 
 
 # ---------------------------------------------------------------- per-pixel expressions
@@ -159,11 +159,6 @@ def _decide(cfg: PreprocessConfig, score: float) -> bool:
     return cfg.invert == "always" or (cfg.invert == "auto" and score > 0.0)
 
 
-def _row_bands(h: int, w: int):
-    step = max(1, _BAND // max(1, w))
-    return [slice(r, min(h, r + step)) for r in range(0, h, step)]
-
-
 # ---------------------------------------------------------------- float path
 def percentiles(grey: np.ndarray, qs) -> np.ndarray:
     """Percentiles ``qs`` (0-100) of a [0, 1] image, as the smallest 16-bit level whose
@@ -178,8 +173,8 @@ def percentiles(grey: np.ndarray, qs) -> np.ndarray:
     """
     flat = np.ascontiguousarray(grey).reshape(-1)
     counts = np.zeros(LEVELS, np.int64)
-    for s in range(0, flat.size, _BAND):
-        counts += np.bincount(_levels(flat[s:s + _BAND]), minlength=LEVELS)
+    for s in range(0, flat.size, BAND):
+        counts += np.bincount(_levels(flat[s:s + BAND]), minlength=LEVELS)
     cdf = np.cumsum(counts)
     return np.searchsorted(cdf, _ranks(qs, flat.size)).astype(np.float64) / (LEVELS - 1)
 
@@ -190,7 +185,7 @@ def normalise(grey: np.ndarray, cfg: PreprocessConfig):
     if _is_flat(lo, hi):
         return np.zeros_like(grey), float(lo), float(hi)
     out = np.empty(grey.shape, np.float32)
-    for rows in _row_bands(*grey.shape):
+    for rows in row_bands(*grey.shape):
         out[rows] = _stretch(grey[rows], lo, hi)
     return out, float(lo), float(hi)
 
@@ -218,7 +213,7 @@ def _float_path(grey: np.ndarray, cfg: PreprocessConfig):
     score = inversion_score(norm, cfg.border)
     inverted = _decide(cfg, score)
     u8 = np.empty(grey.shape, np.uint8)
-    for rows in _row_bands(*grey.shape):
+    for rows in row_bands(*grey.shape):
         u8[rows] = _to_u8(norm[rows], inverted)
     return u8, lo, hi, score, inverted
 
@@ -244,7 +239,7 @@ def _ordered(tables) -> bool:
 
 @functools.cache
 def _grey_tables(dtype: str) -> _Tables:
-    """A 1-channel image: the grey of value v is what edge.image.to_grey makes of it."""
+    """A 1-channel image: the grey of value v is what edge.loader.to_grey makes of it."""
     return _Tables(to_grey(np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[None])[0])
 
 
@@ -271,8 +266,6 @@ def _table_source(arr: np.ndarray):
     pixels, colour whose channels differ, 16-bit colour)."""
     import cv2
 
-    from edge.dicom import IndexedPicture
-
     if isinstance(arr, IndexedPicture):  # DICOM: the greys the image holds, in order
         return arr.index, _Tables(arr.table, order=arr.order, counts=arr.counts)
     if arr.dtype not in (np.uint8, np.uint16):
@@ -291,26 +284,15 @@ def _table_source(arr: np.ndarray):
     return None if tables is None else (first, tables)
 
 
-def _hist(idx: np.ndarray, n: int) -> np.ndarray:
-    """int64 counts of the values 0..n-1 in a uint8/uint16 region (any strides)."""
-    import cv2
-
-    if idx.size == 0:
-        return np.zeros(n, np.int64)
-    if idx.ndim == 2 and idx.size < 2**24:  # calcHist counts in float32: exact below 2**24
-        return cv2.calcHist([idx], [0], None, [n], [0, n]).ravel().astype(np.int64)
-    return np.bincount(idx.ravel(), minlength=n)
-
-
 def _parts(idx: np.ndarray, tables: _Tables, rows: slice, cols: slice) -> list:
     """The pixels of ``idx[rows, cols]`` as [(counts, table)] for :func:`_kth`: the body table
     first, then one entry per ``tables.extra`` column (zero counts when outside ``cols``), so
     lists of different regions line up and subtract."""
     n = len(tables.body)
-    body = _hist(idx[rows, cols], n)
+    body = hist(idx[rows, cols], n)
     parts = []
     for x, table in tables.extra:
-        counts = _hist(idx[rows, x], n) if cols.start <= x < cols.stop else np.zeros(n, np.int64)
+        counts = hist(idx[rows, x], n) if cols.start <= x < cols.stop else np.zeros(n, np.int64)
         body -= counts
         parts.append((counts, table))
     return [(body, tables.body), *parts]
@@ -321,7 +303,7 @@ def _compact(idx: np.ndarray, tables: _Tables):
     have k entries instead of 65536; k <= 256 (8-bit content stored as 16-bit, many 10-12-bit
     detectors' crops) even gives a uint8 image and OpenCV's 8-bit paths. Order is kept, so
     every order statistic and every per-value result is unchanged."""
-    present = np.flatnonzero(_hist(idx, LEVELS))
+    present = np.flatnonzero(hist(idx, LEVELS))
     n = max(256, present.size)
     remap = np.zeros(LEVELS, np.uint8 if n == 256 else np.uint16)
     remap[present] = np.arange(present.size)
@@ -331,7 +313,7 @@ def _compact(idx: np.ndarray, tables: _Tables):
         out[:present.size] = table[present]
         return out
 
-    return _lookup(remap, idx), _Tables(squeeze(tables.body), tuple((x, squeeze(t)) for x, t in tables.extra))
+    return lookup(remap, idx), _Tables(squeeze(tables.body), tuple((x, squeeze(t)) for x, t in tables.extra))
 
 
 def _kth(parts, ks, order=None) -> list:
@@ -371,24 +353,13 @@ def _pick(tables: list, where: list) -> np.ndarray:
     return np.array([tables[i][v] for i, v in where], dtype=np.float32)
 
 
-def _lookup(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``table[idx]`` for a uint8/uint16 index image, without an intp copy of the index."""
-    import cv2
-
-    if idx.dtype == np.uint8 and idx.ndim == 2:
-        return cv2.LUT(idx, table)
-    out = np.empty(idx.shape, table.dtype)
-    for rows in _row_bands(idx.shape[0], idx.shape[1] if idx.ndim == 2 else 1):
-        np.take(table, idx[rows], out=out[rows], mode="clip")
-    return out
-
-
-def _apply(tables: _Tables, idx: np.ndarray, cols: slice) -> np.ndarray:
-    """Look ``idx[:, cols]`` up, each column in its own table; returns a new array."""
-    out = _lookup(tables.body, idx[:, cols])
+def _apply(tables: _Tables, idx: np.ndarray, cols: slice, out: np.ndarray | None = None) -> np.ndarray:
+    """Look ``idx[:, cols]`` up, each column in its own table; into ``out`` when given, else
+    into a new array."""
+    out = lookup(tables.body, idx[:, cols], out)
     for x, table in tables.extra:
         if cols.start <= x < cols.stop:
-            out[:, x - cols.start] = _lookup(table, idx[:, x])
+            out[:, x - cols.start] = lookup(table, idx[:, x])
     return out
 
 
@@ -454,12 +425,16 @@ def _median_of_two(middle: np.ndarray) -> np.float32:
 
 def _centre_mean(idx: np.ndarray, norms: _Tables) -> np.float32:
     """Mean of the normalised centre, summed in the very order numpy sums the float path's
-    ``norm[h//4:h-h//4, w//4:w-w//4]`` view: the centre rows are looked up at full width, so the
-    centre is a view with the same shape and row stride, and the float32 pairwise sums round
-    alike."""
+    ``norm[h//4:h-h//4, w//4:w-w//4]`` view. That view is not contiguous (unless it spans whole
+    rows), so numpy adds one row's pairwise float32 sum after another; the centre is looked up
+    into a buffer one column wider than itself, whose centre view numpy therefore sums row by
+    row the same way, to the bit, while only the centre's pixels are looked up."""
     h, w = idx.shape
-    rows = _apply(norms, idx[h // 4: h - h // 4], slice(0, w))
-    view = rows[:, w // 4: w - w // 4]
+    rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
+    n, cw = rows.stop - rows.start, cols.stop - cols.start
+    spare = 0 if cw == w else 1  # whole rows: the float path's view is contiguous, and so is this
+    view = np.empty((n, cw + spare), np.float32)[:, :cw]
+    _apply(norms, idx[rows], cols, view)
     total = np.add.reduce(view, axis=None)  # ndarray.mean's own two steps, without its wrapper
     return total.dtype.type(total / np.intp(view.size))
 
@@ -490,7 +465,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     Parameters
     ----------
     src : str, Path, bytes or ndarray
-        See :func:`edge.image.load_array`.
+        See :func:`edge.loader.load_array`.
     cfg : PreprocessConfig
 
     Returns
@@ -501,7 +476,7 @@ def preprocess_with_info(src, cfg: PreprocessConfig = PreprocessConfig()):
     Raises
     ------
     ImageError
-        Unreadable, damaged or absurd input (see :mod:`edge.image`), or smaller than 2 x 2.
+        Unreadable, damaged or absurd input (see :mod:`edge.loader`), or smaller than 2 x 2.
     """
     import cv2
 

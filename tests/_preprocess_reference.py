@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ImageError
-from edge.image import load_array
+from edge.loader import load_array
 
 MAX_PIXELS = 64_000_000
 LEVELS = 65536

@@ -24,7 +24,7 @@ from _edgefix import cnn_model, radiograph
 from edge.cli import predict_main
 from edge.dicom import apply_window, is_dicom, map_body_part, read_dicom
 from edge.errors import ImageError
-from edge.image import is_image_file, load_image
+from edge.loader import is_image_file, load_image
 from edge.predictor import Predictor
 from murakit.data.dicom_write import DicomStyle, available_syntaxes, make_dataset, write_dicom
 

@@ -1,4 +1,4 @@
-"""Peak memory of one input stays under edge.image.MEMORY_BUDGET, measured, not assumed.
+"""Peak memory of one input stays under edge.limits.MEMORY_BUDGET, measured, not assumed.
 
 Each input is decoded and preprocessed in a fresh subprocess; its peak resident size minus the
 peak after a warm-up image is what that input cost. The peak is read as ``VmHWM`` from
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from _hostile import big_files, chunk, chunks_of, png, radiograph, streamed_png
 
-from edge.image import MEMORY_BUDGET, WORK_BYTES_PER_PIXEL, image_header, input_bytes
+from edge.image import image_header, input_bytes
+from edge.limits import MEMORY_BUDGET, WORK_BYTES_PER_PIXEL
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""

@@ -13,15 +13,9 @@ import pytest
 from _hostile import app_segment, chunk, png, radiograph, set_ihdr_size
 
 from edge.errors import ImageError
-from edge.image import (
-    MEMORY_BUDGET,
-    classify_decoder_output,
-    decode,
-    image_header,
-    imdecode_captured,
-    load_array,
-    read_bytes,
-)
+from edge.image import classify_decoder_output, decode, image_header, imdecode_captured
+from edge.limits import MEMORY_BUDGET
+from edge.loader import load_array, read_bytes
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge import ImageError, PreprocessConfig, load_image, preprocess, preprocess_with_info, to_model_input
-from edge.image import MAX_PIXELS
+from edge.limits import MAX_PIXELS
 
 
 def radiograph(h=300, w=200, seed=0, gain=1.0, offset=0.0):

@@ -32,9 +32,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from edge.dicom import DicomInfo, is_dicom, read_dicom_info
+from edge.dicom import DicomInfo, is_dicom
 from edge.errors import ImageError
-from edge.image import JPEG_SIGNATURE, PNG_SIGNATURE, load_array
+from edge.image import JPEG_SIGNATURE, PNG_SIGNATURE
+from edge.loader import read_any
 from edge.predictor import valid_probabilities
 from edge.serve.audit import audit_record, model_facts
 from edge.serve.batcher import Batcher
@@ -92,8 +93,9 @@ def prepare(predictor, max_pixels: int, name: str, data: bytes) -> View:
     """
     t0 = time.perf_counter()
     try:
-        # bytes in memory -> the stored array (the decoder may serialise on its own lock)
-        arr, _ = load_array(data, predictor.config.dicom_voi)
+        # bytes in memory -> the stored array, by the route a file takes (a DICOM upload as its
+        # stored words and grey table, with its non-identifying facts from the same parse)
+        arr, _, info = read_any(data, predictor.config.dicom_voi, indexed=True)
     except ImageError as e:
         if sniff(data) is None:
             raise ApiError(415, f"{name}: not a PNG, JPEG or DICOM image") from None
@@ -106,12 +108,6 @@ def prepare(predictor, max_pixels: int, name: str, data: bytes) -> View:
     except ImageError as e:
         raise ApiError(400, _named(str(e), name)) from None
     x = predictor.model_input(u8)
-    info = None
-    if sniff(data) == "dicom":  # decoded above, so the header parses: UIDs and part for the JSON
-        try:
-            info = read_dicom_info(data, name)
-        except ImageError as e:
-            raise ApiError(400, _named(str(e), name)) from None
     return View(name, u8, x, (time.perf_counter() - t0) * 1e3, info)
 
 

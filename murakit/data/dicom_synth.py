@@ -70,7 +70,7 @@ def convert_image(png: Path, dcm: Path, rel: str, seed: int, compressed: tuple) 
     """Write one synthetic PNG as DICOM; returns the transfer syntax used (for the summary)."""
     import cv2
 
-    from edge.image import to_grey
+    from edge.loader import to_grey
     from murakit.data.dicom_write import random_style, write_dicom
 
     img = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)

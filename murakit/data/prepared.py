@@ -318,7 +318,7 @@ def process_one(task):
         ``image`` uint8 (S, S) unless the worker wrote it into the memmap itself; ``info``
         float64 (len(INFO_COLUMNS),) plus the inverted flag appended.
     """
-    from edge.image import load_array, to_grey
+    from edge.loader import load_array, to_grey
     from edge.preprocess import preprocess_with_info
 
     row, path = task

@@ -254,7 +254,7 @@ def sample_mosaic(records, prep, cfg: PreprocessConfig, per_part: int, seed: int
     mosaic : ndarray of uint8, shape (P * cell, 2 * per_part * cell)
     parts : list of str, the P row labels
     """
-    from edge.image import load_image
+    from edge.loader import load_image
     from edge.preprocess import preprocess
 
     rng = np.random.default_rng(seed)

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from edge.image import is_image_file
+from edge.loader import is_image_file
 from edge.mura import MURA_DIRNAME, MURA_SPLITS, is_part_folder
 from murakit.errors import MurakitError
 
