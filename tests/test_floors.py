@@ -208,9 +208,10 @@ def test_edge_runtime_at_the_declared_floors(tmp_path):
     # the venv's own console script (edge.launch) turns a broken onnxruntime into one line
     venv = next(p for p in Path(floors.CACHE).glob(f"py{v['python']}-base-*") if re.search(r"-base-[0-9a-f]{12}$", p.name))
     shadow = _fake_package(tmp_path / "shadow", "onnxruntime", "onnxruntime", "1.17.3", NUMPY1_ORT)
-    # NPY_DISABLE_CPU_FEATURES names this venv's numpy 2 targets (`make test-avx2`); the floor's
-    # numpy 1 does not know them and would say so on stderr
-    env = {k: val for k, val in os.environ.items() if k not in ("VIRTUAL_ENV", "NPY_DISABLE_CPU_FEATURES")}
+    # `make test-avx2` names this venv's numpy and OpenCV dispatch targets; the floors' older numpy
+    # and OpenCV do not know some of them and would say so on stderr
+    emulation = ("VIRTUAL_ENV", "NPY_DISABLE_CPU_FEATURES", "OPENCV_CPU_DISABLE")
+    env = {k: val for k, val in os.environ.items() if k not in emulation}
     env["PYTHONPATH"] = str(shadow)
     broken = subprocess.run([str(venv / "bin" / "edge-verify"), str(REGRESSION / "model.onnx")], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
