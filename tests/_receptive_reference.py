@@ -40,16 +40,21 @@ CASES = {
 
 
 def fingerprint(model) -> str:
-    """SHA-256 of the architecture (``model.to_json()``): what the centroids depend on."""
+    """SHA-256 of the architecture (``model.to_json()``, built by :func:`build`): what the
+    centroids depend on."""
     return hashlib.sha256(model.to_json().encode()).hexdigest()
 
 
 def build(arch: str, size: int):
+    """``deep.build_model`` in a fresh Keras session: layers Keras names itself (MobileNetV3's
+    activations, ...) are numbered per session, so without it the JSON depends on what was
+    built before in the process."""
     import keras
 
     import deep
     from deep.config import ModelConfig
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     return deep.build_model(ModelConfig(arch=arch, size=size))
 

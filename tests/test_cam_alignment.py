@@ -24,10 +24,24 @@ from tests._receptive_reference import CASES, build, fingerprint, load
 TOL_PX = 1.0
 REFERENCE = load()
 # DenseNet-169 at 224 px: 16 live draws take 1-2 minutes on 2 shared cores, so the test measures
-# with the first 4 of cam_model's draws. Its stored per-draw s.d. of a cell's centroid is <= 0.6
-# px (median ~0.3), so the mean of 4 draws over the 2 cells of a row is within ~0.2 px (s.e.) of
-# the 16-draw one cam_model ships: 1 px still shows a real misplacement.
-FEWER_DRAWS = {("densenet169", 224): CENTRE_SEEDS[:4]}
+# with the first 7 of cam_model's draws (7 shifts of the diagonals: every row meets every column).
+# Its stored per-draw s.d. of a cell's centroid is <= 1.3 px (median 0.9), so the mean of 7 draws
+# over the 2 cells of a row or column is within ~0.25 px (s.e.; <= 0.35) of the expectation the
+# 16 draws cam_model ships estimate to ~0.2: a placement off by 1 px still fails.
+FEWER_DRAWS = {("densenet169", 224): CENTRE_SEEDS[:7]}
+# A row-and-column placement draws a cell at its row's y and its column's x; DenseNet-169's
+# receptive fields at 224 px are not quite separable (the first row's centroid is 2.4 px further
+# in at the corners than mid-row), so a border cell's own centroid may lie up to half that (its
+# stored spread: 1.27 px) beyond the 1 px. Every other case: <= 0.37 px, within the 1 px.
+NOT_SEPARABLE_PX = {("densenet169", 224): 1.3}
+
+
+def separable(erf: np.ndarray) -> np.ndarray:
+    """The closest row-and-column layout to (h, w, 2) centroids: each row's mean y, each column's x."""
+    out = np.empty_like(erf)
+    out[..., 0] = erf[..., 0].mean(axis=1, keepdims=True)
+    out[..., 1] = erf[..., 1].mean(axis=0, keepdims=True)
+    return out
 
 
 def reference(model, arch: str, size: int) -> np.ndarray:
@@ -105,8 +119,14 @@ def test_every_cam_cell_is_drawn_at_its_receptive_field_centre(arch, size):
         if np.isnan(drawn[..., axis]).all():
             drawn[..., axis] = erf[..., axis].mean()
     assert np.isfinite(drawn).all(), drawn
+    # The placement: every cell within 1 px of the best any row-and-column layout can do ...
+    miss = np.abs(drawn - separable(erf)).max(axis=2)
+    assert miss.max() <= TOL_PX, f"{arch} {size} px: rows/columns drawn off their receptive fields by (px)\n{miss.round(1)}"
+    # ... and of each cell's own centroid (beyond 1 px only by the stated non-separable part).
+    slack = NOT_SEPARABLE_PX.get((arch, size), 0.0)
+    assert np.abs(erf - separable(erf)).max() <= max(slack, TOL_PX / 2), "receptive fields less separable than stated"
     miss = np.abs(drawn - erf).max(axis=2)
-    assert miss.max() <= TOL_PX, f"{arch} {size} px: cells drawn off their receptive field by (px)\n{miss.round(1)}"
+    assert miss.max() <= TOL_PX + slack, f"{arch} {size} px: cells drawn off their receptive field by (px)\n{miss.round(1)}"
 
 
 @pytest.mark.parametrize("size", [128, 224])
