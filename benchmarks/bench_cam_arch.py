@@ -15,6 +15,7 @@ It also scores, on A's model, a no-retraining variant of the map:
     (evidence for "abnormal", the channels that argue for "normal" left out), placed the same way.
 
 Usage:  python benchmarks/bench_cam_arch.py --run A --against B [--json OUT]
+        python benchmarks/bench_cam_arch.py --pool A1:B1 A2:B2 A3:B3   (several seeds, pooled)
 """
 
 from __future__ import annotations
@@ -47,13 +48,66 @@ def study_auroc(run):
     return auroc(lv["label"], lv["prob"]), study_intervals(y, p, s, 0.5)["auroc_ci"], (y, p, s)
 
 
+def pooled(pairs) -> dict:
+    """B - A averaged over several pairs trained on one cache (e.g. three seeds), paired bootstrap.
+
+    ``pairs``: [(run A, run B), ...], all on the same prepared cache, so they share their test
+    studies: each resample draws the studies once and scores every pair on them.
+
+    Returns ``{"pointing", "pointing_no_margin", "energy_in_box", "study_auroc": [diff, lo, hi]}``.
+    """
+    from bench_cam import _batched, _views, per_view
+
+    import deep
+    from murakit.evaluation.bootstrap import LEVEL, _interval, _resamples
+    from murakit.evaluation.metrics import auroc, study_level
+    from murakit.layout import RunLayout
+
+    u8, boxes, _, studies = _views(pairs[0][0])
+    size, diffs, aucs = u8.shape[1], [], []
+    for a, b in pairs:
+        hits = []
+        for run in (a, b):
+            model = deep.load_model(RunLayout(run).cnn_best)
+            cm = deep.cam_model(model)
+            hits.append(per_view(_batched(lambda x, m=model, c=cm: deep.cam(m, x, c)[1], u8), boxes, size))
+        diffs.append({k: hits[1][k] - hits[0][k] for k in hits[0]})
+        (_, _, (y, pa, s)), (_, _, (_, pb, _)) = study_auroc(a), study_auroc(b)
+        la, lb = study_level(y, pa, s), study_level(y, pb, s)
+        aucs.append((la["label"], la["prob"], lb["prob"]))
+    _, inv = np.unique(studies, return_inverse=True)
+    counts = np.bincount(inv).astype(np.float64)
+    idx = _resamples(len(counts), 2000, 0)
+    out = {}
+    for key in diffs[0]:
+        d = np.mean([p[key] for p in diffs], axis=0)
+        w = np.bincount(inv, weights=d)
+        out[key] = [float(d.mean()), *_interval(w[idx].sum(1) / counts[idx].sum(1), LEVEL)]
+    y = aucs[0][0]
+    ridx = _resamples(len(y), 2000, 0)
+    mean_diff = [np.mean([auroc(y[i], pb[i]) - auroc(y[i], pa[i]) for _, pa, pb in aucs]) for i in ridx]
+    out["study_auroc"] = [float(np.mean([auroc(y, pb) - auroc(y, pa) for _, pa, pb in aucs])),
+                          *_interval(np.array(mean_diff), LEVEL)]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="run A (the shipped arch), trained, synthetic data")
-    ap.add_argument("--against", required=True, help="run B (the candidate), trained on A's prepared cache")
+    ap.add_argument("--run", help="run A (the shipped arch), trained, synthetic data")
+    ap.add_argument("--against", help="run B (the candidate), trained on A's prepared cache")
+    ap.add_argument("--pool", nargs="+", metavar="A:B",
+                    help="instead: B - A averaged over these pairs (one cache, e.g. several seeds)")
     ap.add_argument("--rounds", type=int, default=9, help="latency rounds of 200 calls (default: %(default)s)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    if args.pool:
+        res = pooled([tuple(p.split(":", 1)) for p in args.pool])
+        print("pooled B - A [diff, lo, hi]:", json.dumps(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        return 0
+    if not (args.run and args.against):
+        ap.error("give --run A --against B, or --pool A:B ...")
     from bench_cam import _batched, _views, paired_differences, per_view, positive_channel_cam
 
     import deep
