@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from deep.errors import DeepError
 
-ARCHS = ("small", "densenet169", "mobilenetv3small")
+ARCHS = ("small", "densenet169", "mobilenetv3small", "small-s8")
 
 
 class _JsonMixin:
@@ -48,8 +48,9 @@ class ModelConfig(_JsonMixin):
 
     Parameters
     ----------
-    arch : {"small", "densenet169", "mobilenetv3small"}
-        "small" is a compact separable CNN trained from scratch (default); the others are
+    arch : {"small", "densenet169", "mobilenetv3small", "small-s8"}
+        "small" is a compact separable CNN trained from scratch (default); "small-s8" the same
+        family at output stride 8 (a 16 x 16 CAM at 128 px; docs/cam.md); the others are
         ``keras.applications`` backbones built with ``weights=None`` or a local weights file.
     size : int
         Input side S in pixels; the model maps float32 (B, S, S, 1) in [0, 1] to (B, 1).

@@ -18,6 +18,15 @@ from keras import layers
 from deep.config import ModelConfig
 from deep.errors import DeepError
 
+# The small family: per stage (width multiplier, 2x max-pool after it), and the final block's
+# multiplier. "small" has output stride 16 (an 8 x 8 CAM at 128 px); "small-s8" drops the second
+# stage's pool and halves the width of what then runs at stride 8 (a 16 x 16 CAM at about the
+# multiply-adds of "small"; docs/cam.md: measured, not the default).
+SMALL_STAGES = {
+    "small": (((2, True), (4, True), (8, False)), 8),
+    "small-s8": (((2, True), (4, False), (4, False)), 4),
+}
+
 
 def _sep_block(x, ch, momentum, name):
     """SeparableConv 3x3 -> BatchNorm -> ReLU."""
@@ -42,7 +51,8 @@ def _small_features(x, cfg: ModelConfig):
     x = layers.BatchNormalization(momentum=m, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for i, (mult, pool) in enumerate([(2, True), (4, True), (8, False)]):
+    stages, final_mult = SMALL_STAGES[cfg.arch]
+    for i, (mult, pool) in enumerate(stages):
         ch = cfg.width * mult
         res = layers.Conv2D(ch, 1, strides=2 if pool else 1, use_bias=False, name=f"s{i}_res")(x)
         res = layers.BatchNormalization(momentum=m, name=f"s{i}_res_bn")(res)
@@ -51,7 +61,7 @@ def _small_features(x, cfg: ModelConfig):
         if pool:
             x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"s{i}_pool")(x)
         x = layers.Add(name=f"s{i}_add")([x, res])
-    x = _sep_block(x, cfg.width * 8, m, "final")
+    x = _sep_block(x, cfg.width * final_mult, m, "final")
     return layers.Identity(name="features")(x)
 
 
@@ -105,7 +115,7 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
         float32 (B, S, S, 1) in [0, 1] -> probability float32 (B, 1) in [0, 1].
     """
     inp = keras.Input((cfg.size, cfg.size, 1), name="image")
-    if cfg.arch == "small":
+    if cfg.arch in SMALL_STAGES:
         feats = _small_features(inp, cfg)
     else:
         feats = _backbone_features(inp, cfg, weights)
@@ -113,7 +123,7 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     out = layers.Dense(1, activation="sigmoid", name="head")(x)
     model = keras.Model(inp, out, name=f"murakit_{cfg.arch}")
-    if cfg.arch == "small" and weights is not None:
+    if cfg.arch in SMALL_STAGES and weights is not None:
         _load_weights(model, weights, f"the small arch {cfg.to_dict()}")
     return model
 

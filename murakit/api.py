@@ -231,7 +231,7 @@ def train_cnn(run=DEFAULT_RUN, max_epochs: int | None = None, seed: int = 0, arc
         (``murakit train cnn`` without ``--epochs``). Lower it to bound the time.
     seed : int
         Seeds weights, shuffling, augmentation: the same seed gives the same model.
-    arch : {"small", "densenet169", "mobilenetv3small"}
+    arch : {"small", "densenet169", "mobilenetv3small", "small-s8"}
     width : int, optional
         Stem channels of the "small" arch; default the recipe's.
     force : bool

@@ -17,7 +17,7 @@ from murakit.layout import RunLayout
 from murakit.stage import StageResult
 
 # Kept here (not imported from deep) so building the CLI parser never imports TensorFlow.
-ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small")
+ARCH_CHOICES = ("small", "densenet169", "mobilenetv3small", "small-s8")
 STRATEGY_CHOICES = ("auto", "none", "mirrored", "multi-worker")  # deep.distribute.STRATEGIES
 
 
