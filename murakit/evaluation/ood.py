@@ -6,11 +6,15 @@ images (photographs, documents, microscopy, a retina), pydicom's test files (CT,
 secondary captures), and frames drawn here (blank, noise, gradients, text pages, films of other
 body regions: chest, skull, pelvis, abdomen).
 
-Two disjoint sets come out of :func:`ood_images`: ``"fit"`` (used to choose the gate's statistic
-and checked at export) and ``"test"`` (never used for fitting: report.json's ``gate`` and
-tests/test_gate.py score it). They share no source image: every sample image or DICOM file is
-assigned to one split, and drawn frames use disjoint seeds. Variants (crops, flips, rotations,
-gamma) multiply each source so every category has enough images; the sets are deterministic.
+Three disjoint sets come out of :func:`ood_images`: ``"fit"`` (the gate's outlier exposure at
+export; it also holds drawn CT, MR, ultrasound and nuclear-medicine frames), ``"val"`` (to choose
+among gate variants: matplotlib's sample photographs and MR slice, other scikit-image faces, a
+pydicom file in neither other set, drawn frames of every kind) and ``"test"`` (never used for
+fitting or choosing: report.json's ``gate`` and tests/test_gate.py score it). They share no source
+image: every sample image or DICOM file is assigned to one split (pydicom files that hold another
+split's pixels at another compression are in none), and drawn frames use disjoint seeds.
+Variants (crops, flips, rotations, gamma) multiply each source so every category has enough
+images; the sets are deterministic.
 """
 
 from __future__ import annotations
@@ -530,7 +534,7 @@ def ood_images(split: str = "test") -> list:
 
     Parameters
     ----------
-    split : {"fit", "test"}
+    split : {"fit", "val", "test"}
         Disjoint sources (see the module docstring).
 
     Returns
