@@ -6,8 +6,8 @@ Usage::
 
 RUN needs a prepared cache and a trained CNN (``RUN/cnn/best.keras``). Every candidate is fitted
 on the training split's radiographs (and, for the outlier-exposure ones, murakit's "fit"
-non-radiographs, ``murakit.evaluation.ood``), thresholded at the 99.5th percentile of the
-validation radiographs, and scored on the test split's radiographs against the "test"
+non-radiographs, ``murakit.evaluation.ood``), thresholded on the validation radiographs
+(``export.gate.threshold_rule``), and scored on the test split's radiographs against the "test"
 non-radiographs (disjoint sources). Prints a Markdown table: OOD AUROC per category, over all,
 the test radiographs refused and the OOD images let through at that threshold.
 """
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     import deep
     from edge.preprocess import preprocess, to_model_input
-    from export.gate import fit_gate, gate_scores, whitening
+    from export.gate import fit_gate, gate_scores, threshold_rule, whitening
     from murakit.data.prepared import load_prepared
     from murakit.evaluation.metrics import auroc
     from murakit.evaluation.ood import CATEGORIES, ood_images
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     print("| candidate | " + " | ".join(cats) + " | all | test radiographs refused | OOD let through |")
     print("|---|" + "---|" * (len(cats) + 3))
     for name, f in candidates.items():
-        ind, ood, t = f("test"), f("ood_test"), np.quantile(f("val"), 0.995)
+        ind, ood, t = f("test"), f("ood_test"), threshold_rule(f("val"))[0]
 
         def auc(o, ind=ind):
             return auroc(np.r_[np.zeros(len(ind)), np.ones(len(o))], np.r_[ind, o])

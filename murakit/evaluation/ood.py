@@ -6,11 +6,15 @@ images (photographs, documents, microscopy, a retina), pydicom's test files (CT,
 secondary captures), and frames drawn here (blank, noise, gradients, text pages, films of other
 body regions: chest, skull, pelvis, abdomen).
 
-Two disjoint sets come out of :func:`ood_images`: ``"fit"`` (used to choose the gate's statistic
-and checked at export) and ``"test"`` (never used for fitting: report.json's ``gate`` and
-tests/test_gate.py score it). They share no source image: every sample image or DICOM file is
-assigned to one split, and drawn frames use disjoint seeds. Variants (crops, flips, rotations,
-gamma) multiply each source so every category has enough images; the sets are deterministic.
+Three disjoint sets come out of :func:`ood_images`: ``"fit"`` (the gate's outlier exposure at
+export; it also holds drawn CT, MR, ultrasound and nuclear-medicine frames), ``"val"`` (to choose
+among gate variants: matplotlib's sample photographs and MR slice, other scikit-image faces, a
+pydicom file in neither other set, drawn frames of every kind) and ``"test"`` (never used for
+fitting or choosing: report.json's ``gate`` and tests/test_gate.py score it). They share no source
+image: every sample image or DICOM file is assigned to one split (pydicom files that hold another
+split's pixels at another compression are in none), and drawn frames use disjoint seeds.
+Variants (crops, flips, rotations, gamma) multiply each source so every category has enough
+images; the sets are deterministic.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CATEGORIES = ("photo", "document", "modality", "medical", "blank_noise", "near_miss")
-SPLITS = ("fit", "test")
+SPLITS = ("fit", "val", "test")
 
 # scikit-image sample files, by category and split (never the same file in both splits)
 _SKIMAGE = {
@@ -34,15 +38,17 @@ _SKIMAGE = {
                 "test": ["microaneurysms.png", "cell.png", "phantom.png"]},
 }
 # pydicom test files (modality in the name's comment), by split
+# (JPEG2000.dcm, an NM frame, is not in "fit": it is JPGExtended.dcm's image at another
+# compression, and J2K_pixelrep_mismatch.dcm is 693_J2KI.dcm's CT slice: neither is used anywhere)
 _PYDICOM = {
-    "fit": ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "examples_rgb_color.dcm",
-            "liver_1frame.dcm"],                      # CT, MR, NM, US, SEG
+    "fit": ["CT_small.dcm", "MR_small.dcm", "examples_rgb_color.dcm", "liver_1frame.dcm"],  # CT, MR, US, SEG
+    "val": ["ExplVR_BigEnd.dcm"],  # US
     "test": ["693_J2KI.dcm", "examples_overlay.dcm", "JPGExtended.dcm", "examples_palette.dcm",
              "examples_ybr_color.dcm", "image_dfl.dcm", "examples_jpeg2k.dcm"],  # CT, MR, NM, US x3, OT
 }
-_SEED = {"fit": 1000, "test": 2000}
+_SEED = {"fit": 1000, "test": 2000, "val": 3000}
 _PER_SOURCE = {"photo": 4, "document": 14, "modality": 6, "medical": 9}
-_DRAWN = {"blank_noise": 30, "near_miss": 32}
+_DRAWN = {"blank_noise": 30, "near_miss": 32, "modality": 120}  # modality: "fit" only
 
 
 @dataclass(frozen=True)
@@ -255,12 +261,280 @@ def _near_misses(split: str) -> list:
     return out
 
 
+# ---------------------------------------------------------------- drawn frames of other modalities
+def _smooth_field(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """A smooth random field in [0, 1] (white noise blurred at ``scale`` pixels)."""
+    import cv2
+
+    f = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), max(scale, 0.5))
+    return (f - f.min()) / max(float(np.ptp(f)), 1e-6)
+
+
+def _annotate(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Corner text like a viewer's screen capture (patient, series, window), in place."""
+    import cv2
+
+    h, w = img.shape[:2]
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:/. "
+    colour = 255 if img.ndim == 2 else (255, 255, int(rng.integers(0, 256)))
+    for corner in range(int(rng.integers(0, 5))):
+        for line in range(int(rng.integers(1, 4))):
+            text = "".join(rng.choice(list(letters), int(rng.integers(4, 14))))
+            y = 14 + 14 * line if corner < 2 else h - 8 - 14 * line
+            x = 6 if corner % 2 == 0 else max(6, w - 8 * len(text))
+            cv2.putText(img, text, (x, y), 0, float(rng.uniform(0.3, 0.45)), colour, 1, cv2.LINE_AA)
+    return img
+
+
+def _ct_slice(rng: np.random.Generator) -> np.ndarray:
+    """An axial CT slice in a soft-tissue, lung or bone window: a round body (head, chest or
+    abdomen) on black air, a table below, organs, spine and ribs or a skull ring."""
+    import cv2
+
+    s = int(rng.integers(256, 513))
+    hu = np.full((s, s), -1000.0, np.float32)
+    c = s // 2
+    kind = rng.choice(["head", "chest", "abdomen"])
+    ax = int(s * rng.uniform(0.28, 0.45))
+    ay = int(ax * (rng.uniform(0.85, 1.05) if kind == "head" else rng.uniform(0.6, 0.8)))
+    cv2.ellipse(hu, (c, c), (ax, ay), 0, 0, 360, -100, -1)  # subcutaneous fat
+    cv2.ellipse(hu, (c, c), (int(ax * 0.9), int(ay * 0.88)), 0, 0, 360, 40, -1)  # muscle / soft tissue
+    if kind == "head":
+        cv2.ellipse(hu, (c, c), (int(ax * 0.92), int(ay * 0.92)), 0, 0, 360, 1200, max(2, s // 60))
+        cv2.ellipse(hu, (c, c), (int(ax * 0.86), int(ay * 0.86)), 0, 0, 360, 35, -1)
+        for side in (-1, 1):
+            cv2.ellipse(hu, (c + side * ax // 6, c), (ax // 12, ay // 4), side * 15, 0, 360, 5, -1)  # ventricles
+    else:
+        if kind == "chest":
+            for side in (-1, 1):
+                cv2.ellipse(hu, (c + side * int(ax * 0.42), c - ay // 10), (int(ax * 0.35), int(ay * 0.6)),
+                            0, 0, 360, -850, -1)  # lungs
+            cv2.ellipse(hu, (c + ax // 10, c), (ax // 4, ay // 3), 30, 0, 360, 45, -1)  # heart
+        for _ in range(int(rng.integers(3, 8))):  # organs and vessels
+            cv2.ellipse(hu, (c + int(rng.integers(-ax // 2, ax // 2)), c + int(rng.integers(-ay // 2, ay // 3))),
+                        (int(rng.integers(s // 40, ax // 3)), int(rng.integers(s // 40, ay // 3))),
+                        float(rng.uniform(0, 180)), 0, 360, float(rng.uniform(20, 200)), -1)
+        vy = c + int(ay * 0.6)  # vertebra and ribs
+        cv2.circle(hu, (c, vy), max(3, ax // 9), 700, -1)
+        cv2.ellipse(hu, (c, vy + ax // 8), (ax // 8, ax // 10), 0, 180, 360, 900, max(2, s // 90))
+        for k in range(int(rng.integers(4, 10))):
+            a = rng.uniform(0, 2 * np.pi)
+            cv2.circle(hu, (int(c + 0.93 * ax * np.cos(a)), int(c + 0.9 * ay * np.sin(a))), max(2, s // 80), 900, -1)
+    table = c + ay + int(s * rng.uniform(0.03, 0.08))
+    if table < s - 4:
+        cv2.ellipse(hu, (c, table - s), (int(s * 0.45), s), 0, 60, 120, 300, max(2, s // 80))
+    hu += rng.normal(0, rng.uniform(5, 25), hu.shape).astype(np.float32)
+    hu = cv2.GaussianBlur(hu, (0, 0), float(rng.uniform(0.5, 1.5)))
+    centre, width = [(40, 400), (-600, 1500), (400, 1800), (50, 120)][int(rng.integers(0, 4))]
+    img = np.clip((hu - centre + width / 2) / width * 255, 0, 255).astype(np.uint8)
+    return _annotate(img, rng)
+
+
+def _mr_slice(rng: np.random.Generator) -> np.ndarray:
+    """An MR slice: a head with folded cortex (T1: dark fluid, T2: bright fluid) or a body /
+    joint section of textured tissue, dark cortical bone, bright fat, a bias field and Rician
+    background noise."""
+    import cv2
+
+    h = int(rng.integers(192, 513))
+    w = int(h * rng.uniform(0.75, 1.3))
+    c = (w // 2, h // 2)
+    t2 = rng.random() < 0.5
+    img = np.zeros((h, w), np.float32)
+    ax, ay = int(w * rng.uniform(0.25, 0.42)), int(h * rng.uniform(0.3, 0.45))
+    if rng.random() < 0.6:  # head
+        cv2.ellipse(img, c, (ax, ay), 0, 0, 360, 0.8, -1)  # scalp fat
+        cv2.ellipse(img, c, (int(ax * 0.93), int(ay * 0.93)), 0, 0, 360, 0.05, -1)  # skull (dark)
+        brain = np.zeros_like(img)
+        cv2.ellipse(brain, c, (int(ax * 0.86), int(ay * 0.86)), 0, 0, 360, 1.0, -1)
+        folds = _smooth_field(rng, h, w, rng.uniform(2, 5)) > rng.uniform(0.45, 0.55)
+        grey, white, csf = (0.55, 0.4, 0.95) if t2 else (0.5, 0.7, 0.1)
+        tissue = np.where(folds, grey, white).astype(np.float32)
+        cv2.ellipse(tissue, (c[0] - ax // 8, c[1]), (ax // 12, ay // 4), 10, 0, 360, csf, -1)
+        cv2.ellipse(tissue, (c[0] + ax // 8, c[1]), (ax // 12, ay // 4), -10, 0, 360, csf, -1)
+        img = np.where(brain > 0, tissue, img)
+    else:  # body or joint
+        cv2.ellipse(img, c, (ax, ay), float(rng.uniform(-20, 20)), 0, 360, 0.75, -1)
+        tex = _smooth_field(rng, h, w, rng.uniform(3, 10))
+        mask = img > 0
+        img[mask] = (0.3 + 0.5 * tex[mask]).astype(np.float32)
+        for _ in range(int(rng.integers(1, 4))):  # bones: dark cortex, bright marrow
+            bc = (c[0] + int(rng.integers(-ax // 2, ax // 2 + 1)), c[1] + int(rng.integers(-ay // 2, ay // 2 + 1)))
+            axes = (int(rng.integers(w // 30, ax // 3 + w // 30)), int(rng.integers(h // 30, ay // 2 + h // 30)))
+            cv2.ellipse(img, bc, axes, float(rng.uniform(0, 180)), 0, 360, 0.02, -1)
+            cv2.ellipse(img, bc, (max(1, axes[0] * 8 // 10), max(1, axes[1] * 8 // 10)),
+                        float(rng.uniform(0, 180)), 0, 360, 0.85 if not t2 else 0.6, -1)
+    img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.7, 1.8)))
+    yy, xx = np.mgrid[0:h, 0:w]
+    img *= (1 + 0.3 * np.cos(xx / w * rng.uniform(1, 4) + rng.uniform(0, 6))
+            * np.sin(yy / h * rng.uniform(1, 4))).astype(np.float32)  # coil bias field
+    sigma = rng.uniform(0.01, 0.06)
+    img = np.hypot(img + rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape))  # Rician
+    return _annotate(_to_u8(img), rng)
+
+
+def _us_frame(rng: np.random.Generator) -> np.ndarray:
+    """An ultrasound frame: a sector (or linear) field of speckle with dark cysts and bright
+    interfaces on black, a depth scale, text, sometimes a colour Doppler box."""
+    import cv2
+
+    h = int(rng.integers(240, 600))
+    w = int(h * rng.uniform(1.0, 1.6))
+    tissue = _smooth_field(rng, h, w, rng.uniform(6, 20)) * 0.6 + 0.3
+    for _ in range(int(rng.integers(0, 4))):  # anechoic cysts / vessels
+        cv2.ellipse(tissue, (int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(h // 4, h))),
+                    (int(rng.integers(8, w // 8)), int(rng.integers(6, h // 10))), float(rng.uniform(0, 180)),
+                    0, 360, 0.03, -1)
+    for _ in range(int(rng.integers(1, 5))):  # bright interfaces
+        y0 = int(rng.integers(h // 5, h))
+        cv2.line(tissue, (0, y0), (w, y0 + int(rng.integers(-h // 5, h // 5))), 1.0, int(rng.integers(2, 6)))
+    speckle = rng.rayleigh(1.0, (h, w)).astype(np.float32)
+    speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=float(rng.uniform(1.5, 3)), sigmaY=float(rng.uniform(0.5, 1)))
+    img = tissue * speckle
+    img *= np.linspace(1.0, rng.uniform(0.3, 0.8), h, dtype=np.float32)[:, None]  # depth attenuation
+    mask = np.zeros((h, w), np.uint8)
+    if rng.random() < 0.7:  # sector probe: apex above the top edge
+        apex = (w // 2, -int(h * rng.uniform(0.0, 0.15)))
+        half = float(rng.uniform(30, 45))
+        cv2.ellipse(mask, apex, (int(h * 0.95), int(h * 0.95)), 90, -half, half, 1, -1)
+        cv2.ellipse(mask, apex, (int(h * 0.08), int(h * 0.08)), 90, -half, half, 0, -1)
+    else:  # linear probe
+        cv2.rectangle(mask, (w // 6, h // 12), (5 * w // 6, 11 * h // 12), 1, -1)
+    grey = np.clip(img / np.percentile(img, 99) * 230, 0, 255).astype(np.uint8) * mask
+    for k in range(10):  # depth ticks
+        cv2.line(grey, (w - 20, int(h * (0.1 + 0.08 * k))), (w - 12, int(h * (0.1 + 0.08 * k))), 200, 1)
+    out = _annotate(grey, rng)
+    if rng.random() < 0.4:  # colour Doppler box
+        rgb = np.repeat(out[..., None], 3, axis=2)
+        x0, y0 = int(rng.integers(w // 4, w // 2)), int(rng.integers(h // 4, h // 2))
+        flow = _smooth_field(rng, h // 6, w // 6, 3) > 0.6
+        box = rgb[y0:y0 + h // 6, x0:x0 + w // 6]
+        box[flow[:box.shape[0], :box.shape[1]]] = (200, 30, 30) if rng.random() < 0.5 else (30, 60, 220)
+        cv2.rectangle(rgb, (x0, y0), (x0 + w // 6, y0 + h // 6), (200, 200, 80), 1)
+        return rgb
+    return out
+
+
+def _nm_frame(rng: np.random.Generator) -> np.ndarray:
+    """A nuclear-medicine frame: a coarse, count-limited (Poisson) whole-body or organ view with
+    hot spots, often dark-on-white and upsampled from a small matrix, sometimes in a colour map."""
+    import cv2
+
+    whole_body = rng.random() < 0.6
+    mh, mw = (int(rng.integers(192, 512)), int(rng.integers(64, 128))) if whole_body else \
+        (int(rng.integers(64, 128)),) * 2
+    act = np.zeros((mh, mw), np.float32)
+    if whole_body:
+        cx = mw // 2
+        cv2.circle(act, (cx, mh // 10), mw // 8, 1.0, -1)  # head
+        cv2.ellipse(act, (cx, int(mh * 0.38)), (mw // 4, int(mh * 0.2)), 0, 0, 360, 0.8, -1)  # trunk
+        for side in (-1, 1):
+            cv2.line(act, (cx + side * mw // 5, int(mh * 0.22)), (cx + side * mw // 3, int(mh * 0.5)), 0.6, mw // 16)
+            cv2.line(act, (cx + side * mw // 12, int(mh * 0.56)), (cx + side * mw // 9, int(mh * 0.97)), 0.6, mw // 12)
+    else:
+        cv2.ellipse(act, (mw // 2, mh // 2), (mw // 3, mh // 3), float(rng.uniform(0, 180)), 0, 360, 0.5, -1)
+    for _ in range(int(rng.integers(2, 9))):  # hot spots: bladder, kidneys, lesions, myocardium
+        cv2.circle(act, (int(rng.integers(0, mw)), int(rng.integers(0, mh))), int(rng.integers(2, max(3, mw // 8))),
+                   float(rng.uniform(2, 8)), -1)
+    act = cv2.GaussianBlur(act, (0, 0), float(rng.uniform(1, 3)))
+    counts = rng.poisson(act * rng.uniform(5, 60)).astype(np.float32)
+    scale = int(rng.integers(2, 5))
+    img = cv2.resize(counts, (mw * scale, mh * scale), interpolation=cv2.INTER_NEAREST if rng.random() < 0.5
+                     else cv2.INTER_LINEAR)
+    u8 = _to_u8(img)
+    if rng.random() < 0.5:
+        u8 = 255 - u8  # dark activity on white, the usual bone-scan display
+    if rng.random() < 0.3:
+        u8 = cv2.cvtColor(cv2.applyColorMap(u8, int(rng.choice([cv2.COLORMAP_HOT, cv2.COLORMAP_JET,
+                                                                 cv2.COLORMAP_INFERNO]))), cv2.COLOR_BGR2RGB)
+    return _annotate(u8, rng)
+
+
+_MODALITY_DRAWERS = {"ct": _ct_slice, "mr": _mr_slice, "us": _us_frame, "nm": _nm_frame}
+
+
+def _montage(rng: np.random.Generator, draw) -> np.ndarray:
+    """2 x 2 or 3 x 3 frames tiled on black, as a viewer exports a series."""
+    import cv2
+
+    n = int(rng.choice([2, 3]))
+    tile = 160
+    tiles = []
+    for _ in range(n * n):
+        t = draw(rng)
+        t = t if t.ndim == 2 else cv2.cvtColor(t, cv2.COLOR_RGB2GRAY)
+        tiles.append(cv2.resize(t, (tile, tile), interpolation=cv2.INTER_AREA))
+    return np.vstack([np.hstack(tiles[r * n:(r + 1) * n]) for r in range(n)])
+
+
+def _drawn_modalities(split: str, n: int) -> list:
+    """``n`` CT, MR, ultrasound and nuclear-medicine frames drawn here (every tenth a montage)."""
+    out = []
+    for k in range(n):
+        kind = list(_MODALITY_DRAWERS)[k % 4]
+        rng = _rng(split, f"{kind}{k}")
+        img = _montage(rng, _MODALITY_DRAWERS[kind]) if k % 10 == 9 else _MODALITY_DRAWERS[kind](rng)
+        out.append(OodImage("modality", f"drawn/{kind}{k}", img))
+    return out
+
+
+# ---------------------------------------------------------------- the validation set
+_MATPLOTLIB_PHOTOS = ["grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"]
+
+
+def _matplotlib_sample(name: str):
+    """pixels of one of matplotlib's sample images (None when matplotlib or the file is absent)."""
+    import gzip
+    import os
+
+    try:
+        import matplotlib
+        from PIL import Image
+    except ImportError:
+        return None
+    path = os.path.join(matplotlib.get_data_path(), "sample_data", name)
+    if not os.path.isfile(path):
+        return None
+    if name == "s1045.ima.gz":  # an MR slice: 256 x 256 uint16, as matplotlib's own examples read it
+        with gzip.open(path) as f:
+            return _to_u8(np.frombuffer(f.read(), np.uint16).reshape(256, 256))
+    with Image.open(path) as im:
+        return _to_u8(np.asarray(im.convert("RGB")))
+
+
+def _val_set() -> list:
+    """The "val" split: sources in neither "fit" nor "test" (matplotlib's sample photographs and
+    MR slice, scikit-image's LFW rows 40-59, pydicom's big-endian US file) and drawn frames with
+    seeds of their own. Used to choose among gate variants; it has no "medical" category."""
+    import os
+
+    out = []
+    for fname in _MATPLOTLIB_PHOTOS:
+        img = _matplotlib_sample(fname)
+        if img is not None:
+            out += [OodImage("photo", f"matplotlib/{fname}#{k}", v)
+                    for k, v in enumerate(variants(img, 6, _rng("val", fname)))]
+    import skimage.data
+
+    path = os.path.join(os.path.dirname(skimage.data.__file__), "lfw_subset.npy")
+    if os.path.isfile(path):
+        out += [OodImage("photo", f"skimage/lfw_subset.npy:row{40 + k}", _to_u8(f))
+                for k, f in enumerate(np.load(path)[40:60])]
+    out += [OodImage("document", f"drawn/page{k}", _text_page(_rng("val", f"page{k}"))) for k in range(20)]
+    mr = _matplotlib_sample("s1045.ima.gz")
+    if mr is not None:
+        out += [OodImage("modality", f"matplotlib/s1045.ima.gz#{k}", v)
+                for k, v in enumerate(variants(mr, 8, _rng("val", "s1045")))]
+    out += _dicom_frames("val")
+    return out + _drawn_modalities("val", 60) + _blank_noise("val") + _near_misses("val")
+
+
 def ood_images(split: str = "test") -> list:
     """The non-radiograph set of one split.
 
     Parameters
     ----------
-    split : {"fit", "test"}
+    split : {"fit", "val", "test"}
         Disjoint sources (see the module docstring).
 
     Returns
@@ -271,7 +545,12 @@ def ood_images(split: str = "test") -> list:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "val":
+        return _val_set()
     out = []
     for category in ("photo", "document", "medical"):
         out += _skimage(category, split)
-    return out + _dicom_frames(split) + _blank_noise(split) + _near_misses(split)
+    out += _dicom_frames(split)
+    if split == "fit":  # the test set's modality images are all real files: none drawn there
+        out += _drawn_modalities("fit", _DRAWN["modality"])
+    return out + _blank_noise(split) + _near_misses(split)

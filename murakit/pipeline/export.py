@@ -290,14 +290,14 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
 
 def int8_gate_card(gate: dict | None, int8, val_x: np.ndarray) -> dict | None:
     """The INT8 file's own gate threshold: quantization moves the gate's score, so the threshold
-    is chosen again, the same way (99.5th percentile of the val radiographs), on the INT8 model."""
+    is chosen again, the same way (``export.gate.threshold_rule`` on the val radiographs), on the INT8 model."""
     from export.cnn import onnx_outputs
-    from export.gate import REFUSAL_QUANTILE
+    from export.gate import threshold_rule
 
     if gate is None:
         return None
     scores = np.asarray(onnx_outputs(int8, val_x)["gate"], np.float64)
-    threshold = float(np.quantile(scores, REFUSAL_QUANTILE))
+    threshold, _ = threshold_rule(scores)
     return {**gate, "threshold": threshold,
             "fit": {**gate.get("fit", {}), "int8_threshold_from_val": True, "float_threshold": gate["threshold"]}}
 
