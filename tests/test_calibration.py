@@ -14,7 +14,9 @@ from edge.trust import calibrate, raw_threshold
 from murakit.evaluation.calibration import (
     apply_platt,
     ece,
+    ece_floor,
     fit_calibration,
+    fit_calibrator,
     fit_operating_points,
     platt,
     threshold_for,
@@ -66,6 +68,79 @@ def test_study_calibrator_is_fitted_on_study_means():
     cal = fit_calibration(labels, probs, studies)
     s = study_level(labels, probs, studies)
     assert ece(s["label"], apply_platt(cal["study"], s["prob"])) < ece(s["label"], s["prob"])
+
+
+def _views(n_studies: int, seed: int, temperature: float = 1.0, shift: float = 0.0):
+    """Studies of 1-3 views whose labels are drawn from the true probability q (one label per
+    study: the views' mean q); the model reports sigmoid(temperature * logit(q) + shift)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, n_studies)
+    studies = np.repeat(np.arange(n_studies), sizes)
+    z = rng.normal(0, 1.5, n_studies)[studies] + rng.normal(0, 0.3, len(studies))
+    q = 1 / (1 + np.exp(-z))
+    y_study = rng.uniform(size=n_studies) < np.bincount(studies, q) / sizes
+    labels = y_study[studies].astype(int)
+    return labels, 1 / (1 + np.exp(-(temperature * z + shift))), studies
+
+
+def test_calibrator_form_is_chosen_on_val_and_is_always_increasing():
+    # a badly overconfident model on plenty of val: the fit must move far from the identity ...
+    y, p, g = _views(600, 6, temperature=3.0)
+    c = fit_calibrator(y, p, g)
+    assert c["form"] in ("temperature", "platt") and 0 < c["a"] < 0.6
+    assert c["cv_log_loss"][c["form"]] < c["cv_log_loss"]["identity"]
+    q = apply_platt(c, p)
+    assert auroc(y, q) == pytest.approx(auroc(y, p), abs=1e-12)
+    yt, pt, _ = _views(600, 7, temperature=3.0)
+    assert ece(yt, apply_platt(c, pt)) < ece(yt, pt) - 0.05  # fixes it on data it was not fitted on
+    # ... a shifted one needs the intercept: full Platt wins
+    ys, ps, gs = _views(600, 8, shift=1.5)
+    assert fit_calibrator(ys, ps, gs)["form"] == "platt"
+    assert fit_calibrator(ys, ps, gs) == fit_calibrator(ys, ps, gs)  # deterministic
+    # one class only, or nothing to fit: the identity, never an error
+    assert fit_calibrator(np.ones(5), np.linspace(0.1, 0.9, 5))["form"] == "identity"
+    # adversarial val (anti-correlated): the slope stays positive (a ranking is never reversed)
+    rng = np.random.default_rng(9)
+    p = rng.uniform(0.05, 0.95, 200)
+    c = fit_calibrator((rng.uniform(size=200) > p).astype(int), p)
+    assert c["a"] > 0 and np.all(np.diff(apply_platt(c, np.sort(p))) >= 0)
+    with pytest.raises(ValueError, match="same length"):
+        fit_calibrator(np.ones(3), np.ones(4) / 2)
+
+
+def test_small_val_sets_do_not_make_a_calibrated_model_worse():
+    """Old unregularised Platt on 30 val studies vs the chosen form, on a model that is already
+    calibrated: averaged over val draws, the new fit's test ECE stays at the identity's, the old
+    one's is clearly worse (it chases the 30 points)."""
+    yt, pt, _ = _views(3000, 100)
+    base = ece(yt, pt)
+    old, new = [], []
+    for seed in range(12):
+        y, p, g = _views(30, 200 + seed)
+        old.append(ece(yt, apply_platt(platt(y, p), pt)))
+        new.append(ece(yt, apply_platt(fit_calibrator(y, p, g), pt)))
+    assert base < 0.02 and np.mean(old) > 0.07  # chasing 30 studies costs the old fit dearly ...
+    assert np.mean(new) < np.mean(old) - 0.03  # ... the prior and the form choice much less
+
+
+def test_ece_floor_tells_noise_from_miscalibration():
+    rng = np.random.default_rng(10)
+    for n in (80, 2000):
+        p = rng.uniform(0, 1, n)
+        floor = ece_floor(p)
+        assert 0 < floor["mean"] < floor["q95"] < 1
+        calibrated = [ece((rng.uniform(size=n) < p).astype(int), p) for _ in range(50)]
+        # a calibrated model sits near the floor (same distribution: same mean, rarely above q95) ...
+        assert abs(np.mean(calibrated) - floor["mean"]) < 0.25 * floor["mean"]
+        assert np.mean(np.array(calibrated) > floor["q95"]) < 0.2
+        # ... a miscalibrated one (labels from p ** 0.5, claims p) is clearly above it
+        wrong = [ece((rng.uniform(size=n) < p ** 0.5).astype(int), p) for _ in range(20)]
+        assert np.mean(np.array(wrong) > floor["q95"]) >= (0.6 if n == 80 else 1.0)  # small n: usually
+        assert np.mean(wrong) > floor["mean"] + 0.05
+    assert ece_floor(np.full(100, 0.5))["mean"] > ece_floor(np.full(10000, 0.5))["mean"] * 5  # ~1/sqrt(n)
+    assert ece_floor(np.zeros(50))["mean"] == 0.0  # certain and right: no noise
+    p = rng.uniform(size=90)
+    assert ece_floor(p, seed=3) == ece_floor(p, seed=3)  # seeded
 
 
 def test_operating_points_meet_their_targets_on_the_data_they_were_chosen_on():
