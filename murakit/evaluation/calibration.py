@@ -63,18 +63,18 @@ def platt(labels, scores, c: float = 1e4) -> dict:
 # The calibrator's forms, simplest first. All are Platt maps sigmoid(a * logit(p) + b) (the card's
 # one format): identity a = 1, b = 0; temperature b = 0; platt both free.
 FORMS = ("identity", "temperature", "platt")
-# Strength of the Gaussian prior pulling (a, b) toward the identity (1, 0): the penalty
-# PRIOR / 2 * ((a - 1)^2 + b^2) is added to the summed log-loss (about five observations' worth
-# of belief that the model is already calibrated). Negligible on hundreds of val studies, it
-# keeps a 30-study fit from chasing a few points. Chosen with SE_TOLERANCE on simulated models
-# (calibrated, over- and under-confident, shifted; 30 and 120 val studies: 5 gave the lowest mean
-# test ECE of 1, 5, 20), never on a run's test split.
-PRIOR = 5.0
+# Strengths of the Gaussian prior pulling (a, b) toward the identity (1, 0): the penalty
+# prior / 2 * ((a - 1)^2 + b^2) is added to the summed log-loss, i.e. one, five or twenty
+# observations' worth of belief that the model is already calibrated. Negligible on hundreds of
+# val studies, it keeps a 30-study fit from chasing a few points; which strength is chosen with
+# the form, by held-out log-loss (a fixed 5 did best on simulated view-level models but pulled the
+# study mean, which is under-dispersed by construction, too hard toward the identity).
+PRIORS = (20.0, 5.0, 1.0, 0.2, 0.04)  # strongest (simplest) first
 FOLDS = 10  # k-fold by study for choosing the form (leave-one-study-out below 10 studies)
 # How many standard errors of held-out log-loss a simpler form may trail the best one by and still
 # be chosen. 0: the lowest held-out loss wins (ties to the simpler form). The one-standard-error
-# rule (1.0) is better when the model is calibrated already but worse when it is not (same
-# simulation; benchmarks/calibration_check.py prints both on real runs, docs/trust.md).
+# rule (1.0) is better when the model is calibrated already but worse when it is not (simulated
+# models; benchmarks/calibration_check.py prints both on real runs, docs/trust.md).
 SE_TOLERANCE = 0.0
 A_MIN = 1e-3  # the slope's lower bound: calibrators stay strictly increasing
 
@@ -94,7 +94,7 @@ def _fit_form(x: np.ndarray, t: np.ndarray, form: str, prior: float | None = Non
     and converges in a few steps."""
     if form == "identity":
         return 1.0, 0.0
-    prior = PRIOR if prior is None else prior
+    prior = PRIORS[-1] if prior is None else prior
     free_b = form == "platt"
     X = np.stack([x, np.ones_like(x)], 1) if free_b else x[:, None]
     centre = np.array([1.0, 0.0])[:X.shape[1]]
@@ -136,16 +136,21 @@ def _log_loss(y: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.where(y == 1, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
 
 
-def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 0,
-                   se_tolerance: float = SE_TOLERANCE) -> dict:
-    """A Platt-format calibrator whose form is chosen on the fitting data alone.
+def _candidates(priors) -> list:
+    """(name, form, prior) of every candidate calibrator, simplest first."""
+    return [("identity", "identity", None)] + [(f"{f}@{pr:g}", f, pr) for f in FORMS[1:] for pr in priors]
 
-    Each form of :data:`FORMS` (identity, temperature, full Platt) is fitted with Platt's
-    smoothed targets and the prior toward the identity (:data:`PRIOR`); the form is the one with
-    the lowest k-fold held-out log-loss (folds by ``groups``: studies, so views of a study never
-    sit on both sides), or the simplest one within ``se_tolerance`` standard errors of it (paired
-    over groups). The chosen form is then refitted on all the data. ``a > 0`` always
-    (increasing: rankings and AUROC unchanged).
+
+def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 0,
+                   se_tolerance: float = SE_TOLERANCE, priors=PRIORS) -> dict:
+    """A Platt-format calibrator whose form and prior strength are chosen on the fitting data alone.
+
+    Candidates: the identity, and temperature (b = 0) and full Platt maps, each fitted with
+    Platt's smoothed targets and a prior toward the identity of each strength in ``priors``.
+    The candidate with the lowest k-fold held-out log-loss wins (folds by ``groups``: studies, so
+    views of a study never sit on both sides), or the simplest one within ``se_tolerance``
+    standard errors of it (paired over groups); ties go to the simpler. It is then refitted on
+    all the data. ``a > 0`` always (increasing: rankings and AUROC unchanged).
 
     Parameters
     ----------
@@ -158,8 +163,9 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
     Returns
     -------
     dict
-        ``{"method": "platt", "a", "b", "form"}`` plus ``"cv_log_loss"`` per form (mean per
-        observation), the evidence the form was chosen on.
+        ``{"method": "platt", "a", "b", "form", "prior"}`` plus ``"cv_log_loss"`` per candidate
+        (``identity``, ``temperature@5``, ...: mean held-out log-loss per observation), the
+        evidence the choice was made on.
     """
     y = np.asarray(labels).astype(int)
     x = _logit(scores)
@@ -167,31 +173,33 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
         raise ValueError("labels, scores and groups must have the same length")
     g = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
     if len(np.unique(y)) < 2 or len(y) < 2:
-        return {"method": "platt", "a": 1.0, "b": 0.0, "form": "identity"}
+        return {"method": "platt", "a": 1.0, "b": 0.0, "form": "identity", "prior": None}
+    cands = _candidates(priors)
     n_groups = int(g.max()) + 1
     k = min(folds, n_groups)
     fold_of_group = np.random.default_rng(seed).permutation(n_groups) % k
     fold = fold_of_group[g]
-    held = {f: np.zeros(len(y)) for f in FORMS}
+    held = {name: np.zeros(len(y)) for name, _, _ in cands}
     for i in range(k):
         test, train = fold == i, fold != i
         t = _smoothed_targets(y[train])
-        for f in FORMS:
-            a, b = _fit_form(x[train], t, f)
-            held[f][test] = _log_loss(y[test], a * x[test] + b)
-    # per-group held-out losses (views of a study are not independent), paired across forms
-    per_group = {f: np.bincount(g, weights=held[f], minlength=n_groups) for f in FORMS}
-    best = min(FORMS, key=lambda f: per_group[f].sum())
-    form = best
-    for f in FORMS:  # simplest first
-        d = per_group[f] - per_group[best]
+        for name, form, prior in cands:
+            a, b = _fit_form(x[train], t, form, prior)
+            held[name][test] = _log_loss(y[test], a * x[test] + b)
+    # per-group held-out losses (views of a study are not independent), paired across candidates
+    per_group = {name: np.bincount(g, weights=held[name], minlength=n_groups) for name in held}
+    best = min(held, key=lambda name: per_group[name].sum())  # first (simplest) of equals
+    chosen = next(c for c in cands if c[0] == best)
+    for c in cands:  # simplest first
+        d = per_group[c[0]] - per_group[best]
         se = d.std(ddof=1) * math.sqrt(n_groups) if n_groups > 1 else 0.0
         if d.sum() <= se_tolerance * se + 1e-12:
-            form = f
+            chosen = c
             break
-    a, b = _fit_form(x, _smoothed_targets(y), form)
-    return {"method": "platt", "a": a, "b": b, "form": form,
-            "cv_log_loss": {f: float(held[f].mean()) for f in FORMS}}
+    _, form, prior = chosen
+    a, b = _fit_form(x, _smoothed_targets(y), form, prior)
+    return {"method": "platt", "a": a, "b": b, "form": form, "prior": prior,
+            "cv_log_loss": {name: float(v.mean()) for name, v in held.items()}}
 
 
 def apply_platt(c: dict, scores) -> np.ndarray:
