@@ -226,14 +226,22 @@ def _ci_text(ci) -> str:
 def markdown_lines(report: dict) -> list:
     """report.md's trust sections: calibration, operating points per part, the input gate."""
     lines = ["", "## Calibration (test split; calibrators fitted on val)", "",
-             "| model | image ECE raw | image ECE calibrated [95% CI] | study ECE raw | study ECE calibrated [95% CI] |",
-             "|---|---|---|---|---|"]
+             ("ECE floor: the mean / 95th percentile ECE of a perfectly calibrated model at this test size "
+              "(labels drawn from the calibrated probabilities); an ECE below the 95th percentile is within "
+              "sampling noise (docs/trust.md)."), "",
+             ("| model | image ECE raw | image ECE calibrated [95% CI] | image floor | study ECE raw "
+              "| study ECE calibrated [95% CI] | study floor |"),
+             "|---|---|---|---|---|---|---|"]
+
+    def floor(m):
+        return f"{m['ece_floor']:.3f} / {m['ece_floor_q95']:.3f}" if "ece_floor" in m else "–"
+
     for name, m in report["models"].items():
         i, s = m["image"], m["study"]
         if "ece" not in i:
             continue
-        lines.append(f"| {name} | {i['ece_raw']:.3f} | {i['ece']:.3f}{_ci_text(i.get('ece_ci'))} | {s['ece_raw']:.3f} "
-                     f"| {s['ece']:.3f}{_ci_text(s.get('ece_ci'))} |")
+        lines.append(f"| {name} | {i['ece_raw']:.3f} | {i['ece']:.3f}{_ci_text(i.get('ece_ci'))} | {floor(i)} "
+                     f"| {s['ece_raw']:.3f} | {s['ece']:.3f}{_ci_text(s.get('ece_ci'))} | {floor(s)} |")
     m = report["models"].get("cnn_onnx") or report["models"].get("cnn")
     if m and m.get("operating_points"):
         lines += ["", "## Operating points (CNN, study level, test split)", "",
