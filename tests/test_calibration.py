@@ -209,3 +209,18 @@ def test_per_part_thresholds_become_the_default_only_when_they_win_on_val_by_the
     same = np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.05, 600), 0, 1)  # one threshold fits all
     ops = fit_operating_points(labels, same, np.arange(600), parts, youden=0.5)
     assert "default" not in ops["youden/part"] and default_operating_point(_card(operating_points=ops)) == "youden"
+
+
+def test_report_gives_the_ece_floor_beside_the_ece():
+    from murakit.evaluation.trust import calibration_metrics, markdown_lines
+
+    y, p, g = _views(80, 11, temperature=3.0)  # 80 test studies, an overconfident model
+    c = fit_calibration(*_views(400, 12, temperature=3.0))
+    card = _card(calibration=c)  # the fit's record (form, prior, cv_log_loss) is valid card content
+    assert ModelCard.from_props(card.to_props()) == card
+    m = calibration_metrics(card, y, p, g, n=200)
+    for level in ("image", "study"):
+        assert 0 < m[level]["ece_floor"] < m[level]["ece_floor_q95"] < 0.3
+        assert m[level]["ece_raw"] > m[level]["ece_floor_q95"]  # the raw score's miscalibration is not noise
+    text = "\n".join(markdown_lines({"models": {"cnn": {"image": m["image"], "study": m["study"]}}}))
+    assert f"{m['study']['ece_floor']:.3f} / {m['study']['ece_floor_q95']:.3f}" in text
