@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,17 +72,11 @@ def test_study_calibrator_is_fitted_on_study_means():
     assert ece(s["label"], apply_platt(cal["study"], s["prob"])) < ece(s["label"], s["prob"])
 
 
-def _views(n_studies: int, seed: int, temperature: float = 1.0, shift: float = 0.0):
-    """Studies of 1-3 views whose labels are drawn from the true probability q (one label per
-    study: the views' mean q); the model reports sigmoid(temperature * logit(q) + shift)."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.integers(1, 4, n_studies)
-    studies = np.repeat(np.arange(n_studies), sizes)
-    z = rng.normal(0, 1.5, n_studies)[studies] + rng.normal(0, 0.3, len(studies))
-    q = 1 / (1 + np.exp(-z))
-    y_study = rng.uniform(size=n_studies) < np.bincount(studies, q) / sizes
-    labels = y_study[studies].astype(int)
-    return labels, 1 / (1 + np.exp(-(temperature * z + shift))), studies
+_spec = importlib.util.spec_from_file_location(
+    "calibration_check", Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_check.py")
+calibration_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(calibration_check)
+_views = calibration_check.simulated_views
 
 
 def test_calibrator_form_is_chosen_on_val_and_is_always_increasing():
@@ -224,3 +220,22 @@ def test_report_gives_the_ece_floor_beside_the_ece():
         assert m[level]["ece_raw"] > m[level]["ece_floor_q95"]  # the raw score's miscalibration is not noise
     text = "\n".join(markdown_lines({"models": {"cnn": {"image": m["image"], "study": m["study"]}}}))
     assert f"{m['study']['ece_floor']:.3f} / {m['study']['ece_floor_q95']:.3f}" in text
+
+
+def test_calibration_check_scores_a_run_and_refuses_bad_input(tmp_path, capsys):
+    for split, (n, seed) in {"val": (60, 13), "test": (80, 14)}.items():
+        y, p, g = _views(n, seed, temperature=2.0)
+        rows = "".join(f"x/{i}.png,s{gi},WRIST,{yi},{pi:.8f}\n" for i, (yi, pi, gi) in enumerate(zip(y, p, g)))
+        (tmp_path / "run" / "cnn").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / "cnn" / f"predictions_{split}.csv").write_text("path,study,part,label,probability\n" + rows)
+    assert calibration_check.main([str(tmp_path / "run"), "--resamples", "50"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [r.split(" | ") for r in out[2:]]
+    assert [r[4] for r in rows] == ["raw", "old", "new", "new-1se"] and all(r[1] == "cnn" for r in rows)
+    assert len({r[-1] for r in rows}) == 1  # study AUROC: the same under every calibrator
+    assert rows[0][3] == "80/" + str(len(_views(80, 14)[0]))
+    assert calibration_check.main([str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run folder" in err[0]
+    assert calibration_check.main([str(tmp_path)]) == 1  # a folder without predictions
+    assert "no RUN" in capsys.readouterr().err
