@@ -4,8 +4,8 @@
     python benchmarks/calibration_check.py --simulate
 
 
-For each run folder and each model with ``RUN/<model>/predictions_{val,test}.csv`` (cnn,
-baseline), prints one row per calibrator: ``raw`` (no calibrator), ``old`` (the unregularised
+For each run folder and each model with ``RUN/<model>/predictions_{val,test}.csv`` (or ``.csv.gz``;
+cnn, baseline), prints one row per calibrator: ``raw`` (no calibrator), ``old`` (the unregularised
 Platt fit murakit used before: :func:`murakit.evaluation.calibration.platt` on val views and
 on val study means) and ``new`` (:func:`murakit.evaluation.calibration.fit_calibration`: form
 chosen on val by k-fold-by-study log-loss, smoothed targets, prior toward the identity) and
@@ -13,7 +13,8 @@ chosen on val by k-fold-by-study log-loss, smoothed targets, prior toward the id
 test image and study ECE, their 95% study-bootstrap intervals, the ECE floor (the mean and 95th
 percentile ECE of a perfectly calibrated model at that test size:
 :func:`murakit.evaluation.calibration.ece_floor`) and study AUROC. Only val chooses and fits;
-test is only scored. Reads the run, writes nothing.
+test is only scored. Reads the run, writes nothing. The runs of docs/trust.md's table are kept in
+``benchmarks/data/calibration/runs`` (their prediction CSVs, gzipped).
 
 ``--simulate``: the same calibrators on simulated models whose truth is known (the evidence the
 rule was fixed on, before any run's test split was scored): studies of 1-3 views, one label per
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import sys
 from pathlib import Path
 
@@ -33,10 +35,17 @@ import numpy as np
 
 
 def _read(path: Path) -> tuple:
-    with open(path, newline="", encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return (np.array([int(r["label"]) for r in rows]), np.array([float(r["probability"]) for r in rows]),
             np.array([r["study"] for r in rows]))
+
+
+def _find(path: Path) -> Path | None:
+    """``path`` or its gzipped copy (benchmarks/data/calibration keeps runs' predictions gzipped)."""
+    gz = path.with_name(path.name + ".gz")
+    return path if path.is_file() else gz if gz.is_file() else None
 
 
 class _Card:
@@ -50,8 +59,8 @@ def check(run: Path, model: str, n: int) -> list:
     from murakit.evaluation.metrics import auroc, study_level
     from murakit.evaluation.trust import calibrated, calibration_metrics
 
-    val, test = run / model / "predictions_val.csv", run / model / "predictions_test.csv"
-    if not (val.is_file() and test.is_file()):
+    val, test = (_find(run / model / f"predictions_{split}.csv") for split in ("val", "test"))
+    if val is None or test is None:
         return []
     yv, pv, sv = _read(val)
     yt, pt, st = _read(test)
