@@ -84,7 +84,7 @@ def test_calibrator_form_is_chosen_on_val_and_is_always_increasing():
     y, p, g = _views(600, 6, temperature=3.0)
     c = fit_calibrator(y, p, g)
     assert c["form"] in ("temperature", "platt") and 0 < c["a"] < 0.6
-    assert min(c["cv_log_loss"].values()) < c["cv_log_loss"]["identity"]
+    assert c["cv_log_loss"][f"{c['form']}@{c['prior']:g}"] == min(c["cv_log_loss"].values())
     q = apply_platt(c, p)
     assert auroc(y, q) == pytest.approx(auroc(y, p), abs=1e-12)
     yt, pt, _ = _views(600, 7, temperature=3.0)
