@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,9 @@ from edge.trust import calibrate, raw_threshold
 from murakit.evaluation.calibration import (
     apply_platt,
     ece,
+    ece_floor,
     fit_calibration,
+    fit_calibrator,
     fit_operating_points,
     platt,
     threshold_for,
@@ -66,6 +70,73 @@ def test_study_calibrator_is_fitted_on_study_means():
     cal = fit_calibration(labels, probs, studies)
     s = study_level(labels, probs, studies)
     assert ece(s["label"], apply_platt(cal["study"], s["prob"])) < ece(s["label"], s["prob"])
+
+
+_spec = importlib.util.spec_from_file_location(
+    "calibration_check", Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_check.py")
+calibration_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(calibration_check)
+_views = calibration_check.simulated_views
+
+
+def test_calibrator_form_is_chosen_on_val_and_is_always_increasing():
+    # a badly overconfident model on plenty of val: the fit must move far from the identity ...
+    y, p, g = _views(600, 6, temperature=3.0)
+    c = fit_calibrator(y, p, g)
+    assert c["form"] in ("temperature", "platt") and 0 < c["a"] < 0.6
+    assert c["cv_log_loss"][f"{c['form']}@{c['prior']:g}"] == min(c["cv_log_loss"].values())
+    q = apply_platt(c, p)
+    assert auroc(y, q) == pytest.approx(auroc(y, p), abs=1e-12)
+    yt, pt, _ = _views(600, 7, temperature=3.0)
+    assert ece(yt, apply_platt(c, pt)) < ece(yt, pt) - 0.05  # fixes it on data it was not fitted on
+    # ... a shifted one needs the intercept: full Platt wins
+    ys, ps, gs = _views(600, 8, shift=1.5)
+    assert fit_calibrator(ys, ps, gs)["form"] == "platt"
+    assert fit_calibrator(ys, ps, gs) == fit_calibrator(ys, ps, gs)  # deterministic
+    # one class only, or nothing to fit: the identity, never an error
+    assert fit_calibrator(np.ones(5), np.linspace(0.1, 0.9, 5))["form"] == "identity"
+    # adversarial val (anti-correlated): the slope stays positive (a ranking is never reversed)
+    rng = np.random.default_rng(9)
+    p = rng.uniform(0.05, 0.95, 200)
+    c = fit_calibrator((rng.uniform(size=200) > p).astype(int), p)
+    assert c["a"] > 0 and np.all(np.diff(apply_platt(c, np.sort(p))) >= 0)
+    with pytest.raises(ValueError, match="same length"):
+        fit_calibrator(np.ones(3), np.ones(4) / 2)
+
+
+def test_small_val_sets_do_not_make_a_calibrated_model_worse():
+    """Old unregularised Platt on 30 val studies vs the chosen form, on a model that is already
+    calibrated: averaged over val draws, the new fit's test ECE stays at the identity's, the old
+    one's is clearly worse (it chases the 30 points)."""
+    yt, pt, _ = _views(3000, 100)
+    base = ece(yt, pt)
+    old, new = [], []
+    for seed in range(12):
+        y, p, g = _views(30, 200 + seed)
+        old.append(ece(yt, apply_platt(platt(y, p), pt)))
+        new.append(ece(yt, apply_platt(fit_calibrator(y, p, g), pt)))
+    assert base < 0.02 and np.mean(old) > 0.07  # chasing 30 studies costs the old fit dearly ...
+    assert np.mean(new) < np.mean(old) - 0.03  # ... the prior and the form choice much less
+
+
+def test_ece_floor_tells_noise_from_miscalibration():
+    rng = np.random.default_rng(10)
+    for n in (80, 2000):
+        p = rng.uniform(0, 1, n)
+        floor = ece_floor(p)
+        assert 0 < floor["mean"] < floor["q95"] < 1
+        calibrated = [ece((rng.uniform(size=n) < p).astype(int), p) for _ in range(50)]
+        # a calibrated model sits near the floor (same distribution: same mean, rarely above q95) ...
+        assert abs(np.mean(calibrated) - floor["mean"]) < 0.25 * floor["mean"]
+        assert np.mean(np.array(calibrated) > floor["q95"]) < 0.2
+        # ... a miscalibrated one (labels from p ** 0.5, claims p) is clearly above it
+        wrong = [ece((rng.uniform(size=n) < p ** 0.5).astype(int), p) for _ in range(20)]
+        assert np.mean(np.array(wrong) > floor["q95"]) >= (0.6 if n == 80 else 1.0)  # small n: usually
+        assert np.mean(wrong) > floor["mean"] + 0.05
+    assert ece_floor(np.full(100, 0.5))["mean"] > ece_floor(np.full(10000, 0.5))["mean"] * 5  # ~1/sqrt(n)
+    assert ece_floor(np.zeros(50))["mean"] == 0.0  # certain and right: no noise
+    p = rng.uniform(size=90)
+    assert ece_floor(p, seed=3) == ece_floor(p, seed=3)  # seeded
 
 
 def test_operating_points_meet_their_targets_on_the_data_they_were_chosen_on():
@@ -134,3 +205,37 @@ def test_per_part_thresholds_become_the_default_only_when_they_win_on_val_by_the
     same = np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.05, 600), 0, 1)  # one threshold fits all
     ops = fit_operating_points(labels, same, np.arange(600), parts, youden=0.5)
     assert "default" not in ops["youden/part"] and default_operating_point(_card(operating_points=ops)) == "youden"
+
+
+def test_report_gives_the_ece_floor_beside_the_ece():
+    from murakit.evaluation.trust import calibration_metrics, markdown_lines
+
+    y, p, g = _views(80, 11, temperature=3.0)  # 80 test studies, an overconfident model
+    c = fit_calibration(*_views(400, 12, temperature=3.0))
+    card = _card(calibration=c)  # the fit's record (form, prior, cv_log_loss) is valid card content
+    assert ModelCard.from_props(card.to_props()) == card
+    m = calibration_metrics(card, y, p, g, n=200)
+    for level in ("image", "study"):
+        assert 0 < m[level]["ece_floor"] < m[level]["ece_floor_q95"] < 0.3
+        assert m[level]["ece_raw"] > m[level]["ece_floor_q95"]  # the raw score's miscalibration is not noise
+    text = "\n".join(markdown_lines({"models": {"cnn": {"image": m["image"], "study": m["study"]}}}))
+    assert f"{m['study']['ece_floor']:.3f} / {m['study']['ece_floor_q95']:.3f}" in text
+
+
+def test_calibration_check_scores_a_run_and_refuses_bad_input(tmp_path, capsys):
+    for split, (n, seed) in {"val": (60, 13), "test": (80, 14)}.items():
+        y, p, g = _views(n, seed, temperature=2.0)
+        rows = "".join(f"x/{i}.png,s{gi},WRIST,{yi},{pi:.8f}\n" for i, (yi, pi, gi) in enumerate(zip(y, p, g)))
+        (tmp_path / "run" / "cnn").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / "cnn" / f"predictions_{split}.csv").write_text("path,study,part,label,probability\n" + rows)
+    assert calibration_check.main([str(tmp_path / "run"), "--resamples", "50"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [r.split(" | ") for r in out[2:]]
+    assert [r[4] for r in rows] == ["raw", "old", "new", "new-1se"] and all(r[1] == "cnn" for r in rows)
+    assert len({r[-1] for r in rows}) == 1  # study AUROC: the same under every calibrator
+    assert rows[0][3] == "80/" + str(len(_views(80, 14)[0]))
+    assert calibration_check.main([str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run folder" in err[0]
+    assert calibration_check.main([str(tmp_path)]) == 1  # a folder without predictions
+    assert "no RUN" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def test_quick_demo_end_to_end_and_rerun(quick_demo):
         assert 0.0 <= m["study"]["auroc"] <= 1.0, name
         assert m["size_bytes"] > 0 and m["latency_ms_p50"] > 0
         assert set(m["image"]) == {"auroc", "kappa", "accuracy", "sensitivity", "specificity", "f1",
-                                   "ece", "ece_ci", "ece_raw"}
+                                   "ece", "ece_ci", "ece_raw", "ece_floor", "ece_floor_q95"}
         for key in ("auroc", "kappa"):  # 95% study-bootstrap intervals around the point estimate
             lo, hi = m["study"][f"{key}_ci"]
             assert lo <= m["study"][key] <= hi, (name, key)

@@ -280,5 +280,6 @@ def test_answers_are_calibrated_name_the_part_and_follow_the_operating_point(qui
     for level in ("image", "study"):
         lo, hi = m[level]["ece_ci"]
         assert 0 <= m[level]["ece"] <= 1 and lo <= hi
+        assert 0 <= m[level]["ece_floor"] <= m[level]["ece_floor_q95"] <= 1  # what chance alone gives at this n
     assert set(m["operating_points"]) == set(card.operating_points)
     assert 0 <= m["part_accuracy"]["overall"] <= 1 and set(m["part_accuracy"]["by_part"]) <= set(card.part_labels)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from murakit.evaluation.bootstrap import LEVEL, N_RESAMPLES, _interval, _resamples
-from murakit.evaluation.calibration import apply_platt, ece
+from murakit.evaluation.calibration import apply_platt, ece, ece_floor
 from murakit.evaluation.metrics import auroc, study_level
 
 
@@ -31,11 +31,15 @@ def calibrated(card, probs, studies, labels) -> dict:
 
 
 def calibration_metrics(card, labels, probs, studies, n: int = N_RESAMPLES, seed: int = 0) -> dict:
-    """``{"image": {"ece", "ece_ci", "ece_raw"}, "study": {...}}`` on the test split.
+    """``{"image": {"ece", "ece_ci", "ece_raw", "ece_floor", "ece_floor_q95"}, "study": {...}}`` on the test split.
 
     ``ece`` is of the probabilities answers give (calibrated when the card has calibrators),
     ``ece_raw`` of the model's raw scores (study: the mean of its views), so the report shows
     before and after. Intervals: studies resampled; image ECE over the resampled studies' views.
+    ``ece_floor`` / ``ece_floor_q95``: mean and 95th percentile of the ECE that perfectly
+    calibrated labels drawn from the answers' own probabilities score at this test size
+    (:func:`murakit.evaluation.calibration.ece_floor`): binned ECE is biased upward on small
+    sets, and an ``ece`` below ``ece_floor_q95`` is within sampling noise.
     """
     labels = np.asarray(labels)
     c = calibrated(card, probs, studies, labels)
@@ -46,10 +50,12 @@ def calibration_metrics(card, labels, probs, studies, n: int = N_RESAMPLES, seed
         views = np.concatenate([members[i] for i in rows])
         img_ece[k] = ece(labels[views], c["image"][views])
         st_ece[k] = ece(c["study_label"][rows], c["study"][rows])
+    fi, fs = ece_floor(c["image"], seed=seed), ece_floor(c["study"], seed=seed)
     return {"image": {"ece": ece(labels, c["image"]), "ece_ci": _interval(img_ece, LEVEL),
-                      "ece_raw": ece(labels, probs)},
+                      "ece_raw": ece(labels, probs), "ece_floor": fi["mean"], "ece_floor_q95": fi["q95"]},
             "study": {"ece": ece(c["study_label"], c["study"]), "ece_ci": _interval(st_ece, LEVEL),
-                      "ece_raw": ece(c["study_label"], c["study_raw"])}}
+                      "ece_raw": ece(c["study_label"], c["study_raw"]), "ece_floor": fs["mean"],
+                      "ece_floor_q95": fs["q95"]}}
 
 
 def _rates(y: np.ndarray, yhat: np.ndarray) -> tuple:
@@ -220,14 +226,22 @@ def _ci_text(ci) -> str:
 def markdown_lines(report: dict) -> list:
     """report.md's trust sections: calibration, operating points per part, the input gate."""
     lines = ["", "## Calibration (test split; calibrators fitted on val)", "",
-             "| model | image ECE raw | image ECE calibrated [95% CI] | study ECE raw | study ECE calibrated [95% CI] |",
-             "|---|---|---|---|---|"]
+             ("ECE floor: the mean / 95th percentile ECE of a perfectly calibrated model at this test size "
+              "(labels drawn from the calibrated probabilities); an ECE below the 95th percentile is within "
+              "sampling noise (docs/trust.md)."), "",
+             ("| model | image ECE raw | image ECE calibrated [95% CI] | image floor | study ECE raw "
+              "| study ECE calibrated [95% CI] | study floor |"),
+             "|---|---|---|---|---|---|---|"]
+
+    def floor(m):
+        return f"{m['ece_floor']:.3f} / {m['ece_floor_q95']:.3f}" if "ece_floor" in m else "–"
+
     for name, m in report["models"].items():
         i, s = m["image"], m["study"]
         if "ece" not in i:
             continue
-        lines.append(f"| {name} | {i['ece_raw']:.3f} | {i['ece']:.3f}{_ci_text(i.get('ece_ci'))} | {s['ece_raw']:.3f} "
-                     f"| {s['ece']:.3f}{_ci_text(s.get('ece_ci'))} |")
+        lines.append(f"| {name} | {i['ece_raw']:.3f} | {i['ece']:.3f}{_ci_text(i.get('ece_ci'))} | {floor(i)} "
+                     f"| {s['ece_raw']:.3f} | {s['ece']:.3f}{_ci_text(s.get('ece_ci'))} | {floor(s)} |")
     m = report["models"].get("cnn_onnx") or report["models"].get("cnn")
     if m and m.get("operating_points"):
         lines += ["", "## Operating points (CNN, study level, test split)", "",
