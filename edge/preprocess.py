@@ -527,10 +527,12 @@ def _resize_pad(img: np.ndarray, cfg: PreprocessConfig):
     scale = cfg.size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    small = cv2.resize(img, (nw, nh), interpolation=interp)
     canvas = np.full((cfg.size, cfg.size), cfg.pad_value, dtype=np.uint8)
     oy, ox = (cfg.size - nh) // 2, (cfg.size - nw) // 2
-    canvas[oy:oy + nh, ox:ox + nw] = small
+    window = canvas[oy:oy + nh, ox:ox + nw]
+    small = cv2.resize(img, (nw, nh), dst=window, interpolation=interp)  # straight into the canvas
+    if small is not window:  # (OpenCV writes into a row-strided view; this only guards the binding)
+        window[...] = small
     return canvas, scale, ox, oy
 
 
