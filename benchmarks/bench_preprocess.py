@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_preprocess.py [--images 60] [--rounds 15] [--repeats 3] [--size 128]
-                                          [--clahe] [--seed 0]
+                                          [--clahe] [--seed 0] [--clock wall|cpu] [--json FILE]
+    python benchmarks/bench_preprocess.py --against OTHER_TREE [--alternations 6] [--rounds 3] [--clock cpu]
 
 A MURA-like set of PNGs is generated first (not timed), with murakit synth's mix: long side
 512 px for 35% of the images, else 90-511 px, aspect 0.55-0.95; 70% 8-bit grey, 25% 8-bit RGB
@@ -21,12 +22,24 @@ lost to another process does not count; load then hits all methods alike):
 The ratio to the floor is reported per round as min / median / max, then the median time per
 step of ``preprocess`` (one pass over the set, per image means) and an identity check of the
 outputs against ``before``.
+
+``--clock cpu`` times each call by the process's CPU time (all its threads, OpenCV's included,
+for the floor as for ``preprocess``) instead of the wall clock: on a machine whose load is
+several times its core count, a call is preempted in most rounds and only CPU time still counts
+the work done. ``--against OTHER_TREE`` compares two versions of the code side by side: it runs
+this script ``--alternations`` times for each, alternately (which goes first alternates too),
+once importing ``edge`` from this checkout and once from ``OTHER_TREE`` (another checkout or a
+``git archive`` of the base commit: ``--edge-root``), and prints both sides' per-round ratios to
+their own floor, measured in the same minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +49,21 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def _edge_root(argv) -> Path:
+    """``--edge-root DIR`` from the command line: where ``edge`` is imported from (read before
+    the imports below; default this checkout)."""
+    for i, arg in enumerate(argv):
+        if arg == "--edge-root" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--edge-root="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return ROOT
+
+
+EDGE_ROOT = _edge_root(sys.argv[1:])
+sys.path[:0] = [str(EDGE_ROOT), str(ROOT), str(ROOT / "tests")]
 
 from _preprocess_reference import reference_preprocess_with_info
 
@@ -86,19 +113,23 @@ def floor(path: Path, size: int) -> np.ndarray:
     return cv2.resize(g, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
+
 def time_set(fn, paths) -> float:
-    t0 = time.perf_counter()
+    t0 = clock()
     for p in paths:
         fn(p)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def best_of(fn, path, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(path)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -107,11 +138,11 @@ def steps(paths, cfg) -> dict:
     acc = {}
 
     def tick(name, t0):
-        acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
-        return time.perf_counter()
+        acc[name] = acc.get(name, 0.0) + clock() - t0
+        return clock()
 
     for p in paths:
-        t = time.perf_counter()
+        t = clock()
         data = edge_loader.read_bytes(p)
         t = tick("read file", t)
         header = edge_image.image_header(data, str(p))
@@ -140,7 +171,20 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--clahe", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", choices=tuple(CLOCK), default="wall",
+                    help="time calls by the wall clock or by the process's CPU time (a loaded machine)")
+    ap.add_argument("--json", type=Path, help="also write the per-round figures to this file")
+    ap.add_argument("--edge-root", type=Path, default=ROOT, help="import edge from this tree (see --against)")
+    ap.add_argument("--against", type=Path, help="another tree: run both alternately, side by side")
+    ap.add_argument("--alternations", type=int, default=6, help="with --against: runs of each side")
     args = ap.parse_args(argv)
+    if args.edge_root.resolve() != EDGE_ROOT:
+        print("--edge-root must be given on the command line (it is read before the imports)", file=sys.stderr)
+        return 2
+    if args.against is not None:
+        return against(args)
+    global clock
+    clock = CLOCK[args.clock]
     cfg = edge_pre.PreprocessConfig(size=args.size, clahe=args.clahe)
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         listed = make_set(Path(tmp), args.images, args.seed)
@@ -167,7 +211,15 @@ def main(argv=None) -> int:
         step_ms = steps(paths, cfg)
     counts = ", ".join(f"{sum(k == kind for _, k in listed)} {kind}" for kind in kinds)
     print(f"{args.images} MURA-like PNGs, 90-512 px long side ({counts}), size {args.size}, clahe {args.clahe}, "
-          f"{args.rounds} interleaved rounds, best of {args.repeats} per call")
+          f"{args.rounds} interleaved rounds, best of {args.repeats} per call, {args.clock} clock, "
+          f"edge from {EDGE_ROOT}, load average {os.getloadavg()[0]:.1f}")
+    if args.json is not None:
+        ratio = {k: list(np.array(times[k]) / np.array(times["floor"])) for k in ("preprocess", "before")}
+        kind_ratio = {kind: list(np.array(by_kind["preprocess", kind]) / np.array(by_kind["floor", kind]))
+                      for kind in kinds}
+        args.json.write_text(json.dumps({"ratio": ratio, "by_kind": kind_ratio, "identical": bool(same),
+                                         "ms": {k: list(np.array(v) / args.images * 1e3) for k, v in times.items()},
+                                         "steps": step_ms, "load": os.getloadavg()[0]}))
     for k in names:
         ms = np.array(times[k]) / args.images * 1e3
         print(f"  {k:11s} per image: min {ms.min():6.3f}  median {np.median(ms):6.3f}  max {ms.max():6.3f} ms")
@@ -184,6 +236,45 @@ def main(argv=None) -> int:
     for k, v in step_ms.items():
         print(f"    {k:32s} {v:7.3f}")
     return 0 if same else 1
+
+
+def _summary(values) -> str:
+    v = np.array(values)
+    return f"{np.median(v):.2f}x [{v.min():.2f}, {v.max():.2f}]"
+
+
+def against(args) -> int:
+    """Run this script alternately on this checkout and on ``args.against``; print both sides."""
+    sides = {"this": [], "against": []}
+    passed = ["--images", str(args.images), "--rounds", str(args.rounds), "--repeats", str(args.repeats),
+              "--size", str(args.size), "--seed", str(args.seed), "--clock", args.clock] + (["--clahe"] * args.clahe)
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="bench-preprocess-against-") as tmp:
+        for i in range(args.alternations):
+            for side in (("this", "against") if i % 2 == 0 else ("against", "this")):
+                out = Path(tmp) / f"{side}{i}.json"
+                root = ROOT if side == "this" else args.against.resolve()
+                loads.append(os.getloadavg()[0])
+                done = subprocess.run([sys.executable, __file__, "--edge-root", str(root), "--json", str(out), *passed],
+                                      check=False, stdout=subprocess.DEVNULL)
+                if done.returncode != 0:
+                    print(f"the run on {root} failed (exit {done.returncode})", file=sys.stderr)
+                    return 1
+                sides[side].append(json.loads(out.read_text()))
+    loads.append(os.getloadavg()[0])
+    print(f"{args.alternations} alternations x {args.rounds} rounds per side, {args.images} PNGs, {args.clock} clock; "
+          f"load average median {np.median(loads):.1f} [{min(loads):.1f}, {max(loads):.1f}]")
+    for side, root in (("this", ROOT), ("against", args.against.resolve())):
+        runs = sides[side]
+        ratio = [r for run in runs for r in run["ratio"]["preprocess"]]
+        kinds = sorted(runs[0]["by_kind"])
+        per_kind = "  ".join(f"{k} {_summary([r for run in runs for r in run['by_kind'][k]])}" for k in kinds)
+        ms = [m for run in runs for m in run["ms"]["preprocess"]]
+        floor_ms = [m for run in runs for m in run["ms"]["floor"]]
+        print(f"  {side:8s} {root}: preprocess / floor {_summary(ratio)}   {per_kind}")
+        print(f"           per image: preprocess {np.median(ms):.3f} ms, floor {np.median(floor_ms):.3f} ms; "
+              f"identical to the frozen reference: {all(run['identical'] for run in runs)}")
+    return 0 if all(run["identical"] for runs in sides.values() for run in runs) else 1
 
 
 if __name__ == "__main__":

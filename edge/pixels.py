@@ -36,8 +36,15 @@ def lookup(table: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) ->
     written into ``out`` (any strides, shape of ``idx``) when given."""
     import cv2
 
-    if idx.dtype == np.uint8 and idx.ndim == 2 and out is None:
-        return cv2.LUT(idx, table)
+    if idx.dtype == np.uint8 and idx.ndim == 2 and len(table) == 256:
+        if out is None:
+            return cv2.LUT(idx, table)
+        if out.dtype == table.dtype and out.strides[1] == out.itemsize and out.strides[0] >= out.shape[1] * out.itemsize:
+            # a row-strided view (a region of a larger buffer) is a cv::Mat with a step
+            done = cv2.LUT(idx, table, dst=out)  # OpenCV writes into out's own memory
+            if done is not out:
+                out[...] = done
+            return out
     out = np.empty(idx.shape, table.dtype) if out is None else out
     for rows in row_bands(idx.shape[0], idx.shape[1] if idx.ndim == 2 else 1):
         np.take(table, idx[rows], out=out[rows], mode="clip")

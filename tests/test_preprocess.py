@@ -146,3 +146,35 @@ def test_bad_arrays_raise_clear_errors():
     with pytest.raises(ImageError):
         load_image(12)
     assert MAX_PIXELS >= 4096 * 4096
+
+
+def test_equal_channel_check_finds_one_differing_byte():
+    """Colour images take the lookup-table route only when B == G == R everywhere: the check
+    (one masked comparison of neighbouring bytes) must see a single differing byte in any
+    channel of any pixel, row band included, and must ignore alpha."""
+    import importlib
+
+    pre = importlib.import_module("edge.preprocess")  # the module; edge.preprocess is also a function
+    rng = np.random.default_rng(3)
+    for h, w, c in ((2, 2, 3), (7, 33, 3), (300, 301, 3), (5, 9, 4), (260, 257, 4)):
+        grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        img = np.stack([grey] * c, axis=-1)
+        if c == 4:
+            img[..., 3] = rng.integers(0, 256, (h, w))  # alpha never counts
+        assert pre._grey_colour(img)
+        for y, x, k in ((0, 0, 1), (h - 1, w - 1, 2), (h // 2, w - 1, 0), (h - 1, 0, 1)):
+            bad = img.copy()
+            bad[y, x, k] ^= 1
+            assert not pre._grey_colour(bad), (h, w, c, y, x, k)
+            assert not pre._grey_colour(bad[:, ::-1])  # a strided view takes the per-channel check
+
+
+def test_lookup_writes_into_a_strided_view():
+    from edge.pixels import lookup
+
+    idx = np.arange(60, dtype=np.uint8).reshape(6, 10)
+    table = np.linspace(0, 1, 256, dtype=np.float32)
+    buffer = np.full((6, 11), -1, np.float32)
+    out = lookup(table, idx, buffer[:, :10])
+    assert np.shares_memory(out, buffer)
+    assert np.array_equal(buffer[:, :10], table[idx]) and np.all(buffer[:, 10] == -1)
