@@ -88,7 +88,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         "patient/study/view folders (patient11_study1_positive_image1_cam.png); an existing "
                         "file is never overwritten: the new overlay gets the next free _2, _3, ... name")
     p.add_argument("--threads", type=threads_arg,
-                   help=f"onnxruntime intra-op threads, 1..{max_threads()} (default: all cores)")
+                   help=f"onnxruntime intra-op threads, 1..{max_threads()} (default: all cores; 1 while "
+                        "--workers > 1 preprocess in a pool)")
     p.add_argument("--dicom-out", metavar="DIR",
                    help="also write, per DICOM study, a TID 1500 Structured Report of the result into "
                         "DIR/<StudyInstanceUID>/ (same study as the source, a new series; needs the pacs extra)")
@@ -336,7 +337,12 @@ def _predict(args) -> int:
     files = plain_files(args.inputs)
     workers = args.workers or auto_workers(len(files))
     # the pool starts before the model opens: forked workers copy no inference threads
-    with Prefetcher(files, workers) if workers > 1 and len(files) > 1 else contextlib.nullcontext() as prefetch:
+    pooled = workers > 1 and len(files) > 1
+    if pooled and args.threads is None:
+        # the pool's workers keep every core busy decoding: a second inference thread in the
+        # parent only competes with them (docs/performance.md, "edge-predict over many files")
+        args.threads = 1
+    with Prefetcher(files, workers) if pooled else contextlib.nullcontext() as prefetch:
         return _predict_all(args, prog, prefetch)
 
 
