@@ -34,7 +34,7 @@ TEST_SEEDS = tuple(range(100, 120))
 CASES = {
     "small": (32, 64, 100, 128, 224),
     "mobilenetv3small": (64, 224),
-    "densenet169": (64, 224),
+    "densenet169": (64, 224, 320),
     "small-s8": (64, 128, 224),
 }
 

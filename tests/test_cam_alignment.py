@@ -28,12 +28,15 @@ REFERENCE = load()
 # Its stored per-draw s.d. of a cell's centroid is <= 1.3 px (median 0.9), so the mean of 7 draws
 # over the 2 cells of a row or column is within ~0.25 px (s.e.; <= 0.35) of the expectation the
 # 16 draws cam_model ships estimate to ~0.2: a placement off by 1 px still fails.
-FEWER_DRAWS = {("densenet169", 224): CENTRE_SEEDS[:7]}
+FEWER_DRAWS = {("densenet169", 224): CENTRE_SEEDS[:7], ("densenet169", 320): CENTRE_SEEDS[:7]}
 # A row-and-column placement draws a cell at its row's y and its column's x; DenseNet-169's
 # receptive fields at 224 px are not quite separable (the first row's centroid is 2.4 px further
 # in at the corners than mid-row), so a border cell's own centroid may lie up to half that (its
 # stored spread: 1.29 px) beyond the 1 px. Every other case: <= 0.47 px, within the 1 px.
-NOT_SEPARABLE_PX = {("densenet169", 224): 1.3}
+# At 320 px (the MURA paper's setting) the bow is larger: measured 1.87 px (rows and columns
+# themselves are still drawn within 1 px); a placement that is not row-and-column would be needed
+# to do better, and murakit does not have one (docs/cam.md).
+NOT_SEPARABLE_PX = {("densenet169", 224): 1.3, ("densenet169", 320): 1.9}
 
 
 def separable(erf: np.ndarray) -> np.ndarray:
