@@ -338,20 +338,19 @@ def _predict(args) -> int:
     workers = args.workers or auto_workers(len(files))
     # the pool starts before the model opens: forked workers copy no inference threads
     pooled = workers > 1 and len(files) > 1
-    if pooled and args.threads is None:
-        # the pool's workers keep every core busy decoding: a second inference thread in the
-        # parent only competes with them (docs/performance.md, "edge-predict over many files")
-        args.threads = 1
+    # the pool's workers keep every core busy decoding: a second inference thread in the parent
+    # only competes with them (docs/performance.md, "edge-predict over many files")
+    threads = 1 if pooled and args.threads is None else args.threads
     with Prefetcher(files, workers) if pooled else contextlib.nullcontext() as prefetch:
-        return _predict_all(args, prog, prefetch)
+        return _predict_all(args, prog, prefetch, threads)
 
 
-def _predict_all(args, prog: str, prefetch) -> int:
+def _predict_all(args, prog: str, prefetch, threads: int | None) -> int:
     from edge.predictor import Predictor
 
     try:
         _check_dicom_out(args)
-        predictor = Predictor(args.model or default_model(), threads=args.threads, gate=args.gate,
+        predictor = Predictor(args.model or default_model(), threads=threads, gate=args.gate,
                               operating_point=args.operating_point)
     except EdgeError as e:
         _err(prog, str(e))
