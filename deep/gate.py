@@ -3,7 +3,10 @@
 The gate reads pooled statistics of the CNN's feature maps (per channel: mean and standard
 deviation over the map) at several depths: early layers see texture and intensity structure
 (a photograph, a page of text, a noise frame differ there), the last one sees anatomy (a chest
-film differs there). Two things are computed from them:
+film differs there). A last block describes the model input itself (:func:`input_statistics`:
+its intensity and gradient histograms, edge energy, border against centre): what a trained CNN
+has learnt to ignore (the flat grey field of an MR, a CT's round body on black) still shows
+there. Two things are computed from them:
 
 - per (layer, statistic) block, a Mahalanobis distance to the training radiographs
   (``sqrt(mean(((v - mu) @ W) ** 2))`` with ``W`` a whitening of the block's covariance), as a log;
@@ -51,16 +54,52 @@ def _pooled(model: keras.Model, names) -> list:
     return out
 
 
+INTENSITY_BINS, GRADIENT_BINS = 16, 8
+GRADIENT_RANGE = 0.25  # gradient magnitudes (per pixel, input in [0, 1]) above this share the last bin
+
+
+def _soft_histogram(t, bins: int):
+    """(B, S, S, 1) values in [0, 1] -> (B, bins): share of pixels per bin, each pixel split
+    linearly between its two nearest bin centres (a histogram that is a smooth graph op)."""
+    centres = np.linspace(0.0, 1.0, bins, dtype=np.float32)
+    weight = keras.ops.relu(1.0 - keras.ops.abs(keras.ops.expand_dims(t, -1) - centres) * (bins - 1))
+    return keras.ops.mean(weight, axis=(1, 2, 3))
+
+
+def input_statistics(x) -> list:
+    """[(B, INTENSITY_BINS + GRADIENT_BINS + 4)] statistics of the model input ``x`` (B, S, S, 1)
+    in [0, 1]: intensity histogram, histogram of gradient magnitudes, mean |dx| and |dy|, mean of
+    the outer eighth of the frame and of the rest. Cheap graph ops, no learnt weights."""
+    size = int(x.shape[1])
+    dx = x[:, :, 1:, :] - x[:, :, :-1, :]
+    dy = x[:, 1:, :, :] - x[:, :-1, :, :]
+    grad = keras.ops.sqrt(keras.ops.square(dx[:, 1:]) + keras.ops.square(dy[:, :, 1:]) + 1e-12)
+    b = max(1, size // 8)
+    ring = np.ones((1, size, size, 1), np.float32)
+    ring[:, b:-b, b:-b] = 0
+    parts = [_soft_histogram(x, INTENSITY_BINS),
+             _soft_histogram(keras.ops.minimum(grad / GRADIENT_RANGE, 1.0), GRADIENT_BINS),
+             keras.ops.mean(keras.ops.abs(dx), axis=(1, 2)), keras.ops.mean(keras.ops.abs(dy), axis=(1, 2)),
+             keras.ops.sum(x * ring, axis=(1, 2)) / float(ring.sum()),
+             keras.ops.sum(x * (1.0 - ring), axis=(1, 2)) / float((1.0 - ring).sum())]
+    return [keras.ops.concatenate(parts, axis=1)]
+
+
+def _statistics(model: keras.Model) -> list:
+    """The gate's blocks: [mean, std] per named layer, then the input statistics."""
+    return _pooled(model, gate_layers(model)) + input_statistics(model.input)
+
+
 def pooled_model(model: keras.Model) -> keras.Model:
-    """float32 (B, S, S, 1) -> float32 (B, P): the gate's pooled statistics, concatenated in
-    block order (layer by layer, mean then std)."""
-    parts = _pooled(model, gate_layers(model))
-    return keras.Model(model.input, layers.Concatenate(name="gate_pooled")(parts), name="gate_pooled")
+    """float32 (B, S, S, 1) -> float32 (B, P): the gate's statistics, concatenated in block
+    order (layer by layer, mean then std; then the input statistics)."""
+    return keras.Model(model.input, layers.Concatenate(name="gate_pooled")(_statistics(model)), name="gate_pooled")
 
 
 def block_sizes(model: keras.Model) -> list:
-    """Width of each (layer, statistic) block of :func:`pooled_model`'s output."""
-    return [int(p.shape[-1]) for p in _pooled(model, gate_layers(model))]
+    """Width of each block of :func:`pooled_model`'s output ((layer, statistic) blocks, then the
+    input statistics)."""
+    return [int(p.shape[-1]) for p in _statistics(model)]
 
 
 class GateHead(layers.Layer):
@@ -127,7 +166,7 @@ def with_gate(cam_model: keras.Model, model: keras.Model, params: dict, part_par
     part_params : dict, optional
         Fitted constants of :class:`PartHead` (``export.gate.fit_part_head``).
     """
-    pooled = layers.Concatenate(name="gate_pooled")(_pooled(model, gate_layers(model)))
+    pooled = layers.Concatenate(name="gate_pooled")(_statistics(model))
     outputs = [*cam_model.outputs, GateHead(params)(pooled)]
     if part_params is not None:
         outputs.append(PartHead(part_params)(pooled))

@@ -106,6 +106,35 @@ def test_gate_graph_equals_its_numpy_twin_and_fit_separates():
     assert set(info) >= {"threshold", "threshold_rule", "n_train", "n_val", "n_outliers"}
 
 
+def test_input_statistics_match_numpy():
+    """The gate's input block (deep.gate.input_statistics) is what its docstring says: histograms
+    that sum to 1 and put a constant frame in its own bins, edge energy, border and centre means."""
+    import keras
+
+    from deep.gate import GRADIENT_BINS, INTENSITY_BINS, input_statistics
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (3, 24, 24, 1)).astype(np.float32)
+    x[1] = 0.5  # constant: intensity mass in the two bins around 0.5, gradients all in bin 0
+    x[2, 3:-3, 3:-3] = 1.0  # bright centre, random border
+    inp = keras.Input((24, 24, 1))
+    got = np.asarray(keras.Model(inp, input_statistics(inp)[0])(x), np.float64)
+    hist, grad = got[:, :INTENSITY_BINS], got[:, INTENSITY_BINS:INTENSITY_BINS + GRADIENT_BINS]
+    np.testing.assert_allclose(hist.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(grad.sum(1), 1.0, atol=1e-5)
+    centre = 0.5 * (INTENSITY_BINS - 1)
+    np.testing.assert_allclose(hist[1, [int(centre), int(centre) + 1]], [0.5, 0.5], atol=1e-5)
+    assert grad[1, 0] == pytest.approx(1.0, abs=1e-4) and grad[0, 0] < 0.5
+    dx, dy, border, middle = got[:, -4:].T
+    np.testing.assert_allclose(dx, np.abs(np.diff(x[..., 0], axis=2)).mean((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(dy, np.abs(np.diff(x[..., 0], axis=1)).mean((1, 2)), rtol=1e-5)
+    ring = np.ones((24, 24), bool)
+    ring[3:-3, 3:-3] = False
+    np.testing.assert_allclose(border, x[..., 0][:, ring].mean(1), rtol=1e-5)
+    np.testing.assert_allclose(middle, x[..., 0][:, ~ring].mean(1), rtol=1e-5)
+    assert middle[2] == pytest.approx(1.0) and border[2] < 0.7
+
+
 def test_a_format_1_model_answers_without_a_gate(tmp_path, capsys):
     """The committed regression model predates the gate: it answers (no refusal, no gate key)."""
     from edge.cli import predict_main

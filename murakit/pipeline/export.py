@@ -163,7 +163,7 @@ def _gate_score(prep, positions):
 
 
 # ---------------------------------------------------------------- the input gate
-GATE_METHOD = "oe-logistic+mahalanobis"
+GATE_METHOD = "oe-logistic+mahalanobis+input-stats"  # input-stats: deep.gate.input_statistics
 MAX_GATE_TRAIN = 4000  # training radiographs the gate is fitted on (sorted-path sample; enough for P ~ 500)
 
 
