@@ -2,21 +2,22 @@
 
 Usage::
 
-    python benchmarks/gate_validation.py --run RUN [--C 0.1 0.3]
+    python benchmarks/gate_validation.py --run RUN [--C 0.1 0.3] [--oof]
 
-RUN needs a prepared cache and a trained CNN (``RUN/cnn/best.keras``). The weak spot of the gate
-is other modalities (CT, MR, US, NM), so the evidence is on real ones the fit did not see:
+RUN needs a prepared cache and a trained CNN (``RUN/cnn/best.keras``). Every held-out image is
+ranked among the validation radiographs' gate scores (never fitted on):
 
-- leave one source out: each real DICOM file of the "fit" set (CT, MR, US, SEG) in turn is left
-  out of the fit and scored;
-- the "val" set's real modality images (matplotlib's MR slice, pydicom's big-endian US file),
-  in neither "fit" nor "test".
+- the "val" OOD set (``murakit.evaluation.ood``: sources in neither "fit" nor "test"), AUROC
+  per category;
+- leave one source out: each real CT/MR/US/SEG DICOM file and each real medical picture of the
+  "fit" set in turn is left out of the fit and scored (AUROC per category, mean over sources;
+  and how many of those images score above the top 1 % of val radiographs, i.e. are refused).
 
-Each held-out image is ranked among the validation radiographs' scores (never fitted on). Printed
-per variant: the pooled AUROC (mean share of val radiographs scoring below a held-out image),
-how many held-out images score below the top 1 % of val radiographs, the AUROC per held-out
-source, and the AUROC of the rest of the "val" set (photographs, pages, drawn frames).
-Variants: outlier exposure without / with the drawn CT/MR/US/NM frames, at each ``--C``.
+Variants: the CNN's pooled statistics alone (the first gate) and with the block of model-input
+statistics (``deep.gate.input_statistics``, shipped), at each ``--C``. ``--oof`` also prints the
+check behind the threshold rule: the quantiles of the validation radiographs' scores beside
+out-of-fold scores of the training radiographs (5 folds by patient, gate refitted per fold), and
+the share of val radiographs the rule would refuse if it read those out-of-fold scores.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DRAWN_MODALITIES = ("drawn/ct", "drawn/mr", "drawn/us", "drawn/nm")
-VAL_REAL = ("matplotlib/s1045.ima.gz", "pydicom/ExplVR_BigEnd.dcm")
+LOSO_CATEGORIES = ("modality", "medical")
 
 
 def _group(name: str) -> str:
@@ -41,10 +41,22 @@ def _group(name: str) -> str:
     return name.split("#")[0].split("[")[0].split(":")[0]
 
 
+def _oof(gate, train_v, val_v, ood_v, sizes, patients, folds: int = 5) -> np.ndarray:
+    """Out-of-fold gate scores of the training radiographs (folds of whole patients)."""
+    uniq, inv = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    fold = (np.random.default_rng(0).permutation(len(uniq)) % folds)[inv]
+    out = np.empty(len(train_v))
+    for k in range(folds):
+        p, _ = gate.fit_gate(train_v[fold != k], val_v, ood_v, sizes)
+        out[fold == k] = gate.gate_scores(train_v[fold == k], p)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
     ap.add_argument("--C", type=float, nargs="+", default=[0.1], help="logistic inverse regularisation(s)")
+    ap.add_argument("--oof", action="store_true", help="also compare out-of-fold training scores with val's")
     args = ap.parse_args(argv)
 
     import deep
@@ -62,33 +74,45 @@ def main(argv=None) -> int:
     train_v, val_v = (pooled_statistics(pooled, cache_inputs(prep, p)) for p in (train, val))
     fit_items, val_items = ood_images("fit"), ood_images("val")
     fit_v, oval_v = (pooled_statistics(pooled, ood_inputs(s, prep.config)) for s in ("fit", "val"))
-    gf = np.array([_group(o.name) for o in fit_items])
-    gv = np.array([_group(o.name) for o in val_items])
-    real = sorted({g for g, o in zip(gf, fit_items) if o.category == "modality" and not g.startswith("drawn/")})
-    drawn = np.isin(gf, DRAWN_MODALITIES)
-    real_val = np.isin(gv, VAL_REAL)
+    gf, cf = np.array([_group(o.name) for o in fit_items]), np.array([o.category for o in fit_items])
+    cv = np.array([o.category for o in val_items])
+    held = sorted({g for g, c in zip(gf, cf) if c in LOSO_CATEGORIES and not g.startswith("drawn/")})
 
     def auc(i, o):
         return auroc(np.r_[np.zeros(len(i)), np.ones(len(o))], np.r_[i, o])
 
-    print(f"{args.run}: {len(train)} training / {len(val)} validation radiographs; held out: {', '.join(real)}, "
-          f"{', '.join(g for g in VAL_REAL if g in set(gv))}")
-    print("| variant | pooled AUROC | held-out below val's top 1% | per held-out source | rest of val set |")
-    print("|---|---|---|---|---|")
+    print(f"{args.run}: {len(train)} training / {len(val)} validation radiographs; left out in turn: "
+          + ", ".join(held))
+    cats = sorted(set(cv))
+    print("| variant | " + " | ".join(f"val {c}" for c in cats) + " | " + " | ".join(f"left out: {c}" for c in
+          LOSO_CATEGORIES) + " | left-out images passing | threshold |")
+    print("|---|" + "---|" * (len(cats) + len(LOSO_CATEGORIES) + 2))
+    width = sum(sizes[:-1])  # the input-statistics block is the last one
     for C in args.C:
         gate.LOGISTIC_C = C
-        for label, use in (("no drawn modalities", ~drawn), ("with drawn CT/MR/US/NM", np.ones(len(gf), bool))):
-            held = []
-            for g in real:
-                p, _ = gate.fit_gate(train_v, val_v, fit_v[use & (gf != g)], sizes)
-                held.append((gate.gate_scores(val_v, p), gate.gate_scores(fit_v[gf == g], p)))
-            p, _ = gate.fit_gate(train_v, val_v, fit_v[use], sizes)
-            inlier = gate.gate_scores(val_v, p)
-            held.append((inlier, gate.gate_scores(oval_v[real_val], p)))
-            above = np.concatenate([[np.mean(i >= x) for x in o] for i, o in held])
-            print(f"| {label}, C={C} | {1 - above.mean():.4f} | {(above > 0.01).sum()}/{len(above)} | "
-                  + ", ".join(f"{auc(i, o):.3f}" for i, o in held)
-                  + f" | {auc(inlier, gate.gate_scores(oval_v[~real_val], p)):.4f} |", flush=True)
+        for label, cols, sz in (("CNN statistics only", slice(0, width), sizes[:-1]),
+                                ("+ input statistics (shipped)", slice(None), sizes)):
+            tr, va, fi, ov = train_v[:, cols], val_v[:, cols], fit_v[:, cols], oval_v[:, cols]
+            p, info = gate.fit_gate(tr, va, fi, sz)
+            inlier = gate.gate_scores(va, p)
+            out = gate.gate_scores(ov, p)
+            per_cat, passing = {c: [] for c in LOSO_CATEGORIES}, 0
+            for g in held:
+                pg, _ = gate.fit_gate(tr, va, fi[gf != g], sz)
+                s_in, s_out = gate.gate_scores(va, pg), gate.gate_scores(fi[gf == g], pg)
+                per_cat[cf[gf == g][0]].append(auc(s_in, s_out))
+                passing += int(np.sum(s_out <= np.quantile(s_in, 0.99)))
+            print(f"| {label}, C={C} | " + " | ".join(f"{auc(inlier, out[cv == c]):.4f}" for c in cats) + " | "
+                  + " | ".join(f"{np.mean(per_cat[c]):.4f}" for c in LOSO_CATEGORIES)
+                  + f" | {passing}/{int(np.isin(gf, held).sum())} | {info['threshold']:.3f} |", flush=True)
+            if args.oof:
+                oof = _oof(gate, tr, va, fi, sz, prep.patient[train])
+                t_oof, t_both = gate.threshold_rule(oof)[0], gate.threshold_rule(np.r_[oof, inlier])[0]
+                q = [0.5, 0.99, 1.0]
+                print(f"|   out-of-fold check | val q50/q99/max {np.round(np.quantile(inlier, q), 2).tolist()}, "
+                      f"out-of-fold {np.round(np.quantile(oof, q), 2).tolist()}; rule on out-of-fold {t_oof:.3f} "
+                      f"refuses {np.mean(inlier > t_oof):.1%} of val, on both {t_both:.3f}: "
+                      f"{np.mean(inlier > t_both):.1%} |", flush=True)
     return 0
 
 
