@@ -7,7 +7,9 @@ the higher of their :data:`REFUSAL_QUANTILE` quantile and the smallest order sta
 the refusal rate of radiographs like them <= :data:`MAX_REFUSAL` with :data:`CONFIDENCE`
 confidence. On a small validation split the second one decides: with 341 validation radiographs it
 is their highest score, where the 99.5th percentile alone refused 1.1 % of the demo's test
-radiographs (the percentile of a few hundred scores is too noisy to hold 1 %).
+radiographs (the percentile of a few hundred scores is too noisy to hold 1 %). Given the training
+radiographs' patients, the same rule also reads their out-of-fold scores with val's, and the
+higher threshold of the two wins (:func:`fit_gate`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ MAX_REFUSAL, CONFIDENCE = 0.01, 0.95
 SHRINKAGE = 1e-3  # added to each block covariance's eigenvalues, as a fraction of their mean
 LOGISTIC_C = 0.1
 MIN_IN, MIN_VAL, MIN_OUT = 20, 10, 20
+OOF_FOLDS = 5
 
 
 def whitening(x: np.ndarray) -> tuple:
@@ -69,30 +72,10 @@ def gate_scores(v: np.ndarray, params: dict) -> np.ndarray:
     return ((x - params["x_mean"]) / params["x_scale"]) @ params["coef"] + float(params["intercept"][0])
 
 
-def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_sizes, seed: int = 0) -> tuple:
-    """Fit the gate's constants and threshold.
-
-    Parameters
-    ----------
-    train_v, val_v : ndarray float (N, P)
-        Pooled statistics of training / validation radiographs.
-    ood_v : ndarray float (M, P)
-        Pooled statistics of non-radiographs (outlier exposure).
-    block_sizes : list of int
-        Widths of the (layer, statistic) blocks of P (``deep.gate.block_sizes``).
-
-    Returns
-    -------
-    params : dict of ndarray
-        For ``deep.gate.GateHead``.
-    info : dict
-        ``threshold``, ``val_refusal_rate``, ``fit_auroc`` (train radiographs vs outliers), counts.
-    """
+def _fit_constants(train_v: np.ndarray, ood_v: np.ndarray, block_sizes, seed: int) -> dict:
+    """Whitening per block on ``train_v``, then the outlier-exposure logistic (the GateHead constants)."""
     from sklearn.linear_model import LogisticRegression
 
-    if len(train_v) < MIN_IN or len(val_v) < MIN_VAL or len(ood_v) < MIN_OUT:
-        raise ExportError(f"the gate needs >= {MIN_IN} training and {MIN_VAL} validation radiographs and >= "
-                          f"{MIN_OUT} non-radiographs, got {len(train_v)}, {len(val_v)} and {len(ood_v)}")
     edges = np.cumsum([0, *block_sizes])
     params = {"blocks": np.column_stack([edges[:-1], edges[1:]]).astype(np.int64)}
     for k, (a, b) in enumerate(params["blocks"]):
@@ -106,11 +89,72 @@ def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_si
     clf.fit((x - mean) / scale, y, sample_weight=weight)
     params.update(x_mean=mean, x_scale=scale, coef=clf.coef_[0].astype(np.float64),
                   intercept=np.asarray(clf.intercept_, np.float64))
+    return params
+
+
+def out_of_fold_scores(train_v: np.ndarray, ood_v: np.ndarray, block_sizes, groups, folds: int = OOF_FOLDS,
+                       seed: int = 0) -> np.ndarray:
+    """float64 (N,) gate scores of the training radiographs, each from a gate fitted without its fold.
+
+    Folds are whole groups (patients: views of one patient never on both sides), assigned by a
+    seeded permutation. Each score comes from a gate that never saw that radiograph; the CNN
+    whose features the gate reads did see it in training, so these scores may sit lower than a
+    new radiograph's (:func:`fit_gate` never lets them lower the threshold).
+    """
+    uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    fold = (np.random.default_rng(seed).permutation(len(uniq)) % folds)[inv]
+    out = np.empty(len(train_v))
+    for k in range(folds):
+        held = fold == k
+        if held.any():
+            out[held] = gate_scores(train_v[held], _fit_constants(train_v[~held], ood_v, block_sizes, seed))
+    return out
+
+
+def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_sizes, seed: int = 0,
+             train_groups=None) -> tuple:
+    """Fit the gate's constants and threshold.
+
+    Parameters
+    ----------
+    train_v, val_v : ndarray float (N, P)
+        Pooled statistics of training / validation radiographs.
+    ood_v : ndarray float (M, P)
+        Pooled statistics of non-radiographs (outlier exposure).
+    block_sizes : list of int
+        Widths of the blocks of P (``deep.gate.block_sizes``).
+    train_groups : array-like (N,), optional
+        The patient of each training radiograph. Given (and >= OOF_FOLDS patients), the
+        threshold is the higher of the rule on the validation scores and the rule on those
+        together with the training radiographs' out-of-fold scores (:func:`out_of_fold_scores`):
+        two estimates of the radiographs' upper tail, the more cautious one wins. A few hundred
+        validation scores can miss a tail that thousands of training scores show; out-of-fold
+        scores alone can also sit too low (the CNN was trained on those images), so they never
+        lower the threshold.
+
+    Returns
+    -------
+    params : dict of ndarray
+        For ``deep.gate.GateHead``.
+    info : dict
+        ``threshold``, ``threshold_rule``, ``val_refusal_rate``, ``fit_auroc`` (train
+        radiographs vs outliers), counts.
+    """
+    if len(train_v) < MIN_IN or len(val_v) < MIN_VAL or len(ood_v) < MIN_OUT:
+        raise ExportError(f"the gate needs >= {MIN_IN} training and {MIN_VAL} validation radiographs and >= "
+                          f"{MIN_OUT} non-radiographs, got {len(train_v)}, {len(val_v)} and {len(ood_v)}")
+    params = _fit_constants(train_v, ood_v, block_sizes, seed)
     val_s, train_s, ood_s = (gate_scores(v, params) for v in (val_v, train_v, ood_v))
     threshold, order = threshold_rule(val_s)
-    return params, {"threshold": threshold, "threshold_rule": {
-                        "quantile": REFUSAL_QUANTILE, "max_refusal": MAX_REFUSAL, "confidence": CONFIDENCE,
-                        "val_order": order},
+    rule = {"quantile": REFUSAL_QUANTILE, "max_refusal": MAX_REFUSAL, "confidence": CONFIDENCE, "val_order": order,
+            "val_threshold": threshold}
+    if train_groups is not None and len(np.unique(np.asarray(train_groups).astype(str))) >= OOF_FOLDS:
+        oof = out_of_fold_scores(train_v, ood_v, block_sizes, train_groups, seed=seed)
+        both, _ = threshold_rule(np.r_[oof, val_s])
+        threshold = max(threshold, both)
+        rule.update(oof_folds=OOF_FOLDS, oof_threshold=both, n_oof=len(oof),
+                    oof_refusal_rate=float(np.mean(oof > threshold)))
+    return params, {"threshold": threshold, "threshold_rule": rule,
                     "val_refusal_rate": float(np.mean(val_s > threshold)),
                     "fit_auroc": _auroc(train_s, ood_s), "fit_outliers_refused": float(np.mean(ood_s > threshold)),
                     "n_train": len(train_v), "n_val": len(val_v), "n_outliers": len(ood_v)}

@@ -86,6 +86,37 @@ def test_threshold_rule_keeps_refusal_under_one_percent_with_95_percent_confiden
     assert np.mean(rule) <= 0.06 and np.mean(percentile) >= 0.08
 
 
+def test_out_of_fold_scores_can_raise_the_threshold_never_lower_it():
+    """Training radiographs' out-of-fold scores (gate refitted without each patient's fold) join
+    the rule: a tail the 40 validation radiographs missed raises the threshold; scores that sit
+    low leave the validation rule's threshold alone; too few patients: val only."""
+    from export.gate import OOF_FOLDS, _fit_constants, fit_gate, gate_scores, out_of_fold_scores
+
+    rng = np.random.default_rng(3)
+    train, val = rng.normal(size=(300, 6)), rng.normal(size=(40, 6))
+    ood = rng.normal(4.0, 1.0, size=(60, 6))
+    train[:6] += 2.5  # a few unusual radiographs: in training, none in val
+    patients = np.repeat(np.arange(100), 3)
+    sizes = [3, 3]
+    oof = out_of_fold_scores(train, ood, sizes, patients)
+    _, inv = np.unique(patients.astype(str), return_inverse=True)
+    fold = (np.random.default_rng(0).permutation(100) % OOF_FOLDS)[inv]
+    held = fold == 0  # each score comes from the gate fitted without its fold
+    np.testing.assert_allclose(oof[held], gate_scores(train[held], _fit_constants(train[~held], ood, sizes, 0)))
+    _, plain = fit_gate(train, val, ood, sizes)
+    _, both = fit_gate(train, val, ood, sizes, train_groups=patients)
+    assert "oof_threshold" not in plain["threshold_rule"]
+    assert both["threshold_rule"]["val_threshold"] == pytest.approx(plain["threshold"])
+    assert both["threshold"] == pytest.approx(max(oof.max(), plain["threshold"]))  # n < 299: the highest score
+    assert both["threshold"] > plain["threshold"] + 0.5  # the training tail raised it
+    many = rng.normal(size=(2000, 6))  # 2040 scores: the rule's percentile sits below val's highest
+    _, low = fit_gate(many, val + 1.0, ood, sizes, train_groups=np.arange(2000) // 4)
+    rule = low["threshold_rule"]
+    assert rule["oof_threshold"] < rule["val_threshold"] == pytest.approx(low["threshold"])
+    _, few = fit_gate(train, val, ood, sizes, train_groups=np.arange(300) % (OOF_FOLDS - 1))
+    assert "oof_threshold" not in few["threshold_rule"]
+
+
 def test_gate_graph_equals_its_numpy_twin_and_fit_separates():
     """deep.gate's Keras head computes what export.gate fitted (the ONNX parity is export's own check)."""
     import deep

@@ -203,7 +203,8 @@ def fit_cnn_gate(model, prep, cfg, log) -> tuple:
         return None, None, None, None
     train_v = pooled_statistics(pooled, cache_inputs(prep, train))
     val_v = pooled_statistics(pooled, cache_inputs(prep, val))
-    params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model))
+    params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model),
+                            train_groups=prep.patient[train])
     part_params, part = fit_part_head(train_v, prep.part[train], val_v, prep.part[val])
     info["part_val_accuracy"] = part["val_accuracy"]
     log(f"export: input gate fitted on {info['n_train']} training radiographs and {info['n_outliers']} "
