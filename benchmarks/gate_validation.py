@@ -17,7 +17,8 @@ Variants: the CNN's pooled statistics alone (the first gate) and with the block 
 statistics (``deep.gate.input_statistics``, shipped), at each ``--C``. ``--oof`` also prints the
 check behind the threshold rule: the quantiles of the validation radiographs' scores beside
 out-of-fold scores of the training radiographs (5 folds by patient, gate refitted per fold), and
-the share of val radiographs the rule would refuse if it read those out-of-fold scores.
+the share of val radiographs the rule would refuse if it read those out-of-fold scores (export
+ships the higher of the val-only and the val + out-of-fold thresholds, ``export.gate.fit_gate``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
                 print(f"|   out-of-fold check | val q50/q99/max {np.round(np.quantile(inlier, q), 2).tolist()}, "
                       f"out-of-fold {np.round(np.quantile(oof, q), 2).tolist()}; rule on out-of-fold {t_oof:.3f} "
                       f"refuses {np.mean(inlier > t_oof):.1%} of val, on both {t_both:.3f}: "
-                      f"{np.mean(inlier > t_both):.1%} |", flush=True)
+                      f"{np.mean(inlier > t_both):.1%}; val alone {info['threshold_rule']['val_threshold']:.3f}, "
+                      f"shipped (the higher) {max(t_both, info['threshold_rule']['val_threshold']):.3f} |", flush=True)
     return 0
 
 

@@ -56,28 +56,35 @@ def _pooled(model: keras.Model, names) -> list:
 
 INTENSITY_BINS, GRADIENT_BINS = 16, 8
 GRADIENT_RANGE = 0.25  # gradient magnitudes (per pixel, input in [0, 1]) above this share the last bin
+HISTOGRAM_SIZE = 32  # histograms are taken on the input average-pooled to about this many pixels a side
 
 
 def _soft_histogram(t, bins: int):
-    """(B, S, S, 1) values in [0, 1] -> (B, bins): share of pixels per bin, each pixel split
+    """(B, H, W, 1) values in [0, 1] -> (B, bins): share of pixels per bin, each pixel split
     linearly between its two nearest bin centres (a histogram that is a smooth graph op)."""
     centres = np.linspace(0.0, 1.0, bins, dtype=np.float32)
-    weight = keras.ops.relu(1.0 - keras.ops.abs(keras.ops.expand_dims(t, -1) - centres) * (bins - 1))
-    return keras.ops.mean(weight, axis=(1, 2, 3))
+    flat = keras.ops.reshape(t, (-1, int(t.shape[1]) * int(t.shape[2]), 1))
+    weight = keras.ops.relu(1.0 - keras.ops.abs(flat - centres) * (bins - 1))
+    return keras.ops.mean(weight, axis=1)
 
 
 def input_statistics(x) -> list:
     """[(B, INTENSITY_BINS + GRADIENT_BINS + 4)] statistics of the model input ``x`` (B, S, S, 1)
-    in [0, 1]: intensity histogram, histogram of gradient magnitudes, mean |dx| and |dy|, mean of
-    the outer eighth of the frame and of the rest. Cheap graph ops, no learnt weights."""
+    in [0, 1]: intensity histogram and histogram of gradient magnitudes (both of the input
+    average-pooled to ~HISTOGRAM_SIZE px: a histogram costs bins x pixels, and at full size it
+    would take longer than the CNN), mean |dx| and |dy|, mean of the outer eighth of the frame
+    and of the rest (full size). Cheap graph ops, no learnt weights."""
     size = int(x.shape[1])
     dx = x[:, :, 1:, :] - x[:, :, :-1, :]
     dy = x[:, 1:, :, :] - x[:, :-1, :, :]
-    grad = keras.ops.sqrt(keras.ops.square(dx[:, 1:]) + keras.ops.square(dy[:, :, 1:]) + 1e-12)
+    f = max(1, size // HISTOGRAM_SIZE)
+    small = keras.ops.average_pool(x, f, strides=f, padding="valid") if f > 1 else x
+    sdx, sdy = small[:, 1:, 1:, :] - small[:, 1:, :-1, :], small[:, 1:, 1:, :] - small[:, :-1, 1:, :]
+    grad = keras.ops.sqrt(keras.ops.square(sdx) + keras.ops.square(sdy) + 1e-12)
     b = max(1, size // 8)
     ring = np.ones((1, size, size, 1), np.float32)
     ring[:, b:-b, b:-b] = 0
-    parts = [_soft_histogram(x, INTENSITY_BINS),
+    parts = [_soft_histogram(small, INTENSITY_BINS),
              _soft_histogram(keras.ops.minimum(grad / GRADIENT_RANGE, 1.0), GRADIENT_BINS),
              keras.ops.mean(keras.ops.abs(dx), axis=(1, 2)), keras.ops.mean(keras.ops.abs(dy), axis=(1, 2)),
              keras.ops.sum(x * ring, axis=(1, 2)) / float(ring.sum()),

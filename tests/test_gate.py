@@ -142,7 +142,7 @@ def test_input_statistics_match_numpy():
     that sum to 1 and put a constant frame in its own bins, edge energy, border and centre means."""
     import keras
 
-    from deep.gate import GRADIENT_BINS, INTENSITY_BINS, input_statistics
+    from deep.gate import GRADIENT_BINS, HISTOGRAM_SIZE, INTENSITY_BINS, input_statistics
 
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (3, 24, 24, 1)).astype(np.float32)
@@ -164,6 +164,13 @@ def test_input_statistics_match_numpy():
     np.testing.assert_allclose(border, x[..., 0][:, ring].mean(1), rtol=1e-5)
     np.testing.assert_allclose(middle, x[..., 0][:, ~ring].mean(1), rtol=1e-5)
     assert middle[2] == pytest.approx(1.0) and border[2] < 0.7
+    big = np.zeros((1, 64, 64, 1), np.float32)  # histograms of the input pooled to ~HISTOGRAM_SIZE px
+    big[0, :, ::2] = 1.0  # stripes one pixel wide: at full size 0 and 1 only, pooled 2 x 2 all 0.5
+    inp = keras.Input((64, 64, 1))
+    got = np.asarray(keras.Model(inp, input_statistics(inp)[0])(big), np.float64)[0]
+    assert HISTOGRAM_SIZE == 32 and got[int(centre)] == pytest.approx(0.5, abs=1e-5)
+    assert got[INTENSITY_BINS] == pytest.approx(1.0, abs=1e-4)  # the pooled frame is flat
+    assert got[-4] == pytest.approx(1.0) and got[-3] == pytest.approx(0.0)  # full-size |dx|, |dy|
 
 
 def test_a_format_1_model_answers_without_a_gate(tmp_path, capsys):
