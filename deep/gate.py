@@ -82,13 +82,12 @@ def input_statistics(x) -> list:
     sdx, sdy = small[:, 1:, 1:, :] - small[:, 1:, :-1, :], small[:, 1:, 1:, :] - small[:, :-1, 1:, :]
     grad = keras.ops.sqrt(keras.ops.square(sdx) + keras.ops.square(sdy) + 1e-12)
     b = max(1, size // 8)
-    ring = np.ones((1, size, size, 1), np.float32)
-    ring[:, b:-b, b:-b] = 0
+    inner = keras.ops.sum(x[:, b:size - b, b:size - b, :], axis=(1, 2))  # slices, not an S x S mask constant
+    n_inner = float((size - 2 * b) ** 2)
     parts = [_soft_histogram(small, INTENSITY_BINS),
              _soft_histogram(keras.ops.minimum(grad / GRADIENT_RANGE, 1.0), GRADIENT_BINS),
              keras.ops.mean(keras.ops.abs(dx), axis=(1, 2)), keras.ops.mean(keras.ops.abs(dy), axis=(1, 2)),
-             keras.ops.sum(x * ring, axis=(1, 2)) / float(ring.sum()),
-             keras.ops.sum(x * (1.0 - ring), axis=(1, 2)) / float((1.0 - ring).sum())]
+             (keras.ops.sum(x, axis=(1, 2)) - inner) / (size * size - n_inner), inner / n_inner]
     return [keras.ops.concatenate(parts, axis=1)]
 
 
