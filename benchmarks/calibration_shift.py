@@ -1,0 +1,251 @@
+"""Why a run misses the calibration goals: val -> test shift, val size, the floor, the calibrator's form.
+
+    python benchmarks/calibration_shift.py RUN [RUN ...] [--model cnn] [--resamples 1000]
+
+Reads ``RUN/<model>/predictions_{val,test}.csv`` (or ``.csv.gz``: the runs of docs/trust.md are
+kept in ``benchmarks/data/calibration/runs``) and writes nothing. Two tables:
+
+1. **Shift.** Per level (image, study): abnormal rate and mean raw probability on val and on test;
+   an unregularised Platt map ``sigmoid(a * logit(p) + b)`` fitted on val (with a 95% interval
+   from resampling val studies) and one fitted on test; a likelihood-ratio test of "one map for
+   val and test" against "a map per split" (chi-square, 2 degrees of freedom; at image level views
+   of a study are not independent, so its p-value is too small: read the study level); the test
+   ECE of the map fitted on test itself (in-sample: the best any map of the card's form could
+   score there, an optimistic bound) and the ECE floor's q95 of the raw scores.
+2. **Candidates.** Calibrators of view scores and of study means, each scored by 10-fold-by-study
+   held-out log-loss *on val* (the only evidence a choice may use) and, for the record, by test
+   ECE with a 95% study-bootstrap interval and study AUROC. ``rule`` is murakit's
+   (:func:`murakit.evaluation.calibration.fit_calibrator`); ``platt``/``temperature``: unregularised;
+   ``isotonic``: scikit-learn's (not strictly increasing: it ties scores, so AUROC moves);
+   ``platt+views``: study only, ``sigmoid(a * logit(mean) + b + c * log(n_views))``, increasing in
+   the mean for a given view count but not across counts (AUROC moves); ``view-map``: study only,
+   the view calibrator applied to the study mean (fitted on the views: more observations, a
+   view-level slope).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_check import _find, _read  # noqa: E402
+
+FOLDS = 10
+
+
+def _study_table(y, p, g):
+    from murakit.evaluation.metrics import study_level
+
+    s = study_level(y, p, g)
+    n = np.array([np.sum(g == sid) for sid in s["study"]])
+    return s["label"], s["prob"], s["study"], n
+
+
+def _logit(p):
+    from murakit.evaluation.calibration import _logit as lg
+
+    return lg(p)
+
+
+def _loglik(y, z):
+    return -float(np.sum(np.where(y == 1, np.logaddexp(0, -z), np.logaddexp(0, z))))
+
+
+def _platt_fit(y, x, extra=None):
+    """Unregularised logistic fit of y on [x(, extra)]; returns coefficients (a, b[, c])."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = x[:, None] if extra is None else np.stack([x, extra], 1)
+    clf = LogisticRegression(C=1e6, max_iter=2000).fit(X, y)
+    return np.concatenate([[clf.coef_[0, 0]], [clf.intercept_[0]], clf.coef_[0, 1:]])
+
+
+def shift_row(level, yv, pv, yt, pt, gv, resamples, seed=0):
+    """One row of the shift table (see the module docstring)."""
+    from scipy.stats import chi2
+
+    from murakit.evaluation.calibration import ece, ece_floor
+
+    xv, xt = _logit(pv), _logit(pt)
+    av, bv = _platt_fit(yv, xv)[:2]
+    at, bt = _platt_fit(yt, xt)[:2]
+    # val map's interval: resample val groups (studies)
+    rng = np.random.default_rng(seed)
+    groups = np.unique(gv)
+    members = {s: np.flatnonzero(gv == s) for s in groups}
+    boots = []
+    for _ in range(resamples // 5):
+        rows = np.concatenate([members[s] for s in rng.choice(groups, len(groups))])
+        if len(np.unique(yv[rows])) == 2:
+            boots.append(_platt_fit(yv[rows], xv[rows])[:2])
+    boots = np.array(boots)
+    lo, hi = np.quantile(boots, [0.025, 0.975], axis=0)
+    y, x = np.concatenate([yv, yt]), np.concatenate([xv, xt])
+    a, b = _platt_fit(y, x)[:2]
+    ll_common = _loglik(y, a * x + b)
+    ll_split = _loglik(yv, av * xv + bv) + _loglik(yt, at * xt + bt)
+    lr = max(0.0, 2 * (ll_split - ll_common))
+    oracle = 1 / (1 + np.exp(-(at * xt + bt)))
+    return {"level": level, "val": f"{yv.mean():.3f} / {pv.mean():.3f}", "test": f"{yt.mean():.3f} / {pt.mean():.3f}",
+            "val_map": f"a {av:.2f} [{lo[0]:.2f}, {hi[0]:.2f}], b {bv:.2f} [{lo[1]:.2f}, {hi[1]:.2f}]",
+            "test_map": f"a {at:.2f}, b {bt:.2f}", "lr_p": float(chi2.sf(lr, 2)),
+            "oracle_ece": ece(yt, oracle), "raw_ece": ece(yt, pt), "floor_q95": ece_floor(pt)["q95"]}
+
+
+# ---------------------------------------------------------------- candidates
+def _fitters():
+    """name -> (levels, fit(y, p, groups, n_views) -> predict(p, n_views))."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from murakit.evaluation.calibration import apply_platt, fit_calibrator
+
+    def rule(y, p, g, n):
+        c = fit_calibrator(y, p, g)
+        return lambda q, m: apply_platt(c, q)
+
+    def platt(y, p, g, n):
+        a, b = _platt_fit(y, _logit(p))[:2]
+        return lambda q, m: 1 / (1 + np.exp(-(a * _logit(q) + b)))
+
+    def temperature(y, p, g, n):
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=1e6, fit_intercept=False, max_iter=2000).fit(_logit(p)[:, None], y)
+        a = max(float(clf.coef_[0, 0]), 1e-3)
+        return lambda q, m: 1 / (1 + np.exp(-a * _logit(q)))
+
+    def isotonic(y, p, g, n):
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y)
+        return lambda q, m: iso.predict(q)
+
+    def platt_views(y, p, g, n):
+        a, b, c = _platt_fit(y, _logit(p), np.log(n))
+        return lambda q, m: 1 / (1 + np.exp(-(a * _logit(q) + b + c * np.log(m))))
+
+    return {"rule": (("image", "study"), rule), "platt": (("image", "study"), platt),
+            "temperature": (("image", "study"), temperature), "isotonic": (("image", "study"), isotonic),
+            "platt+views": (("study",), platt_views)}
+
+
+def _cv_log_loss(fit, y, p, g, n, seed=0):
+    """Mean 10-fold-by-group held-out log-loss (probabilities clipped to [1e-4, 1 - 1e-4])."""
+    groups, gi = np.unique(g, return_inverse=True)
+    fold = (np.random.default_rng(seed).permutation(len(groups)) % min(FOLDS, len(groups)))[gi]
+    out = np.zeros(len(y))
+    for k in np.unique(fold):
+        te, tr = fold == k, fold != k
+        if len(np.unique(y[tr])) < 2:
+            out[te] = np.nan
+            continue
+        q = np.clip(fit(y[tr], p[tr], g[tr], n[tr])(p[te], n[te]), 1e-4, 1 - 1e-4)
+        out[te] = -(y[te] * np.log(q) + (1 - y[te]) * np.log1p(-q))
+    return float(np.nanmean(out))
+
+
+def _boot_ece(y, q, g, resamples, seed=0):
+    from murakit.evaluation.calibration import ece
+
+    rng = np.random.default_rng(seed)
+    groups = np.unique(g)
+    members = {s: np.flatnonzero(g == s) for s in groups}
+    e = [ece(y[r], q[r]) for r in (np.concatenate([members[s] for s in rng.choice(groups, len(groups))])
+                                   for _ in range(resamples))]
+    return np.quantile(e, [0.025, 0.975])
+
+
+def candidate_rows(yv, pv, gv, yt, pt, gt, resamples):
+    """Rows (level, name, val CV log-loss, test ECE, CI, floor q95, study AUROC)."""
+    from murakit.evaluation.calibration import ece, ece_floor
+    from murakit.evaluation.metrics import auroc
+
+    sv, st = _study_table(yv, pv, gv), _study_table(yt, pt, gt)
+    nv_img = np.ones(len(yv))
+    rows = []
+    for name, (levels, fit) in _fitters().items():
+        for level in levels:
+            if level == "image":
+                cv = _cv_log_loss(fit, yv, pv, gv, nv_img)
+                q = fit(yv, pv, gv, nv_img)(pt, np.ones(len(pt)))
+                y, g = yt, gt
+                au = auroc(yt, q)
+            else:
+                cv = _cv_log_loss(fit, sv[0], sv[1], sv[2], sv[3])
+                q = fit(sv[0], sv[1], sv[2], sv[3])(st[1], st[3])
+                y, g = st[0], st[2]
+                au = auroc(st[0], q)
+            rows.append((level, name, cv, ece(y, q), _boot_ece(y, q, g, resamples), ece_floor(q)["q95"], au))
+    # the view calibrator applied to study means
+    from murakit.evaluation.calibration import apply_platt, fit_calibrator
+
+    c = fit_calibrator(yv, pv, gv)
+
+    def view_map(y, p, g, n):
+        return lambda q, m: apply_platt(c, q)
+    # its CV: refit the view calibrator per fold of studies, score the fold's study means
+    groups, gi = np.unique(gv, return_inverse=True)
+    fold = (np.random.default_rng(0).permutation(len(groups)) % min(FOLDS, len(groups)))
+    fold_of = dict(zip(groups, fold))
+    held = []
+    for k in np.unique(fold):
+        tr = np.array([fold_of[s] != k for s in gv])
+        ck = fit_calibrator(yv[tr], pv[tr], gv[tr])
+        te = np.array([fold_of[s] == k for s in sv[2]])
+        q = np.clip(apply_platt(ck, sv[1][te]), 1e-4, 1 - 1e-4)
+        held.append(-(sv[0][te] * np.log(q) + (1 - sv[0][te]) * np.log1p(-q)))
+    q = apply_platt(c, st[1])
+    rows.append(("study", "view-map", float(np.concatenate(held).mean()), ece(st[0], q),
+                 _boot_ece(st[0], q, st[2], resamples), ece_floor(q)["q95"], auroc(st[0], q)))
+    q = st[1]
+    rows.append(("study", "raw", _cv_raw(sv), ece(st[0], q), _boot_ece(st[0], q, st[2], resamples),
+                 ece_floor(q)["q95"], auroc(st[0], q)))
+    q = pt
+    rows.append(("image", "raw", _cv_raw((yv, pv)), ece(yt, q), _boot_ece(yt, q, gt, resamples),
+                 ece_floor(q)["q95"], auroc(yt, q)))
+    return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
+def _cv_raw(s):
+    y, p = s[0], np.clip(s[1], 1e-4, 1 - 1e-4)
+    return float(np.mean(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--model", default="cnn", choices=("cnn", "baseline"))
+    ap.add_argument("--resamples", type=int, default=1000)
+    args = ap.parse_args(argv)
+    data = {}
+    for run in args.runs:
+        val, test = (_find(run / args.model / f"predictions_{s}.csv") for s in ("val", "test"))
+        if val is None or test is None:
+            print(f"{run}: no {args.model}/predictions_{{val,test}}.csv", file=sys.stderr)
+            return 1
+        data[run.name] = (_read(val), _read(test))
+    print("| run | level | val abnormal / mean p | test abnormal / mean p | Platt on val [95% CI] | Platt on test | "
+          "LR test p (same map) | raw test ECE | test ECE of the test-fitted map | floor q95 (raw) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, ((yv, pv, gv), (yt, pt, gt)) in data.items():
+        sv, st = _study_table(yv, pv, gv), _study_table(yt, pt, gt)
+        for level, args_ in (("image", (yv, pv, yt, pt, gv)), ("study", (sv[0], sv[1], st[0], st[1], sv[2]))):
+            r = shift_row(level, *args_, args.resamples)
+            print(f"| {name} | {level} | {r['val']} | {r['test']} | {r['val_map']} | {r['test_map']} | "
+                  f"{r['lr_p']:.3g} | {r['raw_ece']:.3f} | {r['oracle_ece']:.3f} | {r['floor_q95']:.3f} |")
+    print()
+    print("| run | level | calibrator | val CV log-loss | test ECE [95% CI] | floor q95 | test AUROC |")
+    print("|---|---|---|---|---|---|---|")
+    for name, ((yv, pv, gv), (yt, pt, gt)) in data.items():
+        for level, cand, cv, e, ci, fq, au in candidate_rows(yv, pv, gv, yt, pt, gt, args.resamples):
+            mark = ""
+            print(f"| {name} | {level} | {cand}{mark} | {cv:.4f} | {e:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {fq:.3f} | "
+                  f"{au:.4f} |" if math.isfinite(cv) else f"| {name} | {level} | {cand} | - | {e:.3f} | {fq:.3f} | {au:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
