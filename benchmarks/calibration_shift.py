@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration_check import _find, _read  # noqa: E402
+from calibration_check import _find, _read
 
 FOLDS = 10
 
@@ -183,11 +183,8 @@ def candidate_rows(yv, pv, gv, yt, pt, gt, resamples):
     from murakit.evaluation.calibration import apply_platt, fit_calibrator
 
     c = fit_calibrator(yv, pv, gv)
-
-    def view_map(y, p, g, n):
-        return lambda q, m: apply_platt(c, q)
     # its CV: refit the view calibrator per fold of studies, score the fold's study means
-    groups, gi = np.unique(gv, return_inverse=True)
+    groups = np.unique(gv)
     fold = (np.random.default_rng(0).permutation(len(groups)) % min(FOLDS, len(groups)))
     fold_of = dict(zip(groups, fold))
     held = []
@@ -241,8 +238,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, ((yv, pv, gv), (yt, pt, gt)) in data.items():
         for level, cand, cv, e, ci, fq, au in candidate_rows(yv, pv, gv, yt, pt, gt, args.resamples):
-            mark = ""
-            print(f"| {name} | {level} | {cand}{mark} | {cv:.4f} | {e:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {fq:.3f} | "
+            print(f"| {name} | {level} | {cand} | {cv:.4f} | {e:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {fq:.3f} | "
                   f"{au:.4f} |" if math.isfinite(cv) else f"| {name} | {level} | {cand} | - | {e:.3f} | {fq:.3f} | {au:.4f} |")
     return 0
 
