@@ -21,6 +21,13 @@ kept in ``benchmarks/data/calibration/runs``) and writes nothing. Two tables:
    the mean for a given view count but not across counts (AUROC moves); ``view-map``: study only,
    the view calibrator applied to the study mean (fitted on the views: more observations, a
    view-level slope).
+3. **Re-splits** (``--resplits N``; uses test data, so it is a diagnosis, never a way to choose):
+   val and test are drawn from one generator and split by patient, so they are exchangeable.
+   Their patients are pooled and split again N times at the run's own sizes (whole patients until
+   the run's number of val studies is reached, the rest as test); murakit's rule is fitted on each pseudo-val and scored on its
+   pseudo-test. It shows how far test ECE moves with nothing but the luck of the split, how often
+   the goals (image <= 0.04, study <= 0.05) are met at these sizes, and where the run's real split
+   falls among the re-splits (its percentile).
 """
 
 from __future__ import annotations
@@ -211,11 +218,39 @@ def _cv_raw(s):
     return float(np.mean(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
 
 
+def resplit_row(yv, pv, gv, yt, pt, gt, n: int, seed: int = 0) -> dict:
+    """Table 3's row for one run (see the module docstring)."""
+    from murakit.evaluation.calibration import apply_platt, ece, fit_calibration
+
+    def score(y_a, p_a, g_a, y_b, p_b, g_b):
+        c = fit_calibration(y_a, p_a, g_a)
+        s = _study_table(y_b, p_b, g_b)
+        return ece(y_b, apply_platt(c["image"], p_b)), ece(s[0], apply_platt(c["study"], s[1]))
+
+    real = score(yv, pv, gv, yt, pt, gt)
+    y, p, g = np.concatenate([yv, yt]), np.concatenate([pv, pt]), np.concatenate([gv, gt])
+    # whole patients move, as in the real split (MURA study ids: PART/patientNNNNN/studyK_...)
+    patient = np.array([s.split("/")[1] if s.count("/") >= 2 else s for s in g])
+    patients, n_val = np.unique(patient), len(np.unique(gv))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        order = rng.permutation(patients)
+        counts = np.array([len(np.unique(g[patient == q])) for q in order])
+        is_val = np.isin(patient, order[:int(np.searchsorted(np.cumsum(counts), n_val)) + 1])
+        out.append(score(y[is_val], p[is_val], g[is_val], y[~is_val], p[~is_val], g[~is_val]))
+    out = np.array(out)
+    return {"real": real, "median": np.median(out, 0), "q": np.quantile(out, [0.1, 0.9], 0),
+            "met": ((out[:, 0] <= 0.04).mean(), (out[:, 1] <= 0.05).mean(), ((out[:, 0] <= 0.04) & (out[:, 1] <= 0.05)).mean()),
+            "percentile": ((out[:, 0] < real[0]).mean(), (out[:, 1] < real[1]).mean())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--model", default="cnn", choices=("cnn", "baseline"))
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--resplits", type=int, default=0, help="table 3: re-split val + test this many times")
     args = ap.parse_args(argv)
     data = {}
     for run in args.runs:
@@ -240,6 +275,18 @@ def main(argv=None) -> int:
         for level, cand, cv, e, ci, fq, au in candidate_rows(yv, pv, gv, yt, pt, gt, args.resamples):
             print(f"| {name} | {level} | {cand} | {cv:.4f} | {e:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {fq:.3f} | "
                   f"{au:.4f} |" if math.isfinite(cv) else f"| {name} | {level} | {cand} | - | {e:.3f} | {fq:.3f} | {au:.4f} |")
+    if args.resplits:
+        print()
+        print(f"| run | real split: image / study ECE | {args.resplits} re-splits: median image / study ECE "
+              "[10th, 90th percentile] | share meeting image / study / both goals | real split's percentile "
+              "(image / study) |")
+        print("|---|---|---|---|---|")
+        for name, ((yv, pv, gv), (yt, pt, gt)) in data.items():
+            r = resplit_row(yv, pv, gv, yt, pt, gt, args.resplits)
+            print(f"| {name} | {r['real'][0]:.3f} / {r['real'][1]:.3f} | {r['median'][0]:.3f} "
+                  f"[{r['q'][0][0]:.3f}, {r['q'][1][0]:.3f}] / {r['median'][1]:.3f} [{r['q'][0][1]:.3f}, "
+                  f"{r['q'][1][1]:.3f}] | {r['met'][0]:.0%} / {r['met'][1]:.0%} / {r['met'][2]:.0%} | "
+                  f"{r['percentile'][0]:.0%} / {r['percentile'][1]:.0%} |")
     return 0
 
 
