@@ -27,7 +27,8 @@ kept in ``benchmarks/data/calibration/runs``) and writes nothing. Two tables:
    the run's number of val studies is reached, the rest as test); murakit's rule is fitted on each pseudo-val and scored on its
    pseudo-test. It shows how far test ECE moves with nothing but the luck of the split, how often
    the goals (image <= 0.04, study <= 0.05) are met at these sizes, and where the run's real split
-   falls among the re-splits (its percentile).
+   falls among the re-splits (its percentile); for murakit's rule and, for comparison, plain
+   Platt (its first calibrators, which the proof-table presets' cards still had).
 """
 
 from __future__ import annotations
@@ -218,12 +219,23 @@ def _cv_raw(s):
     return float(np.mean(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
 
 
-def resplit_row(yv, pv, gv, yt, pt, gt, n: int, seed: int = 0) -> dict:
-    """Table 3's row for one run (see the module docstring)."""
+def _old_rule(y, p, g) -> dict:
+    """murakit's first calibrators: plain Platt on val views and on val study means."""
+    from murakit.evaluation.calibration import platt
+
+    s = _study_table(y, p, g)
+    return {"image": platt(y, p), "study": platt(s[0], s[1])}
+
+
+def resplit_row(yv, pv, gv, yt, pt, gt, n: int, seed: int = 0, rule=None) -> dict:
+    """Table 3's row for one run (see the module docstring); ``rule(y, p, g) -> calibration``,
+    default murakit's :func:`murakit.evaluation.calibration.fit_calibration`."""
     from murakit.evaluation.calibration import apply_platt, ece, fit_calibration
 
+    rule = rule or fit_calibration
+
     def score(y_a, p_a, g_a, y_b, p_b, g_b):
-        c = fit_calibration(y_a, p_a, g_a)
+        c = rule(y_a, p_a, g_a)
         s = _study_table(y_b, p_b, g_b)
         return ece(y_b, apply_platt(c["image"], p_b)), ece(s[0], apply_platt(c["study"], s[1]))
 
@@ -281,9 +293,10 @@ def main(argv=None) -> int:
               "[10th, 90th percentile] | share meeting image / study / both goals | real split's percentile "
               "(image / study) |")
         print("|---|---|---|---|---|")
-        for name, ((yv, pv, gv), (yt, pt, gt)) in data.items():
-            r = resplit_row(yv, pv, gv, yt, pt, gt, args.resplits)
-            print(f"| {name} | {r['real'][0]:.3f} / {r['real'][1]:.3f} | {r['median'][0]:.3f} "
+        for (name, ((yv, pv, gv), (yt, pt, gt))), (rule_name, rule) in (
+                (d, r) for d in data.items() for r in (("rule", None), ("plain Platt", _old_rule))):
+            r = resplit_row(yv, pv, gv, yt, pt, gt, args.resplits, rule=rule)
+            print(f"| {name} ({rule_name}) | {r['real'][0]:.3f} / {r['real'][1]:.3f} | {r['median'][0]:.3f} "
                   f"[{r['q'][0][0]:.3f}, {r['q'][1][0]:.3f}] / {r['median'][1]:.3f} [{r['q'][0][1]:.3f}, "
                   f"{r['q'][1][1]:.3f}] | {r['met'][0]:.0%} / {r['met'][1]:.0%} / {r['met'][2]:.0%} | "
                   f"{r['percentile'][0]:.0%} / {r['percentile'][1]:.0%} |")
