@@ -140,3 +140,39 @@ def test_calibrate_errors_are_one_line_and_leave_the_card_alone(tmp_path, capsys
     (run / "baseline" / "card.json").unlink()
     error(["--model", "baseline"], "no trained baseline")
     error(["--run", str(tmp_path / "nowhere")], "no such run folder")
+
+
+def _shift_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))  # it imports calibration_check beside it
+    try:
+        spec = importlib.util.spec_from_file_location("calibration_shift", bench / "calibration_shift.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    return mod
+
+
+def test_calibration_shift_detects_a_val_to_test_shift_and_only_then():
+    shift = _shift_script()
+    yv, pv, gv, _ = _views(200, 5)
+    yt, pt, gt, _ = _views(200, 6)  # the same overconfident model on new studies
+    gt = np.char.add("test-", gt)
+    pt_shifted = 1 / (1 + np.exp(-(np.log(pt) - np.log1p(-pt) + 4.0)))  # test: a shift of +4 logits
+    sv = shift._study_table(yv, pv, gv)
+    same, moved = (shift.shift_row("study", sv[0], sv[1], *shift._study_table(yt, q, gt)[:2], sv[2], resamples=20)
+                   for q in (pt, pt_shifted))
+    assert same["lr_p"] > 0.05 and moved["lr_p"] < 1e-4, (same["lr_p"], moved["lr_p"])
+    assert moved["oracle_ece"] < moved["raw_ece"]  # the form can fit test; val's map cannot be it
+    yv, pv, gv, _ = _views(60, 7)  # small: the rule is cross-validated inside cross-validation here
+    rows = shift.candidate_rows(yv, pv, gv, yt, pt, gt, resamples=5)
+    auc = {(r[0], r[1]): r[6] for r in rows}
+    for level in ("image", "study"):  # monotone maps keep AUROC; the raw row is the reference
+        assert auc[(level, "rule")] == auc[(level, "raw")] == auc[(level, "platt")]
+    r = shift.resplit_row(yv, pv, gv, yt, pt, gt, n=3)
+    assert all(0 <= x <= 1 for x in (*r["met"], *r["percentile"])) and r["q"].shape == (2, 2)
