@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -144,7 +146,6 @@ def test_calibrate_errors_are_one_line_and_leave_the_card_alone(tmp_path, capsys
 
 def _shift_script():
     import importlib.util
-    import sys
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -176,3 +177,32 @@ def test_calibration_shift_detects_a_val_to_test_shift_and_only_then():
         assert auc[(level, "rule")] == auc[(level, "raw")] == auc[(level, "platt")]
     r = shift.resplit_row(yv, pv, gv, yt, pt, gt, n=3)
     assert all(0 <= x <= 1 for x in (*r["met"], *r["percentile"])) and r["q"].shape == (2, 2)
+
+
+HOLD = """
+import sys, time
+from murakit.lock import stage_lock
+with stage_lock(sys.argv[1], writes=sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_calibrate_refuses_a_run_whose_model_is_being_written(tmp_path, capsys):
+    """A training (or another calibrate) holding the model's stage stops calibrate before it writes."""
+    from murakit.lock import stage_lock
+
+    run = _run(tmp_path, _views(40, 8))
+    card = (run / "cnn" / "card.json").read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), "cnn"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["calibrate", "--run", str(run), "--model", "cnn"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by PID {holder.pid} (murakit train cnn)" in err[0]
+        assert (run / "cnn" / "card.json").read_bytes() == card
+    finally:
+        holder.kill()
+        holder.wait()
+    with stage_lock(run, writes="cnn", command="murakit calibrate"):  # and it names itself to others
+        assert "murakit calibrate" in next((run / ".locks").glob("cnn.*.holder")).read_text()

@@ -179,7 +179,7 @@ def calibrate_run(run, models=None, force: bool = False, log=print) -> StageResu
         raise MurakitError(f"nothing to calibrate in {layout.root}: train a model first (murakit train cnn / baseline)")
     statuses, figures = [], {}
     for m in wanted:
-        with stage_lock(run, writes=m):
+        with stage_lock(run, writes=m, command="murakit calibrate"):
             status, figures[m] = _calibrate_model(layout, m, force, log)
         statuses.append(status)
     status = "done" if "done" in statuses else "up-to-date"
