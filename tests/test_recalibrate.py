@@ -206,3 +206,17 @@ def test_calibrate_refuses_a_run_whose_model_is_being_written(tmp_path, capsys):
         holder.wait()
     with stage_lock(run, writes="cnn", command="murakit calibrate"):  # and it names itself to others
         assert "murakit calibrate" in next((run / ".locks").glob("cnn.*.holder")).read_text()
+
+
+def test_python_api_calibrate_returns_the_models_it_refit(tmp_path):
+    import json
+
+    import murakit as mk
+
+    run = _run(tmp_path, _views(60, 9))
+    for kind in ("cnn", "baseline"):
+        (run / kind / "metrics.json").write_text(json.dumps({"study": {"auroc": 0.5}}), encoding="utf-8")
+    first, again = mk.calibrate(run), mk.calibrate(run, models=["cnn"])
+    assert {k: v.status for k, v in first.items()} == {"cnn": "done", "baseline": "done"}
+    assert {k: v.status for k, v in again.items()} == {"cnn": "up-to-date"}
+    assert first["cnn"].card == run / "cnn" / "card.json"

@@ -160,7 +160,8 @@ def calibrate_run(run, models=None, force: bool = False, log=print) -> StageResu
     -------
     StageResult
         ``status`` "done" when any card was rewritten, else "up-to-date"; ``paths``: the cards;
-        ``figures``: per model the new ``calibration`` and the val image and study counts.
+        ``figures``: per model its ``status``, the new ``calibration`` and the val image and
+        study counts.
     """
     from murakit.lock import stage_lock
 
@@ -181,6 +182,7 @@ def calibrate_run(run, models=None, force: bool = False, log=print) -> StageResu
     for m in wanted:
         with stage_lock(run, writes=m, command="murakit calibrate"):
             status, figures[m] = _calibrate_model(layout, m, force, log)
+        figures[m]["status"] = status
         statuses.append(status)
     status = "done" if "done" in statuses else "up-to-date"
     return StageResult("calibrate", status, tuple(layout.card(m) for m in wanted), time.perf_counter() - t0,
