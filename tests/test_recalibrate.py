@@ -220,3 +220,13 @@ def test_python_api_calibrate_returns_the_models_it_refit(tmp_path):
     assert {k: v.status for k, v in first.items()} == {"cnn": "done", "baseline": "done"}
     assert {k: v.status for k, v in again.items()} == {"cnn": "up-to-date"}
     assert first["cnn"].card == run / "cnn" / "card.json"
+
+
+def test_simulated_study_means_are_under_dispersed_like_real_ones():
+    """calibration_shift --simulate: views of abnormal studies that miss the finding compress the
+    study mean, so it needs a steeper map than its views (val study slopes 1.3-4.5 on real runs)."""
+    from murakit.evaluation.calibration import platt
+
+    y, p, g = _shift_script().underdispersed_views(2000, 0)
+    s = study_level(y, p, g)
+    assert platt(s["label"], s["prob"])["a"] > 1.5 * platt(y, p)["a"] and set(np.unique(y)) == {0, 1}
