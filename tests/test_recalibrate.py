@@ -139,6 +139,8 @@ def test_calibrate_errors_are_one_line_and_leave_the_card_alone(tmp_path, capsys
     error(["--model", "cnn"], "missing columns")
     (run / "cnn" / "predictions_val.csv").write_text(",".join(COLUMNS) + "\nx.png,s,HAND,1,1.5\n", encoding="utf-8")
     error(["--model", "cnn"], "probabilities in [0, 1]")
+    (run / "baseline" / "baseline.onnx").unlink()
+    error(["--model", "baseline"], "baseline.onnx: missing")
     (run / "baseline" / "card.json").unlink()
     error(["--model", "baseline"], "no trained baseline")
     error(["--run", str(tmp_path / "nowhere")], "no such run folder")

@@ -137,6 +137,9 @@ def _rewrite_baseline_onnx(layout: RunLayout, card) -> None:
     from edge.atomic import atomic_write
     from edge.card import attach_card
 
+    if not layout.baseline_onnx.is_file():
+        raise MurakitError(f"{layout.baseline_onnx}: missing (it carries the baseline's card); retrain the "
+                           "baseline (murakit train baseline --force)")
     data, written = attach_card(onnx.load(str(layout.baseline_onnx)), card)
     if written.weights_sha256 != card.weights_sha256:
         raise MurakitError(f"{layout.baseline_onnx}: its graph is not the one {layout.card('baseline')} "
