@@ -232,20 +232,20 @@ class Replicas:
         bounds = np.linspace(0, n, self.workers + 1).round().astype(int)
         return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
 
-    def predict(self, model, predict_fn, images, rows) -> np.ndarray:
+    def predict(self, model, predict_fn, images, rows, width=None) -> np.ndarray:
         """``predict_fn(model, images, rows)`` for all ``rows``, every worker getting the same numbers.
 
         With one replica this is ``predict_fn`` itself. Otherwise each worker predicts its
         ``share`` with a plain (not distributed) copy of the weights, the shares are summed
         across workers (zeros elsewhere, so the sum is exact), and every worker returns the
-        same vector.
+        same array: (M,), or (M, ``width``) when ``predict_fn`` gives ``width`` values per row.
         """
         if not self.distributed:
             return predict_fn(model, images, rows)
         plain = self._plain_copy(model)
         rows = np.asarray(rows)
         mine = self.share(len(rows))
-        out = np.zeros(len(rows), np.float32)
+        out = np.zeros(len(rows) if width is None else (len(rows), width), np.float32)
         if mine.stop > mine.start:
             out[mine] = predict_fn(plain, images, rows[mine])
         return self.all_sum(out)
