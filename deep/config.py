@@ -90,6 +90,10 @@ class ModelConfig(_JsonMixin):
         if len(self.parts) == 1 or len(set(self.parts)) != len(self.parts):
             raise DeepError(f"the part head needs >= 2 distinct body parts, got {list(self.parts)}")
 
+    def to_dict(self) -> dict:
+        """JSON types only (``parts`` as a list): the dict goes into cards and state.json as is."""
+        return {**super().to_dict(), "parts": list(self.parts)}
+
 
 @dataclass(frozen=True)
 class AugmentConfig(_JsonMixin):

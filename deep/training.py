@@ -204,7 +204,7 @@ def check_resumable(state, cfg, tcfg, fingerprint):
     """Raise DeepError unless ``state`` was trained with these settings and data."""
     want = {"model_config": cfg.to_dict(), "train_config": tcfg.resume_key(), "fingerprint": fingerprint}
     for key, value in want.items():
-        if _as_stored(state, key, value) != json.loads(json.dumps(value)):
+        if json.loads(json.dumps(_as_stored(state, key, value))) != json.loads(json.dumps(value)):
             raise DeepError(f"the checkpoint in this folder was trained with a different {key.replace('_', ' ')}"
                             f" ({state.get(key)} vs {value}); use --force to start over")
 
