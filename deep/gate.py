@@ -97,7 +97,10 @@ class GateHead(layers.Layer):
 
 class PartHead(layers.Layer):
     """(B, P) pooled statistics -> (B, K) body-part probabilities: softmax of a linear map of the
-    standardised statistics (``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,))."""
+    standardised statistics (``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,)).
+
+    The fallback for a CNN trained without its own part head (``ModelConfig.parts`` empty, e.g.
+    a checkpoint from before the head was trained jointly): export fits it on frozen features."""
 
     def __init__(self, params: dict, **kw):
         super().__init__(name="part", **kw)

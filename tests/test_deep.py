@@ -235,7 +235,7 @@ def test_inference_mode_outputs_differ_and_match_training_quality(trained):
     va = np.arange(128, 160)
     p_inf = deep.predict(res.model, imgs, va)
     x = imgs[va, :, :, None] / np.float32(255)
-    p_train = res.model(x, training=True).numpy()[:, 0]  # batch statistics
+    p_train = deep.probability_model(res.model)(x, training=True).numpy()[:, 0]  # batch statistics
     assert p_inf.std() > 0.05  # not collapsed to one value (BatchNorm momentum pitfall)
     auc_inf, auc_train = deep.auroc(labels[va], p_inf), deep.auroc(labels[va], p_train)
     assert auc_inf > 0.9 and auc_inf >= auc_train - 0.05
