@@ -248,10 +248,10 @@ class _ProgressBar(keras.callbacks.Callback):
 
 def _compiled_new_model(cfg, tcfg, weights):
     model = build_model(cfg, weights=weights)
-    loss, weights = "binary_crossentropy", None
+    loss, loss_weights = "binary_crossentropy", None
     if cfg.parts:  # the joint loss: BCE (sample-weighted) + part_weight * part cross-entropy
-        loss, weights = ["binary_crossentropy", "sparse_categorical_crossentropy"], [1.0, tcfg.part_weight]
-    model.compile(optimizer=keras.optimizers.Adam(tcfg.lr), loss=loss, loss_weights=weights, jit_compile=False)
+        loss, loss_weights = ["binary_crossentropy", "sparse_categorical_crossentropy"], [1.0, tcfg.part_weight]
+    model.compile(optimizer=keras.optimizers.Adam(tcfg.lr), loss=loss, loss_weights=loss_weights, jit_compile=False)
     return model
 
 
