@@ -63,6 +63,10 @@ class ModelConfig(_JsonMixin):
     bn_momentum : float
         BatchNorm moving-average momentum. 0.9 (not Keras' 0.99) so the moving statistics
         catch up within a short fit; otherwise inference-mode outputs collapse to a constant.
+    parts : tuple of str
+        Body-part names of the auxiliary part head (``Dense(K, softmax, "part")`` on the pooled
+        features, trained jointly), in the order of its outputs; the card's ``part_labels``.
+        Empty: no part head (a model trained before the head existed).
     """
 
     arch: str = "small"
@@ -70,6 +74,7 @@ class ModelConfig(_JsonMixin):
     width: int = 16
     dropout: float = 0.2
     bn_momentum: float = 0.9
+    parts: tuple = ()
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -78,6 +83,16 @@ class ModelConfig(_JsonMixin):
             raise DeepError(f"model size must be within 32..1024 px, got {self.size}")
         if self.width < 4 or not 0.0 <= self.dropout < 1.0 or not 0.0 < self.bn_momentum < 1.0:
             raise DeepError(f"invalid model config: {self}")
+        parts = self.parts
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) and p for p in parts):
+            raise DeepError(f"model parts must be a list of body-part names, got {parts!r}")
+        object.__setattr__(self, "parts", tuple(parts))  # a JSON list -> a tuple (frozen, hashable)
+        if len(self.parts) == 1 or len(set(self.parts)) != len(self.parts):
+            raise DeepError(f"the part head needs >= 2 distinct body parts, got {list(self.parts)}")
+
+    def to_dict(self) -> dict:
+        """JSON types only (``parts`` as a list): the dict goes into cards and state.json as is."""
+        return {**super().to_dict(), "parts": list(self.parts)}
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,10 @@ class TrainConfig(_JsonMixin):
         A tie resets the patience only when it lowers the validation loss by more than this.
     augment : AugmentConfig or None
         None trains without augmentation.
+    part_weight : float
+        Lambda of the joint loss ``BCE(abnormal) + part_weight * CE(body part)`` when the model
+        has a part head (``ModelConfig.parts``); the sample weights apply to the BCE only.
+        0.1 was chosen on validation part accuracy and AUROC (docs/training.md).
     """
 
     max_epochs: int = 100
@@ -182,6 +201,7 @@ class TrainConfig(_JsonMixin):
     auroc_tolerance: float = 0.005
     min_loss_delta: float = 0.001
     augment: AugmentConfig | None = AugmentConfig()
+    part_weight: float = 0.1
 
     def __post_init__(self):
         ints = {"max_epochs": 1, "min_steps": 1, "batch_size": 1, "patience": 1, "lr_patience": 1,
@@ -197,6 +217,9 @@ class TrainConfig(_JsonMixin):
         if not (0 <= self.auroc_tolerance < 0.5 and 0 <= self.min_loss_delta < 1):
             raise DeepError(f"auroc_tolerance must be in [0, 0.5) and min_loss_delta in [0, 1), got "
                             f"{self.auroc_tolerance}, {self.min_loss_delta}")
+        if isinstance(self.part_weight, bool) or not (isinstance(self.part_weight, (int, float))
+                                                      and 0.0 <= self.part_weight <= 10.0):
+            raise DeepError(f"part_weight must be within 0..10, got {self.part_weight!r}")
         if isinstance(self.augment, dict):  # from_dict / JSON
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
         if self.augment is not None and not isinstance(self.augment, AugmentConfig):

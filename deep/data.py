@@ -16,8 +16,9 @@ from deep.errors import DeepError
 from edge.preprocess import to_model_input
 
 
-def _batch_reader(images, rows, order, batch_size, labels, weights):
-    """Return read(start) -> (float32 (B,S,S,1), float32 (B,), float32 (B,)) for order[start:start+B]."""
+def _batch_reader(images, rows, order, batch_size, labels, weights, parts):
+    """Return read(start) -> (float32 (B,S,S,1), float32 (B,), float32 (B,), int32 (B,)) for
+    order[start:start+B]: images, labels, sample weights, body-part indices."""
 
     def read(start):
         idx = order[int(start):int(start) + batch_size]
@@ -25,7 +26,7 @@ def _batch_reader(images, rows, order, batch_size, labels, weights):
         perm = np.argsort(r, kind="stable")  # ascending rows: sequential reads from the memmap
         batch = np.empty((len(r),) + images.shape[1:], np.uint8)
         batch[perm] = images[r[perm]]
-        return to_model_input(batch), labels[idx], weights[idx]
+        return to_model_input(batch), labels[idx], weights[idx], parts[idx]
 
     return read
 
@@ -117,7 +118,8 @@ def _check_part(part, batch_size, drop_remainder):
 
 
 def make_dataset(images, rows, labels=None, batch_size=32, augment=None, seed=0,
-                 shuffle=None, sample_weights=(1.0, 1.0), drop_remainder=False, passes=1, part=None):
+                 shuffle=None, sample_weights=(1.0, 1.0), drop_remainder=False, passes=1, part=None,
+                 parts=None):
     """Stream batches from a uint8 image cache.
 
     Parameters
@@ -147,12 +149,17 @@ def make_dataset(images, rows, labels=None, batch_size=32, augment=None, seed=0,
         yields slices ``first .. first + count - 1`` of each, in order, reading only those
         images. The global batches, their order and each image's augmentation are those of the
         unsharded dataset. Needs ``drop_remainder`` and ``batch_size`` divisible by ``slices``.
+    parts : int array (M,), optional
+        Body-part index of each row (into ``ModelConfig.parts``), for a model with a part head:
+        elements become ``(x, (y, part), (w, ones))``: the part's cross-entropy is not
+        reweighted by the abnormality's sample weights. Needs ``labels``.
 
     Returns
     -------
     tf.data.Dataset
         x float32 (B, S, S, 1) in [0, 1]; y float32 (B, 1); w float32 (B,); B is
-        ``batch_size / slices`` with ``part``.
+        ``batch_size / slices`` with ``part``. With ``parts``: y is (y, int32 (B,)) and w is
+        (w, float32 ones (B,)).
     """
     rows = np.asarray(rows, dtype=np.int64)
     n, size = len(rows), images.shape[1]
@@ -165,19 +172,26 @@ def make_dataset(images, rows, labels=None, batch_size=32, augment=None, seed=0,
     nb = len(order) // batch_size if drop_remainder else math.ceil(len(order) / batch_size)
     lab = np.zeros(n, np.float32) if labels is None else np.asarray(labels, np.float32)
     w = np.where(lab > 0.5, sample_weights[1], sample_weights[0]).astype(np.float32)
+    if parts is not None and (labels is None or len(parts) != n):
+        raise DeepError(f"body parts need labels and one part per row ({n} rows, "
+                        f"{'no labels' if labels is None else f'{len(parts)} parts'})")
+    pidx = np.zeros(n, np.int32) if parts is None else np.asarray(parts, np.int32)
     first, count, slices = _check_part(part, batch_size, drop_remainder)
     per = batch_size // slices
-    read = _batch_reader(images, rows, order, per, lab, w)
+    read = _batch_reader(images, rows, order, per, lab, w, pidx)
     total = None if part is None else batch_size
 
     def load(i, start, offset):
-        x, y, wt = tf.numpy_function(read, [start + offset], [tf.float32, tf.float32, tf.float32])
+        x, y, wt, pt = tf.numpy_function(read, [start + offset], [tf.float32, tf.float32, tf.float32, tf.int32])
         x = tf.reshape(x, [-1, size, size, 1])
         if augment is not None:
             x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]), augment, tf.cast(offset, tf.int32), total)
         if labels is None:
             return x
-        return x, tf.reshape(y, [-1, 1]), tf.reshape(wt, [-1])
+        y, wt = tf.reshape(y, [-1, 1]), tf.reshape(wt, [-1])
+        if parts is None:
+            return x, y, wt
+        return x, (y, tf.reshape(pt, [-1])), (wt, tf.ones_like(wt))
 
     idx = np.repeat(np.arange(nb, dtype=np.int64), count)  # global batch of each element
     offsets = np.tile(np.arange(first, first + count, dtype=np.int64) * per, nb)

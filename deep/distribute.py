@@ -210,6 +210,7 @@ class Replicas:
         strategy = self.strategy
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
+            _build_loss(model)
 
         def replica_step(x, y, w):
             with tf.GradientTape() as tape:
@@ -232,20 +233,20 @@ class Replicas:
         bounds = np.linspace(0, n, self.workers + 1).round().astype(int)
         return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
 
-    def predict(self, model, predict_fn, images, rows) -> np.ndarray:
+    def predict(self, model, predict_fn, images, rows, width=None) -> np.ndarray:
         """``predict_fn(model, images, rows)`` for all ``rows``, every worker getting the same numbers.
 
         With one replica this is ``predict_fn`` itself. Otherwise each worker predicts its
         ``share`` with a plain (not distributed) copy of the weights, the shares are summed
         across workers (zeros elsewhere, so the sum is exact), and every worker returns the
-        same vector.
+        same array: (M,), or (M, ``width``) when ``predict_fn`` gives ``width`` values per row.
         """
         if not self.distributed:
             return predict_fn(model, images, rows)
         plain = self._plain_copy(model)
         rows = np.asarray(rows)
         mine = self.share(len(rows))
-        out = np.zeros(len(rows), np.float32)
+        out = np.zeros(len(rows) if width is None else (len(rows), width), np.float32)
         if mine.stop > mine.start:
             out[mine] = predict_fn(plain, images, rows[mine])
         return self.all_sum(out)
@@ -282,6 +283,21 @@ class Replicas:
     def barrier(self) -> None:
         """Wait until every worker gets here (e.g. the chief has recovered the checkpoint folder)."""
         self.all_sum(np.zeros(1, np.float32))
+
+
+def _build_loss(model) -> None:
+    """Create the compiled loss's variables before the step is traced.
+
+    A model with a part head (two outputs) has a Keras loss that keeps one mean per output, made
+    on its first call; made inside a strategy's traced step they become lifted initialisers that
+    fail ("You must feed a value for placeholder tensor"). One eager call on a zero batch of the
+    model's structure makes them here (they only feed Keras' per-output loss logs).
+    """
+    if len(model.outputs) == 1:
+        return
+    y_pred = [np.zeros((1, *o.shape[1:]), np.float32) for o in model.outputs]
+    y = (np.zeros((1, 1), np.float32), np.zeros(1, np.int32))
+    model.compute_loss(x=None, y=y, y_pred=y_pred, sample_weight=(np.ones(1, np.float32),) * 2, training=False)
 
 
 @contextlib.contextmanager

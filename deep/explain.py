@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from deep.errors import DeepError
-from deep.model import cam_model
+from deep.model import cam_model, head_output
 from deep.receptive import receptive_centres
 from edge.cam import placement_matrix
 
@@ -73,7 +73,7 @@ def gradcam(model: keras.Model, x, layer=None):
         raise DeepError(f"Grad-CAM: {e}") from None
     if len(feats.shape) != 4:
         raise DeepError(f"Grad-CAM needs a 4-D feature layer, {layer!r} has shape {feats.shape}")
-    grad_model = keras.Model(model.input, [feats, head.input, model.output])
+    grad_model = keras.Model(model.input, [feats, head.input, head_output(model)])
     kernel, bias = head.kernel, head.bias
     x = tf.convert_to_tensor(_as_batch(x))
     with tf.GradientTape() as tape:

@@ -142,7 +142,10 @@ class GateHead(layers.Layer):
 
 class PartHead(layers.Layer):
     """(B, P) pooled statistics -> (B, K) body-part probabilities: softmax of a linear map of the
-    standardised statistics (``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,))."""
+    standardised statistics (``x_mean``, ``x_scale`` (P,), ``coef`` (P, K), ``intercept`` (K,)).
+
+    The fallback for a CNN trained without its own part head (``ModelConfig.parts`` empty, e.g.
+    a checkpoint from before the head was trained jointly): export fits it on frozen features."""
 
     def __init__(self, params: dict, **kw):
         super().__init__(name="part", **kw)
@@ -170,10 +173,15 @@ def with_gate(cam_model: keras.Model, model: keras.Model, params: dict, part_par
     params : dict
         Fitted constants of :class:`GateHead` (``export.gate.fit_gate``).
     part_params : dict, optional
-        Fitted constants of :class:`PartHead` (``export.gate.fit_part_head``).
+        Fitted constants of :class:`PartHead` (``export.gate.fit_part_head``), for a model trained
+        without a part head; without them the model's own trained part head (if any) is ``part``.
     """
+    from deep.model import part_output
+
     pooled = layers.Concatenate(name="gate_pooled")(_statistics(model))
     outputs = [*cam_model.outputs, GateHead(params)(pooled)]
     if part_params is not None:
         outputs.append(PartHead(part_params)(pooled))
+    elif part_output(model) is not None:
+        outputs.append(part_output(model))
     return keras.Model(cam_model.input, outputs, name=f"{cam_model.name}_gate")

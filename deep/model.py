@@ -4,7 +4,9 @@ Every model maps float32 (B, S, S, 1) in [0, 1] (``edge.preprocess.to_model_inpu
 probability (B, 1). Normalisation lives in the graph and there are no random ops besides
 training-only Dropout, so the inference graph exports cleanly to ONNX. All archs end in
 ``features -> GlobalAveragePooling2D("gap") -> Dropout -> Dense(1, sigmoid, "head")`` so
-class activation maps are available for every arch.
+class activation maps are available for every arch. With ``ModelConfig.parts`` the model has a
+second output, ``gap -> Dense(K, softmax, "part")``: the body part, trained jointly
+(``deep.training``); :func:`head_output` is the probability whichever the model is.
 """
 
 from __future__ import annotations
@@ -112,20 +114,47 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     Returns
     -------
     keras.Model
-        float32 (B, S, S, 1) in [0, 1] -> probability float32 (B, 1) in [0, 1].
+        float32 (B, S, S, 1) in [0, 1] -> probability float32 (B, 1) in [0, 1]; with
+        ``cfg.parts`` (K names) the outputs are [probability (B, 1), part float32 (B, K)]
+        (softmax over ``cfg.parts``, in that order).
     """
     inp = keras.Input((cfg.size, cfg.size, 1), name="image")
     if cfg.arch in SMALL_STAGES:
         feats = _small_features(inp, cfg)
     else:
         feats = _backbone_features(inp, cfg, weights)
-    x = layers.GlobalAveragePooling2D(name="gap")(feats)
-    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    pooled = layers.GlobalAveragePooling2D(name="gap")(feats)
+    x = layers.Dropout(cfg.dropout, name="dropout")(pooled)
     out = layers.Dense(1, activation="sigmoid", name="head")(x)
+    if cfg.parts:  # from the pooled features, not through the abnormality head's Dropout
+        out = [out, layers.Dense(len(cfg.parts), activation="softmax", name="part")(pooled)]
     model = keras.Model(inp, out, name=f"murakit_{cfg.arch}")
     if cfg.arch in SMALL_STAGES and weights is not None:
         _load_weights(model, weights, f"the small arch {cfg.to_dict()}")
     return model
+
+
+def head_output(model: keras.Model):
+    """The abnormality probability tensor (B, 1) of a model from :func:`build_model`, with or
+    without a part head (a model without one has it as its only output)."""
+    return model.get_layer("head").output
+
+
+def part_output(model: keras.Model):
+    """The trained body-part softmax (B, K) of a model from :func:`build_model`, or None when the
+    model has no part head (trained before it existed, or ``ModelConfig.parts`` empty)."""
+    try:
+        return model.get_layer("part").output
+    except ValueError:
+        return None
+
+
+def probability_model(model: keras.Model) -> keras.Model:
+    """``model`` itself when its only output is the probability, else a model of the same layers
+    (the same weights) with that output alone: what every consumer of probabilities calls."""
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.input, head_output(model), name=model.name)
 
 
 def load_model(path, compile=False) -> keras.Model:
@@ -190,5 +219,5 @@ def cam_model(model: keras.Model, centres=None) -> keras.Model:
     cy, cx = receptive_centres(model) if centres is None else centres
     size = int(model.input.shape[1])
     cam = PlaceCam(placement_matrix(cy, size), placement_matrix(cx, size), name="cam")(cam)
-    prob = layers.Identity(name="probability")(model.output)
+    prob = layers.Identity(name="probability")(head_output(model))
     return keras.Model(model.input, [prob, cam], name=f"{model.name}_cam")

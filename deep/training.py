@@ -11,8 +11,10 @@ Checkpoint layout in ``out_dir``::
     last.keras    model + optimizer state after the latest finished epoch
     best.keras    model of the best epoch (``schedule_step``)
     state.json    epoch counter, schedule/early-stopping state, history (the commit point)
-    history.csv   one row per epoch: epoch,loss,val_loss,val_auroc,val_auroc_mean,lr,seconds
-                  (val_auroc_mean: the monitored trailing mean, ``TrainConfig.smooth``)
+    history.csv   one row per epoch: epoch,loss,val_loss,val_auroc,val_auroc_mean,lr,seconds,
+                  val_part_accuracy (val_auroc_mean: the monitored trailing mean,
+                  ``TrainConfig.smooth``; loss: the joint loss of a model with a part head;
+                  val_part_accuracy: empty without one)
 
 An epoch ends in three steps: the new models are written under pending names
 (``.last-e0007.keras``, ``.best-e0007.keras``), then ``state.json`` is replaced (it names the
@@ -48,11 +50,11 @@ from deep import distribute
 from deep.config import ModelConfig, TrainConfig
 from deep.data import make_dataset
 from deep.errors import DeepError
-from deep.model import build_model, load_model
+from deep.model import build_model, load_model, part_output, probability_model
 from edge.atomic import write_text
 from edge.metrics import auroc
 
-HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auroc", "val_auroc_mean", "lr", "seconds")
+HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auroc", "val_auroc_mean", "lr", "seconds", "val_part_accuracy")
 STOP_REASONS = ("early_stop", "max_epochs")
 
 
@@ -118,7 +120,23 @@ def get_strategy() -> tf.distribute.Strategy:
 def predict(model, images, rows, batch_size=64) -> np.ndarray:
     """Probabilities float32 (M,) in [0, 1] for ``images[rows]`` (uint8 cache), in order."""
     ds = make_dataset(images, rows, batch_size=batch_size)
-    return model.predict(ds, verbose=0).reshape(-1).astype(np.float32)
+    return probability_model(model).predict(ds, verbose=0).reshape(-1).astype(np.float32)
+
+
+def predict_outputs(model, images, rows, batch_size=64) -> np.ndarray:
+    """float32 (M, 1 + K) for ``images[rows]``: the probability, then the part head's K
+    probabilities (K = 0 for a model without one)."""
+    ds = make_dataset(images, rows, batch_size=batch_size)
+    out = model.predict(ds, verbose=0)
+    out = out if isinstance(out, (list, tuple)) else [out]
+    return np.concatenate([np.asarray(o, np.float32).reshape(len(rows), -1) for o in out], axis=1)
+
+
+def part_indices(parts, names) -> np.ndarray:
+    """int32 (M,) index of each body part in ``names`` (the model's ``ModelConfig.parts``); -1 for
+    a part the model has no output for (e.g. a validation part absent from training)."""
+    lookup = {p: k for k, p in enumerate(names)}
+    return np.asarray([lookup.get(str(p), -1) for p in parts], np.int32)
 
 
 def weighted_bce(y, p, w) -> float:
@@ -140,7 +158,7 @@ def _history_csv(history) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     w.writeheader()
-    w.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
+    w.writerows({k: row.get(k, "") for k in HISTORY_FIELDS} for row in history)
     return buf.getvalue()
 
 
@@ -186,9 +204,23 @@ def check_resumable(state, cfg, tcfg, fingerprint):
     """Raise DeepError unless ``state`` was trained with these settings and data."""
     want = {"model_config": cfg.to_dict(), "train_config": tcfg.resume_key(), "fingerprint": fingerprint}
     for key, value in want.items():
-        if state.get(key) != json.loads(json.dumps(value)):
+        if json.loads(json.dumps(_as_stored(state, key, value))) != json.loads(json.dumps(value)):
             raise DeepError(f"the checkpoint in this folder was trained with a different {key.replace('_', ' ')}"
                             f" ({state.get(key)} vs {value}); use --force to start over")
+
+
+def _as_stored(state, key, want):
+    """``state[key]`` with the settings added since it may have been written: a run started before
+    the part head has ``parts`` [] (no head), and then ``part_weight`` has no effect."""
+    stored = state.get(key)
+    if not isinstance(stored, dict) or key not in ("model_config", "train_config"):
+        return stored
+    stored = dict(stored)
+    if key == "model_config":
+        stored.setdefault("parts", [])
+    elif not state.get("model_config", {}).get("parts"):
+        stored.setdefault("part_weight", want["part_weight"])
+    return stored
 
 
 def is_complete(state, max_epochs) -> bool:
@@ -216,7 +248,10 @@ class _ProgressBar(keras.callbacks.Callback):
 
 def _compiled_new_model(cfg, tcfg, weights):
     model = build_model(cfg, weights=weights)
-    model.compile(optimizer=keras.optimizers.Adam(tcfg.lr), loss="binary_crossentropy", jit_compile=False)
+    loss, loss_weights = "binary_crossentropy", None
+    if cfg.parts:  # the joint loss: BCE (sample-weighted) + part_weight * part cross-entropy
+        loss, loss_weights = ["binary_crossentropy", "sparse_categorical_crossentropy"], [1.0, tcfg.part_weight]
+    model.compile(optimizer=keras.optimizers.Adam(tcfg.lr), loss=loss, loss_weights=loss_weights, jit_compile=False)
     return model
 
 
@@ -268,7 +303,8 @@ def _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg):
 
 def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConfig, out_dir,
           tcfg: TrainConfig | None = None, *, weights=None, loss_weights=None, val_groups=None,
-          fingerprint=None, verbose=True, log=None, on_epoch_end=None, replicas=None) -> TrainResult:
+          fingerprint=None, verbose=True, log=None, on_epoch_end=None, replicas=None, train_parts=None,
+          val_parts=None) -> TrainResult:
     """Train (or resume training) a CNN on a uint8 image cache until converged.
 
     Each epoch fits ``passes_per_epoch`` passes over the training rows, then scores the
@@ -307,6 +343,10 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
         The strategy and this worker's place in it; default ``deep.distribute.resolve("auto")``.
         ``tcfg.batch_size`` is the global batch. Every worker calls ``train`` with the same
         arguments; only the chief writes to ``out_dir`` (module ``deep.distribute``).
+    train_parts, val_parts : str arrays aligned with the rows, optional
+        Body part of each image; required when ``cfg.parts`` is set (the model has a part head,
+        trained jointly: ``TrainConfig.part_weight``). Every training part must be one of
+        ``cfg.parts``. Validation parts give ``val_part_accuracy`` in the history.
 
     Returns
     -------
@@ -316,6 +356,7 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     val_y = np.asarray(val_labels)
     val_yg = _check_inputs(images, train_rows, val_rows, val_y, val_groups, cfg, tcfg)
     lw = tuple(loss_weights) if loss_weights is not None else class_weights(train_labels)
+    train_pi, val_pi = _part_targets(cfg, train_rows, train_parts, val_rows, val_parts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = fingerprint or {}
@@ -344,18 +385,20 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     if start:
         log(f"resuming from epoch {start + 1}")
     passes = passes_per_epoch(len(train_rows), tcfg)
-    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw, rep)
+    validate = lambda: _validate(model, images, val_rows, val_y, val_yg, val_groups, lw, rep, val_pi)
     with distribute.collectives(rep):
         for epoch in range(start, tcfg.max_epochs):
-            row = _run_epoch(model, images, train_rows, train_labels, lw, tcfg, epoch, passes, verbose,
-                             validate, rep)
+            row = _run_epoch(model, images, train_rows, (train_labels, train_pi), lw, tcfg, epoch, passes,
+                             verbose, validate, rep)
             _end_epoch(model, rep.write_dir(out), state, tcfg, row)
             if on_epoch_end is not None:
                 on_epoch_end(row, model)
             if not verbose:
                 log(f"epoch {row['epoch']}/{tcfg.max_epochs}: loss {row['loss']:.4f}, val AUROC "
-                    f"{row['val_auroc']:.4f} (mean {row['val_auroc_mean']:.4f}), lr {row['lr']:.2g} "
-                    f"({row['seconds']:.0f} s)")
+                    f"{row['val_auroc']:.4f} (mean {row['val_auroc_mean']:.4f}), lr {row['lr']:.2g}"
+                    + (f", val part accuracy {row['val_part_accuracy']:.3f}" if "val_part_accuracy" in row else "")
+                    + " "
+                    + f"({row['seconds']:.0f} s)")
             if state["stop_reason"]:
                 break
         rep.barrier()  # the chief's last commit is done before anyone reads best.keras
@@ -365,33 +408,63 @@ def train(images, train_rows, train_labels, val_rows, val_labels, cfg: ModelConf
     return result
 
 
-def _validate(model, images, val_rows, val_y, val_yg, val_groups, lw, rep):
-    p = rep.predict(model, predict, images, val_rows)  # the same numbers on every worker
+def _part_targets(cfg, train_rows, train_parts, val_rows, val_parts):
+    """(train part indices (M,) or None, val part indices or None) for ``cfg.parts``."""
+    if not cfg.parts:
+        if train_parts is not None:
+            raise DeepError("body parts were given but the model config has no part head (ModelConfig.parts)")
+        return None, None
+    if train_parts is None or len(train_parts) != len(train_rows):
+        raise DeepError(f"the part head (parts {list(cfg.parts)}) needs one body part per training image")
+    train_pi = part_indices(train_parts, cfg.parts)
+    if (train_pi < 0).any():
+        unknown = sorted({str(p) for p, k in zip(train_parts, train_pi) if k < 0})
+        raise DeepError(f"training body parts {unknown} are not among the model's parts {list(cfg.parts)}")
+    if val_parts is not None and len(val_parts) != len(val_rows):
+        raise DeepError(f"{len(val_parts)} validation body parts for {len(val_rows)} validation images")
+    return train_pi, None if val_parts is None else part_indices(val_parts, cfg.parts)
+
+
+def _validate(model, images, val_rows, val_y, val_yg, val_groups, lw, rep, val_parts=None):
+    """(val loss, val AUROC, val part accuracy or None): the abnormality head decides the schedule."""
+    head = part_output(model)
+    k = 0 if head is None else int(head.shape[-1])
+    if k and val_parts is not None:  # one pass for both heads; the same numbers on every worker
+        out = rep.predict(model, predict_outputs, images, val_rows, width=1 + k)
+        p, part_acc = out[:, 0], float(np.mean(out[:, 1:].argmax(1) == val_parts))
+    else:
+        p, part_acc = rep.predict(model, predict, images, val_rows), None
     pg = p if val_groups is None else group_mean(p, val_groups)[0]
     w = np.where(val_y > 0, lw[1], lw[0])
-    return weighted_bce(val_y, p, w), auroc(val_yg, pg)
+    return weighted_bce(val_y, p, w), auroc(val_yg, pg), part_acc
 
 
-def _run_epoch(model, images, rows, labels, lw, tcfg, epoch, passes, verbose, validate, rep):
-    """Fit one epoch (all randomness seeded by the epoch number), validate; returns the history row."""
+def _run_epoch(model, images, rows, targets, lw, tcfg, epoch, passes, verbose, validate, rep):
+    """Fit one epoch (all randomness seeded by the epoch number), validate; returns the history row.
+
+    ``targets`` is (labels, part indices or None)."""
+    labels, parts = targets
     epoch_seed = tcfg.seed * 100_003 + epoch  # same stream whether resumed or not
     _seed_epoch(model, epoch_seed)
     ds = rep.dataset(lambda part: make_dataset(  # part: this worker's replica slices (deep.distribute)
         images, rows, labels, tcfg.batch_size, augment=tcfg.augment, seed=epoch_seed, shuffle=True,
-        sample_weights=lw, drop_remainder=True, passes=passes, part=part))
+        sample_weights=lw, drop_remainder=True, passes=passes, part=part, parts=parts))
     t0 = time.perf_counter()
     steps = passes * (len(rows) // tcfg.batch_size)
     cbs = [_ProgressBar(epoch + 1, tcfg.max_epochs, steps)] if verbose else []
     loss = rep.fit(model, ds, cbs)  # model.fit with one replica
-    val_loss, val_auc = validate()
+    val_loss, val_auc, val_part = validate()
     secs = time.perf_counter() - t0
     if cbs:
         cbs[0].bar.set_postfix(loss=f"{loss:.4f}", val_auroc=f"{val_auc:.4f}")
         cbs[0].bar.close()
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    return {"epoch": epoch + 1, "loss": round(loss, 6),
-            "val_loss": round(val_loss, 6), "val_auroc": round(val_auc, 6),
-            "lr": float(f"{lr:.6g}"), "seconds": round(secs, 2)}
+    row = {"epoch": epoch + 1, "loss": round(loss, 6),
+           "val_loss": round(val_loss, 6), "val_auroc": round(val_auc, 6),
+           "lr": float(f"{lr:.6g}"), "seconds": round(secs, 2)}
+    if val_part is not None:
+        row["val_part_accuracy"] = round(val_part, 6)
+    return row
 
 
 def smoothed_auroc(history, row, smooth: int) -> float:

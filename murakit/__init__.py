@@ -19,7 +19,7 @@ from edge import __version__
 from edge.errors import UserError
 from murakit.errors import MurakitError
 
-__all__ = ["MurakitError", "UserError", "__version__", "evaluate", "explain", "explore", "export", "load_dataset", "predict",
+__all__ = ["MurakitError", "UserError", "__version__", "calibrate", "evaluate", "explain", "explore", "export", "load_dataset", "predict",
            "prepare", "synthesize", "train_baseline", "train_cnn"]
 API = frozenset(__all__[3:])
 

@@ -39,7 +39,7 @@ from murakit.results import (
 )
 
 __all__ = ["Dataset", "EdgePrediction", "Evaluation", "Explanations", "Exploration", "Export", "Picture",
-           "PreparedData", "TrainedModel", "evaluate", "explain", "explore", "export", "load_dataset",
+           "PreparedData", "TrainedModel", "calibrate", "evaluate", "explain", "explore", "export", "load_dataset",
            "predict", "prepare", "synthesize", "train_baseline", "train_cnn"]
 
 
@@ -323,6 +323,32 @@ def explain(images=None, run=DEFAULT_RUN, per_class: int = 4, gradcam: bool = Fa
     with _frameworks(verbose):
         done, _ = explain_images(images, run, gradcam=gradcam, log=_log(verbose))
     return Explanations.from_explained(done, facts, per_class if facts else 4)
+
+
+def calibrate(run=DEFAULT_RUN, models=None, force: bool = False, verbose: bool = False) -> dict:
+    """Refit trained models' calibrators and operating points from their val predictions (``murakit calibrate``).
+
+    For a model trained before the calibration rule changed: its card is rewritten with
+    today's fit of ``RUN/<model>/predictions_val.csv``, nothing is retrained, and the next
+    :func:`export` carries the new card into the ONNX files (docs/trust.md).
+
+    Parameters
+    ----------
+    run : str or Path
+    models : list of {"cnn", "baseline"}, optional
+        Default: every trained model of the run.
+    force : bool
+        Rewrite a card whose calibrators are already current.
+
+    Returns
+    -------
+    dict
+        ``{name: TrainedModel}`` of the models calibrated (status ``"done"`` or ``"up-to-date"``).
+    """
+    from murakit.pipeline.calibrate import calibrate_run
+
+    res = calibrate_run(run, models=models, force=force, log=_log(verbose))
+    return {m: TrainedModel.from_run(run, m, f["status"]) for m, f in res.figures.items()}
 
 
 def export(run=DEFAULT_RUN, int8: bool = True, force: bool = False, verbose: bool = False) -> Export:

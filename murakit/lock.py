@@ -13,6 +13,8 @@ command             writes        reads
 ``export``          ``export``    ``prepared``, ``baseline``, ``cnn``
 ``bench``           ``report``    ``prepared``, ``baseline``, ``cnn``, ``export``
 ``explain``         ``explain``   ``cnn``
+``calibrate``       ``cnn`` and   (rewrites each trained model's card; one lock at a time)
+                    ``baseline``
 ==================  ============  ===============================
 
 So two ``prepare`` on one run cannot interleave, ``prepare`` cannot replace the cache under a
@@ -135,7 +137,7 @@ def _release(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def stage_lock(run, writes: str, reads=(), create: bool = False):
+def stage_lock(run, writes: str, reads=(), create: bool = False, command: str | None = None):
     """Hold ``writes`` exclusively and ``reads`` shared for the block (see the module docstring).
 
     Parameters
@@ -151,6 +153,9 @@ def stage_lock(run, writes: str, reads=(), create: bool = False):
         Otherwise a missing run folder holds nothing to lock: the block runs unlocked and
         the stage reports what is missing in its own words (no folder is created by a
         command that then fails).
+    command : str, optional
+        The command named to a process that finds the stage held; default the stage's own
+        (:data:`COMMAND_OF_STAGE`: ``murakit calibrate`` writes ``cnn`` too).
 
     Raises
     ------
@@ -167,7 +172,7 @@ def stage_lock(run, writes: str, reads=(), create: bool = False):
         yield layout
         return
     ensure_dir(layout.locks, "run folder", shown=layout.root)
-    command = COMMAND_OF_STAGE[writes]
+    command = command or COMMAND_OF_STAGE[writes]
     wanted = sorted({writes: True, **{r: False for r in reads if r != writes}}.items())  # one order: no deadlock
     taken = []
     try:

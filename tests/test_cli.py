@@ -14,7 +14,7 @@ def test_every_subcommand_has_help():
     parser = build_parser()
     for argv in (["synth", "--help"], ["prepare", "--help"], ["train", "cnn", "--help"], ["bench", "--help"],
                  ["demo", "--help"], ["export", "--help"], ["verify", "--help"], ["explain", "--help"],
-                 ["train", "baseline", "--help"], ["explore", "--help"]):
+                 ["train", "baseline", "--help"], ["explore", "--help"], ["calibrate", "--help"]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 0
@@ -28,7 +28,7 @@ def test_every_stage_command_defaults_to_the_layouts_run_folder():
 
     parser = build_parser()
     stages = [["prepare", "data"], ["explore", "data"], ["train", "baseline"], ["train", "cnn"], ["export"],
-              ["verify"], ["bench"], ["explain", "x.png"], ["demo"]]
+              ["verify"], ["bench"], ["explain", "x.png"], ["demo"], ["calibrate"]]
     for argv in stages:
         assert Path(parser.parse_args(argv).run) == DEFAULT_RUN, argv
     assert not [f.name for f in (Path(__file__).parents[1] / "murakit" / "cli").glob("*.py")

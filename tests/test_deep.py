@@ -29,8 +29,11 @@ def blobs(n, size=S, seed=0):
     return imgs, labels, boxes
 
 
-# Dropout 0.2 (the default): an exact resume must reproduce its masks too.
-DROP = ModelConfig(size=S, width=8)
+# Dropout 0.2 (the default): an exact resume must reproduce its masks too. With a part head: the
+# joint loss, its two outputs and its part targets must resume exactly as well.
+PARTS = ("ELBOW", "HAND", "WRIST")
+DROP = ModelConfig(size=S, width=8, parts=PARTS)
+BLOB_PARTS = np.asarray(PARTS)[np.arange(160) % 3]  # no cue in the images: the head cannot learn them
 # 8 steps a pass, min_steps 16 -> 2 passes an epoch; lr_patience 1 so the LR schedule acts.
 TRAIN_CFG = TrainConfig(max_epochs=4, batch_size=16, seed=3, patience=10, lr_patience=1, min_steps=16,
                         warmup_epochs=0)
@@ -38,7 +41,7 @@ TRAIN_CFG = TrainConfig(max_epochs=4, batch_size=16, seed=3, patience=10, lr_pat
 
 def _train(out, tcfg, imgs, labels, **kw):
     return deep.train(imgs, np.arange(128), labels[:128], np.arange(128, 160), labels[128:], DROP, out,
-                      tcfg, verbose=False, **kw)
+                      tcfg, verbose=False, train_parts=BLOB_PARTS[:128], val_parts=BLOB_PARTS[128:], **kw)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +235,7 @@ def test_inference_mode_outputs_differ_and_match_training_quality(trained):
     va = np.arange(128, 160)
     p_inf = deep.predict(res.model, imgs, va)
     x = imgs[va, :, :, None] / np.float32(255)
-    p_train = res.model(x, training=True).numpy()[:, 0]  # batch statistics
+    p_train = deep.probability_model(res.model)(x, training=True).numpy()[:, 0]  # batch statistics
     assert p_inf.std() > 0.05  # not collapsed to one value (BatchNorm momentum pitfall)
     auc_inf, auc_train = deep.auroc(labels[va], p_inf), deep.auroc(labels[va], p_train)
     assert auc_inf > 0.9 and auc_inf >= auc_train - 0.05
@@ -447,3 +450,85 @@ def test_pointing_game_hand_made():
     near = np.array([[8, 8, 12, 12]] * 1, float)
     assert deep.pointing_game(cams[:1], near, 32, tolerance=0.0) == 0.0
     assert deep.pointing_game(cams[:1], near, 32, tolerance=0.3) == 1.0
+
+
+# ------------------------------------------------------------------ the body-part head ----
+
+def part_bars(n, seed=0):
+    """``blobs`` plus a body part per image, named by the height of a bright bar across it.
+    Returns images, abnormality labels, part names."""
+    imgs, labels, _ = blobs(n, seed=seed)
+    part = (np.arange(n) // 2) % 3  # independent of the label (which alternates)
+    for i, k in enumerate(part):
+        imgs[i, 1 + 12 * k:3 + 12 * k, :] = 160
+    return imgs, labels, np.asarray(PARTS)[part]
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_part_head_learns_the_part_and_a_shuffled_control_stays_at_chance(tmp_path, shuffled):
+    """Trained jointly, the head names the part of unseen images; trained on shuffled part labels
+    (no relation to the image) the same recipe is at chance (1/3) on them: the accuracy measures
+    the images, not the head's capacity to memorise."""
+    imgs, labels, parts = part_bars(224)
+    train_parts = np.random.default_rng(0).permutation(parts[:160]) if shuffled else parts[:160]
+    cfg = ModelConfig(size=S, width=8, dropout=0.0, parts=PARTS)
+    tcfg = TrainConfig(max_epochs=3, batch_size=16, seed=3, min_steps=30, warmup_epochs=0, part_weight=0.5)
+    res = deep.train(imgs, np.arange(160), labels[:160], np.arange(160, 224), labels[160:], cfg, tmp_path, tcfg,
+                     verbose=False, train_parts=train_parts, val_parts=parts[160:])
+    out = deep.predict_outputs(res.model, imgs, np.arange(160, 224))
+    assert out.shape == (64, 1 + len(PARTS)) and np.allclose(out[:, 1:].sum(1), 1, atol=1e-5)
+    acc = float(np.mean(np.asarray(PARTS)[out[:, 1:].argmax(1)] == parts[160:]))
+    assert res.history[-1]["val_part_accuracy"] == pytest.approx(acc, abs=1e-6) or res.best_epoch < 3
+    if shuffled:
+        assert acc < 0.6  # chance 1/3; 64 images: 0.6 is > 3 standard deviations above it
+    else:
+        assert acc >= 0.9
+    # the probability output is the one it always was: (B, 1), what CAM and every consumer read
+    np.testing.assert_allclose(deep.predict(res.model, imgs, np.arange(160, 224)), out[:, 0], atol=1e-6)
+    prob, cams = deep.cam(res.model, to_input(imgs[160:164]))
+    assert prob.shape == (4,) and cams.shape == (4, S, S)
+
+
+def to_input(u8):
+    from edge.preprocess import to_model_input
+
+    return to_model_input(u8)
+
+
+def test_part_head_config_errors_and_older_checkpoints(tmp_path):
+    from deep.training import _new_state
+
+    assert ModelConfig.from_dict({**ModelConfig(parts=PARTS).to_dict(), "parts": list(PARTS)}).parts == PARTS
+    for bad in (["HAND"], ["HAND", "HAND"], "HAND", [3, 4]):
+        with pytest.raises(DeepError, match="part"):
+            ModelConfig(parts=bad)
+    with pytest.raises(DeepError, match="part_weight"):
+        TrainConfig(part_weight=-1.0)
+    imgs, labels, parts = part_bars(48)
+    tcfg = TrainConfig(batch_size=8)
+    args = (imgs, np.arange(40), labels[:40], np.arange(40, 48), labels[40:])
+    with pytest.raises(DeepError, match="one body part per training image"):
+        deep.train(*args, DROP, tmp_path, tcfg)
+    with pytest.raises(DeepError, match=r"\['KNEE'\] are not among"):
+        deep.train(*args, DROP, tmp_path, tcfg, train_parts=np.r_[parts[:39], ["KNEE"]])
+    with pytest.raises(DeepError, match="no part head"):
+        deep.train(*args, TINY, tmp_path, tcfg, train_parts=parts[:40])
+    # a state.json written before the part head (no "parts", no "part_weight") resumes headless
+    old = _new_state(TINY, tcfg, {})
+    old["model_config"].pop("parts")
+    old["train_config"].pop("part_weight")
+    deep.check_resumable(old, TINY, tcfg, {})
+    with pytest.raises(DeepError, match="different model config"):
+        deep.check_resumable(old, DROP, tcfg, {})
+    with pytest.raises(DeepError, match="different train config"):
+        deep.check_resumable(_new_state(DROP, tcfg, {}), DROP, replace(tcfg, part_weight=0.5), {})
+
+
+def test_a_model_without_part_head_has_one_output_everywhere():
+    model = deep.build_model(TINY)
+    assert len(model.outputs) == 1 and deep.part_output(model) is None
+    assert deep.probability_model(model) is model
+    joint = deep.build_model(DROP)
+    assert [tuple(o.shape) for o in joint.outputs] == [(None, 1), (None, len(PARTS))]
+    x = np.random.default_rng(0).random((2, S, S, 1)).astype(np.float32)
+    np.testing.assert_allclose(deep.probability_model(joint)(x), joint(x)[0], atol=1e-7)

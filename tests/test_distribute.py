@@ -36,13 +36,14 @@ COMMON = ["--epochs", "2", "--batch-size", "8", "--min-steps", "4", "--seed", "5
 
 def _history(run):
     with open(run / "cnn" / "history.csv") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def _same_curves(a, b):
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
     for ra, rb in zip(a, b):
         assert ra["val_auroc"] == rb["val_auroc"], ra["epoch"]
+        assert ra.get("val_part_accuracy") == rb.get("val_part_accuracy"), ra["epoch"]  # the part head's
         for k in ("loss", "val_loss", "lr"):
             assert ra[k] == pytest.approx(rb[k], abs=LOSS_TOL), (ra["epoch"], k)
 
@@ -189,6 +190,7 @@ def test_two_local_workers_train_what_one_process_trains(one_and_two):
     one, two = one_and_two
     a, b = _history(one), _history(two)
     assert len(a) == 2 and max(r["val_auroc"] for r in a) < 0.99  # not saturated: ranks can differ
+    assert all("val_part_accuracy" in r for r in a)  # three body parts: trained with the part head
     _same_curves(a, b)
     for name in ("best.keras", "card.json", "metrics.json", "predictions_test.csv"):
         assert (two / "cnn" / name).is_file()
@@ -258,13 +260,16 @@ rng = np.random.default_rng(1)
 imgs = rng.integers(0, 120, (96, 32, 32)).astype(np.uint8)
 labels = np.arange(96) % 2
 imgs[labels == 1, 10:18, 10:18] //= 2  # a faint cue: val AUROC between chance and 1
-cfg = ModelConfig(size=32, width=8)
+parts = np.array(["HAND", "WRIST"])[np.arange(96) // 2 % 2]  # the joint loss of the part head too
+imgs[parts == "HAND", :2] = 200
+cfg = ModelConfig(size=32, width=8, parts=("HAND", "WRIST"))
 tcfg = TrainConfig(max_epochs=2, batch_size=16, seed=3, min_steps=4, warmup_epochs=0)
 out = {}
 for name in ("none", "mirrored"):
     rep = distribute.resolve(name)
     res = deep.train(imgs, np.arange(64), labels[:64], np.arange(64, 96), labels[64:], cfg,
-                     sys.argv[1] + "/" + name, tcfg, verbose=False, replicas=rep)
+                     sys.argv[1] + "/" + name, tcfg, verbose=False, replicas=rep,
+                     train_parts=parts[:64], val_parts=parts[64:])
     out[name] = {"replicas": rep.replicas, "history": res.history}
 print(json.dumps(out))
 """

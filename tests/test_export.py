@@ -129,8 +129,9 @@ def test_int8_quantization_and_gate(exported, x, tmp_path):
 
 
 # ---------------------------------------------------------------- the whole command on a tiny run
-def _fake_trained_cnn(run):
-    """An untrained width-4 CNN saved as RUN/cnn/best.keras with the card training would write."""
+def _fake_trained_cnn(run, parts=("ELBOW", "HAND", "WRIST")):
+    """An untrained width-4 CNN saved as RUN/cnn/best.keras with the card training would write;
+    with a part head over ``parts`` (a checkpoint from before the part head: ``parts=()``)."""
     import keras
 
     from deep.config import ModelConfig
@@ -139,7 +140,7 @@ def _fake_trained_cnn(run):
     from murakit.pipeline.cards import training_card
 
     layout = RunLayout(run)
-    cfg = ModelConfig(size=SIZE, width=4)
+    cfg = ModelConfig(size=SIZE, width=4, parts=parts)
     keras.utils.set_random_seed(0)
     layout.cnn.mkdir(exist_ok=True)
     deep.build_model(cfg).save(layout.cnn_best)
@@ -198,6 +199,29 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
         assert (out / "golden" / stem / "test_data_set_5" / "source.png").is_file()
     assert manifest["tolerances"]["probability"] > 1e-3  # INT8: from its recorded agreement
     assert Predictor(out / "cnn.int8.onnx").threshold == 0.5
+    # the part output is the head trained with the CNN, its labels the training config's parts
+    assert card.part_labels == list(trained.model_config["parts"]) == ["ELBOW", "HAND", "WRIST"]
+    assert summary["cnn"]["keras_parity"]["part"] <= 1e-5
+    assert "part_val_accuracy" not in card.gate["fit"]  # nothing fitted at export for the part
+
+
+def test_a_checkpoint_without_part_head_gets_one_fitted_at_export(tmp_path, capsys):
+    """A CNN trained before the part head existed: export fits the body-part head on the gate's
+    pooled statistics (the fallback), and the file answers the part like any other."""
+    from export.cnn import onnx_outputs
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    make_mura(data, parts=("ELBOW", "HAND", "WRIST"), patients_per_part=(8, 8, 8), views=2)
+    assert main(["prepare", str(data), "--run", str(run), "--size", str(SIZE), "--workers", "1", "--no-progress",
+                 "--val-fraction", "0.3"]) == 0
+    _fake_trained_cnn(run, parts=())
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--no-int8", "--golden", "4"]) == 0
+    assert "body-part head (fitted here: the checkpoint has none)" in capsys.readouterr().out
+    card = read_onnx_card(run / "export" / "cnn.onnx")
+    assert card.part_labels == ["ELBOW", "HAND", "WRIST"] and 0 <= card.gate["fit"]["part_val_accuracy"] <= 1
+    part = onnx_outputs(run / "export" / "cnn.onnx", np.zeros((2, SIZE, SIZE, 1), np.float32))["part"]
+    assert part.shape == (2, 3) and np.allclose(part.sum(1), 1, atol=1e-5)
 
 
 def test_verify_passes_then_reports_drift(run_dir, capsys):
@@ -261,7 +285,7 @@ def test_export_refuses_a_cache_prepared_with_other_settings(tmp_path, capsys):
     make_mura(data, parts=("ELBOW", "HAND"), patients_per_part=(6, 6), views=2)
     common = ["--run", str(run), "--size", str(SIZE), "--workers", "1", "--no-progress", "--val-fraction", "0.3"]
     assert main(["prepare", str(data), *common]) == 0
-    _fake_trained_cnn(run)
+    _fake_trained_cnn(run, parts=("ELBOW", "HAND"))
     assert main(["prepare", str(data), *common, "--clahe"]) == 0
     capsys.readouterr()
     assert main(["export", "--run", str(run)]) == 2

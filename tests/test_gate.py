@@ -201,7 +201,14 @@ def test_gate_rates_on_the_ood_test_set_and_the_test_split(quick_demo, demo_mode
     inlier = gate_scores(pred, np.asarray(prep.images[np.sort(prep.row[prep.select("test")])]))
     oods = ood_images("test")
     outlier = gate_scores(pred, np.stack([pred.preprocess(o.image) for o in oods]))
-    assert np.mean(inlier > t) <= 0.05  # export.gate.threshold_rule on val (a 3-epoch model: loose)
+    # export.gate.threshold_rule on val; here (38 val views) that is their highest score, which a new
+    # view exceeds with probability 1/(n_val + 1): 5 % of 62 test views is too tight to hold for every
+    # correct gate (4 of 62 happen 7 % of the time); the binomial's 99th percentile holds
+    from scipy.stats import binom
+
+    fit = pred.card.gate["fit"]
+    exceed = (fit["threshold_rule"]["val_order"] or 1) / (fit["n_val"] + 1)  # the k-th highest: k/(n+1)
+    assert np.mean(inlier > t) <= max(0.05, binom.ppf(0.99, len(inlier), exceed) / len(inlier))
     assert auroc(np.r_[np.zeros(len(inlier)), np.ones(len(outlier))], np.r_[inlier, outlier]) >= 0.9
     assert np.mean(outlier > t) >= 0.5
     shuffled = np.random.default_rng(0).permutation(np.r_[inlier, outlier])  # the figure can fail

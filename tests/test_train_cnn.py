@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -68,6 +69,10 @@ def test_train_writes_artifacts_and_metrics(trained_run):
     with open(cnn / "predictions_test.csv") as f:
         preds = list(csv.DictReader(f))
     assert len(preds) == 12 and list(preds[0]) == ["path", "study", "part", "label", "probability"]
+    # the part head, trained with it: labels (sorted training parts) in the card, accuracy per epoch
+    assert json.loads((cnn / "card.json").read_text())["model_config"]["parts"] == ["HAND", "WRIST"]
+    with open(cnn / "history.csv") as f:
+        assert 0 <= float(next(csv.DictReader(f))["val_part_accuracy"]) <= 1
     assert all(0 <= float(p["probability"]) <= 1 for p in preds)
     from edge.card import read_card
     from edge.protobuf import sha256_file
@@ -76,6 +81,19 @@ def test_train_writes_artifacts_and_metrics(trained_run):
     assert card.model_config["size"] == S and card.preprocess.size == S and card.threshold == m["threshold"]
     assert card.weights_sha256 == sha256_file(cnn / "best.keras") and card.kind == "cnn"
     assert card.metrics["test"]["study"] == m["study"]
+
+
+def test_a_run_from_before_the_part_head_is_still_up_to_date(trained_run, tmp_path, capsys):
+    """state.json without ``parts`` / ``part_weight`` (written before the head): the rerun does not
+    ask for --force; the run stays as it was trained (its export fits a part head instead)."""
+    run = tmp_path / "old"
+    shutil.copytree(trained_run[0], run)
+    state = json.loads((run / "cnn" / "state.json").read_text())
+    state["model_config"].pop("parts")
+    state["train_config"].pop("part_weight")
+    (run / "cnn" / "state.json").write_text(json.dumps(state))
+    assert main(["train", "cnn", "--run", str(run), "--epochs", "1", "--batch-size", "8", "--no-progress"]) == 0
+    assert "already trained" in capsys.readouterr().out
 
 
 def test_rerun_is_noop_then_resumes_with_more_epochs(trained_run, capsys):
@@ -112,8 +130,6 @@ def test_explain_writes_overlays(trained_run, tmp_path, capsys):
 
 
 def test_corrupt_last_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys):
-    import shutil
-
     run = tmp_path / "copy"
     shutil.copytree(trained_run[0], run)
     (run / "cnn" / "last.keras").write_bytes(b"\x00" * 100)
@@ -127,6 +143,7 @@ def test_corrupt_last_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys)
     (["--size", "64"], None, "rerun murakit prepare"),
     (["--weights", "nope.weights.h5"], None, "weights file not found"),
     (["--max-rotation", "200"], None, "--max-rotation must be a number in [0, 180]"),
+    (["--part-weight", "-1"], None, "--part-weight must be a number in [0, 10]"),
     ([], ("train",) * 52 + ("test",) * 12, "no val"),
 ])
 def test_bad_inputs_exit_2(tmp_path, capsys, extra, splits, message):

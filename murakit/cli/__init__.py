@@ -20,6 +20,7 @@ COMMANDS = [
     ("prepare", "murakit.cli.prepare", "preprocess every image once into the run's cache"),
     ("explore", "murakit.cli.explore", "audit a data set: counts, sizes, exposure, inversion"),
     ("explain", "murakit.cli.explain", "write CAM / Grad-CAM overlays for images"),
+    ("calibrate", "murakit.cli.calibrate", "refit a trained model's calibrators from its val predictions"),
     ("export", "murakit.cli.export", "convert models to ONNX, quantise, record golden outputs"),
     ("verify", "murakit.cli.verify", "check exported models against golden outputs and Keras"),
     ("bench", "murakit.cli.bench", "benchmark all models of a run and write the report"),

@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-rotation", type=float, default=None,
                         help=f"largest augmentation rotation in degrees (default: {a.max_rotation:g})")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--part-weight", type=float, default=None, metavar="L",
+                        help=f"weight of the body-part head's cross-entropy in the joint loss; 0 still builds "
+                             f"the head but does not train it (default: {t.part_weight:g})")
     parser.add_argument("--min-steps", type=int, default=None, metavar="N",
                         help=f"an epoch is at least N optimiser steps (default: {t.min_steps})")
     parser.add_argument("--batch-size", type=int, default=t.batch_size,
@@ -69,7 +72,7 @@ def worker_argv(args) -> list:
     for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--size", args.size),
                         ("--min-steps", args.min_steps),
                         ("--weights", args.weights), ("--width", args.width),
-                        ("--max-rotation", args.max_rotation)):
+                        ("--max-rotation", args.max_rotation), ("--part-weight", args.part_weight)):
         if value is not None:
             argv += [flag, str(value)]
     for flag, on in (("--no-augment", args.no_augment), ("--force", args.force),
@@ -86,7 +89,7 @@ def run(args) -> int:
     opts = CnnOptions(epochs=args.epochs, patience=args.patience, arch=args.arch, size=args.size,
                       weights=args.weights, width=args.width, max_rotation=args.max_rotation,
                       augment=not args.no_augment, batch_size=args.batch_size, seed=args.seed,
-                      strategy=args.strategy, min_steps=args.min_steps)
+                      strategy=args.strategy, min_steps=args.min_steps, part_weight=args.part_weight)
     opts.check()
     if args.local_workers is not None:
         from murakit.checks import check_int

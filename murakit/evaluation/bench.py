@@ -92,7 +92,7 @@ def keras_scorer(layout: RunLayout):
     from edge.card import read_card
     from edge.preprocess import to_model_input
 
-    model = deep.load_model(layout.cnn_best)
+    model = deep.probability_model(deep.load_model(layout.cnn_best))  # without the part head's output
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def fn(u8):

@@ -3,8 +3,9 @@
 Writes ``RUN/export/``::
 
     cnn.onnx              float CNN, outputs probability (B,1), cam (B,h,w), gate (B,) (the input
-                          gate's score) and part (B,7) (body-part probabilities), both fitted here
-                          (see fit_cnn_gate), its card inside
+                          gate's score, fitted here: see fit_cnn_gate) and part (B,7) (body-part
+                          probabilities: the part head trained with the CNN; for a checkpoint
+                          without one, fitted here on the gate's statistics), its card inside
     cnn.int8.onnx         static INT8 CNN, only when its study AUROC on val drops <= 0.01 AND it is
                           faster than float on this machine at batch 1 and 32 (else absent: the
                           device uses cnn.onnx; export.json's "cnn.int8" says why)
@@ -181,14 +182,15 @@ def ood_inputs(split: str, cfg) -> np.ndarray:
     return to_model_input(np.stack([preprocess(o.image, cfg) for o in ood_images(split)]))
 
 
-def fit_cnn_gate(model, prep, cfg, log) -> tuple:
+def fit_cnn_gate(model, prep, cfg, log, fit_part: bool = True) -> tuple:
     """Fit the input gate of a trained CNN: training radiographs against murakit's "fit"
-    non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``); and the
-    body-part head on the same statistics of the training radiographs (``fit_part_head``).
+    non-radiographs, threshold on the validation radiographs (``export.gate.fit_gate``); and, with
+    ``fit_part`` (a checkpoint trained without a part head, e.g. before it existed), the body-part
+    head on the same statistics of the training radiographs (``fit_part_head``).
 
     Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``), or
     four Nones when the run has too few radiographs to fit them (a toy run: the model is exported
-    without a gate or part head, and says so).
+    without a gate or part head, and says so). Part params and labels are None without ``fit_part``.
     """
     import deep
     from export.gate import MIN_IN, MIN_VAL, fit_gate, fit_part_head
@@ -205,15 +207,33 @@ def fit_cnn_gate(model, prep, cfg, log) -> tuple:
     val_v = pooled_statistics(pooled, cache_inputs(prep, val))
     params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model),
                             train_groups=prep.patient[train])
-    part_params, part = fit_part_head(train_v, prep.part[train], val_v, prep.part[val])
-    info["part_val_accuracy"] = part["val_accuracy"]
+    part_params, part = None, None
+    if fit_part:
+        part_params, part = fit_part_head(train_v, prep.part[train], val_v, prep.part[val])
+        info["part_val_accuracy"] = part["val_accuracy"]
     log(f"export: input gate fitted on {info['n_train']} training radiographs and {info['n_outliers']} "
         f"non-radiographs: threshold {info['threshold']:.3f} refuses {info['val_refusal_rate']:.1%} of val "
-        f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs; body-part head: "
-        f"val accuracy {part['val_accuracy']:.3f} over {len(part['labels'])} parts")
+        f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs"
+        + (f"; body-part head (fitted here: the checkpoint has none): val accuracy {part['val_accuracy']:.3f} "
+           f"over {len(part['labels'])} parts" if part else ""))
     gate = {"method": GATE_METHOD, "output": "gate", "threshold": info["threshold"],
             "fit": {k: v for k, v in info.items() if k != "threshold"}}
-    return params, part_params, gate, part["labels"]
+    return params, part_params, gate, part["labels"] if part else None
+
+
+def trained_part_labels(model, card) -> list | None:
+    """The card's ``part_labels`` of a CNN trained with a part head (its ``model_config.parts``, the
+    order of the head's outputs); None when the checkpoint has no part head."""
+    import deep
+
+    head = deep.part_output(model)
+    if head is None:
+        return None
+    labels = list(card.model_config.get("parts") or [])
+    if len(labels) != int(head.shape[-1]):
+        raise MurakitError(f"the CNN's part head has {int(head.shape[-1])} outputs but its card names parts "
+                           f"{labels}; retrain it (murakit train cnn --force)")
+    return labels
 
 
 # ---------------------------------------------------------------- the three models
@@ -226,10 +246,19 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     size = int(model.inputs[0].shape[1])
     if size != card.preprocess.size:
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
-    params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log)
+    trained = trained_part_labels(model, card)
+    params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log, fit_part=trained is None)
     cam = deep.cam_model(model)
-    proto, parity = export_cnn(cam if params is None else deep.with_gate(cam, model, params, part_params), size,
-                               golden_x)
+    if params is not None:
+        full = deep.with_gate(cam, model, params, part_params)
+    elif trained is not None:  # no gate (a toy run) but the trained part head
+        import keras
+
+        full = keras.Model(cam.input, [*cam.outputs, deep.part_output(model)], name=f"{cam.name}_part")
+    else:
+        full = cam
+    part_labels = trained if trained is not None else part_labels
+    proto, parity = export_cnn(full, size, golden_x)
     path = layout.exported("cnn")
     card, outputs = publish(proto, card.replace(precision="float32", gate=gate, part_labels=part_labels), path,
                             layout.golden("cnn"), sources, infos, extra={"keras_parity": parity})

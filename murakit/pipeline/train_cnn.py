@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from murakit.errors import MurakitError
 from murakit.layout import RunLayout
@@ -36,6 +36,7 @@ class CnnOptions:
     batch_size: int = 32  # the global batch (over all replicas)
     seed: int = 0
     min_steps: int | None = None
+    part_weight: float | None = None  # lambda of the joint loss (TrainConfig.part_weight)
     strategy: str = "auto"  # deep.distribute.resolve: TF_CONFIG -> multi-worker, >1 GPU -> mirrored
 
     def check(self) -> None:
@@ -52,6 +53,8 @@ class CnnOptions:
         check_seed(self.seed)
         if self.max_rotation is not None:
             check_float("--max-rotation", self.max_rotation, 0.0, 180.0)
+        if self.part_weight is not None:
+            check_float("--part-weight", self.part_weight, 0.0, 10.0)
         if self.width is not None:
             check_int("--width", self.width, 4, 256)
         if self.size is not None:
@@ -153,13 +156,14 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _configs(opts: CnnOptions, size: int):
+def _configs(opts: CnnOptions, size: int, parts=()):
     import deep
 
-    cfg = deep.ModelConfig(arch=opts.arch, size=size, **_given(width=opts.width))
+    cfg = deep.ModelConfig(arch=opts.arch, size=size, parts=tuple(parts), **_given(width=opts.width))
     aug = deep.AugmentConfig(**_given(max_rotation=opts.max_rotation)) if opts.augment else None
     tcfg = deep.TrainConfig(batch_size=opts.batch_size, seed=opts.seed, augment=aug,
-                            **_given(max_epochs=opts.epochs, patience=opts.patience, min_steps=opts.min_steps))
+                            **_given(max_epochs=opts.epochs, patience=opts.patience, min_steps=opts.min_steps,
+                                     part_weight=opts.part_weight))
     return cfg, tcfg
 
 
@@ -168,11 +172,16 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log, 
 
     import deep
 
-    cfg, tcfg = _configs(opts, prep.config.size)
+    tr, va = pos["train"], pos["val"]
+    cfg, tcfg = _configs(opts, prep.config.size, part_labels(prep.part[tr]))
     fingerprint = {"preprocess": prep.config.to_dict(), "data": prep.meta.get("data_fingerprint"),
                    "n_train": len(pos["train"]), "n_val": len(pos["val"])}
     rep.barrier()  # every worker decides from the folder as the chief left it (after --force)
     state = deep.read_state(layout.cnn)
+    if state is not None and "parts" not in state.get("model_config", {}):
+        # a run started before the part head existed continues as it began: no part head (its
+        # export fits the body-part head on pooled statistics instead: murakit.pipeline.export)
+        cfg = replace(cfg, parts=())
     if state is not None:
         deep.check_resumable(state, cfg, tcfg, fingerprint)
         if _already_trained(layout, state, tcfg.max_epochs):
@@ -181,14 +190,21 @@ def _train(opts: CnnOptions, prep, pos, layout: RunLayout, progress: bool, log, 
                 f"{m['study']['auroc']:.4f}); use --force to retrain")
             return None
     keras.utils.set_random_seed(opts.seed)
-    tr, va = pos["train"], pos["val"]
     lw = deep.class_weights(prep.label[tr], prep.study[tr])
     log(f"training {cfg.arch} at {cfg.size} px on {len(tr)} images ({len(va)} val), "
         f"loss weights normal {lw[0]:.3f} / abnormal {lw[1]:.3f}; {rep.describe()}")
     res = deep.train(prep.images, prep.row[tr], prep.label[tr], prep.row[va], prep.label[va], cfg, layout.cnn,
                      tcfg, weights=opts.weights, loss_weights=lw, val_groups=prep.study[va],
-                     fingerprint=fingerprint, verbose=progress, log=log, replicas=rep)
+                     fingerprint=fingerprint, verbose=progress, log=log, replicas=rep,
+                     train_parts=prep.part[tr] if cfg.parts else None, val_parts=prep.part[va] if cfg.parts else None)
     return cfg, res
+
+
+def part_labels(train_parts) -> tuple:
+    """The part head's labels: the training split's body parts, sorted (the card's ``part_labels``);
+    empty (no part head) when the split has fewer than two."""
+    labels = tuple(sorted({str(p) for p in train_parts}))
+    return labels if len(labels) >= 2 else ()
 
 
 def train_cnn(run, options: CnnOptions = CnnOptions(), force: bool = False, progress: bool = True,
