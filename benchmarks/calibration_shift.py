@@ -51,6 +51,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_check import _find, _read
 
+from murakit.evaluation.calibration import _logit
+
 FOLDS = 10
 
 
@@ -60,12 +62,6 @@ def _study_table(y, p, g):
     s = study_level(y, p, g)
     n = np.array([np.sum(g == sid) for sid in s["study"]])
     return s["label"], s["prob"], s["study"], n
-
-
-def _logit(p):
-    from murakit.evaluation.calibration import _logit as lg
-
-    return lg(p)
 
 
 def _loglik(y, z):

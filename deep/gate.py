@@ -160,9 +160,10 @@ class PartHead(layers.Layer):
         return keras.ops.softmax(z, axis=-1)
 
 
-def with_gate(cam_model: keras.Model, model: keras.Model, params: dict, part_params: dict | None = None) -> keras.Model:
-    """``cam_model`` (outputs [probability, cam]) plus ``gate`` (B,) and, with ``part_params``,
-    ``part`` (B, K) body-part probabilities, both read from the same pooled statistics.
+def with_gate(cam_model: keras.Model, model: keras.Model, params: dict | None,
+              part_params: dict | None = None) -> keras.Model:
+    """``cam_model`` (outputs [probability, cam]) plus ``gate`` (B,) and ``part`` (B, K) body-part
+    probabilities: the one place that decides the exported CNN's outputs.
 
     Parameters
     ----------
@@ -170,18 +171,30 @@ def with_gate(cam_model: keras.Model, model: keras.Model, params: dict, part_par
         From :func:`deep.cam_model` of ``model``.
     model : keras.Model
         The trained CNN (its layers give the pooled statistics).
-    params : dict
-        Fitted constants of :class:`GateHead` (``export.gate.fit_gate``).
+    params : dict or None
+        Fitted constants of :class:`GateHead` (``export.gate.fit_gate``); None when the run had too
+        few radiographs to fit a gate (no ``gate`` output).
     part_params : dict, optional
         Fitted constants of :class:`PartHead` (``export.gate.fit_part_head``), for a model trained
         without a part head; without them the model's own trained part head (if any) is ``part``.
+
+    Returns
+    -------
+    keras.Model
+        ``cam_model`` itself when there is nothing to add.
     """
     from deep.model import part_output
 
-    pooled = layers.Concatenate(name="gate_pooled")(_statistics(model))
-    outputs = [*cam_model.outputs, GateHead(params)(pooled)]
-    if part_params is not None:
-        outputs.append(PartHead(part_params)(pooled))
-    elif part_output(model) is not None:
-        outputs.append(part_output(model))
-    return keras.Model(cam_model.input, outputs, name=f"{cam_model.name}_gate")
+    trained = part_output(model)
+    if params is None and part_params is None and trained is None:
+        return cam_model
+    outputs = list(cam_model.outputs)
+    if params is not None or part_params is not None:
+        pooled = layers.Concatenate(name="gate_pooled")(_statistics(model))
+        if params is not None:
+            outputs.append(GateHead(params)(pooled))
+        if part_params is not None:
+            outputs.append(PartHead(part_params)(pooled))
+    if part_params is None and trained is not None:
+        outputs.append(trained)
+    return keras.Model(cam_model.input, outputs, name=f"{cam_model.name}_{'gate' if params is not None else 'part'}")

@@ -248,17 +248,8 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
     trained = trained_part_labels(model, card)
     params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log, fit_part=trained is None)
-    cam = deep.cam_model(model)
-    if params is not None:
-        full = deep.with_gate(cam, model, params, part_params)
-    elif trained is not None:  # no gate (a toy run) but the trained part head
-        import keras
-
-        full = keras.Model(cam.input, [*cam.outputs, deep.part_output(model)], name=f"{cam.name}_part")
-    else:
-        full = cam
     part_labels = trained if trained is not None else part_labels
-    proto, parity = export_cnn(full, size, golden_x)
+    proto, parity = export_cnn(deep.with_gate(deep.cam_model(model), model, params, part_params), size, golden_x)
     path = layout.exported("cnn")
     card, outputs = publish(proto, card.replace(precision="float32", gate=gate, part_labels=part_labels), path,
                             layout.golden("cnn"), sources, infos, extra={"keras_parity": parity})
