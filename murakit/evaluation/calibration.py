@@ -88,29 +88,32 @@ def _smoothed_targets(y: np.ndarray) -> np.ndarray:
     return np.where(y == 1, (pos + 1.0) / (pos + 2.0), 1.0 / (neg + 2.0))
 
 
-def _fit_form(x: np.ndarray, t: np.ndarray, form: str, prior: float | None = None) -> tuple:
+def _fit_form(x: np.ndarray, t: np.ndarray, form: str, prior: float | None = None,
+              centre: float = 1.0, slope_prior: bool = True) -> tuple:
     """(a, b) minimising the log-loss of targets ``t`` at ``sigmoid(a x + b)`` plus the prior
-    toward (1, 0), with ``a >= A_MIN``. Damped Newton from the identity: the objective is
-    strictly convex (the prior makes it so even on separable data), so this is deterministic
+    toward (``centre``, 0) (on ``b`` alone when ``slope_prior`` is false), with ``a >= A_MIN``.
+    Damped Newton from the centre: the objective is strictly convex (the smoothed targets keep
+    it bounded even on separable data, the prior makes it more so), so this is deterministic
     and converges in a few steps."""
     if form == "identity":
         return 1.0, 0.0
     prior = PRIORS[-1] if prior is None else prior
     free_b = form == "platt"
     X = np.stack([x, np.ones_like(x)], 1) if free_b else x[:, None]
-    centre = np.array([1.0, 0.0])[:X.shape[1]]
+    centre_ = np.array([centre, 0.0])[:X.shape[1]]
+    weight = (prior * np.array([1.0 if slope_prior else 0.0, 1.0]))[:X.shape[1]]
 
     def objective(theta):
         z = X @ theta
         return (np.sum(t * np.logaddexp(0.0, -z) + (1.0 - t) * np.logaddexp(0.0, z))
-                + 0.5 * prior * np.sum((theta - centre) ** 2))
+                + 0.5 * np.sum(weight * (theta - centre_) ** 2))
 
-    theta = centre.copy()
+    theta = centre_.copy()
     f = objective(theta)
     for _ in range(100):
         q = np.exp(-np.logaddexp(0.0, -(X @ theta)))
-        grad = X.T @ (q - t) + prior * (theta - centre)
-        hess = (X * (q * (1.0 - q))[:, None]).T @ X + prior * np.eye(len(theta))
+        grad = X.T @ (q - t) + weight * (theta - centre_)
+        hess = (X * (q * (1.0 - q))[:, None]).T @ X + np.diag(weight)
         step = np.linalg.solve(hess, grad)
         lr = 1.0
         while lr > 1e-10:
@@ -137,26 +140,30 @@ def _log_loss(y: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.where(y == 1, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
 
 
-def _candidates(priors) -> list:
-    """(name, form, prior) of every candidate calibrator, simplest first. The identity is not one
-    of them: it is the limit of an infinitely strong prior, and as a candidate it won near-ties
-    (on about 100 val studies held-out log-loss cannot tell a real shift from none) that the
-    strongest prior (20) settles with a shrunk correction instead (simulated models: mean test
-    ECE 0.053 / 0.048 without it, 0.053 / 0.049 with it; docs/trust.md)."""
-    return [(f"{f}@{pr:g}", f, pr) for f in FORMS[1:] for pr in priors]
+def _candidates(priors, centres=(1.0,), forms=FORMS[1:]) -> list:
+    """(name, form, prior, centre) of every candidate calibrator, simplest first (per centre:
+    forms, then strongest prior first). The identity is not one of them: it is the limit of an
+    infinitely strong prior, and as a candidate it won near-ties (on about 100 val studies
+    held-out log-loss cannot tell a real shift from none) that the strongest prior (20) settles
+    with a shrunk correction instead (simulated models: mean test ECE 0.053 / 0.048 without it,
+    0.053 / 0.049 with it; docs/trust.md). A centre other than 1 names itself: ``platt@5~a2.75``."""
+    return [(f"{f}@{pr:g}" + ("" if c == 1.0 else f"~a{c:.3g}"), f, pr, c)
+            for c in centres for f in forms for pr in priors]
 
 
 def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 0,
-                   se_tolerance: float = SE_TOLERANCE, priors=PRIORS) -> dict:
+                   se_tolerance: float = SE_TOLERANCE, priors=PRIORS, centres=(1.0,),
+                   slope_prior: bool = True, forms=FORMS[1:]) -> dict:
     """A Platt-format calibrator whose form and prior strength are chosen on the fitting data alone.
 
     Candidates: temperature (b = 0) and full Platt maps, each fitted with Platt's smoothed
-    targets and a prior toward the identity of each strength in ``priors`` (the identity itself
-    only when there is nothing to fit: one class, or fewer than 2 observations).
-    The candidate with the lowest k-fold held-out log-loss wins (folds by ``groups``: studies, so
-    views of a study never sit on both sides), or the simplest one within ``se_tolerance``
-    standard errors of it (paired over groups); ties go to the simpler. It is then refitted on
-    all the data. ``a > 0`` always (increasing: rankings and AUROC unchanged).
+    targets and a prior toward (``centre``, 0) of each strength in ``priors`` and each slope
+    centre in ``centres`` (the identity, 1, by default; the identity itself only when there is
+    nothing to fit: one class, or fewer than 2 observations). The candidate with the lowest
+    k-fold held-out log-loss wins (folds by ``groups``: studies, so views of a study never sit
+    on both sides), or the simplest one within ``se_tolerance`` standard errors of it (paired
+    over groups); ties go to the simpler. It is then refitted on all the data. ``a > 0`` always
+    (increasing: rankings and AUROC unchanged).
 
     Parameters
     ----------
@@ -165,13 +172,19 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
         Raw probabilities.
     groups : array (N,), optional
         The unit of the folds (study ids); default one group per observation.
+    centres : tuple of float
+        Slopes the prior pulls toward (b always toward 0).
+    slope_prior : bool
+        False: the prior holds ``b`` only and the slope is free (temperature then has no prior).
+    forms : tuple of str
+        Among ``"temperature"``, ``"platt"``.
 
     Returns
     -------
     dict
-        ``{"method": "platt", "a", "b", "form", "prior"}`` plus ``"cv_log_loss"`` per candidate
-        (``temperature@20``, ``platt@5``, ...: mean held-out log-loss per observation), the
-        evidence the choice was made on.
+        ``{"method": "platt", "a", "b", "form", "prior"}`` (+ ``"centre"`` when not 1) plus
+        ``"cv_log_loss"`` per candidate (``temperature@20``, ``platt@5``, ...: mean held-out
+        log-loss per observation), the evidence the choice was made on.
     """
     y = np.asarray(labels).astype(int)
     x = _logit(scores)
@@ -180,17 +193,17 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
     g = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
     if len(np.unique(y)) < 2 or len(y) < 2:
         return {"method": "platt", "a": 1.0, "b": 0.0, "form": "identity", "prior": None}
-    cands = _candidates(priors)
+    cands = _candidates(priors, centres, forms)
     n_groups = int(g.max()) + 1
     k = min(folds, n_groups)
     fold_of_group = np.random.default_rng(seed).permutation(n_groups) % k
     fold = fold_of_group[g]
-    held = {name: np.zeros(len(y)) for name, _, _ in cands}
+    held = {name: np.zeros(len(y)) for name, *_ in cands}
     for i in range(k):
         test, train = fold == i, fold != i
         t = _smoothed_targets(y[train])
-        for name, form, prior in cands:
-            a, b = _fit_form(x[train], t, form, prior)
+        for name, form, prior, centre in cands:
+            a, b = _fit_form(x[train], t, form, prior, centre, slope_prior)
             held[name][test] = _log_loss(y[test], a * x[test] + b)
     # per-group held-out losses (views of a study are not independent), paired across candidates
     per_group = {name: np.bincount(g, weights=held[name], minlength=n_groups) for name in held}
@@ -202,10 +215,13 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
         if d.sum() <= se_tolerance * se + 1e-12:
             chosen = c
             break
-    _, form, prior = chosen
-    a, b = _fit_form(x, _smoothed_targets(y), form, prior)
-    return {"method": "platt", "a": a, "b": b, "form": form, "prior": prior,
-            "cv_log_loss": {name: float(v.mean()) for name, v in held.items()}}
+    _, form, prior, centre = chosen
+    a, b = _fit_form(x, _smoothed_targets(y), form, prior, centre, slope_prior)
+    out = {"method": "platt", "a": a, "b": b, "form": form, "prior": prior}
+    if centre != 1.0:
+        out["centre"] = float(centre)
+    out["cv_log_loss"] = {name: float(v.mean()) for name, v in held.items()}
+    return out
 
 
 def apply_platt(c: dict, scores) -> np.ndarray:
