@@ -231,7 +231,7 @@ def test_calibration_check_scores_a_run_and_refuses_bad_input(tmp_path, capsys):
     assert calibration_check.main([str(tmp_path / "run"), "--resamples", "50"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = [r.split(" | ") for r in out[2:]]
-    assert [r[4] for r in rows] == ["raw", "old", "new", "new-1se"] and all(r[1] == "cnn" for r in rows)
+    assert [r[4] for r in rows] == ["raw", "old", "prev", "new", "new-1se"] and all(r[1] == "cnn" for r in rows)
     assert len({r[-1] for r in rows}) == 1  # study AUROC: the same under every calibrator
     assert rows[0][3] == "80/" + str(len(_views(80, 14)[0]))
     assert calibration_check.main([str(tmp_path / "missing")]) == 1
