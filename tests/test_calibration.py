@@ -163,6 +163,26 @@ def test_study_calibrator_centre_comes_from_the_view_count():
             fit_study_calibrator(y, p, bad)
 
 
+def test_calibration_rules_choice_follows_its_preset_margins():
+    """benchmarks/calibration_rules.py's choice: the lowest family-weighted mean wins only when it
+    beats the rule in force by more than the margin; a view rule must win in both families."""
+    spec = importlib.util.spec_from_file_location(
+        "calibration_rules", Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_rules.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+
+    def rows(rule, other):  # two families, one cell each, 3 draws; 'other' differs per family
+        return [(fam, "m", 30, {"rule": rule, "x": rule + d}, {"rule": np.full(3, rule), "x": np.full(3, rule + d)})
+                for fam, d in zip(("a", "b"), other)]
+
+    assert rules.choose(rules.summary(rows(0.06, (-0.004, 0.0))), "study") == "x"  # mean -0.002 < -0.001
+    assert rules.choose(rules.summary(rows(0.06, (-0.001, 0.0))), "study") == "rule"  # within the margin
+    assert rules.choose(rules.summary(rows(0.06, (-0.010, 0.001))), "image") == "rule"  # worse in one family
+    assert rules.choose(rules.summary(rows(0.06, (-0.004, -0.003))), "image") == "x"
+    s = rules.summary(rows(0.06, (-0.004, 0.002)))
+    assert s["x"]["score"] == pytest.approx(0.059) and s["x"]["worst_cell_vs_rule"] == pytest.approx(0.002)
+
+
 def test_ece_floor_tells_noise_from_miscalibration():
     rng = np.random.default_rng(10)
     for n in (80, 2000):
