@@ -242,9 +242,11 @@ def fit_study_calibrator(labels, means, views_per_study: float) -> dict:
     study mean is under-dispersed (val study slopes of 1.3-4.5 on murakit's runs). The prior
     toward 1 pulled against that; centred on the mean view count, held-out log-loss still picks
     its strength (a strong prior at the centre, a weak one lets the data decide). Chosen over
-    six other rules by mean study ECE on both simulation families, the one where the study mean
+    seven other rules by mean study ECE on both simulation families, the one where the study mean
     starts calibrated and the one where views miss the finding (benchmarks/calibration_rules.py:
-    0.058 against the identity-centred rule's 0.067; docs/trust.md).
+    0.058 against the identity-centred rule's 0.067; docs/trust.md). Its cost: about 30 val
+    studies of a model whose study mean is already calibrated (a strong prior toward n is wrong
+    there; simulated 0.041 -> 0.076, and P4_small's re-splits).
 
     Parameters
     ----------
