@@ -7,9 +7,11 @@
 For each run folder and each model with ``RUN/<model>/predictions_{val,test}.csv`` (or ``.csv.gz``;
 cnn, baseline), prints one row per calibrator: ``raw`` (no calibrator), ``old`` (the unregularised
 Platt fit murakit used before: :func:`murakit.evaluation.calibration.platt` on val views and
-on val study means) and ``new`` (:func:`murakit.evaluation.calibration.fit_calibration`: form
-chosen on val by k-fold-by-study log-loss, smoothed targets, prior toward the identity) and
-``new-1se`` (the same with the one-standard-error rule, the variant not shipped), with
+on val study means), ``new`` (:func:`murakit.evaluation.calibration.fit_calibration`: form
+chosen on val by k-fold-by-study log-loss, smoothed targets, a prior toward the identity for
+views and toward the slope of the mean view count for study means), ``prev`` (the same with the
+study prior toward the identity: the rule before benchmarks/calibration_rules.py chose the
+centre) and ``new-1se`` (``new`` with the one-standard-error rule, the variant not shipped), with
 test image and study ECE, their 95% study-bootstrap intervals, the ECE floor (the mean and 95th
 percentile ECE of a perfectly calibrated model at that test size:
 :func:`murakit.evaluation.calibration.ece_floor`) and study AUROC. Only val chooses and fits;
@@ -65,11 +67,14 @@ def check(run: Path, model: str, n: int) -> list:
     yv, pv, sv = _read(val)
     yt, pt, st = _read(test)
     s = study_level(yv, pv, sv)
+    views = len(yv) / len(s["label"])
+    new = fit_calibration(yv, pv, sv)
     calibrators = {"raw": None,
                    "old": {"image": platt(yv, pv), "study": platt(s["label"], s["prob"])},
-                   "new": fit_calibration(yv, pv, sv),
+                   "prev": {"image": new["image"], "study": fit_calibrator(s["label"], s["prob"])},
+                   "new": new,
                    "new-1se": {"image": fit_calibrator(yv, pv, sv, se_tolerance=1.0),
-                               "study": fit_calibrator(s["label"], s["prob"], se_tolerance=1.0)}}
+                               "study": fit_calibrator(s["label"], s["prob"], se_tolerance=1.0, centres=(views,))}}
     rows = []
     for name, cal in calibrators.items():
         card = _Card(cal) if cal else None
@@ -101,11 +106,17 @@ SCENARIOS = ((1.0, 0.0), (2.0, 0.0), (0.6, 0.0), (1.0, 1.0))  # (temperature, sh
 
 def simulate(draws: int = 10) -> list:
     """Rows ``(scenario, val studies, {rule: (image ECE, study ECE)})``, mean over ``draws``."""
-    from murakit.evaluation.calibration import apply_platt, ece, fit_calibrator, platt
+    from murakit.evaluation.calibration import apply_platt, ece, fit_calibrator, fit_study_calibrator, platt
     from murakit.evaluation.metrics import study_level
 
-    rules = {"raw": lambda y, p, g: {"a": 1.0, "b": 0.0}, "old": lambda y, p, g: platt(y, p),
-             "new": fit_calibrator, "new-1se": lambda y, p, g: fit_calibrator(y, p, g, se_tolerance=1.0)}
+    identity = {"a": 1.0, "b": 0.0}
+    # name -> (view fit(y, p, studies), study fit(y, means, views per study))
+    rules = {"raw": (lambda y, p, g: identity, lambda y, p, n: identity),
+             "old": (lambda y, p, g: platt(y, p), lambda y, p, n: platt(y, p)),
+             "prev": (fit_calibrator, lambda y, p, n: fit_calibrator(y, p)),
+             "new": (fit_calibrator, fit_study_calibrator),
+             "new-1se": (lambda y, p, g: fit_calibrator(y, p, g, se_tolerance=1.0),
+                         lambda y, p, n: fit_calibrator(y, p, se_tolerance=1.0, centres=(n,)))}
     rows = []
     for temperature, shift in SCENARIOS:
         yt, pt, gt = simulated_views(3000, 100, temperature, shift)
@@ -115,8 +126,8 @@ def simulate(draws: int = 10) -> list:
             for seed in range(draws):
                 y, p, g = simulated_views(n, 200 + seed, temperature, shift)
                 sv = study_level(y, p, g)
-                for r, fit in rules.items():
-                    ci, cs = fit(y, p, g), fit(sv["label"], sv["prob"], None)
+                for r, (fit_view, fit_study) in rules.items():
+                    ci, cs = fit_view(y, p, g), fit_study(sv["label"], sv["prob"], len(y) / len(sv["label"]))
                     out[r].append((ece(yt, apply_platt(ci, pt)), ece(st["label"], apply_platt(cs, st["prob"]))))
             rows.append((f"temperature {temperature:g}, shift {shift:g}", n,
                          {r: tuple(np.mean(v, axis=0)) for r, v in out.items()}))

@@ -28,15 +28,17 @@ kept in ``benchmarks/data/calibration/runs``) and writes nothing. Two tables:
    the run's number of val studies is reached, the rest as test); murakit's rule is fitted on each pseudo-val and scored on its
    pseudo-test. It shows how far test ECE moves with nothing but the luck of the split, how often
    the goals (image <= 0.04, study <= 0.05) are met at these sizes, and where the run's real split
-   falls among the re-splits (its percentile); for murakit's rule and, for comparison, plain
-   Platt (its first calibrators, which the proof-table presets' cards still had).
+   falls among the re-splits (its percentile); for murakit's rule and, for comparison, its
+   previous rule (the study prior toward slope 1) and, with ``--platt``, plain Platt (its first
+   calibrators).
 
 ``--simulate``: study calibrators on simulated models whose study mean is under-dispersed the way
 a real one is (truth known, no test split involved): an abnormal study's views each show the
 finding with probability ``show``; a view's logit is ``sep`` higher when it does, plus N(0, 1)
 noise; the model reports the sigmoid (views calibrated only in rank). Study ECE on 4,000 test
-studies, mean over 20 val draws of 30 and 100 studies, for murakit's rule, plain Platt, the rule
-with the one-SE variant and the rule with the weak priors only (1, 0.2, 0.04).
+studies, mean over 20 val draws of 30 and 100 studies, for murakit's rule (study prior centred on
+the mean view count), its previous rule (prior toward slope 1), plain Platt, the rule with the
+one-SE variant and the previous rule with the weak priors only (1, 0.2, 0.04).
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def _fitters():
 
     from murakit.evaluation.calibration import apply_platt, fit_calibrator
 
-    def rule(y, p, g, n):
-        c = fit_calibrator(y, p, g)
+    def rule(y, p, g, n):  # n: ones for views (centre 1), view counts for study means
+        c = fit_calibrator(y, p, g, centres=(float(np.mean(n)),))
         return lambda q, m: apply_platt(c, q)
 
     def platt(y, p, g, n):
@@ -223,6 +225,14 @@ def _cv_raw(s):
     return float(np.mean(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
 
 
+def _previous_rule(y, p, g) -> dict:
+    """murakit's rule before the study prior was centred on the mean view count (toward 1)."""
+    from murakit.evaluation.calibration import fit_calibrator
+
+    s = _study_table(y, p, g)
+    return {"image": fit_calibrator(y, p, g), "study": fit_calibrator(s[0], s[1])}
+
+
 def _old_rule(y, p, g) -> dict:
     """murakit's first calibrators: plain Platt on val views and on val study means."""
     from murakit.evaluation.calibration import platt
@@ -277,21 +287,24 @@ SIM_SCENARIOS = ((0.75, 2.5), (0.6, 3.0), (0.9, 2.0))  # (show, sep)
 
 def simulate(draws: int = 20) -> list:
     """Rows ``(show, sep, val studies, raw ECE, {rule: mean study ECE})``."""
-    from murakit.evaluation.calibration import apply_platt, ece, fit_calibrator, platt
+    from murakit.evaluation.calibration import apply_platt, ece, fit_calibrator, fit_study_calibrator, platt
     from murakit.evaluation.metrics import study_level
 
-    rules = {"rule": fit_calibrator, "plain Platt": platt,
-             "rule, one-SE": lambda y, p: fit_calibrator(y, p, se_tolerance=1.0),
-             "rule, priors 1-0.04": lambda y, p: fit_calibrator(y, p, priors=(1.0, 0.2, 0.04))}
+    rules = {"rule": fit_study_calibrator, "previous rule": lambda y, p, n: fit_calibrator(y, p),
+             "plain Platt": lambda y, p, n: platt(y, p),
+             "rule, one-SE": lambda y, p, n: fit_calibrator(y, p, se_tolerance=1.0, centres=(n,)),
+             "previous rule, priors 1-0.04": lambda y, p, n: fit_calibrator(y, p, priors=(1.0, 0.2, 0.04))}
     rows = []
     for show, sep in SIM_SCENARIOS:
         st = study_level(*underdispersed_views(4000, 1, show, sep))
         for n in (30, 100):
             out = {r: [] for r in rules}
             for seed in range(draws):
-                sv = study_level(*underdispersed_views(n, 100 + seed, show, sep))
+                y, p, g = underdispersed_views(n, 100 + seed, show, sep)
+                sv = study_level(y, p, g)
+                views = len(y) / len(sv["label"])
                 for r, fit in rules.items():
-                    out[r].append(ece(st["label"], apply_platt(fit(sv["label"], sv["prob"]), st["prob"])))
+                    out[r].append(ece(st["label"], apply_platt(fit(sv["label"], sv["prob"], views), st["prob"])))
             rows.append((show, sep, n, ece(st["label"], st["prob"]), {r: float(np.mean(v)) for r, v in out.items()}))
     return rows
 
@@ -303,6 +316,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="cnn", choices=("cnn", "baseline"))
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--resplits", type=int, default=0, help="table 3: re-split val + test this many times")
+    ap.add_argument("--platt", action="store_true", help="table 3: plain Platt too (beside the rule and the previous rule)")
     args = ap.parse_args(argv)
     if args.simulate:
         rows = simulate()
@@ -346,7 +360,8 @@ def main(argv=None) -> int:
               "(image / study) |")
         print("|---|---|---|---|---|")
         for (name, ((yv, pv, gv), (yt, pt, gt))), (rule_name, rule) in (
-                (d, r) for d in data.items() for r in (("rule", None), ("plain Platt", _old_rule))):
+                (d, r) for d in data.items() for r in (("rule", None), ("previous rule", _previous_rule),
+                                                       ("plain Platt", _old_rule))[:2 + args.platt]):
             r = resplit_row(yv, pv, gv, yt, pt, gt, args.resplits, rule=rule)
             print(f"| {name} ({rule_name}) | {r['real'][0]:.3f} / {r['real'][1]:.3f} | {r['median'][0]:.3f} "
                   f"[{r['q'][0][0]:.3f}, {r['q'][1][0]:.3f}] / {r['median'][1]:.3f} [{r['q'][0][1]:.3f}, "

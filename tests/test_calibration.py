@@ -20,6 +20,7 @@ from murakit.evaluation.calibration import (
     fit_calibration,
     fit_calibrator,
     fit_operating_points,
+    fit_study_calibrator,
     platt,
     threshold_for,
 )
@@ -117,6 +118,69 @@ def test_small_val_sets_do_not_make_a_calibrated_model_worse():
         new.append(ece(yt, apply_platt(fit_calibrator(y, p, g), pt)))
     assert base < 0.02 and np.mean(old) > 0.07  # chasing 30 studies costs the old fit dearly ...
     assert np.mean(new) < np.mean(old) - 0.03  # ... the prior and the form choice much less
+
+
+_shift_spec = importlib.util.spec_from_file_location(
+    "calibration_shift", Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_shift.py")
+calibration_shift = importlib.util.module_from_spec(_shift_spec)
+_shift_spec.loader.exec_module(calibration_shift)
+
+
+def test_study_calibrator_fits_an_under_dispersed_study_mean_better_than_the_identity_prior():
+    """Abnormal studies whose views miss the finding (a real study mean's shape): the study map's
+    prior centred on the mean view count beats the previous prior toward slope 1 (which pulled the
+    slope back toward 1) on held-out studies, draw after draw, and stays increasing."""
+    st = study_level(*calibration_shift.underdispersed_views(3000, 1))
+    new, old = [], []
+    for seed in range(8):
+        y, p, g = calibration_shift.underdispersed_views(60, 300 + seed)
+        sv = study_level(y, p, g)
+        c = fit_study_calibrator(sv["label"], sv["prob"], len(y) / len(sv["label"]))
+        assert c["a"] > 0 and c["centre"] == pytest.approx(len(y) / len(sv["label"]))
+        q = apply_platt(c, st["prob"])
+        assert auroc(st["label"], q) == pytest.approx(auroc(st["label"], st["prob"]), abs=1e-12)
+        new.append(ece(st["label"], q))
+        old.append(ece(st["label"], apply_platt(fit_calibrator(sv["label"], sv["prob"]), st["prob"])))
+    new, old = np.array(new), np.array(old)
+    assert new.mean() < old.mean() - 0.02 and (new < old).sum() >= 6
+
+
+def test_study_calibrator_centre_comes_from_the_view_count():
+    rng = np.random.default_rng(15)
+    p = rng.uniform(0.05, 0.95, 80)
+    y = (rng.uniform(size=80) < p).astype(int)
+    one = fit_study_calibrator(y, p, 1.0)  # single-view studies: the identity-centred rule
+    assert one == fit_calibrator(y, p) and "centre" not in one
+    three = fit_study_calibrator(y, p, 3.0)
+    assert three["centre"] == 3.0 and any(k.endswith("~a3") for k in three["cv_log_loss"])
+    # the card's study map records the centre: val's views per study (3 here)
+    studies = np.repeat(np.arange(80), 3)
+    cal = fit_calibration(y[studies], p[studies], studies)
+    assert cal["study"]["centre"] == pytest.approx(3.0) and "centre" not in cal["image"]
+    assert ModelCard.from_props(_card(calibration=cal).to_props()).calibration == cal
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="views_per_study"):
+            fit_study_calibrator(y, p, bad)
+
+
+def test_calibration_rules_choice_follows_its_preset_margins():
+    """benchmarks/calibration_rules.py's choice: the lowest family-weighted mean wins only when it
+    beats the rule in force by more than the margin; a view rule must win in both families."""
+    spec = importlib.util.spec_from_file_location(
+        "calibration_rules", Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_rules.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+
+    def rows(rule, other):  # two families, one cell each, 3 draws; 'other' differs per family
+        return [(fam, "m", 30, {"rule": rule, "x": rule + d}, {"rule": np.full(3, rule), "x": np.full(3, rule + d)})
+                for fam, d in zip(("a", "b"), other)]
+
+    assert rules.choose(rules.summary(rows(0.06, (-0.004, 0.0))), "study") == "x"  # mean -0.002 < -0.001
+    assert rules.choose(rules.summary(rows(0.06, (-0.001, 0.0))), "study") == "rule"  # within the margin
+    assert rules.choose(rules.summary(rows(0.06, (-0.010, 0.001))), "image") == "rule"  # worse in one family
+    assert rules.choose(rules.summary(rows(0.06, (-0.004, -0.003))), "image") == "x"
+    s = rules.summary(rows(0.06, (-0.004, 0.002)))
+    assert s["x"]["score"] == pytest.approx(0.059) and s["x"]["worst_cell_vs_rule"] == pytest.approx(0.002)
 
 
 def test_ece_floor_tells_noise_from_miscalibration():
@@ -231,7 +295,7 @@ def test_calibration_check_scores_a_run_and_refuses_bad_input(tmp_path, capsys):
     assert calibration_check.main([str(tmp_path / "run"), "--resamples", "50"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = [r.split(" | ") for r in out[2:]]
-    assert [r[4] for r in rows] == ["raw", "old", "new", "new-1se"] and all(r[1] == "cnn" for r in rows)
+    assert [r[4] for r in rows] == ["raw", "old", "prev", "new", "new-1se"] and all(r[1] == "cnn" for r in rows)
     assert len({r[-1] for r in rows}) == 1  # study AUROC: the same under every calibrator
     assert rows[0][3] == "80/" + str(len(_views(80, 14)[0]))
     assert calibration_check.main([str(tmp_path / "missing")]) == 1

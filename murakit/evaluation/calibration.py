@@ -5,9 +5,10 @@ not a probability: views of an abnormal study that do not show the finding pull 
 model card carries two Platt calibrators (``sigmoid(a * logit(score) + b)``, ``a > 0``): one
 fitted on val views, one on val study means. Being increasing, they change no ranking and no
 decision (``edge.trust``). Val sets can be small (30 studies on a small preset), so each is
-fitted with Platt's smoothed targets and a prior toward the identity, its form (temperature or
-full Platt) and prior strength chosen by k-fold-by-study held-out log-loss on val
-(:func:`fit_calibrator`). Binned ECE on a small test set is biased upward; :func:`ece_floor` says
+fitted with Platt's smoothed targets and a prior, its form (temperature or full Platt) and prior
+strength chosen by k-fold-by-study held-out log-loss on val (:func:`fit_calibrator`). The view
+map's prior pulls toward the identity; the study map's toward the slope of a study of
+independent views (:func:`fit_study_calibrator`), because a mean of views is under-dispersed. Binned ECE on a small test set is biased upward; :func:`ece_floor` says
 how much ECE a perfectly calibrated model would show there. The card also carries operating
 points: the shipped threshold (``youden``, the kappa-maximising study threshold murakit has
 always chosen), the thresholds that keep val sensitivity or specificity >= 0.90, and per-part
@@ -64,9 +65,10 @@ def platt(labels, scores, c: float = 1e4) -> dict:
 # The calibrator's forms, simplest first. All are Platt maps sigmoid(a * logit(p) + b) (the card's
 # one format): identity a = 1, b = 0; temperature b = 0; platt both free.
 FORMS = ("identity", "temperature", "platt")
-# Strengths of the Gaussian prior pulling (a, b) toward the identity (1, 0): the penalty
-# prior / 2 * ((a - 1)^2 + b^2) is added to the summed log-loss, i.e. one, five or twenty
-# observations' worth of belief that the model is already calibrated. Negligible on hundreds of
+# Strengths of the Gaussian prior pulling (a, b) toward its centre ((1, 0), the identity, for views;
+# (mean views per study, 0) for study means: fit_study_calibrator): the penalty
+# prior / 2 * ((a - centre)^2 + b^2) is added to the summed log-loss, i.e. one, five or twenty
+# observations' worth of belief in the centre. Negligible on hundreds of
 # val studies, it keeps a 30-study fit from chasing a few points; which strength is chosen with
 # the form, by held-out log-loss (a fixed 5 did best on simulated view-level models but pulled the
 # study mean, which is under-dispersed by construction, too hard toward the identity).
@@ -88,29 +90,32 @@ def _smoothed_targets(y: np.ndarray) -> np.ndarray:
     return np.where(y == 1, (pos + 1.0) / (pos + 2.0), 1.0 / (neg + 2.0))
 
 
-def _fit_form(x: np.ndarray, t: np.ndarray, form: str, prior: float | None = None) -> tuple:
+def _fit_form(x: np.ndarray, t: np.ndarray, form: str, prior: float | None = None,
+              centre: float = 1.0, slope_prior: bool = True) -> tuple:
     """(a, b) minimising the log-loss of targets ``t`` at ``sigmoid(a x + b)`` plus the prior
-    toward (1, 0), with ``a >= A_MIN``. Damped Newton from the identity: the objective is
-    strictly convex (the prior makes it so even on separable data), so this is deterministic
+    toward (``centre``, 0) (on ``b`` alone when ``slope_prior`` is false), with ``a >= A_MIN``.
+    Damped Newton from the centre: the objective is strictly convex (the smoothed targets keep
+    it bounded even on separable data, the prior makes it more so), so this is deterministic
     and converges in a few steps."""
     if form == "identity":
         return 1.0, 0.0
     prior = PRIORS[-1] if prior is None else prior
     free_b = form == "platt"
     X = np.stack([x, np.ones_like(x)], 1) if free_b else x[:, None]
-    centre = np.array([1.0, 0.0])[:X.shape[1]]
+    centre_ = np.array([centre, 0.0])[:X.shape[1]]
+    weight = (prior * np.array([1.0 if slope_prior else 0.0, 1.0]))[:X.shape[1]]
 
     def objective(theta):
         z = X @ theta
         return (np.sum(t * np.logaddexp(0.0, -z) + (1.0 - t) * np.logaddexp(0.0, z))
-                + 0.5 * prior * np.sum((theta - centre) ** 2))
+                + 0.5 * np.sum(weight * (theta - centre_) ** 2))
 
-    theta = centre.copy()
+    theta = centre_.copy()
     f = objective(theta)
     for _ in range(100):
         q = np.exp(-np.logaddexp(0.0, -(X @ theta)))
-        grad = X.T @ (q - t) + prior * (theta - centre)
-        hess = (X * (q * (1.0 - q))[:, None]).T @ X + prior * np.eye(len(theta))
+        grad = X.T @ (q - t) + weight * (theta - centre_)
+        hess = (X * (q * (1.0 - q))[:, None]).T @ X + np.diag(weight)
         step = np.linalg.solve(hess, grad)
         lr = 1.0
         while lr > 1e-10:
@@ -137,26 +142,30 @@ def _log_loss(y: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.where(y == 1, np.logaddexp(0.0, -z), np.logaddexp(0.0, z))
 
 
-def _candidates(priors) -> list:
-    """(name, form, prior) of every candidate calibrator, simplest first. The identity is not one
-    of them: it is the limit of an infinitely strong prior, and as a candidate it won near-ties
-    (on about 100 val studies held-out log-loss cannot tell a real shift from none) that the
-    strongest prior (20) settles with a shrunk correction instead (simulated models: mean test
-    ECE 0.053 / 0.048 without it, 0.053 / 0.049 with it; docs/trust.md)."""
-    return [(f"{f}@{pr:g}", f, pr) for f in FORMS[1:] for pr in priors]
+def _candidates(priors, centres=(1.0,), forms=FORMS[1:]) -> list:
+    """(name, form, prior, centre) of every candidate calibrator, simplest first (per centre:
+    forms, then strongest prior first). The identity is not one of them: it is the limit of an
+    infinitely strong prior, and as a candidate it won near-ties (on about 100 val studies
+    held-out log-loss cannot tell a real shift from none) that the strongest prior (20) settles
+    with a shrunk correction instead (simulated models: mean test ECE 0.053 / 0.048 without it,
+    0.053 / 0.049 with it; docs/trust.md). A centre other than 1 names itself: ``platt@5~a2.75``."""
+    return [(f"{f}@{pr:g}" + ("" if c == 1.0 else f"~a{c:.3g}"), f, pr, c)
+            for c in centres for f in forms for pr in priors]
 
 
 def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 0,
-                   se_tolerance: float = SE_TOLERANCE, priors=PRIORS) -> dict:
+                   se_tolerance: float = SE_TOLERANCE, priors=PRIORS, centres=(1.0,),
+                   slope_prior: bool = True, forms=FORMS[1:]) -> dict:
     """A Platt-format calibrator whose form and prior strength are chosen on the fitting data alone.
 
     Candidates: temperature (b = 0) and full Platt maps, each fitted with Platt's smoothed
-    targets and a prior toward the identity of each strength in ``priors`` (the identity itself
-    only when there is nothing to fit: one class, or fewer than 2 observations).
-    The candidate with the lowest k-fold held-out log-loss wins (folds by ``groups``: studies, so
-    views of a study never sit on both sides), or the simplest one within ``se_tolerance``
-    standard errors of it (paired over groups); ties go to the simpler. It is then refitted on
-    all the data. ``a > 0`` always (increasing: rankings and AUROC unchanged).
+    targets and a prior toward (``centre``, 0) of each strength in ``priors`` and each slope
+    centre in ``centres`` (the identity, 1, by default; the identity itself only when there is
+    nothing to fit: one class, or fewer than 2 observations). The candidate with the lowest
+    k-fold held-out log-loss wins (folds by ``groups``: studies, so views of a study never sit
+    on both sides), or the simplest one within ``se_tolerance`` standard errors of it (paired
+    over groups); ties go to the simpler. It is then refitted on all the data. ``a > 0`` always
+    (increasing: rankings and AUROC unchanged).
 
     Parameters
     ----------
@@ -165,13 +174,19 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
         Raw probabilities.
     groups : array (N,), optional
         The unit of the folds (study ids); default one group per observation.
+    centres : tuple of float
+        Slopes the prior pulls toward (b always toward 0).
+    slope_prior : bool
+        False: the prior holds ``b`` only and the slope is free (temperature then has no prior).
+    forms : tuple of str
+        Among ``"temperature"``, ``"platt"``.
 
     Returns
     -------
     dict
-        ``{"method": "platt", "a", "b", "form", "prior"}`` plus ``"cv_log_loss"`` per candidate
-        (``temperature@20``, ``platt@5``, ...: mean held-out log-loss per observation), the
-        evidence the choice was made on.
+        ``{"method": "platt", "a", "b", "form", "prior"}`` (+ ``"centre"`` when not 1) plus
+        ``"cv_log_loss"`` per candidate (``temperature@20``, ``platt@5``, ...: mean held-out
+        log-loss per observation), the evidence the choice was made on.
     """
     y = np.asarray(labels).astype(int)
     x = _logit(scores)
@@ -180,17 +195,17 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
     g = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
     if len(np.unique(y)) < 2 or len(y) < 2:
         return {"method": "platt", "a": 1.0, "b": 0.0, "form": "identity", "prior": None}
-    cands = _candidates(priors)
+    cands = _candidates(priors, centres, forms)
     n_groups = int(g.max()) + 1
     k = min(folds, n_groups)
     fold_of_group = np.random.default_rng(seed).permutation(n_groups) % k
     fold = fold_of_group[g]
-    held = {name: np.zeros(len(y)) for name, _, _ in cands}
+    held = {name: np.zeros(len(y)) for name, *_ in cands}
     for i in range(k):
         test, train = fold == i, fold != i
         t = _smoothed_targets(y[train])
-        for name, form, prior in cands:
-            a, b = _fit_form(x[train], t, form, prior)
+        for name, form, prior, centre in cands:
+            a, b = _fit_form(x[train], t, form, prior, centre, slope_prior)
             held[name][test] = _log_loss(y[test], a * x[test] + b)
     # per-group held-out losses (views of a study are not independent), paired across candidates
     per_group = {name: np.bincount(g, weights=held[name], minlength=n_groups) for name in held}
@@ -202,10 +217,13 @@ def fit_calibrator(labels, scores, groups=None, folds: int = FOLDS, seed: int = 
         if d.sum() <= se_tolerance * se + 1e-12:
             chosen = c
             break
-    _, form, prior = chosen
-    a, b = _fit_form(x, _smoothed_targets(y), form, prior)
-    return {"method": "platt", "a": a, "b": b, "form": form, "prior": prior,
-            "cv_log_loss": {name: float(v.mean()) for name, v in held.items()}}
+    _, form, prior, centre = chosen
+    a, b = _fit_form(x, _smoothed_targets(y), form, prior, centre, slope_prior)
+    out = {"method": "platt", "a": a, "b": b, "form": form, "prior": prior}
+    if centre != 1.0:
+        out["centre"] = float(centre)
+    out["cv_log_loss"] = {name: float(v.mean()) for name, v in held.items()}
+    return out
 
 
 def apply_platt(c: dict, scores) -> np.ndarray:
@@ -214,14 +232,46 @@ def apply_platt(c: dict, scores) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -z))
 
 
+def fit_study_calibrator(labels, means, views_per_study: float) -> dict:
+    """The study calibrator: :func:`fit_calibrator` on study means, its prior centred on slope
+    ``views_per_study`` instead of 1.
+
+    Why not the identity: averaging views' probabilities shrinks the evidence. A study of n views
+    that each carried independent evidence would have log-odds about n times its mean view logit,
+    and an abnormal study whose other views miss the finding is pulled toward normal, so a real
+    study mean is under-dispersed (val study slopes of 1.3-4.5 on murakit's runs). The prior
+    toward 1 pulled against that; centred on the mean view count, held-out log-loss still picks
+    its strength (a strong prior at the centre, a weak one lets the data decide). Chosen over
+    seven other rules by mean study ECE on both simulation families, the one where the study mean
+    starts calibrated and the one where views miss the finding (benchmarks/calibration_rules.py:
+    0.058 against the identity-centred rule's 0.067; docs/trust.md). Its cost: about 30 val
+    studies of a model whose study mean is already calibrated (a strong prior toward n is wrong
+    there; simulated 0.041 -> 0.076, and P4_small's re-splits).
+
+    Parameters
+    ----------
+    labels : 0/1 array (S,)
+    means : array (S,) in [0, 1]
+        Each study's mean raw view probability (the MURA study score).
+    views_per_study : float
+        Mean views per study on the fitting data (>= 1; 1 gives the identity-centred rule).
+    """
+    if not (math.isfinite(views_per_study) and views_per_study >= 1.0):
+        raise ValueError(f"views_per_study must be a finite number >= 1, got {views_per_study!r}")
+    return fit_calibrator(labels, means, centres=(float(views_per_study),))
+
+
 def fit_calibration(labels, probs, studies) -> dict:
     """The card's ``calibration``: a view calibrator and a study calibrator fitted on val
-    (:func:`fit_calibrator`; the view calibrator's folds are by study, the study calibrator's
-    unit is the study mean, the MURA protocol's study score, so study AUROC is unchanged)."""
+    (:func:`fit_calibrator`, folds by study; :func:`fit_study_calibrator` on study means, the
+    MURA protocol's study score, so study AUROC is unchanged, with its prior centred on val's
+    mean views per study)."""
     from murakit.evaluation.metrics import study_level
 
     s = study_level(labels, probs, studies)
-    return {"image": fit_calibrator(labels, probs, studies), "study": fit_calibrator(s["label"], s["prob"])}
+    views = len(np.asarray(labels)) / max(len(s["label"]), 1)
+    return {"image": fit_calibrator(labels, probs, studies),
+            "study": fit_study_calibrator(s["label"], s["prob"], views)}
 
 
 def ece(labels, probs, bins: int = ECE_BINS) -> float:
