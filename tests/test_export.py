@@ -199,6 +199,11 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
         assert (out / "golden" / stem / "test_data_set_5" / "source.png").is_file()
     assert manifest["tolerances"]["probability"] > 1e-3  # INT8: from its recorded agreement
     assert Predictor(out / "cnn.int8.onnx").threshold == 0.5
+    # the INT8 gate threshold: the float rule on INT8 scores, out-of-fold scores moved by quantization
+    rule = q.gate["fit"]["int8_threshold_rule"]
+    assert q.gate["threshold"] == max(rule["val_threshold"], rule["oof_threshold"])
+    assert rule["n_oof"] == card.gate["fit"]["threshold_rule"]["n_oof"] and q.gate["fit"]["float_threshold"] == card.gate["threshold"]
+    assert "oof_scores" not in card.gate["fit"]  # the scores themselves stay out of the card
     # the part output is the head trained with the CNN, its labels the training config's parts
     assert card.part_labels == list(trained.model_config["parts"]) == ["ELBOW", "HAND", "WRIST"]
     assert summary["cnn"]["keras_parity"]["part"] <= 1e-5
