@@ -138,7 +138,8 @@ def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_si
         For ``deep.gate.GateHead``.
     info : dict
         ``threshold``, ``threshold_rule``, ``val_refusal_rate``, ``fit_auroc`` (train
-        radiographs vs outliers), counts.
+        radiographs vs outliers), counts; ``oof_scores`` (N,) the out-of-fold scores (None without
+        ``train_groups``): not for the card, for :func:`quantized_threshold` (the INT8 export).
     """
     if len(train_v) < MIN_IN or len(val_v) < MIN_VAL or len(ood_v) < MIN_OUT:
         raise ExportError(f"the gate needs >= {MIN_IN} training and {MIN_VAL} validation radiographs and >= "
@@ -154,10 +155,57 @@ def fit_gate(train_v: np.ndarray, val_v: np.ndarray, ood_v: np.ndarray, block_si
         threshold = max(threshold, both)
         rule.update(oof_folds=OOF_FOLDS, oof_threshold=both, n_oof=len(oof),
                     oof_refusal_rate=float(np.mean(oof > threshold)))
-    return params, {"threshold": threshold, "threshold_rule": rule,
+    else:
+        oof = None
+    return params, {"threshold": threshold, "threshold_rule": rule, "oof_scores": oof,
                     "val_refusal_rate": float(np.mean(val_s > threshold)),
                     "fit_auroc": _auroc(train_s, ood_s), "fit_outliers_refused": float(np.mean(ood_s > threshold)),
                     "n_train": len(train_v), "n_val": len(val_v), "n_outliers": len(ood_v)}
+
+
+def quantized_threshold(int8_val: np.ndarray, oof=None, float_train=None, int8_train=None) -> tuple:
+    """The INT8 model's gate threshold, by the rule the float one follows (:func:`fit_gate`).
+
+    Quantization moves every gate score, so the float threshold cannot be reused; but choosing it
+    again on the INT8 model's validation scores alone would drop what the out-of-fold training
+    scores added (a tail a few hundred validation radiographs miss), and refitting the gate per
+    fold on quantized models is not possible (the INT8 graph's gate constants are the float
+    fit's). So each training radiograph's out-of-fold score is moved by what quantization does to
+    *that* radiograph's score under the shipped gate (INT8 minus float output of the same image):
+    the per-fold gates differ from the shipped one by a fifth of the training data, the
+    quantization of the features they read does not. The threshold is then the higher of the rule
+    on the INT8 validation scores and the rule on those with the moved out-of-fold scores: as for
+    float, they can raise it, never lower it.
+
+    Parameters
+    ----------
+    int8_val : ndarray float (V,)
+        The INT8 model's gate scores of the validation radiographs.
+    oof, float_train, int8_train : ndarray float (N,), optional
+        Out-of-fold scores of the training radiographs (``info["oof_scores"]`` of
+        :func:`fit_gate`), and the float and INT8 models' gate scores of the same radiographs, in
+        the same order. Without them (a run with too few patients for folds): val only.
+
+    Returns
+    -------
+    threshold : float
+    rule : dict
+        ``val_threshold``, ``val_order``; with out-of-fold scores also ``oof_threshold``,
+        ``n_oof``, ``oof_shift_median`` and ``oof_shift_max_abs`` (the per-image shifts applied).
+    """
+    threshold, order = threshold_rule(int8_val)
+    rule = {"val_threshold": threshold, "val_order": order}
+    if oof is not None:
+        oof, float_train, int8_train = (np.asarray(a, np.float64) for a in (oof, float_train, int8_train))
+        if not oof.shape == float_train.shape == int8_train.shape:
+            raise ExportError(f"out-of-fold, float and INT8 training scores differ in shape: {oof.shape}, "
+                              f"{float_train.shape}, {int8_train.shape}")
+        shift = int8_train - float_train
+        both, _ = threshold_rule(np.r_[oof + shift, int8_val])
+        rule.update(oof_threshold=both, n_oof=len(oof), oof_shift_median=float(np.median(shift)),
+                    oof_shift_max_abs=float(np.max(np.abs(shift))))
+        threshold = max(threshold, both)
+    return threshold, rule
 
 
 def _auroc(inlier: np.ndarray, outlier: np.ndarray) -> float:

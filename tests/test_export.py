@@ -199,6 +199,22 @@ def test_export_writes_self_describing_models_and_golden_sets(run_dir):
         assert (out / "golden" / stem / "test_data_set_5" / "source.png").is_file()
     assert manifest["tolerances"]["probability"] > 1e-3  # INT8: from its recorded agreement
     assert Predictor(out / "cnn.int8.onnx").threshold == 0.5
+    # the INT8 gate threshold: the float rule on INT8 scores, out-of-fold scores moved by quantization
+    rule = q.gate["fit"]["int8_threshold_rule"]
+    assert q.gate["threshold"] == max(rule["val_threshold"], rule["oof_threshold"])
+    assert rule["n_oof"] == card.gate["fit"]["threshold_rule"]["n_oof"] and q.gate["fit"]["float_threshold"] == card.gate["threshold"]
+    assert "oof_scores" not in card.gate["fit"]  # the scores themselves stay out of the card
+    # the gate's own nodes stay float: a quantized head clamped every score at the calibration
+    # radiographs' highest, so non-radiographs (here noise and blank frames) could not be refused
+    from export.cnn import onnx_outputs
+
+    x = np.random.default_rng(2).random((8, SIZE, SIZE, 1), dtype=np.float32)
+    x[4:] = np.linspace(0, 1, 4, dtype=np.float32)[:, None, None, None]
+    radiographs = np.concatenate([load_tensor(p) for p in sorted((out / "golden" / "cnn").glob("test_data_set_*/input_0.pb"))])
+    f, q8 = (onnx_outputs(out / f"{stem}.onnx", x)["gate"] for stem in ("cnn", "cnn.int8"))
+    rf, rq = (onnx_outputs(out / f"{stem}.onnx", radiographs)["gate"] for stem in ("cnn", "cnn.int8"))
+    assert f.min() > rf.max() + 5.0  # the float gate scores these frames well above the radiographs
+    assert q8.min() - rq.max() > 0.5 * (f.min() - rf.max()) and np.corrcoef(f, q8)[0, 1] > 0.9  # so does INT8
     # the part output is the head trained with the CNN, its labels the training config's parts
     assert card.part_labels == list(trained.model_config["parts"]) == ["ELBOW", "HAND", "WRIST"]
     assert summary["cnn"]["keras_parity"]["part"] <= 1e-5

@@ -117,6 +117,60 @@ def test_out_of_fold_scores_can_raise_the_threshold_never_lower_it():
     assert "oof_threshold" not in few["threshold_rule"]
 
 
+def _gate_onnx(offset: float):
+    """A stand-in model: image (N, S, S, 1) -> gate (N,) = 10 * mean(image) + offset."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Mul", ["m", "ten"], ["s"]), helper.make_node("Add", ["s", "off"], ["gate"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 4, 4, 1])],
+        [helper.make_tensor_value_info("gate", TensorProto.FLOAT, [None])],
+        [helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]), helper.make_tensor("off", TensorProto.FLOAT, [], [offset])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_int8_threshold_follows_the_float_rule_moved_by_quantization():
+    """The INT8 card's threshold is the float rule's, on INT8 scores: when the out-of-fold training
+    scores raised the float threshold above val's, the INT8 one is raised too, by the same scores
+    moved by quantization's shift (re-choosing on INT8 val scores alone, the first INT8 rule, was
+    looser than the float threshold moved by that shift); without out-of-fold scores, val only."""
+    from export.gate import fit_gate, gate_scores, quantized_threshold, threshold_rule
+    from murakit.pipeline.export import int8_gate_card
+
+    rng = np.random.default_rng(5)
+    val_x = rng.uniform(0.30, 0.50, (40, 4, 4, 1)).astype(np.float32)  # gate scores 3-5
+    train_x = rng.uniform(0.30, 0.50, (300, 4, 4, 1)).astype(np.float32)
+    train_x[:6] += 0.25  # unusual training radiographs (scores ~6.5-7.5), none in val
+    f = _gate_onnx(0.0)
+    oof = 10 * train_x.mean((1, 2, 3)).astype(np.float64)  # stand-in out-of-fold scores
+    val_t, both = threshold_rule(10 * val_x.mean((1, 2, 3)))[0], threshold_rule(np.r_[oof, 10 * val_x.mean((1, 2, 3))])[0]
+    gate = {"method": "m", "output": "gate", "threshold": max(val_t, both),
+            "fit": {"threshold_rule": {"val_threshold": val_t, "oof_threshold": both}, "n_train": 300}}
+    assert both > val_t + 1.0  # the training tail set the float threshold
+    for shift in (0.3, -0.3):
+        q = _gate_onnx(shift)
+        card = int8_gate_card(gate, q, val_x, f, train_x, oof)
+        assert card["threshold"] == pytest.approx(gate["threshold"] + shift, abs=1e-4)  # not looser, not tighter
+        assert card["threshold"] > threshold_rule(10 * val_x.mean((1, 2, 3)) + shift)[0] + 1.0  # the old INT8 rule
+        rule = card["fit"]["int8_threshold_rule"]
+        assert rule["oof_shift_median"] == pytest.approx(shift, abs=1e-4) and rule["n_oof"] == 300
+        assert card["fit"]["float_threshold"] == gate["threshold"] and not card["fit"]["int8_threshold_from_val"]
+        assert card["fit"]["n_train"] == 300 and card["method"] == "m"  # the float card's keys are kept
+    alone = int8_gate_card(gate, _gate_onnx(0.3), val_x)  # no folds: INT8 val scores alone
+    assert alone["threshold"] == pytest.approx(val_t + 0.3, abs=1e-4) and alone["fit"]["int8_threshold_from_val"]
+    assert int8_gate_card(None, f, val_x) is None
+    # a shift that only touches the unusual radiographs moves the threshold with them, not with val
+    int8_train = 10 * train_x.mean((1, 2, 3)) + np.where(np.arange(300) < 6, 0.8, 0.0)
+    t, rule = quantized_threshold(10 * val_x.mean((1, 2, 3)), oof, 10 * train_x.mean((1, 2, 3)), int8_train)
+    assert t == pytest.approx(both + 0.8) and rule["oof_threshold"] == t and rule["val_threshold"] < t
+    # and fit_gate hands out the out-of-fold scores it read (export passes them to the INT8 card)
+    v = rng.normal(size=(100, 4))
+    params, info = fit_gate(v, v[:20], rng.normal(4, 1, (30, 4)), [2, 2], train_groups=np.arange(100) // 2)
+    both, _ = threshold_rule(np.r_[info["oof_scores"], gate_scores(v[:20], params)])
+    assert info["oof_scores"].shape == (100,) and info["threshold_rule"]["oof_threshold"] == pytest.approx(both)
+
+
 def test_gate_graph_equals_its_numpy_twin_and_fit_separates():
     """deep.gate's Keras head computes what export.gate fitted (the ONNX parity is export's own check)."""
     import deep

@@ -188,9 +188,11 @@ def fit_cnn_gate(model, prep, cfg, log, fit_part: bool = True) -> tuple:
     ``fit_part`` (a checkpoint trained without a part head, e.g. before it existed), the body-part
     head on the same statistics of the training radiographs (``fit_part_head``).
 
-    Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``), or
-    four Nones when the run has too few radiographs to fit them (a toy run: the model is exported
-    without a gate or part head, and says so). Part params and labels are None without ``fit_part``.
+    Returns (gate params, part params, the card's ``gate`` dict, the card's ``part_labels``, the
+    out-of-fold evidence ``{"positions": training positions, "oof": their out-of-fold scores}`` for
+    the INT8 threshold (:func:`int8_gate_card`; None without folds)), or five Nones when the run has
+    too few radiographs to fit them (a toy run: the model is exported without a gate or part head,
+    and says so). Part params and labels are None without ``fit_part``.
     """
     import deep
     from export.gate import MIN_IN, MIN_VAL, fit_gate, fit_part_head
@@ -202,7 +204,7 @@ def fit_cnn_gate(model, prep, cfg, log, fit_part: bool = True) -> tuple:
         log(f"export: NO input gate or part head: {len(train)} training and {len(val)} validation radiographs "
             f"are too few to fit them (>= {MIN_IN} and >= {MIN_VAL}, two body parts); this model answers "
             "every input")
-        return None, None, None, None
+        return None, None, None, None, None
     train_v = pooled_statistics(pooled, cache_inputs(prep, train))
     val_v = pooled_statistics(pooled, cache_inputs(prep, val))
     params, info = fit_gate(train_v, val_v, pooled_statistics(pooled, ood_inputs("fit", cfg)), deep.block_sizes(model),
@@ -216,9 +218,11 @@ def fit_cnn_gate(model, prep, cfg, log, fit_part: bool = True) -> tuple:
         f"radiographs and {info['fit_outliers_refused']:.1%} of the fit non-radiographs"
         + (f"; body-part head (fitted here: the checkpoint has none): val accuracy {part['val_accuracy']:.3f} "
            f"over {len(part['labels'])} parts" if part else ""))
+    oof = info.pop("oof_scores")
     gate = {"method": GATE_METHOD, "output": "gate", "threshold": info["threshold"],
             "fit": {k: v for k, v in info.items() if k != "threshold"}}
-    return params, part_params, gate, part["labels"] if part else None
+    held = None if oof is None else {"positions": train, "oof": oof}
+    return params, part_params, gate, part["labels"] if part else None, held
 
 
 def trained_part_labels(model, card) -> list | None:
@@ -247,7 +251,8 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     if size != card.preprocess.size:
         raise MurakitError(f"{layout.cnn_best} takes {size} px but its card says {card.preprocess.size} px")
     trained = trained_part_labels(model, card)
-    params, part_params, gate, part_labels = fit_cnn_gate(model, prep, card.preprocess, log, fit_part=trained is None)
+    params, part_params, gate, part_labels, held = fit_cnn_gate(model, prep, card.preprocess, log,
+                                                                fit_part=trained is None)
     part_labels = trained if trained is not None else part_labels
     proto, parity = export_cnn(deep.with_gate(deep.cam_model(model), model, params, part_params), size, golden_x)
     path = layout.exported("cnn")
@@ -256,7 +261,7 @@ def export_cnn_float(layout: RunLayout, card, prep, golden_x, sources, infos, lo
     log(f"export: {path} ({path.stat().st_size / 1024:.0f} KiB); Keras vs ONNX max |diff| "
         + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     return {"path": str(path), "bytes": path.stat().st_size, "keras_parity": parity,
-            "golden": str(layout.golden("cnn")), "golden_outputs": outputs, "card": card}
+            "golden": str(layout.golden("cnn")), "golden_outputs": outputs, "card": card, "gate_oof": held}
 
 
 def _remove_int8(layout: RunLayout) -> None:
@@ -275,9 +280,10 @@ def _int8_refused_line(d: dict) -> str:
 
 
 def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden_x, float_golden, sources,
-                infos, log) -> dict:
+                infos, log, gate_oof: dict | None = None) -> dict:
     """Quantize cnn.onnx with each candidate recipe for this CPU, time and gate them, publish
-    cnn.int8.onnx only when the chosen one is within the AUROC gate and faster than float."""
+    cnn.int8.onnx only when the chosen one is within the AUROC gate and faster than float.
+    ``gate_oof``: the float gate's out-of-fold evidence (:func:`fit_cnn_gate`) for the INT8 threshold."""
     from edge.cpu import cpu_info, describe
     from export.cnn import onnx_outputs
     from export.golden import golden_agreement
@@ -298,7 +304,8 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
         return decision
     agreement = golden_agreement(float_golden, onnx_outputs(int8, golden_x))
     card = float_card.replace(precision="int8", metrics=int8_metrics(decision, agreement),
-                              gate=int8_gate_card(float_card.gate, int8, cache_inputs(prep, val)))
+                              gate=int8_gate_card(float_card.gate, int8, cache_inputs(prep, val), float_path,
+                                                  **_oof_inputs(prep, gate_oof)))
     path = layout.exported("cnn.int8")
     publish(int8, card, path, layout.golden("cnn.int8"), sources, infos, extra={"int8_gate": decision})
     ratio = path.stat().st_size / float_path.stat().st_size
@@ -309,18 +316,58 @@ def export_int8(layout: RunLayout, float_card, prep, opts: ExportOptions, golden
     return {**decision, "path": str(path), "bytes": path.stat().st_size, "golden_agreement": agreement}
 
 
-def int8_gate_card(gate: dict | None, int8, val_x: np.ndarray) -> dict | None:
-    """The INT8 file's own gate threshold: quantization moves the gate's score, so the threshold
-    is chosen again, the same way (``export.gate.threshold_rule`` on the val radiographs), on the INT8 model."""
+def _oof_inputs(prep, gate_oof: dict | None) -> dict:
+    """``train_x``, ``oof`` keyword arguments of :func:`int8_gate_card` from ``gate_oof`` (or none)."""
+    if gate_oof is None:
+        return {}
+    return {"train_x": cache_inputs(prep, gate_oof["positions"]), "oof": gate_oof["oof"]}
+
+
+def int8_gate_card(gate: dict | None, int8, val_x: np.ndarray, float_model=None, train_x: np.ndarray | None = None,
+                   oof: np.ndarray | None = None) -> dict | None:
+    """The INT8 file's own gate threshold, by the float gate's rule (``export.gate.quantized_threshold``).
+
+    Quantization moves the gate's score, so the threshold is chosen again on the INT8 model: the
+    rule on its val radiographs' scores, raised (never lowered) by the rule on those together with
+    the training radiographs' out-of-fold scores, each moved by what quantization does to that
+    radiograph's score (INT8 minus ``float_model``'s gate output). Without ``oof`` (the float gate
+    had no folds either): val only.
+
+    Parameters
+    ----------
+    gate : dict or None
+        The float card's ``gate``.
+    int8, float_model
+        The INT8 model and the float one it was quantized from (proto, bytes or path).
+    val_x, train_x : ndarray float32 (N, S, S, 1)
+        Model inputs of the validation radiographs and of the training radiographs ``oof`` scores.
+    oof : ndarray float (len(train_x),), optional
+        Their out-of-fold float gate scores (``fit_cnn_gate``).
+
+    Returns
+    -------
+    dict or None
+        The INT8 card's ``gate``: the float card's keys, ``threshold`` replaced, and in ``fit``:
+        ``float_threshold``, ``int8_threshold_rule`` (``export.gate.quantized_threshold``'s rule) and
+        ``int8_threshold_from_val`` (True when the INT8 val scores alone set the threshold).
+    """
     from export.cnn import onnx_outputs
-    from export.gate import threshold_rule
+    from export.gate import quantized_threshold
 
     if gate is None:
         return None
     scores = np.asarray(onnx_outputs(int8, val_x)["gate"], np.float64)
-    threshold, _ = threshold_rule(scores)
+    moved = {}
+    if oof is not None:
+        if float_model is None or train_x is None:
+            raise MurakitError("the INT8 gate threshold needs the float model and the training inputs of the "
+                               "out-of-fold scores")
+        moved = {"oof": oof, "float_train": onnx_outputs(float_model, train_x)["gate"],
+                 "int8_train": onnx_outputs(int8, train_x)["gate"]}
+    threshold, rule = quantized_threshold(scores, **moved)
     return {**gate, "threshold": threshold,
-            "fit": {**gate.get("fit", {}), "int8_threshold_from_val": True, "float_threshold": gate["threshold"]}}
+            "fit": {**gate.get("fit", {}), "int8_threshold_from_val": threshold == rule["val_threshold"],
+                    "float_threshold": gate["threshold"], "int8_threshold_rule": rule}}
 
 
 def _ort_version() -> str:
@@ -440,10 +487,10 @@ def _export_run(layout: RunLayout, options: ExportOptions, force: bool, log) -> 
     if "cnn" in cards:
         golden_x = source_inputs(sources, cards["cnn"].preprocess)
         cnn = export_cnn_float(layout, cards["cnn"], prep, golden_x, sources, infos, log)
-        summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card")}
+        summary["cnn"] = {k: v for k, v in cnn.items() if k not in ("golden_outputs", "card", "gate_oof")}
         if options.int8:
             summary["cnn.int8"] = export_int8(layout, cnn["card"], prep, options, golden_x,
-                                              cnn["golden_outputs"], sources, infos, log)
+                                              cnn["golden_outputs"], sources, infos, log, gate_oof=cnn["gate_oof"])
             refused = not summary["cnn.int8"]["accepted"]
     else:
         log(f"export: no CNN in {layout.cnn}; skipping cnn.onnx")
