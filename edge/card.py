@@ -129,7 +129,7 @@ class ModelCard:
         ``{"image": {"method": "platt", "a", "b"}, "study": {...}}``: calibrated probability =
         sigmoid(a * logit(score) + b), a > 0 (monotone: rankings and decisions are unchanged).
         Identity and temperature maps are this format too (a = 1, b = 0; b = 0). Other keys
-        (``form``, ``prior``, ``cv_log_loss``: how training chose the map) are a record, unused here.
+        (``form``, ``prior``, ``centre``, ``cv_log_loss``: how training chose the map) are a record, unused here.
     operating_points : dict or None
         ``{NAME: {"threshold": t[, "thresholds_by_part": {PART: t}]}}``, thresholds on the raw
         study score, chosen on val; ``threshold`` above is the ``youden`` one.
