@@ -8,8 +8,9 @@ decision (``edge.trust``). Val sets can be small (30 studies on a small preset),
 fitted with Platt's smoothed targets and a prior, its form (temperature or full Platt) and prior
 strength chosen by k-fold-by-study held-out log-loss on val (:func:`fit_calibrator`). The view
 map's prior pulls toward the identity; the study map's toward the slope of a study of
-independent views (:func:`fit_study_calibrator`), because a mean of views is under-dispersed. Binned ECE on a small test set is biased upward; :func:`ece_floor` says
-how much ECE a perfectly calibrated model would show there. The card also carries operating
+independent views (:func:`fit_study_calibrator`), because a mean of views is under-dispersed.
+Binned ECE on a small test set is biased upward; :func:`ece_floor` says how much ECE a
+perfectly calibrated model would show there. The card also carries operating
 points: the shipped threshold (``youden``, the kappa-maximising study threshold murakit has
 always chosen), the thresholds that keep val sensitivity or specificity >= 0.90, and per-part
 variants of each.
