@@ -106,14 +106,15 @@ GATE_REFIT_TOL = 1e-3  # refitted vs shipped gate threshold, relative to max(1, 
 
 
 def refit_gate(layout: RunLayout, model, prep, progress=print) -> tuple:
-    """(gate params, part params, shipped gate threshold) of the graph ``murakit export`` shipped.
+    """(gate params, part params, shipped gate threshold, out-of-fold evidence) of the graph
+    ``murakit export`` shipped (``fit_cnn_gate``'s; the evidence is for the INT8 threshold).
 
     The gate's constants live only in cnn.onnx, so they are fitted again here with export's own
     ``fit_cnn_gate`` (deterministic: seeded folds and logistic, sorted-path samples). The refit's
     threshold must be the shipped card's (within :data:`GATE_REFIT_TOL`); otherwise (cnn.onnx
     from another checkpoint or export version) the gate params are None and the TFLite rows get
-    no gate rather than one that is not the shipped one. The gate threshold is None then too, and
-    when the run has no exported gate.
+    no gate rather than one that is not the shipped one. The gate threshold and evidence are None
+    then too, and when the run has no exported gate.
     """
     from edge.card import read_card, read_onnx_card
     from murakit.pipeline.export import fit_cnn_gate, trained_part_labels
@@ -123,15 +124,15 @@ def refit_gate(layout: RunLayout, model, prep, progress=print) -> tuple:
     card = read_card(layout.card("cnn"))
     fit_part = trained_part_labels(model, card) is None
     if shipped is None:
-        return None, None, None
+        return None, None, None, None
     progress("  refitting the input gate (export's fit_cnn_gate) for the TFLite rows")
-    params, part_params, gate, _, _ = fit_cnn_gate(model, prep, card.preprocess, lambda _: None, fit_part=fit_part)
+    params, part_params, gate, _, held = fit_cnn_gate(model, prep, card.preprocess, lambda _: None, fit_part=fit_part)
     t = float(shipped["threshold"])
     if gate is None or abs(gate["threshold"] - t) > GATE_REFIT_TOL * max(1.0, abs(t)):
         progress(f"  WARNING: the refitted gate's threshold {None if gate is None else round(gate['threshold'], 4)} "
                  f"is not {exported.name}'s {t:.4f}; the TFLite rows are converted without a gate")
-        return None, part_params, None
-    return params, part_params, t
+        return None, part_params, None, None
+    return params, part_params, t, held
 
 
 def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dict:
@@ -143,7 +144,9 @@ def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dic
     own nodes float (``export.tflite.to_tflite``). ``fn`` takes uint8 (B, S, S) prepared images
     like every other scorer. ``gate`` is None without a gate, else ``{"fn": u8 -> gate scores,
     "threshold", "threshold_source"}``: the shipped card's threshold for float; for INT8 (whose
-    scores quantization moves) ``export.gate.threshold_rule`` on its own val radiographs' scores.
+    scores quantization moves) the INT8 ONNX card's rule (``export.gate.quantized_threshold``): the
+    rule on its val radiographs' scores, raised by the rule on those with the training radiographs'
+    out-of-fold scores moved by what quantization does to each (INT8 minus float TFLite gate).
     """
     import importlib.util
 
@@ -152,15 +155,14 @@ def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dic
     import deep
     from edge.card import read_card
     from edge.preprocess import to_model_input
-    from export.gate import threshold_rule
     from export.tflite import TfliteRunner, to_tflite
     from murakit.pipeline.export import CALIBRATION_COUNT, cache_inputs, first_by_path
 
     model = deep.load_model(layout.cnn_best)
-    params, part_params, gate_threshold = refit_gate(layout, model, prep, progress)
+    params, part_params, gate_threshold, held = refit_gate(layout, model, prep, progress)
     graph = deep.with_gate(deep.cam_model(model), model, params, part_params)
     threshold = read_card(layout.card("cnn")).threshold
-    out = {}
+    out, float_gate = {}, None
     for name, calib in (("cnn_tflite", None),
                         ("cnn_tflite_int8", cache_inputs(prep, first_by_path(prep, "train", CALIBRATION_COUNT)))):
         progress(f"  converting {layout.cnn_best.name}{' with its input gate' if params is not None else ''} to "
@@ -173,13 +175,30 @@ def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dic
                 return r.run(to_model_input(u8))["gate"].reshape(-1)
 
             if calib is None:
+                float_gate = gate_fn
                 gate = {"fn": gate_fn, "threshold": gate_threshold, "threshold_source": "card"}
             else:
-                val = np.asarray(sorted(prep.select("val"), key=lambda i: prep.path[i]), dtype=np.int64)
-                t, _ = threshold_rule(predict_all(gate_fn, np.stack([prep.image(int(i)) for i in val])))
-                gate = {"fn": gate_fn, "threshold": t, "threshold_source": "threshold_rule on its val scores"}
+                gate = {"fn": gate_fn, **_int8_gate_threshold(prep, gate_fn, float_gate, held)}
         out[name] = (lambda u8, r=runner: r.probabilities(to_model_input(u8)), threshold, len(content), gate)
     return out
+
+
+def _int8_gate_threshold(prep, int8_gate, float_gate, held) -> dict:
+    """``threshold``, ``threshold_source`` of the INT8 TFLite gate (``export.gate.quantized_threshold``)."""
+    from export.gate import quantized_threshold
+
+    def u8(positions):
+        return np.stack([prep.image(int(i)) for i in positions])
+
+    val = u8(sorted(prep.select("val"), key=lambda i: prep.path[i]))
+    moved = {}
+    if held is not None:
+        train = u8(held["positions"])
+        moved = {"oof": held["oof"], "float_train": predict_all(float_gate, train),
+                 "int8_train": predict_all(int8_gate, train)}
+    t, rule = quantized_threshold(predict_all(int8_gate, val), **moved)
+    return {"threshold": t, "threshold_source": "export.gate.quantized_threshold (val"
+            + (" and moved out-of-fold training scores)" if moved else " only)"), "threshold_rule": rule}
 
 
 def gate_by_model(gate: dict, files: dict, tflite: dict, cnn_onnx, images: np.ndarray, threads: int,
@@ -192,7 +211,7 @@ def gate_by_model(gate: dict, files: dict, tflite: dict, cnn_onnx, images: np.nd
     from edge.predictor import Predictor
     from murakit.evaluation.trust import gate_evidence, gate_scores, ood_test_images
 
-    keys = ("threshold", "threshold_source", "test_refusal_rate", "test_images", "ood_auroc", "ood_refused")
+    keys = ("threshold", "threshold_source", "threshold_rule", "test_refusal_rate", "test_images", "ood_auroc", "ood_refused")
     out = {"cnn_onnx": {**gate, "threshold_source": "card"}}
     ood_u8, cats = ood_test_images(cnn_onnx.preprocess)
     reference = gate_scores(cnn_onnx, images)
@@ -207,7 +226,7 @@ def gate_by_model(gate: dict, files: dict, tflite: dict, cnn_onnx, images: np.nd
         if g is not None:
             inlier = predict_all(g["fn"], images)
             out[name] = {**gate_evidence(inlier, predict_all(g["fn"], ood_u8), cats, g["threshold"], seed=seed),
-                         "threshold_source": g["threshold_source"],
+                         **{k: g[k] for k in ("threshold_source", "threshold_rule") if k in g},
                          "max_abs_diff_vs_cnn_onnx": float(np.max(np.abs(inlier - reference), initial=0.0))}
     return {k: {key: v[key] for key in keys if key in v} | {key: v[key] for key in v if key.startswith("max_abs")}
             for k, v in out.items()}
