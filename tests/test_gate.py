@@ -411,3 +411,48 @@ def test_answers_are_calibrated_name_the_part_and_follow_the_operating_point(qui
         assert 0 <= m[level]["ece_floor"] <= m[level]["ece_floor_q95"] <= 1  # what chance alone gives at this n
     assert set(m["operating_points"]) == set(card.operating_points)
     assert 0 <= m["part_accuracy"]["overall"] <= 1 and set(m["part_accuracy"]["by_part"]) <= set(card.part_labels)
+
+
+TFLITE_GATE_TOL = 1e-3  # float TFLite vs cnn.onnx gate score, relative to max(1, |score|): same float32 graph
+
+
+def test_bench_tflite_rows_carry_the_shipped_gate(quick_demo, demo_model):
+    """The TFLite rows are the graph export ships: bench refits the gate (export's own fit) and
+    its float TFLite gate scores are cnn.onnx's; INT8 keeps it unclamped; report.json's
+    ``gate.by_model`` has every gated row's figures."""
+    pytest.importorskip("tensorflow")
+    from edge.predictor import Predictor
+    from murakit.data.prepared import load_prepared
+    from murakit.evaluation.bench import tflite_scorers
+    from murakit.evaluation.trust import gate_scores
+    from murakit.layout import RunLayout
+
+    pred = Predictor(demo_model)
+    prep = load_prepared(quick_demo.run)
+    test_u8 = np.asarray(prep.images[np.sort(prep.select("test"))])
+    ood_u8 = np.stack([pred.preprocess(o.image) for o in ood_images("test")])
+    u8 = np.concatenate([test_u8, ood_u8])  # radiographs and non-radiographs: the gate's whole range
+    scorers = tflite_scorers(RunLayout(quick_demo.run), prep, threads=2, progress=lambda _: None)
+    gate = scorers["cnn_tflite"][3]
+    assert gate is not None and gate["threshold"] == pred.card.gate["threshold"]
+    ref = gate_scores(pred, u8)
+    assert np.max(np.abs(gate["fn"](u8) - ref) / np.maximum(1.0, np.abs(ref))) <= TFLITE_GATE_TOL
+    q = scorers["cnn_tflite_int8"][3]  # a quantized gate would score every non-radiograph alike
+    q_test, q_ood = q["fn"](test_u8), q["fn"](ood_u8)
+    assert np.mean(q_ood > q["threshold"]) >= 0.5 and np.mean(q_test > q["threshold"]) <= 0.1
+    assert np.median(q_ood) > np.quantile(q_test, 0.95)  # clamped, both would sit at the range's top
+
+    report = json.loads((quick_demo.run / "report" / "report.json").read_text())
+    g = report["gate"]
+    by = g["by_model"]
+    assert {"cnn_onnx", "cnn_tflite", "cnn_tflite_int8"} <= set(by)
+    assert ("cnn_onnx_int8" in by) == ("cnn_onnx_int8" in report["models"])
+    assert {k: by["cnn_onnx"][k] for k in ("threshold", "test_refusal_rate", "ood_auroc")} == \
+        {k: g[k] for k in ("threshold", "test_refusal_rate", "ood_auroc")}
+    assert by["cnn_tflite"]["threshold"] == g["threshold"] and by["cnn_tflite"]["threshold_source"] == "card"
+    assert by["cnn_tflite"]["max_abs_diff_vs_cnn_onnx"] <= TFLITE_GATE_TOL * max(1.0, np.abs(ref).max())
+    assert by["cnn_tflite_int8"]["threshold"] == pytest.approx(q["threshold"])
+    for name, m in by.items():
+        assert set(m["ood_auroc"]) == set(CATEGORIES) | {"all"}, name
+        assert all(lo <= auc <= hi for auc, lo, hi in m["ood_auroc"].values()), name
+        assert m["ood_auroc"]["all"][0] >= 0.9 and 0.0 <= m["test_refusal_rate"] <= 0.1, name
