@@ -157,49 +157,6 @@ def test_tflite_matches_keras_within_tolerance():
     assert np.abs(q - ref[0].ravel()).max() <= TFLITE_INT8_TOL
 
 
-def _three_outputs():
-    """A tiny model with the exported CNN's output kinds: probability (B, 1) and part (B, 7) (same
-    rank) and a gate (B,) that reads the input only: 100 x its mean square."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((16, 16, 1), name="image")
-    pooled = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, padding="same", activation="relu")(inp))
-    prob = layers.Dense(1, activation="sigmoid", name="probability")(pooled)
-    part = layers.Dense(7, activation="softmax", name="part")(pooled)
-    gate = layers.Identity(name="gate")(keras.ops.mean(keras.ops.square(inp), axis=(1, 2, 3)) * 100.0)
-    return keras.Model(inp, [prob, part, gate])
-
-
-def test_tflite_runner_names_outputs_by_signature_and_int8_keeps_the_gate_float():
-    """Outputs are picked by name (probability and part share a rank; the flatbuffer orders outputs
-    its own way), and INT8 calibrated on dim inputs does not clamp the gate on a bright one."""
-    pytest.importorskip("tensorflow")
-    from export.tflite import TfliteRunner, only_nodes, to_tflite
-
-    model = _three_outputs()
-    rng = np.random.default_rng(0)
-    x = rng.random((5, 16, 16, 1), dtype=np.float32)
-    ref = dict(zip(model.output_names, (np.asarray(a) for a in model(x, training=False))))
-    runner = TfliteRunner(to_tflite(model), threads=1)
-    for n in (1, 5):
-        out = runner.run(x[:n])
-        assert set(out) == {"probability", "part", "gate"}
-        assert out["probability"].shape == (n, 1) and out["part"].shape == (n, 7) and out["gate"].shape == (n,)
-        for k in out:
-            assert np.abs(out[k] - ref[k][:n]).max() <= TFLITE_FLOAT_TOL * max(1.0, np.abs(ref[k]).max()), k
-    gate_only = only_nodes(to_tflite(model), ["gate"])
-    assert gate_only and not any("conv" in n.lower() or "dense" in n.lower() for n in gate_only)
-    calib = 0.1 * rng.random((16, 16, 16, 1), dtype=np.float32)  # gate <= 1 on these
-    bright = np.ones((2, 16, 16, 1), np.float32)  # gate 100
-    clamped = TfliteRunner(to_tflite(model, calib, float_outputs=()), threads=1).run(bright)["gate"]
-    assert clamped.max() < 10  # what a quantized gate does: the calibration range's top
-    kept = TfliteRunner(to_tflite(model, calib), threads=1).run(bright)
-    np.testing.assert_allclose(kept["gate"], 100.0, rtol=1e-3)
-    assert set(kept) == {"probability", "part", "gate"}
-
-
 def test_mobilenetv3_exports_with_fused_hard_swish_and_keeps_parity():
     deep = pytest.importorskip("deep")
     import keras

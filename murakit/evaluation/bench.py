@@ -6,11 +6,10 @@ study level, kappa per body part), and timed side by side in one process: batch-
 ``tf.function`` (its fastest path), the ONNX models through onnxruntime with the thread
 count set explicitly.
 
-When TensorFlow is installed, the graph export ships (the Keras CNN with its input gate, refitted
-here by export's own deterministic fit) is also converted to TensorFlow Lite at bench time (float,
-and INT8 calibrated on the same train images as the ONNX INT8 model, the gate's nodes kept float)
-and scored and timed the same way: comparison rows (``cnn_tflite``, ``cnn_tflite_int8``), not
-deployed artifacts. ``report["gate"]["by_model"]`` holds each gated CNN row's gate figures. ``report["int8_decision"]`` carries export's INT8 decision (export.json) and
+When TensorFlow is installed, the Keras CNN is also converted to TensorFlow Lite at bench time
+(float, and INT8 calibrated on the same train images as the ONNX INT8 model) and scored and
+timed the same way: comparison rows (``cnn_tflite``, ``cnn_tflite_int8``), not deployed
+artifacts. ``report["int8_decision"]`` carries export's INT8 decision (export.json) and
 ``report["cpu"]`` the CPU the figures were measured on.
 """
 
@@ -102,51 +101,12 @@ def keras_scorer(layout: RunLayout):
     return fn, read_card(layout.card("cnn")).threshold
 
 
-GATE_REFIT_TOL = 1e-3  # refitted vs shipped gate threshold, relative to max(1, |threshold|)
-
-
-def refit_gate(layout: RunLayout, model, prep, progress=print) -> tuple:
-    """(gate params, part params, shipped gate threshold, out-of-fold evidence) of the graph
-    ``murakit export`` shipped (``fit_cnn_gate``'s; the evidence is for the INT8 threshold).
-
-    The gate's constants live only in cnn.onnx, so they are fitted again here with export's own
-    ``fit_cnn_gate`` (deterministic: seeded folds and logistic, sorted-path samples). The refit's
-    threshold must be the shipped card's (within :data:`GATE_REFIT_TOL`); otherwise (cnn.onnx
-    from another checkpoint or export version) the gate params are None and the TFLite rows get
-    no gate rather than one that is not the shipped one. The gate threshold and evidence are None
-    then too, and when the run has no exported gate.
-    """
-    from edge.card import read_card, read_onnx_card
-    from murakit.pipeline.export import fit_cnn_gate, trained_part_labels
-
-    exported = layout.exported("cnn")
-    shipped = read_onnx_card(exported).gate if exported.exists() else None
-    card = read_card(layout.card("cnn"))
-    fit_part = trained_part_labels(model, card) is None
-    if shipped is None:
-        return None, None, None, None
-    progress("  refitting the input gate (export's fit_cnn_gate) for the TFLite rows")
-    params, part_params, gate, _, held = fit_cnn_gate(model, prep, card.preprocess, lambda _: None, fit_part=fit_part)
-    t = float(shipped["threshold"])
-    if gate is None or abs(gate["threshold"] - t) > GATE_REFIT_TOL * max(1.0, abs(t)):
-        progress(f"  WARNING: the refitted gate's threshold {None if gate is None else round(gate['threshold'], 4)} "
-                 f"is not {exported.name}'s {t:.4f}; the TFLite rows are converted without a gate")
-        return None, part_params, None, None
-    return params, part_params, t, held
-
-
 def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dict:
-    """``{name: (fn, threshold, size_bytes, gate)}`` of the TFLite rows; empty without TensorFlow.
+    """``{name: (fn, threshold, size_bytes)}`` of the TFLite rows; empty without TensorFlow.
 
-    The converted graph is the one export ships (``deep.with_gate`` of the CAM model, the gate
-    refitted by :func:`refit_gate`), float and INT8 calibrated on the first train images by
-    sorted path, as export calibrates the ONNX INT8 model; the INT8 conversion keeps the gate's
-    own nodes float (``export.tflite.to_tflite``). ``fn`` takes uint8 (B, S, S) prepared images
-    like every other scorer. ``gate`` is None without a gate, else ``{"fn": u8 -> gate scores,
-    "threshold", "threshold_source"}``: the shipped card's threshold for float; for INT8 (whose
-    scores quantization moves) the INT8 ONNX card's rule (``export.gate.quantized_threshold``): the
-    rule on its val radiographs' scores, raised by the rule on those with the training radiographs'
-    out-of-fold scores moved by what quantization does to each (INT8 minus float TFLite gate).
+    The Keras CNN is converted at bench time (float, and INT8 calibrated on the first train
+    images by sorted path, as export calibrates the ONNX INT8 model); ``fn`` takes uint8
+    (B, S, S) prepared images like every other scorer.
     """
     import importlib.util
 
@@ -158,78 +118,16 @@ def tflite_scorers(layout: RunLayout, prep, threads: int, progress=print) -> dic
     from export.tflite import TfliteRunner, to_tflite
     from murakit.pipeline.export import CALIBRATION_COUNT, cache_inputs, first_by_path
 
-    model = deep.load_model(layout.cnn_best)
-    params, part_params, gate_threshold, held = refit_gate(layout, model, prep, progress)
-    graph = deep.with_gate(deep.cam_model(model), model, params, part_params)
+    cam = deep.cam_model(deep.load_model(layout.cnn_best))
     threshold = read_card(layout.card("cnn")).threshold
-    out, float_gate = {}, None
+    out = {}
     for name, calib in (("cnn_tflite", None),
                         ("cnn_tflite_int8", cache_inputs(prep, first_by_path(prep, "train", CALIBRATION_COUNT)))):
-        progress(f"  converting {layout.cnn_best.name}{' with its input gate' if params is not None else ''} to "
-                 f"TensorFlow Lite ({'INT8' if calib is not None else 'float'})")
-        content = to_tflite(graph, calib)
+        progress(f"  converting {layout.cnn_best.name} to TensorFlow Lite ({'INT8' if calib is not None else 'float'})")
+        content = to_tflite(cam, calib)
         runner = TfliteRunner(content, threads)
-        gate = None
-        if "gate" in runner.output_names:
-            def gate_fn(u8, r=runner):
-                return r.run(to_model_input(u8))["gate"].reshape(-1)
-
-            if calib is None:
-                float_gate = gate_fn
-                gate = {"fn": gate_fn, "threshold": gate_threshold, "threshold_source": "card"}
-            else:
-                gate = {"fn": gate_fn, **_int8_gate_threshold(prep, gate_fn, float_gate, held)}
-        out[name] = (lambda u8, r=runner: r.probabilities(to_model_input(u8)), threshold, len(content), gate)
+        out[name] = (lambda u8, r=runner: r.probabilities(to_model_input(u8)), threshold, len(content))
     return out
-
-
-def _int8_gate_threshold(prep, int8_gate, float_gate, held) -> dict:
-    """``threshold``, ``threshold_source`` of the INT8 TFLite gate (``export.gate.quantized_threshold``)."""
-    from export.gate import quantized_threshold
-
-    def u8(positions):
-        return np.stack([prep.image(int(i)) for i in positions])
-
-    val = u8(sorted(prep.select("val"), key=lambda i: prep.path[i]))
-    moved = {}
-    if held is not None:
-        train = u8(held["positions"])
-        moved = {"oof": held["oof"], "float_train": predict_all(float_gate, train),
-                 "int8_train": predict_all(int8_gate, train)}
-    t, rule = quantized_threshold(predict_all(int8_gate, val), **moved)
-    return {"threshold": t, "threshold_source": "export.gate.quantized_threshold (val"
-            + (" and moved out-of-fold training scores)" if moved else " only)"), "threshold_rule": rule}
-
-
-def gate_by_model(gate: dict, files: dict, tflite: dict, cnn_onnx, images: np.ndarray, threads: int,
-                  seed: int = 0) -> dict:
-    """report.json's ``gate.by_model``: per CNN row with a gate output, its OOD AUROC (``all`` and
-    per category, on the OOD test set ``gate`` was measured on) and the test radiographs' refusal
-    rate at that row's threshold (``threshold_source``). ``gate`` is cnn.onnx's (:func:`gate_metrics`);
-    the TFLite rows add ``max_abs_diff_vs_cnn_onnx``, their gate against cnn.onnx's on the test
-    radiographs."""
-    from edge.predictor import Predictor
-    from murakit.evaluation.trust import gate_evidence, gate_scores, ood_test_images
-
-    keys = ("threshold", "threshold_source", "threshold_rule", "test_refusal_rate", "test_images", "ood_auroc", "ood_refused")
-    out = {"cnn_onnx": {**gate, "threshold_source": "card"}}
-    ood_u8, cats = ood_test_images(cnn_onnx.preprocess)
-    reference = gate_scores(cnn_onnx, images)
-    if "cnn_onnx_int8" in files:
-        pred = Predictor(files["cnn_onnx_int8"], threads=threads)
-        if pred.has_gate:
-            out["cnn_onnx_int8"] = {**gate_evidence(gate_scores(pred, images), gate_scores(pred, ood_u8), cats,
-                                                    float(pred.card.gate["threshold"]), seed=seed),
-                                    "threshold_source": "card (cnn.int8.onnx)"}
-    for name in TFLITE_NAMES:
-        g = tflite.get(name, (None,) * 4)[3]
-        if g is not None:
-            inlier = predict_all(g["fn"], images)
-            out[name] = {**gate_evidence(inlier, predict_all(g["fn"], ood_u8), cats, g["threshold"], seed=seed),
-                         **{k: g[k] for k in ("threshold_source", "threshold_rule") if k in g},
-                         "max_abs_diff_vs_cnn_onnx": float(np.max(np.abs(inlier - reference), initial=0.0))}
-    return {k: {key: v[key] for key in keys if key in v} | {key: v[key] for key in v if key.startswith("max_abs")}
-            for k, v in out.items()}
 
 
 def int8_decision(layout: RunLayout):
@@ -350,7 +248,7 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
             continue
         progress(f"  scoring {name} on {len(order)} test images")
         if name in tflite:
-            fn, thr, size, _ = tflite[name]
+            fn, thr, size = tflite[name]
         elif name == "cnn":
             (fn, thr), size = keras_scorer(layout), files[name].stat().st_size
         else:
@@ -373,10 +271,8 @@ def benchmark(run, threads: int = 2, n_single: int = 200, n_batches: int = 10, p
         from murakit.evaluation.trust import gate_metrics, part_accuracy
 
         progress("  input gate: test radiographs and murakit's OOD test set")
-        cnn_onnx = Predictor(files["cnn_onnx"], threads=threads)
-        gate = gate_metrics(cnn_onnx, images, seed=seed)
+        gate = gate_metrics(Predictor(files["cnn_onnx"], threads=threads), images, seed=seed)
         if gate is not None:
-            gate["by_model"] = gate_by_model(gate, files, tflite, cnn_onnx, images, threads, seed)
             report["gate"] = json_safe(gate)
         for name in ("cnn_onnx", "cnn_onnx_int8"):
             if name in files:

@@ -134,35 +134,22 @@ def gate_metrics(predictor, test_u8: np.ndarray, n: int = 1000, seed: int = 0) -
 
     None when the model has no gate.
     """
+    from murakit.evaluation.ood import CATEGORIES, ood_images
+
     if not predictor.has_gate:
         return None
-    u8, cats = ood_test_images(predictor.preprocess)
-    t = float(predictor.card.gate["threshold"])
-    out = gate_evidence(gate_scores(predictor, test_u8), gate_scores(predictor, u8), cats, t, n, seed)
-    return {**out, "method": predictor.card.gate.get("method")}
-
-
-def ood_test_images(preprocess) -> tuple:
-    """(uint8 (N, S, S) images, categories (N,)) of murakit's OOD test set through ``preprocess``."""
-    from murakit.evaluation.ood import ood_images
-
+    inlier = gate_scores(predictor, test_u8)
     oods = ood_images("test")
-    return np.stack([preprocess(o.image) for o in oods]), np.array([o.category for o in oods])
-
-
-def gate_evidence(inlier: np.ndarray, outlier: np.ndarray, cats, t: float, n: int = 1000, seed: int = 0) -> dict:
-    """A gate's figures from its scores: test radiographs ``inlier``, OOD test images ``outlier``
-    of categories ``cats``, threshold ``t`` (``threshold``, ``test_refusal_rate``, ``ood_auroc``
-    per category and ``all`` [auc, lo, hi], ``ood_images``, ``ood_refused``)."""
-    from murakit.evaluation.ood import CATEGORIES
-
-    inlier, outlier, cats = np.asarray(inlier, np.float64), np.asarray(outlier, np.float64), np.asarray(cats)
+    u8 = np.stack([predictor.preprocess(o.image) for o in oods])
+    outlier = gate_scores(predictor, u8)
+    cats = np.array([o.category for o in oods])
+    t = float(predictor.card.gate["threshold"])
     per = {c: _auroc_ci(inlier, outlier[cats == c], n, seed) for c in CATEGORIES if (cats == c).any()}
     per["all"] = _auroc_ci(inlier, outlier, n, seed)
-    return {"threshold": float(t), "test_refusal_rate": float(np.mean(inlier > t)), "test_images": len(inlier),
+    return {"threshold": t, "test_refusal_rate": float(np.mean(inlier > t)), "test_images": len(inlier),
             "ood_auroc": per, "ood_images": {c: int((cats == c).sum()) for c in per if c != "all"},
             "ood_refused": {c: float(np.mean(outlier[cats == c] > t)) for c in per if c != "all"}
-            | {"all": float(np.mean(outlier > t))}}
+            | {"all": float(np.mean(outlier > t))}, "method": predictor.card.gate.get("method")}
 
 
 def part_accuracy(predictor, u8: np.ndarray, parts, studies, n: int = N_RESAMPLES, seed: int = 0) -> dict | None:
