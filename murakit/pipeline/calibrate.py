@@ -52,12 +52,9 @@ def refit_card(card, val: dict):
     -------
     edge.card.ModelCard
     """
-    from murakit.evaluation.calibration import fit_calibration, fit_operating_points
-    from murakit.evaluation.metrics import json_safe
+    from murakit.pipeline.cards import trust_fields
 
-    cal = fit_calibration(val["label"], val["probability"], val["study"])
-    ops = fit_operating_points(val["label"], val["probability"], val["study"], val["part"], float(card.threshold))
-    return card.replace(calibration=json_safe(cal), operating_points=json_safe(ops))
+    return card.replace(**trust_fields(val["label"], val["probability"], val["study"], val["part"], card.threshold))
 
 
 def _check_matches(card, val: dict, path) -> None:

@@ -37,14 +37,19 @@ def training_card(kind: str, prep, *, threshold: float, arch: str, weights_sha25
     from murakit import __version__
     from murakit.evaluation.metrics import json_safe
 
-    trust = {}
-    if val is not None:
-        from murakit.evaluation.calibration import fit_calibration, fit_operating_points
-
-        labels, probs, studies, parts = val
-        trust = {"calibration": fit_calibration(labels, probs, studies),
-                 "operating_points": fit_operating_points(labels, probs, studies, parts, float(threshold))}
+    trust = {} if val is None else trust_fields(*val, threshold)
     return ModelCard(kind=kind, preprocess=prep.config, threshold=float(threshold), arch=arch,
                      model_config=model_config or {}, hog=hog, metrics=json_safe(metrics),
                      data_fingerprint=prep.fingerprint(), weights_sha256=weights_sha256,
-                     version=__version__, **json_safe(trust))
+                     version=__version__, **trust)
+
+
+def trust_fields(labels, probs, studies, parts, threshold: float) -> dict:
+    """A card's ``calibration`` and ``operating_points`` (JSON-safe), fitted on the validation
+    split's image labels, raw probabilities, study ids and parts (``murakit.evaluation.calibration``);
+    ``threshold`` is the shipped (``youden``) one. Training and ``murakit calibrate`` both fit them here."""
+    from murakit.evaluation.calibration import fit_calibration, fit_operating_points
+    from murakit.evaluation.metrics import json_safe
+
+    return json_safe({"calibration": fit_calibration(labels, probs, studies),
+                      "operating_points": fit_operating_points(labels, probs, studies, parts, float(threshold))})
